@@ -1,0 +1,201 @@
+//! Agent configuration: built-in defaults, then the TOML file, then flags (STYLE rule 8).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+use crate::link::BrokerUrl;
+
+/// The default config file; read only when it exists.
+pub const DEFAULT_CONFIG: &str = "/etc/metalbus/agent.toml";
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// The agent's settings, fully resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentConfig {
+    pub broker: BrokerUrl,
+    /// Overrides the derived node id (DESIGN section 2).
+    pub node_id: Option<String>,
+    /// Where the agent keeps its connection counter and session.
+    pub state_dir: PathBuf,
+    pub metrics_interval: Duration,
+    pub prefix: String,
+    /// Root under which `/sys`, `/proc` and `/etc` are read.
+    pub root: PathBuf,
+    pub log_format: LogFormat,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            broker: BrokerUrl {
+                tls: false,
+                host: "127.0.0.1".into(),
+                port: 1883,
+            },
+            node_id: None,
+            state_dir: PathBuf::from("/var/lib/metalbus-agent"),
+            metrics_interval: Duration::from_secs(15),
+            prefix: metalbus_protocol::DEFAULT_PREFIX.into(),
+            root: PathBuf::from("/"),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// The file's keys; every one optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentFile {
+    pub broker: Option<String>,
+    pub node_id: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    #[serde(default, with = "duration::option")]
+    pub metrics_interval: Option<Duration>,
+    pub prefix: Option<String>,
+    pub root: Option<PathBuf>,
+    pub log_format: Option<LogFormat>,
+}
+
+impl AgentFile {
+    /// Reads `path`. A missing file is an error only when `required`.
+    pub fn load(path: &Path, required: bool) -> anyhow::Result<Self> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(Self::default())
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        toml::from_str(&text).with_context(|| format!("in config file {}", path.display()))
+    }
+
+    /// Lays the file's values over `cfg`.
+    pub fn apply(self, cfg: &mut AgentConfig) -> anyhow::Result<()> {
+        if let Some(b) = self.broker {
+            cfg.broker = b.parse()?;
+        }
+        set(&mut cfg.node_id, self.node_id.map(Some));
+        set(&mut cfg.state_dir, self.state_dir);
+        set(&mut cfg.metrics_interval, self.metrics_interval);
+        set(&mut cfg.prefix, self.prefix);
+        set(&mut cfg.root, self.root);
+        set(&mut cfg.log_format, self.log_format);
+        Ok(())
+    }
+}
+
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *slot = v;
+    }
+}
+
+/// Checks values that parse but cannot work.
+pub fn check(cfg: &AgentConfig) -> anyhow::Result<()> {
+    if cfg.metrics_interval < Duration::from_millis(100) {
+        anyhow::bail!(
+            "metrics_interval {} is too short; use at least 100ms",
+            humantime::format_duration(cfg.metrics_interval)
+        );
+    }
+    metalbus_protocol::topic::Topics::new(cfg.prefix.clone())?;
+    Ok(())
+}
+
+/// serde helpers for durations written like `"500ms"`, `"30s"`, `"15m"`.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let raw = String::deserialize(d)?;
+        humantime::parse_duration(&raw).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {raw:?} ({e}); write it like \"500ms\", \"30s\" or \"15m\""
+            ))
+        })
+    }
+
+    pub mod option {
+        use super::*;
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            super::deserialize(d).map(Some)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_values_override_defaults() {
+        let file: AgentFile = toml::from_str(
+            r#"broker = "mqtt://10.0.0.1:1884"
+               node_id = "n1"
+               metrics_interval = "5s"
+               state_dir = "/tmp/x"
+               log_format = "json""#,
+        )
+        .unwrap();
+        let mut cfg = AgentConfig::default();
+        file.apply(&mut cfg).unwrap();
+        assert_eq!(cfg.broker.to_string(), "mqtt://10.0.0.1:1884");
+        assert_eq!(cfg.node_id.as_deref(), Some("n1"));
+        assert_eq!(cfg.metrics_interval, Duration::from_secs(5));
+        assert_eq!(cfg.state_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(cfg.log_format, LogFormat::Json);
+        assert_eq!(cfg.root, PathBuf::from("/"));
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_named() {
+        let err = toml::from_str::<AgentFile>("brokr = \"mqtt://h\"").unwrap_err();
+        assert!(err.to_string().contains("brokr"), "{err}");
+        let err = toml::from_str::<AgentFile>("metrics_interval = \"often\"").unwrap_err();
+        assert!(err.to_string().contains("often"), "{err}");
+        let mut cfg = AgentConfig::default();
+        let bad = AgentFile {
+            broker: Some("http://x".into()),
+            ..AgentFile::default()
+        };
+        assert!(bad.apply(&mut cfg).is_err());
+        cfg.metrics_interval = Duration::from_millis(1);
+        assert!(check(&cfg).is_err());
+    }
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/agent.toml");
+        let mut cfg = AgentConfig::default();
+        AgentFile::load(&path, true)
+            .unwrap()
+            .apply(&mut cfg)
+            .unwrap();
+        check(&cfg).unwrap();
+        assert_eq!(cfg.state_dir, PathBuf::from("/var/lib/metalbus-agent"));
+    }
+
+    #[test]
+    fn missing_file_is_fine_unless_required() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("nope.toml");
+        assert!(AgentFile::load(&p, false).is_ok());
+        assert!(AgentFile::load(&p, true).is_err());
+    }
+}

@@ -1,0 +1,358 @@
+//! `metalbus-agent run`: the daemon loop. Connects, publishes birth (with a Last Will),
+//! inventory and metrics, reconnects with backoff, and stops cleanly on shutdown.
+//!
+//! Every connection attempt bumps the persisted `conn` counter and gets its own client id
+//! and Will, so a Will from a dead connection always carries an older `conn` than the
+//! birth that replaced it (DESIGN section 3).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use metalbus_protocol::inventory::Inventory;
+use metalbus_protocol::status::{Birth, Offline, OfflineReason, Status};
+use metalbus_protocol::topic::{NodeTopic, Topics};
+use metalbus_protocol::{NodeId, Timestamp};
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Outgoing, Packet, QoS};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::collectors::{identity, inventory, metrics::MetricsCollector};
+use crate::config::{self, AgentConfig};
+use crate::link::{self, Backoff};
+use crate::state::AgentState;
+
+/// How often the inventory is read again to catch changes (a NIC, a disk).
+const INVENTORY_RECHECK: Duration = Duration::from_secs(600);
+/// Delay of the first metrics sample after a connect.
+const FIRST_METRICS_AFTER: Duration = Duration::from_secs(1);
+/// How long a clean stop waits for the broker to acknowledge the offline status.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// A prepared agent: identity resolved, state loaded, collectors primed.
+pub struct Agent {
+    cfg: AgentConfig,
+    node_id: NodeId,
+    topics: Topics,
+    state: AgentState,
+    /// Shared with the blocking thread that samples; see `publish_metrics`.
+    metrics: Arc<Mutex<MetricsCollector>>,
+    hostname: String,
+    boot_id: Option<String>,
+}
+
+/// How one connection ended.
+enum SessionEnd {
+    Shutdown,
+    Lost(String),
+}
+
+/// Counts publish requests against the broker's answers, so a clean stop knows when its
+/// last message is through.
+#[derive(Default)]
+struct Flight {
+    requested: u64,
+    sent: u64,
+}
+
+impl Agent {
+    /// Everything that can fail before connecting: config, identity, state dir.
+    pub fn prepare(cfg: AgentConfig) -> anyhow::Result<Agent> {
+        config::check(&cfg)?;
+        let topics = Topics::new(cfg.prefix.clone())?;
+        let node_id = identity::node_id(cfg.node_id.as_deref(), &cfg.root)
+            .context("cannot determine this node's id; set node_id in the config")?;
+        let state = AgentState::open(&cfg.state_dir)?;
+        let hostname = identity::hostname(&cfg.root).unwrap_or_else(|| node_id.to_string());
+        let boot_id = identity::boot_id(&cfg.root);
+        let metrics = Arc::new(Mutex::new(MetricsCollector::new(&cfg.root)));
+        Ok(Agent {
+            cfg,
+            node_id,
+            topics,
+            state,
+            metrics,
+            hostname,
+            boot_id,
+        })
+    }
+
+    pub fn node_id(&self) -> &NodeId {
+        &self.node_id
+    }
+
+    /// Runs until `shutdown` turns true. Returns `Ok` after a clean stop.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let mut backoff = Backoff::default();
+        info!(node = %self.node_id, broker = %self.cfg.broker, session = self.state.session(), "agent starting");
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            let conn = self.state.next_conn()?;
+            let (client, mut eventloop) = self.client(conn);
+            match self
+                .session(conn, &client, &mut eventloop, &mut shutdown, &mut backoff)
+                .await
+            {
+                SessionEnd::Shutdown => {
+                    info!(node = %self.node_id, "agent stopped");
+                    return Ok(());
+                }
+                SessionEnd::Lost(why) => {
+                    let delay = backoff.next_delay(&mut rand::thread_rng());
+                    warn!(node = %self.node_id, conn, error = %why, retry_in = ?delay, "broker connection lost");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.changed() => return Ok(()),
+                    }
+                }
+            }
+        }
+    }
+
+    fn client(&self, conn: u64) -> (AsyncClient, EventLoop) {
+        let client_id = format!("{}-c{}", self.node_id, conn);
+        let mut opts = link::client_options(&self.cfg.broker, &client_id);
+        let will = Status::Offline(Offline {
+            conn,
+            reason: OfflineReason::Lost,
+            session: Some(self.state.session().to_string()),
+            node_id: Some(self.node_id.clone()),
+        });
+        opts.set_last_will(LastWill::new(
+            self.topic(NodeTopic::Status),
+            will.to_json(),
+            QoS::AtLeastOnce,
+            true,
+        ));
+        AsyncClient::new(opts, 64)
+    }
+
+    fn topic(&self, kind: NodeTopic) -> String {
+        self.topics.node(&self.node_id, kind)
+    }
+
+    async fn session(
+        &mut self,
+        conn: u64,
+        client: &AsyncClient,
+        eventloop: &mut EventLoop,
+        shutdown: &mut watch::Receiver<bool>,
+        backoff: &mut Backoff,
+    ) -> SessionEnd {
+        let mut connected = false;
+        let mut flight = Flight::default();
+        let mut last_inventory: Option<Inventory> = None;
+        let mut metrics_tick = tokio::time::interval(self.cfg.metrics_interval);
+        metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut inventory_tick = tokio::time::interval(INVENTORY_RECHECK);
+        inventory_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    if connected {
+                        self.stop_cleanly(conn, client, eventloop, &mut flight).await;
+                    }
+                    return SessionEnd::Shutdown;
+                }
+                event = eventloop.poll() => match event {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        connected = true;
+                        backoff.reset();
+                        info!(node = %self.node_id, conn, "connected to broker");
+                        self.publish_birth(conn, client, &mut flight);
+                        let inv = self.publish_inventory(client, &mut flight, None).await;
+                        last_inventory = inv;
+                        // The first sample comes a second after connecting, so its
+                        // CPU and rate figures span a real interval.
+                        let first = self.cfg.metrics_interval.min(FIRST_METRICS_AFTER);
+                        metrics_tick.reset_at(tokio::time::Instant::now() + first);
+                        inventory_tick.reset();
+                    }
+                    Ok(Event::Outgoing(Outgoing::Publish(_))) => flight.sent += 1,
+                    Ok(ev) => debug!(?ev, "mqtt"),
+                    Err(e) => return SessionEnd::Lost(e.to_string()),
+                },
+                _ = metrics_tick.tick(), if connected => self.publish_metrics(client, &mut flight).await,
+                _ = inventory_tick.tick(), if connected => {
+                    let inv = self.publish_inventory(client, &mut flight, last_inventory.as_ref()).await;
+                    if inv.is_some() {
+                        last_inventory = inv;
+                    }
+                }
+            }
+        }
+    }
+
+    fn publish_birth(&self, conn: u64, client: &AsyncClient, flight: &mut Flight) {
+        let birth = Status::Birth(Birth {
+            conn,
+            session: self.state.session().to_string(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            hostname: self.hostname.clone(),
+            boot_id: self.boot_id.clone(),
+            metrics_interval_s: u32::try_from(self.cfg.metrics_interval.as_secs().max(1))
+                .unwrap_or(u32::MAX),
+            ts: Timestamp::from(SystemTime::now()),
+            node_id: Some(self.node_id.clone()),
+        });
+        let topic = self.topic(NodeTopic::Status);
+        publish(
+            client,
+            flight,
+            topic,
+            QoS::AtLeastOnce,
+            true,
+            birth.to_json(),
+        );
+    }
+
+    /// Reads the inventory and publishes it when it differs from `previous`. Returns what
+    /// it published.
+    async fn publish_inventory(
+        &self,
+        client: &AsyncClient,
+        flight: &mut Flight,
+        previous: Option<&Inventory>,
+    ) -> Option<Inventory> {
+        let root: PathBuf = self.cfg.root.clone();
+        let mut inv = match tokio::task::spawn_blocking(move || inventory::collect(&root)).await {
+            Ok(inv) => inv,
+            Err(e) => {
+                warn!(error = %e, "inventory collection failed");
+                return None;
+            }
+        };
+        inv.node_id = Some(self.node_id.clone());
+        if previous == Some(&inv) {
+            return None;
+        }
+        let body = match serde_json::to_vec(&inv) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(error = %e, "inventory did not serialize");
+                return None;
+            }
+        };
+        if body.len() > metalbus_protocol::MAX_PAYLOAD_BYTES {
+            warn!(
+                bytes = body.len(),
+                limit = metalbus_protocol::MAX_PAYLOAD_BYTES,
+                "inventory is larger than the controller accepts; it will be refused"
+            );
+        }
+        if previous.is_some() {
+            info!(node = %self.node_id, "inventory changed; publishing");
+        }
+        let topic = self.topic(NodeTopic::Inventory);
+        publish(client, flight, topic, QoS::AtLeastOnce, true, body);
+        Some(inv)
+    }
+
+    /// Samples on a blocking thread with a deadline: a `statvfs` of a hung network mount
+    /// can block forever, and must not stall the MQTT loop (keep-alives, the Will).
+    async fn publish_metrics(&self, client: &AsyncClient, flight: &mut Flight) {
+        let collector = self.metrics.clone();
+        let sampled = tokio::time::timeout(
+            self.cfg.metrics_interval.max(Duration::from_secs(1)),
+            tokio::task::spawn_blocking(move || {
+                // Held by an earlier sample that is still stuck: skip this one.
+                let mut c = collector.try_lock().ok()?;
+                Some(c.sample(Timestamp::from(SystemTime::now())))
+            }),
+        )
+        .await;
+        let mut sample = match sampled {
+            Ok(Ok(Some(s))) => s,
+            Ok(Ok(None)) => {
+                warn!("an earlier metrics sample is still running (a hung mount?); skipped");
+                return;
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, "metrics sampling failed");
+                return;
+            }
+            Err(_) => {
+                warn!("metrics sampling is taking too long (a hung mount?); skipped");
+                return;
+            }
+        };
+        sample.node_id = Some(self.node_id.clone());
+        match serde_json::to_vec(&sample) {
+            Ok(body) => {
+                let topic = self.topic(NodeTopic::Metrics);
+                publish(client, flight, topic, QoS::AtMostOnce, false, body);
+            }
+            Err(e) => warn!(error = %e, "metrics sample did not serialize"),
+        }
+    }
+
+    /// Publishes `{"online":false,"reason":"shutdown"}`, waits (bounded) until the broker
+    /// has it, then disconnects so the broker drops the Will.
+    async fn stop_cleanly(
+        &self,
+        conn: u64,
+        client: &AsyncClient,
+        eventloop: &mut EventLoop,
+        flight: &mut Flight,
+    ) {
+        let stop = Status::Offline(Offline {
+            conn,
+            reason: OfflineReason::Shutdown,
+            session: Some(self.state.session().to_string()),
+            node_id: Some(self.node_id.clone()),
+        });
+        let topic = self.topic(NodeTopic::Status);
+        publish(
+            client,
+            flight,
+            topic,
+            QoS::AtLeastOnce,
+            true,
+            stop.to_json(),
+        );
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while flight.sent < flight.requested || eventloop.state.inflight() > 0 {
+                match eventloop.poll().await {
+                    Ok(Event::Outgoing(Outgoing::Publish(_))) => flight.sent += 1,
+                    Ok(_) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        })
+        .await;
+        match drained {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "broker connection failed during clean stop"),
+            Err(_) => warn!("broker did not acknowledge the offline status in time"),
+        }
+        if client.try_disconnect().is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                loop {
+                    match eventloop.poll().await {
+                        Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+            })
+            .await;
+        }
+    }
+}
+
+fn publish(
+    client: &AsyncClient,
+    flight: &mut Flight,
+    topic: String,
+    qos: QoS,
+    retain: bool,
+    body: Vec<u8>,
+) {
+    match client.try_publish(topic.clone(), qos, retain, body) {
+        Ok(()) => flight.requested += 1,
+        Err(e) => warn!(%topic, error = %e, "publish dropped: MQTT request queue is full"),
+    }
+}

@@ -1,0 +1,16 @@
+//! The Metalbus agent as a library: the `metalbus-agent` binary and the controller's
+//! `--local-agent` both run it.
+//!
+//! - [`collectors`]: inventory, metrics and identity from sysfs/procfs.
+//! - [`daemon`]: the MQTT run loop.
+//! - [`link`]: broker URLs, MQTT client options and reconnect backoff (shared with the
+//!   controller).
+//! - [`config`], [`state`]: settings and what survives restarts.
+//! - [`logging`]: log set-up and the shutdown signal, shared by both daemons.
+
+pub mod collectors;
+pub mod config;
+pub mod daemon;
+pub mod link;
+pub mod logging;
+pub mod state;

@@ -1,0 +1,152 @@
+//! `metalbus-agent`: flag parsing and dispatch only; the work lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use metalbus_agent::collectors::{inventory, metrics::MetricsCollector};
+use metalbus_agent::config::{AgentConfig, AgentFile, LogFormat, DEFAULT_CONFIG};
+use metalbus_agent::daemon::Agent;
+use metalbus_protocol::Timestamp;
+
+/// The Metalbus agent: reports this host's inventory, metrics and job progress over MQTT.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent daemon (normally under systemd).
+    Run(RunArgs),
+    /// Print this host's hardware inventory as JSON and exit.
+    Inventory {
+        /// Read /sys, /proc and /etc under this directory instead of /.
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+    },
+    /// Print one metrics sample as JSON and exit (takes about half a second).
+    Metrics {
+        /// Read /sys, /proc and /etc under this directory instead of /.
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Config file (TOML). Default: /etc/metalbus/agent.toml, if it exists.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// MQTT broker, mqtt://HOST:PORT or mqtts://HOST:PORT [default: mqtt://127.0.0.1:1883]
+    #[arg(long, value_name = "URL")]
+    broker: Option<String>,
+    /// This node's id; derived from DMI, machine-id or MAC when not set.
+    #[arg(long, value_name = "ID")]
+    node_id: Option<String>,
+    /// Where the agent keeps its state [default: /var/lib/metalbus-agent]
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// How often to publish metrics, e.g. 15s [default: 15s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    metrics_interval: Option<Duration>,
+    /// MQTT topic prefix [default: metalbus/v1]
+    #[arg(long, value_name = "PREFIX")]
+    prefix: Option<String>,
+    /// Read /sys, /proc and /etc under this directory instead of / [default: /]
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Log format [default: text]
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e}; write it like 500ms, 15s or 2m"))
+}
+
+impl RunArgs {
+    fn resolve(self) -> anyhow::Result<AgentConfig> {
+        let mut cfg = AgentConfig::default();
+        let (path, required) = match &self.config {
+            Some(p) => (p.clone(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG), false),
+        };
+        AgentFile::load(&path, required)?.apply(&mut cfg)?;
+        if let Some(b) = self.broker {
+            cfg.broker = b.parse()?;
+        }
+        if let Some(id) = self.node_id {
+            cfg.node_id = Some(id);
+        }
+        if let Some(d) = self.state_dir {
+            cfg.state_dir = d;
+        }
+        if let Some(i) = self.metrics_interval {
+            cfg.metrics_interval = i;
+        }
+        if let Some(p) = self.prefix {
+            cfg.prefix = p;
+        }
+        if let Some(r) = self.root {
+            cfg.root = r;
+        }
+        if let Some(f) = self.log_format {
+            cfg.log_format = f;
+        }
+        Ok(cfg)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Inventory { root } => print_json(&inventory::collect(&root)),
+        Command::Metrics { root } => {
+            let mut collector = MetricsCollector::new(&root);
+            std::thread::sleep(Duration::from_millis(500));
+            print_json(&collector.sample(Timestamp::from(SystemTime::now())))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("metalbus-agent: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let cfg = args.resolve()?;
+    metalbus_agent::logging::init(cfg.log_format, "info");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let agent = Agent::prepare(cfg)?;
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            metalbus_agent::logging::shutdown_signal().await;
+            let _ = tx.send(true);
+        });
+        // Ready: identity resolved, state dir loaded, collectors primed. The broker may be
+        // down; the agent keeps trying, which is normal operation, not a start failure.
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        let result = agent.run(rx).await;
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        result
+    })
+}

@@ -1,0 +1,152 @@
+//! Bearer-token authentication: token generation, hashing, and the request check.
+//!
+//! Only SHA-256 hashes of tokens are stored (DESIGN section 9). On first start the
+//! controller writes a generated admin token to `DATA_DIR/admin.token` with mode 0600.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use anyhow::Context;
+use axum::extract::{Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::Next;
+use axum::response::Response;
+use rand::RngCore;
+use redb::Durability;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::store::{Role, Store, TokenRecord};
+
+/// Who is calling; put into request extensions by [`require_token`].
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub name: String,
+    pub role: Role,
+}
+
+/// A new random token: `mb_` and 64 hex digits (256 bits).
+pub fn generate_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    format!("mb_{}", hex(&bytes))
+}
+
+/// Lower-case hex SHA-256 of the token: the store key.
+pub fn token_hash(token: &str) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Stores a new token's hash and returns the token, which is shown once.
+pub fn create_token(
+    store: &Store,
+    name: &str,
+    role: Role,
+    now: metalbus_protocol::Timestamp,
+) -> anyhow::Result<String> {
+    let token = generate_token();
+    let record = TokenRecord {
+        name: name.to_string(),
+        role,
+        created_at: now,
+    };
+    store.write(Durability::Immediate, |tx| {
+        tx.put_token(&token_hash(&token), &record)
+    })?;
+    Ok(token)
+}
+
+/// On first start (no `admin.token` file), creates an admin token and writes the file
+/// with mode 0600. Returns true when a new token was made.
+pub fn ensure_admin_token(
+    store: &Store,
+    data_dir: &Path,
+    now: metalbus_protocol::Timestamp,
+) -> anyhow::Result<bool> {
+    let path = data_dir.join("admin.token");
+    if path.exists() {
+        return Ok(false);
+    }
+    let token = create_token(store, "admin", Role::Admin, now)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(f, "{token}").with_context(|| format!("writing {}", path.display()))?;
+    f.sync_all()?;
+    Ok(true)
+}
+
+/// Middleware: refuses requests without a valid bearer token (401), and records the
+/// caller for handlers.
+pub async fn require_token(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let header = req
+        .headers()
+        .get(AUTHORIZATION)
+        .ok_or(ApiError::Unauthorized(
+            "missing bearer token: send 'Authorization: Bearer <token>'",
+        ))?;
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or(ApiError::Unauthorized(
+            "malformed Authorization header: expected 'Bearer <token>'",
+        ))?;
+    let record = state
+        .store
+        .token(&token_hash(token))?
+        .ok_or(ApiError::Unauthorized("invalid token"))?;
+    req.extensions_mut().insert(Caller {
+        name: record.name,
+        role: record.role,
+    });
+    Ok(next.run(req).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_random_and_hashes_are_sha256_hex() {
+        let a = generate_token();
+        let b = generate_token();
+        assert_ne!(a, b);
+        assert!(a.starts_with("mb_") && a.len() == 67, "{a}");
+        // sha256("abc"), a published test vector.
+        assert_eq!(
+            token_hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn admin_token_file_is_private_and_made_once() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::in_memory(Default::default()).unwrap();
+        let now = metalbus_protocol::Timestamp::from_unix_millis(0);
+        assert!(ensure_admin_token(&store, dir.path(), now).unwrap());
+        assert!(!ensure_admin_token(&store, dir.path(), now).unwrap());
+        let path = dir.path().join("admin.token");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let token = std::fs::read_to_string(&path).unwrap();
+        let rec = store.token(&token_hash(token.trim())).unwrap().unwrap();
+        assert_eq!(rec.role, Role::Admin);
+    }
+}

@@ -1,0 +1,81 @@
+//! API errors and the one place they become HTTP statuses and error codes (DESIGN
+//! section 9, STYLE rule 7).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use metalbus_protocol::api::{ErrorBody, ErrorCode};
+use tracing::error;
+
+use crate::store::StoreError;
+
+/// Everything a handler can answer with instead of success.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("Forbidden")]
+    Forbidden,
+    #[error("node not found")]
+    NodeNotFound,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("internal error")]
+    Store(#[from] StoreError),
+}
+
+impl ApiError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            ApiError::BadRequest(_) => ErrorCode::BadRequest,
+            ApiError::Unauthorized(_) => ErrorCode::Unauthorized,
+            ApiError::Forbidden => ErrorCode::Forbidden,
+            ApiError::NodeNotFound | ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::Conflict(_) => ErrorCode::Conflict,
+            ApiError::Store(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Store(e) = &self {
+            error!(error = %e, "API request failed in the store");
+        }
+        let code = self.code();
+        let status =
+            StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(ErrorBody::new(code, self.to_string()))).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_maps_to_its_code_and_status() {
+        let cases = [
+            (ApiError::BadRequest("x".into()), 400, "Primus.00002"),
+            (ApiError::Unauthorized("x"), 401, "Primus.00003"),
+            (ApiError::Forbidden, 403, "Primus.00004"),
+            (ApiError::NodeNotFound, 404, "Primus.00005"),
+            (ApiError::Conflict("x".into()), 409, "Primus.00006"),
+            (
+                ApiError::Store(StoreError::Schema { found: "9".into() }),
+                500,
+                "Primus.00001",
+            ),
+        ];
+        for (err, status, code) in cases {
+            assert_eq!(err.code().code(), code);
+            assert_eq!(err.into_response().status().as_u16(), status);
+        }
+        assert_eq!(ApiError::NodeNotFound.to_string(), "node not found");
+        assert_eq!(ApiError::Forbidden.to_string(), "Forbidden");
+    }
+}

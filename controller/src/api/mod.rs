@@ -1,0 +1,101 @@
+//! The operator HTTP API (DESIGN section 9): routes, shared state, and the server.
+
+pub mod auth;
+pub mod error;
+pub mod nodes;
+pub mod views;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, Method, StatusCode, Uri};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{middleware, Json, Router};
+use metalbus_protocol::api::Health;
+use tokio::net::TcpListener;
+
+use crate::store::Store;
+use crate::telemetry::Telemetry;
+use error::ApiError;
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub telemetry: Arc<Telemetry>,
+    /// True while the controller is subscribed to the broker.
+    pub mqtt_connected: Arc<AtomicBool>,
+}
+
+/// Every route. `/api/v1/*` needs a bearer token; health and metrics do not.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/nodes", get(nodes::list))
+        .route("/nodes/:node", get(nodes::get))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(no_route)
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then finishes open requests.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+/// Ready when the store answers and the broker subscription is live.
+async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, (StatusCode, Json<Health>)> {
+    let store_ok = state.store.nodes().is_ok();
+    let mqtt_ok = state.mqtt_connected.load(Ordering::SeqCst);
+    let status = match (store_ok, mqtt_ok) {
+        (true, true) => "ok",
+        (false, _) => "store unavailable",
+        (true, false) => "not connected to the MQTT broker",
+    };
+    let body = Json(Health {
+        status: status.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    });
+    if store_ok && mqtt_ok {
+        Ok(body)
+    } else {
+        Err((StatusCode::SERVICE_UNAVAILABLE, body))
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.telemetry.render(),
+    )
+}
+
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {method} {}", uri.path()))
+}

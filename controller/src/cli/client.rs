@@ -1,0 +1,219 @@
+//! The CLI's HTTP client: finds the API and the token, sends requests, and turns API
+//! errors into one-line messages.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use metalbus_protocol::api::{Data, ErrorBody, NodeView, Page};
+use serde::de::DeserializeOwned;
+
+/// Why a CLI command failed; each maps to an exit code scripts can rely on.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot reach the Metalbus API at {url}: {source}")]
+    Unreachable { url: String, source: reqwest::Error },
+    #[error("{message} ({code}, HTTP {status})")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("unexpected answer from {url}: {why}")]
+    Protocol { url: String, why: String },
+}
+
+impl ClientError {
+    /// 2 usage, 3 not found, 4 refused by the API, 5 API unreachable, 1 anything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::Usage(_) => 2,
+            ClientError::Api { status: 404, .. } => 3,
+            ClientError::Api { status, .. } if *status < 500 => 4,
+            ClientError::Unreachable { .. } => 5,
+            ClientError::Api { .. } | ClientError::Protocol { .. } => 1,
+        }
+    }
+}
+
+/// Where the admin token is looked for, in order, after `--token` and `METALBUS_TOKEN`.
+pub fn token_files() -> Vec<PathBuf> {
+    vec![
+        PathBuf::from("metalbus-data/admin.token"),
+        PathBuf::from("/var/lib/metalbus/admin.token"),
+    ]
+}
+
+/// The token from the flag, else the environment, else the first readable token file.
+pub fn find_token(
+    flag: Option<String>,
+    env: Option<String>,
+    files: &[PathBuf],
+) -> Result<String, ClientError> {
+    if let Some(t) = flag.or(env).filter(|t| !t.trim().is_empty()) {
+        return Ok(t.trim().to_string());
+    }
+    for f in files {
+        if let Ok(t) = std::fs::read_to_string(f) {
+            if !t.trim().is_empty() {
+                return Ok(t.trim().to_string());
+            }
+        }
+    }
+    let tried: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+    Err(ClientError::Usage(format!(
+        "no API token: pass --token, set METALBUS_TOKEN, or run where {} is readable",
+        tried.join(" or ")
+    )))
+}
+
+pub struct ApiClient {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl ApiClient {
+    pub fn new(base: &str, token: String) -> Result<Self, ClientError> {
+        metalbus_agent::link::install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| ClientError::Usage(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http,
+        })
+    }
+
+    async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let resp = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.token)
+            .query(query)
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: self.base.clone(),
+                source,
+            })?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: self.base.clone(),
+                source,
+            })?;
+        if !(200..300).contains(&status) {
+            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(b) => ClientError::Api {
+                    status,
+                    code: b.error_code,
+                    message: b.error_message,
+                },
+                Err(_) => ClientError::Api {
+                    status,
+                    code: "-".into(),
+                    message: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
+                },
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
+            url,
+            why: e.to_string(),
+        })
+    }
+
+    /// Every node matching the filters, fetching all pages.
+    pub async fn all_nodes(
+        &self,
+        state: Option<&str>,
+        search: Option<&str>,
+    ) -> Result<Vec<NodeView>, ClientError> {
+        let mut out = Vec::new();
+        let mut page = 1u32;
+        loop {
+            let mut q = vec![("page", page.to_string()), ("per_page", "100".to_string())];
+            if let Some(s) = state {
+                q.push(("state", s.to_string()));
+            }
+            if let Some(s) = search {
+                q.push(("search", s.to_string()));
+            }
+            let p: Page<NodeView> = self.get("/api/v1/nodes", &q).await?;
+            out.extend(p.data);
+            if u64::from(page) >= p.pagination.pages {
+                return Ok(out);
+            }
+            page += 1;
+        }
+    }
+
+    pub async fn node(&self, key: &str) -> Result<NodeView, ClientError> {
+        let path = format!("/api/v1/nodes/{}", encode_path_segment(key));
+        let d: Data<NodeView> = self.get(&path, &[]).await?;
+        Ok(d.data)
+    }
+}
+
+/// Percent-encodes everything but unreserved characters, so a node name can't change the
+/// path.
+fn encode_path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_precedence_is_flag_env_then_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("admin.token");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let files = vec![dir.path().join("missing"), file];
+        assert_eq!(
+            find_token(Some("f".into()), Some("e".into()), &files).unwrap(),
+            "f"
+        );
+        assert_eq!(find_token(None, Some("e".into()), &files).unwrap(), "e");
+        assert_eq!(find_token(None, None, &files).unwrap(), "from-file");
+        let err = find_token(None, None, &[dir.path().join("missing")]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn exit_codes_are_stable() {
+        let api = |status| ClientError::Api {
+            status,
+            code: "c".into(),
+            message: "m".into(),
+        };
+        assert_eq!(api(404).exit_code(), 3);
+        assert_eq!(api(401).exit_code(), 4);
+        assert_eq!(api(409).exit_code(), 4);
+        assert_eq!(api(500).exit_code(), 1);
+    }
+
+    #[test]
+    fn path_segments_are_escaped() {
+        assert_eq!(encode_path_segment("web-01.x"), "web-01.x");
+        assert_eq!(encode_path_segment("a/b c"), "a%2Fb%20c");
+    }
+}

@@ -1,0 +1,196 @@
+//! Text rendering for the CLI: the node table and the node detail page.
+
+use std::fmt::Write;
+
+use metalbus_protocol::api::NodeView;
+use metalbus_protocol::Timestamp;
+
+/// "12s ago", "5m ago", "3h ago", "2d ago"; "-" when unknown.
+pub fn ago(then: Option<Timestamp>, now: Timestamp) -> String {
+    let Some(then) = then else {
+        return "-".into();
+    };
+    let s = now.seconds_since(then);
+    match s {
+        0..=59 => format!("{s}s ago"),
+        60..=3599 => format!("{}m ago", s / 60),
+        3600..=86_399 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86_400),
+    }
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |x| format!("{x:.1}"))
+}
+
+fn online(n: &NodeView) -> String {
+    match (n.online, n.offline_reason.as_deref()) {
+        (true, _) => "yes".into(),
+        (false, Some(r)) => format!("no ({r})"),
+        (false, None) => "no".into(),
+    }
+}
+
+/// Aligned columns; the last column is not padded.
+pub fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<w$}  ", w = widths[c]);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+pub fn node_table(nodes: &[NodeView], now: Timestamp) -> String {
+    let mut rows = vec![
+        ["NAME", "STATE", "ONLINE", "CPU%", "MEM%", "LAST SEEN", "ID"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for n in nodes {
+        rows.push(vec![
+            n.name.clone(),
+            n.state.to_string(),
+            online(n),
+            pct(n.usage.cpu_percentage),
+            pct(n.usage.memory_percentage),
+            ago(n.last_seen_at, now),
+            n.id.to_string(),
+        ]);
+    }
+    let mut out = table(&rows);
+    let _ = writeln!(out, "{} node(s)", nodes.len());
+    out
+}
+
+fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
+    v.as_ref().map_or_else(|| "-".into(), ToString::to_string)
+}
+
+pub fn node_detail(n: &NodeView, now: Timestamp) -> String {
+    let s = &n.specs;
+    let u = &n.usage;
+    let mut rows: Vec<Vec<String>> = vec![
+        vec!["Name:".into(), n.name.clone()],
+        vec!["ID:".into(), n.id.to_string()],
+        vec!["State:".into(), format!("{} ({})", n.state, n.phase)],
+        vec![
+            "Since:".into(),
+            format!(
+                "{} ({})",
+                n.state_changed_at,
+                ago(Some(n.state_changed_at), now)
+            ),
+        ],
+        vec!["Online:".into(), online(n)],
+        vec!["Last seen:".into(), ago(n.last_seen_at, now)],
+        vec!["Hostname:".into(), opt(&n.hostname)],
+        vec!["Agent:".into(), opt(&n.agent_version)],
+        vec!["Version:".into(), n.version.to_string()],
+    ];
+    if let Some(p) = &n.progress {
+        rows.push(vec![
+            "Progress:".into(),
+            format!(
+                "{}% {} {}",
+                p.percent,
+                p.step.as_deref().unwrap_or(""),
+                p.message.as_deref().unwrap_or("")
+            )
+            .trim_end()
+            .to_string(),
+        ]);
+    }
+    if let Some(e) = &n.last_install_error {
+        rows.push(vec!["Last error:".into(), e.clone()]);
+    }
+    rows.extend([
+        vec![
+            "System:".into(),
+            format!(
+                "{} {} (serial {})",
+                opt(&s.vendor),
+                opt(&s.model),
+                opt(&s.serial_number)
+            ),
+        ],
+        vec![
+            "CPU:".into(),
+            format!(
+                "{} — {} cores, {} threads, {}",
+                opt(&s.cpu_model),
+                opt(&s.cpu_cores),
+                opt(&s.cpu_threads),
+                opt(&s.architecture)
+            ),
+        ],
+        vec!["Memory:".into(), format!("{} GiB", opt(&s.memory_gb))],
+        vec!["Storage:".into(), format!("{} GB", opt(&s.storage_gb))],
+        vec!["MACs:".into(), list(&n.mac_addresses)],
+        vec!["IPs:".into(), list(&n.ip_addresses)],
+        vec![
+            "Usage:".into(),
+            format!(
+                "cpu {}%  mem {}%  disk {}%  net in {} / out {} Mbps",
+                pct(u.cpu_percentage),
+                pct(u.memory_percentage),
+                pct(u.storage_percentage),
+                pct(u.network_in_mbps),
+                pct(u.network_out_mbps)
+            ),
+        ],
+    ]);
+    table(&rows)
+}
+
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ago_picks_a_readable_unit() {
+        let now = Timestamp::from_unix_millis(10_000_000);
+        let at =
+            |secs_before: i64| Some(Timestamp::from_unix_millis(10_000_000 - secs_before * 1000));
+        assert_eq!(ago(at(5), now), "5s ago");
+        assert_eq!(ago(at(125), now), "2m ago");
+        assert_eq!(ago(at(7300), now), "2h ago");
+        assert_eq!(ago(at(200_000), now), "2d ago");
+        assert_eq!(ago(None, now), "-");
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let rows = vec![
+            vec!["A".to_string(), "BB".into(), "C".into()],
+            vec!["long".to_string(), "x".into(), "y".into()],
+        ];
+        assert_eq!(table(&rows), "A     BB  C\nlong  x   y\n");
+    }
+}

@@ -1,0 +1,315 @@
+//! Engine tests with an in-memory store, a fake clock and the publish queue read
+//! directly: no broker, no network.
+
+use std::sync::Arc;
+
+use metalbus_protocol::inventory::Inventory;
+use metalbus_protocol::metrics::MetricsSample;
+use metalbus_protocol::status::{Birth, Offline, OfflineReason, Status};
+use metalbus_protocol::topic::Topics;
+use metalbus_protocol::{NodeId, Timestamp};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::*;
+use crate::clock::FakeClock;
+use crate::publish::{Outbound, PublishQueue};
+use crate::store::Store;
+use crate::telemetry::Telemetry;
+
+struct Rig {
+    engine: Engine,
+    out: UnboundedReceiver<Outbound>,
+    clock: Arc<FakeClock>,
+    store: Store,
+}
+
+fn rig() -> Rig {
+    let telemetry = Arc::new(Telemetry::new());
+    let store = Store::in_memory(telemetry.clone()).unwrap();
+    let (publish, out) = PublishQueue::new();
+    let clock = Arc::new(FakeClock::at(1_700_000_000_000));
+    let engine = Engine::new(
+        store.clone(),
+        publish,
+        telemetry,
+        clock.clone(),
+        EngineConfig {
+            topics: Topics::default(),
+            metrics_flush: Duration::from_secs(10),
+        },
+    )
+    .unwrap();
+    Rig {
+        engine,
+        out,
+        clock,
+        store,
+    }
+}
+
+impl Rig {
+    fn published(&mut self) -> Vec<Outbound> {
+        let mut v = Vec::new();
+        while let Ok(m) = self.out.try_recv() {
+            v.push(m);
+        }
+        v
+    }
+
+    fn node(&self, id: &str) -> NodeRecord {
+        self.store.find_node(id).unwrap().unwrap()
+    }
+}
+
+fn id(s: &str) -> NodeId {
+    NodeId::new(s).unwrap()
+}
+
+fn birth(node: &str, conn: u64, session: &str, hostname: &str) -> Input {
+    Input::Status {
+        id: id(node),
+        status: Status::Birth(Birth {
+            conn,
+            session: session.into(),
+            agent_version: "0.1.0".into(),
+            hostname: hostname.into(),
+            boot_id: None,
+            metrics_interval_s: 15,
+            ts: Timestamp::from_unix_millis(0),
+            node_id: None,
+        }),
+    }
+}
+
+fn offline(node: &str, conn: u64, session: Option<&str>, reason: OfflineReason) -> Input {
+    Input::Status {
+        id: id(node),
+        status: Status::Offline(Offline {
+            conn,
+            reason,
+            session: session.map(String::from),
+            node_id: None,
+        }),
+    }
+}
+
+fn inventory(node: &str, threads: u32) -> Input {
+    let mut inv = Inventory::default();
+    inv.cpu.threads = Some(threads);
+    Input::Inventory {
+        id: id(node),
+        inventory: Box::new(inv),
+    }
+}
+
+fn topics_of(msgs: &[Outbound]) -> Vec<&str> {
+    msgs.iter().map(|m| m.topic.as_str()).collect()
+}
+
+#[test]
+fn first_birth_creates_a_discovered_node_and_publishes_retained_state() {
+    let mut r = rig();
+    r.engine.apply(vec![birth("n1", 1, "s", "web-01")]);
+    let n = r.node("n1");
+    assert_eq!(
+        (n.state, n.name.as_str(), n.version, n.online),
+        (NodeState::Discovered, "web-01", 1, true)
+    );
+    let out = r.published();
+    assert_eq!(
+        topics_of(&out),
+        ["metalbus/v1/nodes/n1/state", "metalbus/v1/summary"]
+    );
+    assert!(out.iter().all(|m| m.retain));
+    let state: serde_json::Value = serde_json::from_slice(&out[0].payload).unwrap();
+    assert_eq!(state["state"], "discovered");
+    assert_eq!(state["phase"], "Unmanaged");
+    let summary: serde_json::Value = serde_json::from_slice(&out[1].payload).unwrap();
+    assert_eq!(
+        (summary["total"].as_u64(), summary["online"].as_u64()),
+        (Some(1), Some(1))
+    );
+}
+
+#[test]
+fn a_repeated_birth_changes_nothing() {
+    let mut r = rig();
+    r.engine.apply(vec![birth("n1", 1, "s", "h")]);
+    r.published();
+    r.engine.apply(vec![birth("n1", 1, "s", "h")]);
+    assert_eq!(r.node("n1").version, 1);
+    assert!(r.published().is_empty());
+}
+
+#[test]
+fn a_will_older_than_the_newest_birth_is_ignored() {
+    let mut r = rig();
+    r.engine.apply(vec![birth("n1", 5, "s", "h")]);
+    // The Will of connection 4 arrives after the birth of connection 5.
+    r.engine
+        .apply(vec![offline("n1", 4, Some("s"), OfflineReason::Lost)]);
+    assert!(r.node("n1").online);
+    // A Will from an earlier incarnation (another session) too.
+    r.engine
+        .apply(vec![offline("n1", 9, Some("old"), OfflineReason::Lost)]);
+    assert!(r.node("n1").online);
+    // The current connection's Will counts.
+    r.engine
+        .apply(vec![offline("n1", 5, Some("s"), OfflineReason::Lost)]);
+    let n = r.node("n1");
+    assert!(!n.online);
+    assert_eq!(n.offline_reason, Some(OfflineReason::Lost));
+    assert_eq!(n.version, 2);
+}
+
+#[test]
+fn a_stale_birth_is_ignored_but_a_new_session_resets_the_counter() {
+    let mut r = rig();
+    r.engine.apply(vec![birth("n1", 5, "s", "h")]);
+    r.engine
+        .apply(vec![offline("n1", 5, Some("s"), OfflineReason::Shutdown)]);
+    r.engine.apply(vec![birth("n1", 3, "s", "h")]);
+    assert!(
+        !r.node("n1").online,
+        "birth of an older connection is stale"
+    );
+    // State dir wiped on the host: new session, counter back at 1.
+    r.engine.apply(vec![birth("n1", 1, "fresh", "h")]);
+    let n = r.node("n1");
+    assert!(n.online);
+    assert_eq!((n.conn, n.session.as_deref()), (1, Some("fresh")));
+}
+
+#[test]
+fn shutdown_is_recorded_with_its_reason() {
+    let mut r = rig();
+    r.engine.apply(vec![birth("n1", 1, "s", "h")]);
+    r.engine
+        .apply(vec![offline("n1", 1, None, OfflineReason::Shutdown)]);
+    assert_eq!(r.node("n1").offline_reason, Some(OfflineReason::Shutdown));
+    r.engine.apply(vec![birth("n1", 2, "s", "h")]);
+    let n = r.node("n1");
+    assert!(n.online);
+    assert_eq!(n.offline_reason, None);
+}
+
+#[test]
+fn offline_for_an_unknown_node_creates_nothing() {
+    let mut r = rig();
+    r.engine
+        .apply(vec![offline("ghost", 1, None, OfflineReason::Lost)]);
+    assert!(r.store.find_node("ghost").unwrap().is_none());
+}
+
+#[test]
+fn an_inventory_before_the_birth_is_kept_and_applied() {
+    let mut r = rig();
+    r.engine.apply(vec![inventory("n1", 8)]);
+    assert!(r.store.find_node("n1").unwrap().is_none());
+    r.engine.apply(vec![birth("n1", 1, "s", "h")]);
+    let inv = r.store.inventory(&id("n1")).unwrap().unwrap();
+    assert_eq!(inv.inventory.cpu.threads, Some(8));
+}
+
+#[test]
+fn a_changed_inventory_bumps_the_version_an_unchanged_one_does_not() {
+    let mut r = rig();
+    r.engine
+        .apply(vec![birth("n1", 1, "s", "h"), inventory("n1", 8)]);
+    let v = r.node("n1").version;
+    r.engine.apply(vec![inventory("n1", 8)]);
+    assert_eq!(r.node("n1").version, v);
+    r.engine.apply(vec![inventory("n1", 16)]);
+    assert_eq!(r.node("n1").version, v + 1);
+    let inv = r.store.inventory(&id("n1")).unwrap().unwrap();
+    assert_eq!(inv.inventory.cpu.threads, Some(16));
+}
+
+#[test]
+fn names_stay_unique_when_hostnames_collide() {
+    let mut r = rig();
+    r.engine.apply(vec![
+        birth("aaaaaaaaaaaa1", 1, "s", "rack-host"),
+        birth("bbbbbbbbbbbb2", 1, "s", "rack-host"),
+        birth("rack-host", 1, "s", "bad host name!"),
+    ]);
+    assert_eq!(r.node("aaaaaaaaaaaa1").name, "rack-host");
+    assert_eq!(r.node("bbbbbbbbbbbb2").name, "rack-host-bbbbbbbb");
+    // A hostname that cannot be a name falls back to the id, made unique: here the id
+    // "rack-host" is already another node's name.
+    let third = r
+        .store
+        .nodes()
+        .unwrap()
+        .into_iter()
+        .find(|n| n.id.as_str() == "rack-host")
+        .unwrap();
+    assert_eq!(third.name, "rack-host-2");
+}
+
+#[test]
+fn metrics_refresh_the_heartbeat_after_a_flush() {
+    let mut r = rig();
+    r.engine.apply(vec![birth("n1", 1, "s", "h")]);
+    r.clock.advance_ms(5_000);
+    let sample: MetricsSample = serde_json::from_str(
+        r#"{"ts":"2026-01-01T00:00:00Z","cpu_percent":42.0,"load":null,"memory":null,"swap":null,
+            "filesystems":null,"network":null,"disk_io":null,"uptime_s":5,"temperatures_c":null}"#,
+    )
+    .unwrap();
+    r.engine.apply(vec![Input::Metrics {
+        id: id("n1"),
+        sample,
+    }]);
+    r.engine.flush_heartbeats(Durability::None);
+    let hb = r.store.heartbeat(&id("n1")).unwrap().unwrap();
+    assert_eq!(hb.sample.and_then(|s| s.cpu_percent), Some(42.0));
+    assert_eq!(hb.last_seen_at, r.clock.now());
+    // Metrics alone change no node record.
+    assert_eq!(r.node("n1").version, 1);
+    // Metrics for a node never born are dropped.
+    r.engine.apply(vec![Input::Metrics {
+        id: id("ghost"),
+        sample: serde_json::from_str(r#"{"ts":"2026-01-01T00:00:00Z"}"#).unwrap(),
+    }]);
+    r.engine.flush_heartbeats(Durability::None);
+    assert!(r.store.heartbeat(&id("ghost")).unwrap().is_none());
+}
+
+#[test]
+fn resync_republishes_every_retained_state() {
+    let mut r = rig();
+    r.engine
+        .apply(vec![birth("n1", 1, "s", "a"), birth("n2", 1, "s", "b")]);
+    r.published();
+    r.engine.apply(vec![Input::Resync]);
+    let out = r.published();
+    assert_eq!(
+        topics_of(&out),
+        [
+            "metalbus/v1/nodes/n1/state",
+            "metalbus/v1/nodes/n2/state",
+            "metalbus/v1/summary"
+        ]
+    );
+}
+
+#[test]
+fn a_restarted_engine_sees_the_stored_nodes() {
+    let mut r = rig();
+    r.engine.apply(vec![birth("n1", 1, "s", "a")]);
+    let (publish, _out) = PublishQueue::new();
+    let again = Engine::new(
+        r.store.clone(),
+        publish,
+        Arc::new(Telemetry::new()),
+        r.clock.clone(),
+        EngineConfig {
+            topics: Topics::default(),
+            metrics_flush: Duration::from_secs(10),
+        },
+    )
+    .unwrap();
+    assert_eq!(again.summary().total, 1);
+    assert!(again.names.contains_key("a"));
+}

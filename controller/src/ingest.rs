@@ -1,0 +1,317 @@
+//! Turns one MQTT message from an agent into an engine [`Input`], or a [`Rejection`].
+//!
+//! Pure: no I/O, so every refusal rule is unit-tested with plain bytes. Every message
+//! from the network is untrusted (DESIGN section 3): wrong type, missing field, bad id,
+//! oversized payload, or a payload id that differs from the topic's.
+
+use metalbus_protocol::controller::Reject;
+use metalbus_protocol::inventory::Inventory;
+use metalbus_protocol::metrics::MetricsSample;
+use metalbus_protocol::status::Status;
+use metalbus_protocol::topic::{NodeTopic, Topic, TopicError, Topics};
+use metalbus_protocol::{NodeId, MAX_PAYLOAD_BYTES};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::engine::Input;
+
+/// Why a message was refused; the label of `metalbus_ingest_rejected_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    BadTopic,
+    BadNodeId,
+    TooLarge,
+    BadJson,
+    BadPayload,
+    InvalidValue,
+    NodeIdMismatch,
+    Unsupported,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::BadTopic => "bad_topic",
+            RejectReason::BadNodeId => "bad_node_id",
+            RejectReason::TooLarge => "too_large",
+            RejectReason::BadJson => "bad_json",
+            RejectReason::BadPayload => "bad_payload",
+            RejectReason::InvalidValue => "invalid_value",
+            RejectReason::NodeIdMismatch => "node_id_mismatch",
+            RejectReason::Unsupported => "unsupported",
+        }
+    }
+}
+
+/// A refused message, and where to announce it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: RejectReason,
+    /// `{p}/nodes/{id}/rejects`, when the topic named a node (even an invalid one).
+    pub reply_topic: Option<String>,
+    pub reject: Reject,
+}
+
+/// The topic kind label for `metalbus_ingest_messages_total{kind}`.
+pub fn kind_label(topics: &Topics, topic: &str) -> &'static str {
+    match topics.parse(topic) {
+        Ok(Topic::Node(_, kind)) | Err(TopicError::BadNodeId { kind, .. }) => kind.as_str(),
+        _ => "other",
+    }
+}
+
+/// The input a message carries, `None` for an empty payload (which clears a retained
+/// message: legal MQTT, nothing to apply), or why it is refused.
+pub fn decode(topics: &Topics, topic: &str, payload: &[u8]) -> Result<Option<Input>, Rejection> {
+    let refuse = |reason, reply_topic: Option<String>, error: String, seq| Rejection {
+        reason,
+        reply_topic,
+        reject: Reject {
+            topic: topic.to_string(),
+            error,
+            seq,
+        },
+    };
+    let (id, kind) = match topics.parse(topic) {
+        Ok(Topic::Node(id, kind)) => (id, kind),
+        Ok(_) => {
+            return Err(refuse(
+                RejectReason::BadTopic,
+                None,
+                "not an agent topic".into(),
+                None,
+            ))
+        }
+        Err(TopicError::BadNodeId { raw, source, .. }) => {
+            return Err(refuse(
+                RejectReason::BadNodeId,
+                Some(topics.rejects_for_raw(&raw)),
+                source.to_string(),
+                None,
+            ))
+        }
+        Err(e) => return Err(refuse(RejectReason::BadTopic, None, e.to_string(), None)),
+    };
+    let reply = Some(topics.node(&id, NodeTopic::Rejects));
+    if !NodeTopic::FROM_AGENT.contains(&kind) || kind == NodeTopic::Reports {
+        return Err(refuse(
+            RejectReason::Unsupported,
+            reply,
+            format!("the controller does not ingest '{kind}' messages"),
+            None,
+        ));
+    }
+    if payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(refuse(
+            RejectReason::TooLarge,
+            reply,
+            format!(
+                "payload is {} bytes; the limit is {MAX_PAYLOAD_BYTES}",
+                payload.len()
+            ),
+            None,
+        ));
+    }
+    if payload.is_empty() {
+        return Ok(None);
+    }
+    let value: Value = serde_json::from_slice(payload).map_err(|e| {
+        refuse(
+            RejectReason::BadJson,
+            reply.clone(),
+            format!("not JSON: {e}"),
+            None,
+        )
+    })?;
+    let seq = value.get("seq").and_then(Value::as_u64);
+    if !value.is_object() {
+        return Err(refuse(
+            RejectReason::BadPayload,
+            reply,
+            "payload must be a JSON object".into(),
+            seq,
+        ));
+    }
+    let bad = |e: String| refuse(RejectReason::BadPayload, reply.clone(), e, seq);
+    let invalid = |e: String| refuse(RejectReason::InvalidValue, reply.clone(), e, seq);
+    let (input, claimed) = match kind {
+        NodeTopic::Status => {
+            let status: Status = typed(value).map_err(bad)?;
+            let claimed = status.node_id().cloned();
+            (
+                Input::Status {
+                    id: id.clone(),
+                    status,
+                },
+                claimed,
+            )
+        }
+        NodeTopic::Inventory => {
+            let inventory: Inventory = typed(value).map_err(bad)?;
+            inventory.validate().map_err(|e| invalid(e.to_string()))?;
+            let claimed = inventory.node_id.clone();
+            (
+                Input::Inventory {
+                    id: id.clone(),
+                    inventory: Box::new(inventory),
+                },
+                claimed,
+            )
+        }
+        _ => {
+            let sample: MetricsSample = typed(value).map_err(bad)?;
+            sample.validate().map_err(|e| invalid(e.to_string()))?;
+            let claimed = sample.node_id.clone();
+            (
+                Input::Metrics {
+                    id: id.clone(),
+                    sample,
+                },
+                claimed,
+            )
+        }
+    };
+    match claimed {
+        Some(other) if other != id => Err(refuse(
+            RejectReason::NodeIdMismatch,
+            reply,
+            format!(
+                "payload node_id {other:?} differs from the topic's {:?}",
+                id.as_str()
+            ),
+            seq,
+        )),
+        _ => Ok(Some(input)),
+    }
+}
+
+fn typed<T: DeserializeOwned>(value: Value) -> Result<T, String> {
+    serde_json::from_value(value).map_err(|e| e.to_string())
+}
+
+/// The id a decoded input is about.
+pub fn input_node(input: &Input) -> Option<&NodeId> {
+    match input {
+        Input::Status { id, .. } | Input::Inventory { id, .. } | Input::Metrics { id, .. } => {
+            Some(id)
+        }
+        Input::Resync => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t() -> Topics {
+        Topics::default()
+    }
+
+    fn reject(topic: &str, payload: &[u8]) -> Rejection {
+        match decode(&t(), topic, payload) {
+            Err(r) => r,
+            Ok(d) => panic!("expected a rejection for {topic}, got {d:?}"),
+        }
+    }
+
+    const BIRTH: &str = r#"{"online":true,"conn":1,"session":"s","agent_version":"0.1.0","hostname":"h","boot_id":null,"metrics_interval_s":15,"ts":"2026-01-01T00:00:00Z"}"#;
+
+    #[test]
+    fn accepts_good_messages() {
+        let ok = decode(&t(), "metalbus/v1/nodes/n1/status", BIRTH.as_bytes()).unwrap();
+        assert!(matches!(ok, Some(Input::Status { ref id, .. }) if id.as_str() == "n1"));
+        let metrics = r#"{"ts":"2026-01-01T00:00:00Z","cpu_percent":5.0,"load":null,"memory":null,"swap":null,"filesystems":null,"network":null,"disk_io":null,"uptime_s":1,"temperatures_c":null}"#;
+        let ok = decode(&t(), "metalbus/v1/nodes/n1/metrics", metrics.as_bytes()).unwrap();
+        assert!(matches!(ok, Some(Input::Metrics { .. })));
+        assert!(decode(&t(), "metalbus/v1/nodes/n1/inventory", b"")
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn refuses_each_kind_of_garbage_with_its_reason() {
+        let inv = "metalbus/v1/nodes/x/inventory";
+        let cases: Vec<(&str, Vec<u8>, RejectReason)> = vec![
+            (inv, b"not json {".to_vec(), RejectReason::BadJson),
+            (inv, b"\xff\xfe".to_vec(), RejectReason::BadJson),
+            (inv, b"[1,2,3]".to_vec(), RejectReason::BadPayload),
+            (inv, b"42".to_vec(), RejectReason::BadPayload),
+            (
+                inv,
+                br#"{"hostname":5,"system":{},"cpu":{},"memory":{},"disks":[],"nics":[],"os":{}}"#
+                    .to_vec(),
+                RejectReason::BadPayload,
+            ),
+            (inv, vec![b'x'; 1024 * 1024], RejectReason::TooLarge),
+            (
+                "metalbus/v1/nodes/x/metrics",
+                br#"{"ts":"2026-01-01T00:00:00Z","cpu_percent":400}"#.to_vec(),
+                RejectReason::InvalidValue,
+            ),
+            (
+                "metalbus/v1/nodes/x/status",
+                br#"{"online":false,"reason":"lost","conn":1,"node_id":"y"}"#.to_vec(),
+                RejectReason::NodeIdMismatch,
+            ),
+            (
+                "metalbus/v1/nodes/Bad!Id/inventory",
+                b"{}".to_vec(),
+                RejectReason::BadNodeId,
+            ),
+            (
+                "metalbus/v1/nodes/x/reports",
+                b"{}".to_vec(),
+                RejectReason::Unsupported,
+            ),
+        ];
+        for (topic, payload, want) in cases {
+            let r = reject(topic, &payload);
+            assert_eq!(
+                r.reason,
+                want,
+                "{topic} {:?}",
+                String::from_utf8_lossy(&payload[..payload.len().min(40)])
+            );
+            assert_eq!(r.reject.topic, topic);
+            assert!(!r.reject.error.is_empty());
+        }
+    }
+
+    #[test]
+    fn rejects_are_addressed_to_the_node_even_with_a_bad_id() {
+        let r = reject("metalbus/v1/nodes/x/inventory", b"nope");
+        assert_eq!(
+            r.reply_topic.as_deref(),
+            Some("metalbus/v1/nodes/x/rejects")
+        );
+        let r = reject("metalbus/v1/nodes/NOT_VALID/status", BIRTH.as_bytes());
+        assert_eq!(
+            r.reply_topic.as_deref(),
+            Some("metalbus/v1/nodes/NOT_VALID/rejects")
+        );
+        assert!(
+            r.reject.error.contains("must start with"),
+            "{}",
+            r.reject.error
+        );
+        let r = reject("elsewhere/nodes/x/status", BIRTH.as_bytes());
+        assert_eq!((r.reason, r.reply_topic), (RejectReason::BadTopic, None));
+    }
+
+    #[test]
+    fn seq_is_echoed_when_readable() {
+        let r = reject(
+            "metalbus/v1/nodes/x/status",
+            br#"{"seq":41,"online":"maybe"}"#,
+        );
+        assert_eq!(r.reject.seq, Some(41));
+        assert_eq!(r.reason, RejectReason::BadPayload);
+    }
+
+    #[test]
+    fn labels_name_the_topic_kind() {
+        assert_eq!(kind_label(&t(), "metalbus/v1/nodes/a/metrics"), "metrics");
+        assert_eq!(kind_label(&t(), "metalbus/v1/nodes/A!/status"), "status");
+        assert_eq!(kind_label(&t(), "x/y"), "other");
+    }
+}

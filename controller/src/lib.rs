@@ -1,0 +1,24 @@
+//! The Metalbus controller as a library; `main.rs` only parses flags.
+//!
+//! Code map (see ARCHITECTURE.md):
+//! - [`serve`]: wires everything and runs the daemon.
+//! - [`broker`]: the embedded rumqttd broker.
+//! - [`bus`]: the controller's MQTT client (subscribe, ingest, publish).
+//! - [`ingest`]: pure decoding and refusal of agent messages.
+//! - [`engine`]: the one writer of node data.
+//! - [`store`]: redb tables and records.
+//! - [`api`]: the HTTP API; [`cli`]: the operator CLI.
+//! - [`publish`], [`telemetry`], [`clock`], [`config`]: plumbing.
+
+pub mod api;
+pub mod broker;
+pub mod bus;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod engine;
+pub mod ingest;
+pub mod publish;
+pub mod serve;
+pub mod store;
+pub mod telemetry;

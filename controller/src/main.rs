@@ -1,0 +1,134 @@
+//! `metalbus`: the controller daemon (`serve`) and the operator CLI. Flag parsing and
+//! dispatch only.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use metalbus::cli::{self, ClientArgs, NodesCommand};
+use metalbus::config::{ControllerConfig, ControllerFile};
+use metalbus_agent::config::LogFormat;
+
+/// Metalbus: bare-metal host lifecycle. `serve` runs the controller; the other commands
+/// talk to its HTTP API.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller: embedded MQTT broker, store, HTTP API.
+    Serve(ServeArgs),
+    /// Inspect and manage nodes.
+    Nodes {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: NodesCommand,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Config file (TOML).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory [default: ./metalbus-data]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Embedded MQTT broker address [default: 127.0.0.1:1883]
+    #[arg(long, value_name = "ADDR")]
+    mqtt_listen: Option<SocketAddr>,
+    /// HTTP API address [default: 127.0.0.1:8088]
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Option<SocketAddr>,
+    /// Also run an agent for this host, so the controller manages its own machine.
+    #[arg(long)]
+    local_agent: bool,
+    /// Log format [default: text]
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+impl ServeArgs {
+    fn resolve(self) -> anyhow::Result<ControllerConfig> {
+        let mut cfg = ControllerConfig::default();
+        if let Some(path) = &self.config {
+            ControllerFile::load(path)?.apply(&mut cfg);
+        }
+        if let Some(d) = self.data_dir {
+            cfg.data_dir = d;
+        }
+        if let Some(a) = self.mqtt_listen {
+            cfg.mqtt_listen = a;
+        }
+        if let Some(a) = self.http_listen {
+            cfg.http_listen = a;
+        }
+        if let Some(f) = self.log_format {
+            cfg.log_format = f;
+        }
+        cfg.local_agent = self.local_agent;
+        Ok(cfg)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => match serve(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("metalbus: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Nodes { client, command } => client_command(cli::nodes(client, command)),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn client_command(
+    fut: impl std::future::Future<Output = Result<String, cli::client::ClientError>>,
+) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("metalbus: error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("metalbus: error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let cfg = args.resolve()?;
+    metalbus_agent::logging::init(cfg.log_format, "info,rumqttd=off");
+    runtime()?.block_on(metalbus::serve::run(
+        cfg,
+        metalbus_agent::logging::shutdown_signal(),
+        || {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        },
+    ))
+}

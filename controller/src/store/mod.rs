@@ -1,0 +1,377 @@
+//! The controller's redb store: tables, typed reads, and write transactions.
+//!
+//! Architecture Invariant: only the engine task writes node data (STYLE rule 4); the HTTP
+//! API reads through [`Store`]'s read methods, each in its own read transaction.
+
+mod records;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use metalbus_protocol::NodeId;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use records::{Heartbeat, NodeRecord, Role, StoredInventory, TokenRecord};
+
+use crate::telemetry::Telemetry;
+
+/// id → [`NodeRecord`]
+const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+/// name → id, the unique-name index
+const NAMES: TableDefinition<&str, &str> = TableDefinition::new("node_names");
+/// id → [`StoredInventory`]
+const INVENTORY: TableDefinition<&str, &[u8]> = TableDefinition::new("inventory");
+/// id → [`Heartbeat`]
+const HEARTBEATS: TableDefinition<&str, &[u8]> = TableDefinition::new("heartbeats");
+/// sha256(token) hex → [`TokenRecord`]
+const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+/// store-wide facts, e.g. `schema`
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+const SCHEMA_VERSION: &[u8] = b"1";
+
+/// Store failures, with what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store at {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: redb::DatabaseError,
+    },
+    #[error("store {op} failed: {source}")]
+    Db {
+        op: &'static str,
+        source: redb::Error,
+    },
+    #[error("stored {table} record {key:?} is unreadable: {source}")]
+    Decode {
+        table: &'static str,
+        key: String,
+        source: serde_json::Error,
+    },
+    #[error(
+        "the store was written by a newer Metalbus (schema {found}); this build reads schema 1"
+    )]
+    Schema { found: String },
+}
+
+/// Shorthand for converting any redb error into [`StoreError::Db`].
+macro_rules! tryop {
+    ($op:expr, $e:expr) => {
+        $e.map_err(|e| StoreError::Db {
+            op: $op,
+            source: e.into(),
+        })?
+    };
+}
+
+/// A handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    telemetry: Arc<Telemetry>,
+}
+
+impl Store {
+    /// Opens or creates `path`. Fails if another process holds it.
+    pub fn open(path: &Path, telemetry: Arc<Telemetry>) -> Result<Self, StoreError> {
+        let db = Database::create(path).map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let store = Self {
+            db: Arc::new(db),
+            telemetry,
+        };
+        store.init()?;
+        Ok(store)
+    }
+
+    /// An in-memory store for tests.
+    pub fn in_memory(telemetry: Arc<Telemetry>) -> Result<Self, StoreError> {
+        let db = tryop!(
+            "create",
+            Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())
+        );
+        let store = Self {
+            db: Arc::new(db),
+            telemetry,
+        };
+        store.init()?;
+        Ok(store)
+    }
+
+    fn init(&self) -> Result<(), StoreError> {
+        self.write(Durability::Immediate, |tx| {
+            let txn = tx.txn;
+            for def in [NODES, INVENTORY, HEARTBEATS, TOKENS, META] {
+                tryop!("create table", txn.open_table(def));
+            }
+            tryop!("create table", txn.open_table(NAMES));
+            let mut meta = tryop!("open meta", txn.open_table(META));
+            let found = tryop!("read schema", meta.get("schema")).map(|v| v.value().to_vec());
+            match found {
+                None => {
+                    tryop!("write schema", meta.insert("schema", SCHEMA_VERSION));
+                }
+                Some(v) if v == SCHEMA_VERSION => {}
+                Some(v) => {
+                    return Err(StoreError::Schema {
+                        found: String::from_utf8_lossy(&v).into_owned(),
+                    })
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Runs `f` in one write transaction and commits it with `durability`.
+    pub fn write<T>(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&mut WriteTx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let result = (|| {
+            let mut txn = tryop!("begin write", self.db.begin_write());
+            tryop!("set durability", txn.set_durability(durability));
+            let out = f(&mut WriteTx { txn: &txn })?;
+            let started = Instant::now();
+            tryop!("commit", txn.commit());
+            self.telemetry.observe_commit(started.elapsed());
+            Ok(out)
+        })();
+        if result.is_err() {
+            self.telemetry.store_errors.inc();
+        }
+        result
+    }
+
+    /// Every node, in id order.
+    pub fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        self.scan(NODES, "nodes")
+    }
+
+    /// A node by id, or else by name.
+    pub fn find_node(&self, key: &str) -> Result<Option<NodeRecord>, StoreError> {
+        let txn = tryop!("begin read", self.db.begin_read());
+        let nodes = tryop!("open nodes", txn.open_table(NODES));
+        if let Some(rec) = get_json(&nodes, "nodes", key)? {
+            return Ok(Some(rec));
+        }
+        let names = tryop!("open names", txn.open_table(NAMES));
+        let id = tryop!("read names", names.get(key)).map(|v| v.value().to_string());
+        match id {
+            Some(id) => get_json(&nodes, "nodes", &id),
+            None => Ok(None),
+        }
+    }
+
+    pub fn inventory(&self, id: &NodeId) -> Result<Option<StoredInventory>, StoreError> {
+        self.get(INVENTORY, "inventory", id.as_str())
+    }
+
+    pub fn heartbeat(&self, id: &NodeId) -> Result<Option<Heartbeat>, StoreError> {
+        self.get(HEARTBEATS, "heartbeats", id.as_str())
+    }
+
+    pub fn token(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.get(TOKENS, "tokens", hash)
+    }
+
+    fn get<T: DeserializeOwned>(
+        &self,
+        def: TableDefinition<&str, &[u8]>,
+        table: &'static str,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let txn = tryop!("begin read", self.db.begin_read());
+        let t = tryop!("open table", txn.open_table(def));
+        get_json(&t, table, key)
+    }
+
+    fn scan<T: DeserializeOwned>(
+        &self,
+        def: TableDefinition<&str, &[u8]>,
+        table: &'static str,
+    ) -> Result<Vec<T>, StoreError> {
+        let txn = tryop!("begin read", self.db.begin_read());
+        let t = tryop!("open table", txn.open_table(def));
+        let mut out = Vec::new();
+        for entry in tryop!("scan", t.iter()) {
+            let (k, v) = tryop!("scan", entry);
+            out.push(decode(table, k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+}
+
+fn decode<T: DeserializeOwned>(
+    table: &'static str,
+    key: &str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Decode {
+        table,
+        key: key.to_string(),
+        source,
+    })
+}
+
+fn get_json<T: DeserializeOwned>(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    table: &'static str,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    match tryop!("read", t.get(key)) {
+        Some(v) => decode(table, key, v.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn encode(value: &impl Serialize) -> Vec<u8> {
+    // Our records are plain data (strings, numbers, maps with string keys): serializing
+    // them cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// The operations allowed inside one write transaction.
+pub struct WriteTx<'a> {
+    txn: &'a redb::WriteTransaction,
+}
+
+impl WriteTx<'_> {
+    /// Inserts or replaces a node and keeps the name index in step. `old_name` is the
+    /// name it had before, if it existed.
+    pub fn put_node(
+        &mut self,
+        node: &NodeRecord,
+        old_name: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut nodes = tryop!("open nodes", self.txn.open_table(NODES));
+        tryop!(
+            "write node",
+            nodes.insert(node.id.as_str(), encode(node).as_slice())
+        );
+        let mut names = tryop!("open names", self.txn.open_table(NAMES));
+        if let Some(old) = old_name.filter(|o| *o != node.name) {
+            tryop!("write names", names.remove(old));
+        }
+        tryop!(
+            "write names",
+            names.insert(node.name.as_str(), node.id.as_str())
+        );
+        Ok(())
+    }
+
+    pub fn put_inventory(&mut self, id: &NodeId, inv: &StoredInventory) -> Result<(), StoreError> {
+        let mut t = tryop!("open inventory", self.txn.open_table(INVENTORY));
+        tryop!(
+            "write inventory",
+            t.insert(id.as_str(), encode(inv).as_slice())
+        );
+        Ok(())
+    }
+
+    pub fn put_heartbeat(&mut self, id: &NodeId, hb: &Heartbeat) -> Result<(), StoreError> {
+        let mut t = tryop!("open heartbeats", self.txn.open_table(HEARTBEATS));
+        tryop!(
+            "write heartbeat",
+            t.insert(id.as_str(), encode(hb).as_slice())
+        );
+        Ok(())
+    }
+
+    pub fn put_token(&mut self, hash: &str, token: &TokenRecord) -> Result<(), StoreError> {
+        let mut t = tryop!("open tokens", self.txn.open_table(TOKENS));
+        tryop!("write token", t.insert(hash, encode(token).as_slice()));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metalbus_protocol::lifecycle::NodeState;
+    use metalbus_protocol::Timestamp;
+
+    pub(crate) fn record(id: &str, name: &str) -> NodeRecord {
+        let t = Timestamp::from_unix_millis(1_000);
+        NodeRecord {
+            id: NodeId::new(id).unwrap(),
+            name: name.into(),
+            state: NodeState::Discovered,
+            version: 1,
+            created_at: t,
+            updated_at: t,
+            state_changed_at: t,
+            online: true,
+            offline_reason: None,
+            conn: 1,
+            session: Some("s".into()),
+            hostname: Some(name.into()),
+            agent_version: None,
+            boot_id: None,
+            metrics_interval_s: Some(15),
+            install_attempts: 0,
+            last_install_error: None,
+            recovery_attempts: 0,
+            plan: None,
+            progress: None,
+            labels: Default::default(),
+            group: None,
+            control_plane: false,
+        }
+    }
+
+    #[test]
+    fn nodes_are_found_by_id_or_name_and_renames_move_the_index() {
+        let store = Store::in_memory(Arc::new(Telemetry::new())).unwrap();
+        let mut n = record("n1", "alpha");
+        store
+            .write(Durability::Immediate, |tx| tx.put_node(&n, None))
+            .unwrap();
+        assert_eq!(store.find_node("n1").unwrap().unwrap().name, "alpha");
+        assert_eq!(store.find_node("alpha").unwrap().unwrap().id.as_str(), "n1");
+        n.name = "beta".into();
+        store
+            .write(Durability::Immediate, |tx| tx.put_node(&n, Some("alpha")))
+            .unwrap();
+        assert!(store.find_node("alpha").unwrap().is_none());
+        assert_eq!(store.find_node("beta").unwrap().unwrap().id.as_str(), "n1");
+        assert!(store.find_node("nope").unwrap().is_none());
+        assert_eq!(store.nodes().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_failed_transaction_writes_nothing() {
+        let store = Store::in_memory(Arc::new(Telemetry::new())).unwrap();
+        let n = record("n1", "alpha");
+        let result: Result<(), StoreError> = store.write(Durability::Immediate, |tx| {
+            tx.put_node(&n, None)?;
+            Err(StoreError::Schema {
+                found: "test".into(),
+            })
+        });
+        assert!(result.is_err());
+        assert!(store.find_node("n1").unwrap().is_none());
+    }
+
+    #[test]
+    fn data_survives_reopening_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.redb");
+        {
+            let store = Store::open(&path, Arc::new(Telemetry::new())).unwrap();
+            store
+                .write(Durability::Immediate, |tx| {
+                    tx.put_node(&record("n1", "a"), None)
+                })
+                .unwrap();
+        }
+        let store = Store::open(&path, Arc::new(Telemetry::new())).unwrap();
+        assert_eq!(store.nodes().unwrap()[0].id.as_str(), "n1");
+    }
+}

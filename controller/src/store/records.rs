@@ -1,0 +1,95 @@
+//! What the controller stores per node, as serde structs encoded to JSON in redb values.
+//!
+//! JSON keeps records readable and lets fields be added with `#[serde(default)]`, so an
+//! older data dir opens in a newer controller.
+
+use std::collections::BTreeMap;
+
+use metalbus_protocol::controller::Progress;
+use metalbus_protocol::inventory::Inventory;
+use metalbus_protocol::lifecycle::NodeState;
+use metalbus_protocol::metrics::MetricsSample;
+use metalbus_protocol::status::OfflineReason;
+use metalbus_protocol::{NodeId, Timestamp};
+use serde::{Deserialize, Serialize};
+
+/// One node: identity, lifecycle, agent connection facts, operator metadata.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: NodeId,
+    /// Unique; defaults to the hostname. API paths take the id or the name.
+    pub name: String,
+    pub state: NodeState,
+    /// Goes up by one on every change to this record.
+    pub version: u64,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub state_changed_at: Timestamp,
+
+    pub online: bool,
+    #[serde(default)]
+    pub offline_reason: Option<OfflineReason>,
+    /// `conn` of the newest birth seen; older Wills and births are stale.
+    #[serde(default)]
+    pub conn: u64,
+    #[serde(default)]
+    pub session: Option<String>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub agent_version: Option<String>,
+    #[serde(default)]
+    pub boot_id: Option<String>,
+    #[serde(default)]
+    pub metrics_interval_s: Option<u32>,
+
+    #[serde(default)]
+    pub install_attempts: u32,
+    #[serde(default)]
+    pub last_install_error: Option<String>,
+    #[serde(default)]
+    pub recovery_attempts: u32,
+    #[serde(default)]
+    pub plan: Option<String>,
+    #[serde(default)]
+    pub progress: Option<Progress>,
+
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub control_plane: bool,
+}
+
+/// The newest inventory of a node, and when it arrived.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredInventory {
+    pub received_at: Timestamp,
+    pub inventory: Inventory,
+}
+
+/// The newest heartbeat (metrics sample) of a node. Written in batches with cheap
+/// durability (DESIGN section 4: a crash may lose the last `metrics_flush` of samples).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub last_seen_at: Timestamp,
+    pub sample: Option<MetricsSample>,
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Viewer,
+    Operator,
+    Admin,
+}
+
+/// An API token; only its SHA-256 is stored, as the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub name: String,
+    pub role: Role,
+    pub created_at: Timestamp,
+}

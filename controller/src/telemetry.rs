@@ -1,0 +1,155 @@
+//! Prometheus series the controller exports at `GET /metrics` (DESIGN section 10).
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
+/// Every series, registered once.
+pub struct Telemetry {
+    registry: Registry,
+    pub ingest_messages: Family<KindLabel, Counter>,
+    pub ingest_rejected: Family<ReasonLabel, Counter>,
+    pub nodes: Family<StateLabel, Gauge>,
+    pub nodes_online: Gauge,
+    pub store_commit_seconds: Histogram,
+    pub store_errors: Counter,
+    pub mqtt_publish_errors: Counter,
+}
+
+impl Telemetry {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let ingest_messages = Family::<KindLabel, Counter>::default();
+        let ingest_rejected = Family::<ReasonLabel, Counter>::default();
+        let nodes = Family::<StateLabel, Gauge>::default();
+        let nodes_online = Gauge::default();
+        let store_commit_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        let store_errors = Counter::default();
+        let mqtt_publish_errors = Counter::default();
+        registry.register(
+            "metalbus_ingest_messages",
+            "Messages received from agents, by topic kind",
+            ingest_messages.clone(),
+        );
+        registry.register(
+            "metalbus_ingest_rejected",
+            "Agent messages refused, by reason",
+            ingest_rejected.clone(),
+        );
+        registry.register("metalbus_nodes", "Nodes by state", nodes.clone());
+        registry.register(
+            "metalbus_nodes_online",
+            "Nodes whose agent is online",
+            nodes_online.clone(),
+        );
+        registry.register(
+            "metalbus_store_commit_seconds",
+            "Latency of redb write-transaction commits",
+            store_commit_seconds.clone(),
+        );
+        registry.register(
+            "metalbus_store_errors",
+            "Store transactions that failed",
+            store_errors.clone(),
+        );
+        registry.register(
+            "metalbus_mqtt_publish_errors",
+            "Controller publishes that could not be queued",
+            mqtt_publish_errors.clone(),
+        );
+        Self {
+            registry,
+            ingest_messages,
+            ingest_rejected,
+            nodes,
+            nodes_online,
+            store_commit_seconds,
+            store_errors,
+            mqtt_publish_errors,
+        }
+    }
+
+    pub fn count_message(&self, kind: &str) {
+        self.ingest_messages
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
+    }
+
+    pub fn count_reject(&self, reason: &str) {
+        self.ingest_rejected
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// How many messages were refused for `reason` so far.
+    pub fn rejected(&self, reason: &str) -> u64 {
+        self.ingest_rejected
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .get()
+    }
+
+    pub fn observe_commit(&self, took: Duration) {
+        self.store_commit_seconds.observe(took.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_with_design_names() {
+        let t = Telemetry::new();
+        t.count_reject("bad_json");
+        t.count_reject("bad_json");
+        t.count_message("status");
+        t.observe_commit(Duration::from_millis(2));
+        let text = t.render();
+        assert!(
+            text.contains("metalbus_ingest_rejected_total{reason=\"bad_json\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("metalbus_ingest_messages_total{kind=\"status\"} 1"));
+        assert!(text.contains("metalbus_store_commit_seconds_count 1"));
+        assert_eq!(t.rejected("bad_json"), 2);
+    }
+}

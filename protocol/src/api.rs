@@ -1,0 +1,248 @@
+//! HTTP API bodies and error codes (DESIGN section 9), shared by the server and the CLI.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::controller::Progress;
+use crate::lifecycle::{NodeState, Phase};
+use crate::{NodeId, Timestamp};
+
+/// The API's error codes, from seed 000.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    Internal,
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    Conflict,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 6] = [
+        ErrorCode::Internal,
+        ErrorCode::BadRequest,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::Conflict,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            ErrorCode::Internal => "Primus.00001",
+            ErrorCode::BadRequest => "Primus.00002",
+            ErrorCode::Unauthorized => "Primus.00003",
+            ErrorCode::Forbidden => "Primus.00004",
+            ErrorCode::NotFound => "Primus.00005",
+            ErrorCode::Conflict => "Primus.00006",
+        }
+    }
+
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::Internal => 500,
+            ErrorCode::BadRequest => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::Conflict => 409,
+        }
+    }
+
+    pub fn from_code(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.code() == code)
+    }
+}
+
+/// Every error body: `{"errorCode":"Primus.00005","errorMessage":"node not found"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    #[serde(rename = "errorCode")]
+    pub error_code: String,
+    #[serde(rename = "errorMessage")]
+    pub error_message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            error_code: code.code().to_string(),
+            error_message: message.into(),
+        }
+    }
+}
+
+/// `{"data": ...}`, the envelope of single-object responses (seed 004).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Data<T> {
+    pub data: T,
+}
+
+/// The `pagination` block of list responses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pagination {
+    pub page: u32,
+    pub per_page: u32,
+    pub total: u64,
+    pub pages: u64,
+}
+
+impl Pagination {
+    /// The block for `total` items, and the index range of the page inside them.
+    pub fn of(page: u32, per_page: u32, total: u64) -> (Self, std::ops::Range<usize>) {
+        let per = u64::from(per_page.max(1));
+        let pages = total.div_ceil(per);
+        let start = (u64::from(page.max(1)) - 1).saturating_mul(per).min(total);
+        let end = start.saturating_add(per).min(total);
+        let range = usize::try_from(start).unwrap_or(usize::MAX)
+            ..usize::try_from(end).unwrap_or(usize::MAX);
+        (
+            Self {
+                page,
+                per_page,
+                total,
+                pages,
+            },
+            range,
+        )
+    }
+}
+
+/// `{"data":[...],"pagination":{...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Page<T> {
+    pub data: Vec<T>,
+    pub pagination: Pagination,
+}
+
+/// Hardware summary of a node, from its inventory (seed 004 names).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Specs {
+    pub cpu_cores: Option<u32>,
+    pub cpu_threads: Option<u32>,
+    pub memory_gb: Option<f64>,
+    pub storage_gb: Option<f64>,
+    pub architecture: Option<String>,
+    pub vendor: Option<String>,
+    pub model: Option<String>,
+    pub cpu_model: Option<String>,
+    pub serial_number: Option<String>,
+    pub system_uuid: Option<String>,
+}
+
+/// Latest load of a node, from its newest metrics sample (seed 004 names).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct UsageView {
+    pub cpu_percentage: Option<f64>,
+    pub memory_percentage: Option<f64>,
+    pub storage_percentage: Option<f64>,
+    pub network_in_mbps: Option<f64>,
+    pub network_out_mbps: Option<f64>,
+    pub uptime_hours: Option<f64>,
+    /// When the sample was taken on the node.
+    pub sampled_at: Option<Timestamp>,
+}
+
+/// `status.clusterStatus.phase`, kept for seed 000's front end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatusBlock {
+    #[serde(rename = "clusterStatus")]
+    pub cluster_status: ClusterStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub phase: Phase,
+}
+
+/// One node as the API shows it (`GET /api/v1/nodes/{node}` and list entries).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub id: NodeId,
+    pub name: String,
+    pub state: NodeState,
+    pub phase: Phase,
+    pub status: NodeStatusBlock,
+    pub online: bool,
+    /// Why the node went offline (`lost` or `shutdown`), when it is offline.
+    pub offline_reason: Option<String>,
+    pub last_seen_at: Option<Timestamp>,
+    pub state_changed_at: Timestamp,
+    pub version: u64,
+    pub install_attempts: u32,
+    pub last_install_error: Option<String>,
+    pub recovery_attempts: u32,
+    pub plan: Option<String>,
+    pub progress: Option<Progress>,
+    pub labels: BTreeMap<String, String>,
+    pub group: Option<String>,
+    pub control_plane: bool,
+    pub hostname: Option<String>,
+    pub agent_version: Option<String>,
+    pub mac_addresses: Vec<String>,
+    pub ip_addresses: Vec<String>,
+    pub specs: Specs,
+    pub usage: UsageView,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_statuses_follow_design_9() {
+        let table = [
+            (ErrorCode::Internal, "Primus.00001", 500),
+            (ErrorCode::BadRequest, "Primus.00002", 400),
+            (ErrorCode::Unauthorized, "Primus.00003", 401),
+            (ErrorCode::Forbidden, "Primus.00004", 403),
+            (ErrorCode::NotFound, "Primus.00005", 404),
+            (ErrorCode::Conflict, "Primus.00006", 409),
+        ];
+        assert_eq!(table.len(), ErrorCode::ALL.len());
+        for (code, text, status) in table {
+            assert_eq!(code.code(), text);
+            assert_eq!(code.http_status(), status);
+            assert_eq!(ErrorCode::from_code(text), Some(code));
+        }
+    }
+
+    #[test]
+    fn error_body_uses_seed_field_names() {
+        let b = ErrorBody::new(ErrorCode::NotFound, "node not found");
+        assert_eq!(
+            serde_json::to_value(&b).unwrap(),
+            serde_json::json!({"errorCode":"Primus.00005","errorMessage":"node not found"})
+        );
+    }
+
+    #[test]
+    fn pagination_covers_every_item_once() {
+        for total in [0u64, 1, 19, 20, 21, 150] {
+            for per in [1u32, 7, 20, 100] {
+                let (first, _) = Pagination::of(1, per, total);
+                let mut seen = 0;
+                for page in 1..=first.pages.max(1) as u32 {
+                    let (p, r) = Pagination::of(page, per, total);
+                    assert_eq!(p.pages, total.div_ceil(u64::from(per)));
+                    assert_eq!(r.start, seen);
+                    seen = r.end;
+                }
+                assert_eq!(seen as u64, total, "total {total} per {per}");
+            }
+        }
+        let (_, past_end) = Pagination::of(9, 20, 21);
+        assert!(past_end.is_empty());
+    }
+}

@@ -1,0 +1,31 @@
+//! The Metalbus wire contract, shared by the agent, the controller and the CLI.
+//!
+//! Everything here is pure: no sockets, no files, no clocks, no async. That keeps the
+//! contract testable with plain data and lets any process speak it.
+//!
+//! - [`NodeId`]: the validated node identity (DESIGN section 2).
+//! - [`topic`]: the MQTT topic builder and parser (DESIGN section 3).
+//! - [`status`], [`inventory`], [`metrics`]: what agents publish.
+//! - [`controller`]: what the controller publishes (state, summary, rejects).
+//! - [`lifecycle`]: node states and phases (DESIGN section 7.1).
+//! - [`api`]: HTTP API bodies and error codes (DESIGN section 9).
+//! - [`Timestamp`]: RFC 3339 UTC timestamps on the wire.
+
+pub mod api;
+pub mod controller;
+pub mod inventory;
+pub mod lifecycle;
+pub mod metrics;
+mod node_id;
+pub mod status;
+mod timestamp;
+pub mod topic;
+
+pub use node_id::{is_valid_node_name, NodeId, NodeIdError};
+pub use timestamp::{Timestamp, TimestampError};
+
+/// Largest payload the controller accepts on any agent topic (DESIGN section 3).
+pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+
+/// The default MQTT topic prefix.
+pub const DEFAULT_PREFIX: &str = "metalbus/v1";

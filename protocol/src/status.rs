@@ -1,0 +1,175 @@
+//! The `status` topic: an agent's birth, its Last Will, and its clean stop (DESIGN section 3).
+
+use serde::{Deserialize, Serialize};
+
+use crate::{NodeId, Timestamp};
+
+/// Why an agent is offline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OfflineReason {
+    /// The broker published the agent's Last Will: the connection died.
+    Lost,
+    /// The agent stopped cleanly (SIGTERM).
+    Shutdown,
+}
+
+impl OfflineReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OfflineReason::Lost => "lost",
+            OfflineReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Published retained on every connect.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Birth {
+    /// Goes up by one on every MQTT connect; persisted by the agent.
+    pub conn: u64,
+    /// Random, fixed for the life of the agent's outbox.
+    pub session: String,
+    pub agent_version: String,
+    pub hostname: String,
+    pub boot_id: Option<String>,
+    pub metrics_interval_s: u32,
+    pub ts: Timestamp,
+    /// When present it must equal the topic's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<NodeId>,
+}
+
+/// The Last Will (`reason: lost`) or a clean stop (`reason: shutdown`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Offline {
+    pub conn: u64,
+    pub reason: OfflineReason,
+    /// The agent's session; lets the controller ignore a Will from an earlier incarnation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<NodeId>,
+}
+
+/// A `status` payload, told apart by its `online` field.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Status {
+    Birth(Birth),
+    Offline(Offline),
+}
+
+impl Status {
+    pub fn conn(&self) -> u64 {
+        match self {
+            Status::Birth(b) => b.conn,
+            Status::Offline(o) => o.conn,
+        }
+    }
+
+    pub fn node_id(&self) -> Option<&NodeId> {
+        match self {
+            Status::Birth(b) => b.node_id.as_ref(),
+            Status::Offline(o) => o.node_id.as_ref(),
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = match self {
+            Status::Birth(b) => serde_json::to_value(b),
+            Status::Offline(o) => serde_json::to_value(o),
+        }
+        .unwrap_or_default();
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("online".into(), matches!(self, Status::Birth(_)).into());
+        }
+        serde_json::to_vec(&v).unwrap_or_default()
+    }
+}
+
+impl<'de> Deserialize<'de> for Status {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let v = serde_json::Value::deserialize(d)?;
+        match v.get("online") {
+            Some(serde_json::Value::Bool(true)) => Birth::deserialize(v)
+                .map(Status::Birth)
+                .map_err(D::Error::custom),
+            Some(serde_json::Value::Bool(false)) => Offline::deserialize(v)
+                .map(Status::Offline)
+                .map_err(D::Error::custom),
+            Some(_) => Err(D::Error::custom("field `online` must be a boolean")),
+            None => Err(D::Error::missing_field("online")),
+        }
+    }
+}
+
+impl Serialize for Status {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let v: serde_json::Value =
+            serde_json::from_slice(&self.to_json()).map_err(serde::ser::Error::custom)?;
+        v.serialize(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn birth_round_trip_matches_the_design_example() {
+        let json = r#"{"online":true,"conn":7,"session":"5f0c","agent_version":"0.1.0",
+            "hostname":"r1u7","boot_id":"b-1","metrics_interval_s":15,
+            "ts":"2026-01-01T00:00:00Z","future_field":[1,2]}"#;
+        let s: Status = serde_json::from_str(json).unwrap();
+        let Status::Birth(b) = &s else {
+            panic!("expected birth, got {s:?}")
+        };
+        assert_eq!((b.conn, b.hostname.as_str()), (7, "r1u7"));
+        assert_eq!(b.metrics_interval_s, 15);
+        let again: Status = serde_json::from_slice(&s.to_json()).unwrap();
+        assert_eq!(again, s);
+    }
+
+    #[test]
+    fn will_and_shutdown_parse() {
+        let will: Status =
+            serde_json::from_str(r#"{"online":false,"reason":"lost","conn":7}"#).unwrap();
+        assert_eq!(
+            will,
+            Status::Offline(Offline {
+                conn: 7,
+                reason: OfflineReason::Lost,
+                session: None,
+                node_id: None
+            })
+        );
+        let stop = Status::Offline(Offline {
+            conn: 8,
+            reason: OfflineReason::Shutdown,
+            session: None,
+            node_id: None,
+        });
+        let v: serde_json::Value = serde_json::from_slice(&stop.to_json()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"online":false,"reason":"shutdown","conn":8})
+        );
+    }
+
+    #[test]
+    fn refuses_malformed_status() {
+        for bad in [
+            r#"{}"#,
+            r#"{"online":"yes","conn":1}"#,
+            r#"{"online":false,"conn":1}"#,
+            r#"{"online":false,"reason":"lost","conn":-1}"#,
+            r#"{"online":false,"reason":"bored","conn":1}"#,
+            r#"{"online":true,"conn":1}"#,
+            r#"{"online":true,"conn":1,"session":"s","agent_version":"v","hostname":"h","metrics_interval_s":15,"ts":"now"}"#,
+            r#"[1,2]"#,
+        ] {
+            assert!(serde_json::from_str::<Status>(bad).is_err(), "{bad}");
+        }
+    }
+}

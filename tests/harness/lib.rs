@@ -1,0 +1,77 @@
+//! End-to-end test harness: starts the real `metalbus` and `metalbus-agent` binaries on
+//! free loopback ports with temp data dirs, and gives tests an API client and an
+//! independent MQTT watcher.
+//!
+//! The binaries are the ones `cargo test --workspace` builds next to this test (the
+//! agent and controller packages have integration tests, so cargo builds their bins).
+//! On a failing test, each process's log is printed.
+
+#![allow(clippy::unwrap_used)]
+
+mod api;
+mod mqtt;
+mod process;
+
+pub use api::Api;
+pub use mqtt::{Message, Watcher};
+pub use process::{AgentProc, Controller};
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary, next to the running test's `deps/` directory.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`, which builds it",
+        path.display()
+    );
+    path
+}
+
+/// reqwest is built without a bundled TLS provider; install ring once per process.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// What `nproc` prints: the CPUs this process may run on.
+pub fn nproc() -> u64 {
+    let out = std::process::Command::new("nproc").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `probe` every 100 ms until it returns `Some`, or panics after `timeout` with
+/// `what` and the last observation.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    loop {
+        match probe().await {
+            Ok(v) => return v,
+            Err(last) if start.elapsed() >= timeout => {
+                panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Child processes: the controller and agents, with logs captured to files.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use crate::{bin, eventually, free_port, Api};
+
+fn spawn(name: &str, args: &[String], cwd: &Path, log: &Path) -> Child {
+    let out = File::create(log).unwrap();
+    let err = out.try_clone().unwrap();
+    Command::new(bin(name))
+        .args(args)
+        .current_dir(cwd)
+        .env("METALBUS_LOG", "info,metalbus=debug,metalbus_agent=debug")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap()
+}
+
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {sig} failed");
+}
+
+/// Waits (bounded) for a child to exit.
+fn wait_exit(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "process {} did not exit",
+            child.id()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn dump_log_if_panicking(what: &str, log: &Path) {
+    if std::thread::panicking() {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(80).collect();
+        eprintln!("----- {what} log ({}) -----", log.display());
+        for line in tail.iter().rev() {
+            eprintln!("{line}");
+        }
+    }
+}
+
+/// A running `metalbus serve`.
+pub struct Controller {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub mqtt_port: u16,
+    pub http_port: u16,
+    pub log: PathBuf,
+    extra: Vec<String>,
+    starts: u32,
+}
+
+impl Controller {
+    /// Starts a controller with its data in `dir/metalbus-data`, on fresh ports.
+    pub async fn start(dir: &Path, extra: &[&str]) -> Controller {
+        let mut c = Controller {
+            child: None,
+            dir: dir.to_path_buf(),
+            data_dir: dir.join("metalbus-data"),
+            mqtt_port: free_port(),
+            http_port: free_port(),
+            log: PathBuf::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            starts: 0,
+        };
+        c.launch().await;
+        c
+    }
+
+    async fn launch(&mut self) {
+        self.starts += 1;
+        self.log = self.dir.join(format!("controller-{}.log", self.starts));
+        let mut args = vec![
+            "serve".to_string(),
+            "--data-dir".into(),
+            self.data_dir.display().to_string(),
+            "--mqtt-listen".into(),
+            format!("127.0.0.1:{}", self.mqtt_port),
+            "--http-listen".into(),
+            format!("127.0.0.1:{}", self.http_port),
+        ];
+        args.extend(self.extra.iter().cloned());
+        self.child = Some(spawn("metalbus", &args, &self.dir, &self.log));
+        let url = format!("http://127.0.0.1:{}/readyz", self.http_port);
+        crate::install_crypto_provider();
+        let http = reqwest::Client::new();
+        eventually(
+            Duration::from_secs(20),
+            "the controller to be ready",
+            || {
+                let http = http.clone();
+                let url = url.clone();
+                async move {
+                    match http.get(&url).send().await {
+                        Ok(r) if r.status().is_success() => Ok(()),
+                        Ok(r) => Err(format!("HTTP {}", r.status())),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+            },
+        )
+        .await;
+    }
+
+    pub fn broker_url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.mqtt_port)
+    }
+
+    pub fn api_base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// The admin token the controller generated on first start.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    pub fn api(&self) -> Api {
+        Api::new(&self.api_base(), Some(self.token()))
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        signal(&child, "-TERM");
+        wait_exit(&mut child, Duration::from_secs(20))
+    }
+
+    /// Starts again on the same data dir and ports.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the controller first");
+        self.launch().await;
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        dump_log_if_panicking("controller", &self.log);
+    }
+}
+
+/// A running `metalbus-agent run`.
+pub struct AgentProc {
+    child: Option<Child>,
+    pub node_id: String,
+    pub log: PathBuf,
+}
+
+impl AgentProc {
+    /// Starts an agent with state in `dir/agent-<id>` and a 1 s metrics interval.
+    pub fn start(dir: &Path, broker: &str, node_id: &str) -> AgentProc {
+        let state = dir.join(format!("agent-{node_id}"));
+        let log = dir.join(format!("agent-{node_id}.log"));
+        let args: Vec<String> = [
+            "run",
+            "--config",
+            "/dev/null",
+            "--broker",
+            broker,
+            "--node-id",
+            node_id,
+            "--state-dir",
+            &state.display().to_string(),
+            "--metrics-interval",
+            "1s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        AgentProc {
+            child: Some(spawn("metalbus-agent", &args, dir, &log)),
+            node_id: node_id.to_string(),
+            log,
+        }
+    }
+
+    /// SIGKILL: no clean stop, the broker fires the Will.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        signal(&child, "-KILL");
+        wait_exit(&mut child, Duration::from_secs(5));
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        signal(&child, "-TERM");
+        wait_exit(&mut child, Duration::from_secs(10))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        dump_log_if_panicking(&format!("agent {}", self.node_id), &self.log);
+    }
+}
