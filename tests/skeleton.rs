@@ -63,6 +63,30 @@ async fn three_agents_discovered_then_will_shutdown_and_restart() {
     names.dedup();
     assert_eq!(names.len(), 3, "names must be unique: {names:?}");
 
+    // Metrics flow every --metrics-interval (1 s): usage is filled and last_seen_at
+    // keeps moving.
+    let first = api.node(IDS[0]).await.unwrap();
+    let moved = eventually(
+        Duration::from_secs(10),
+        "usage and a fresh heartbeat",
+        || {
+            let api = api.clone();
+            let seen = first["last_seen_at"].clone();
+            async move {
+                let n = api.node(IDS[0]).await?;
+                let filled = n["usage"]["cpu_percentage"].is_f64()
+                    && n["usage"]["memory_percentage"].is_f64();
+                if filled && n["last_seen_at"] != seen {
+                    Ok(n)
+                } else {
+                    Err(n.to_string())
+                }
+            }
+        },
+    )
+    .await;
+    assert!(moved["usage"]["memory_percentage"].as_f64().unwrap() > 0.0);
+
     // Every node by name and by id.
     for n in &nodes {
         let by_name = api.node(n["name"].as_str().unwrap()).await.unwrap();

@@ -15,6 +15,16 @@ pub fn init(format: LogFormat, default_filter: &str) {
     }
 }
 
+/// Makes any panic, on any thread or task, end the process after printing it: a daemon
+/// with a dead task is worse than one that systemd restarts (`Restart=on-failure`).
+pub fn abort_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        std::process::abort();
+    }));
+}
+
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};

@@ -130,6 +130,7 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let cfg = args.resolve()?;
     metalbus_agent::logging::init(cfg.log_format, "info");
+    metalbus_agent::logging::abort_on_panic();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

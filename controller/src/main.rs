@@ -124,6 +124,7 @@ fn client_command(
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let cfg = args.resolve()?;
     metalbus_agent::logging::init(cfg.log_format, "info,rumqttd=off");
+    metalbus_agent::logging::abort_on_panic();
     runtime()?.block_on(metalbus::serve::run(
         cfg,
         metalbus_agent::logging::shutdown_signal(),
