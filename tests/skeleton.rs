@@ -5,10 +5,26 @@
 
 use std::time::Duration;
 
-use metalbus_e2e::{eventually, AgentProc, Controller, Watcher};
+use metalbus_e2e::{eventually, AgentProc, Api, Controller, Watcher};
 use serde_json::Value;
 
 const IDS: [&str; 3] = ["e2e-node-a", "e2e-node-b", "e2e-node-c"];
+
+/// Waits until the API shows `id` offline, and returns the node.
+async fn wait_offline(api: &Api, id: &str) -> Value {
+    eventually(Duration::from_secs(10), &format!("{id} offline"), || {
+        let api = api.clone();
+        async move {
+            let n = api.node(id).await?;
+            if n["online"] == false {
+                Ok(n)
+            } else {
+                Err(n.to_string())
+            }
+        }
+    })
+    .await
+}
 
 fn by_id<'a>(nodes: &'a [Value], id: &str) -> Option<&'a Value> {
     nodes.iter().find(|n| n["id"] == id)
@@ -147,43 +163,13 @@ async fn three_agents_discovered_then_will_shutdown_and_restart() {
 
     // kill -9: the Will marks the node offline (reason lost).
     agents[0].kill9();
-    let a = eventually(
-        Duration::from_secs(10),
-        "node a offline through its Will",
-        || {
-            let api = api.clone();
-            async move {
-                let n = api.node(IDS[0]).await?;
-                if n["online"] == false {
-                    Ok(n)
-                } else {
-                    Err(n.to_string())
-                }
-            }
-        },
-    )
-    .await;
+    let a = wait_offline(&api, IDS[0]).await;
     assert_eq!(a["offline_reason"], "lost");
 
     // SIGTERM: exit 0 and reason shutdown.
     let status = agents[1].terminate();
     assert!(status.success(), "agent exit status on SIGTERM: {status:?}");
-    let b = eventually(
-        Duration::from_secs(10),
-        "node b offline after a clean stop",
-        || {
-            let api = api.clone();
-            async move {
-                let n = api.node(IDS[1]).await?;
-                if n["online"] == false {
-                    Ok(n)
-                } else {
-                    Err(n.to_string())
-                }
-            }
-        },
-    )
-    .await;
+    let b = wait_offline(&api, IDS[1]).await;
     assert_eq!(b["offline_reason"], "shutdown");
     let shutdown_seen = watcher.messages().iter().any(|m| {
         m.topic == format!("metalbus/v1/nodes/{}/status", IDS[1])

@@ -115,19 +115,23 @@ impl Agent {
     fn client(&self, conn: u64) -> (AsyncClient, EventLoop) {
         let client_id = format!("{}-c{}", self.node_id, conn);
         let mut opts = link::client_options(&self.cfg.broker, &client_id);
-        let will = Status::Offline(Offline {
-            conn,
-            reason: OfflineReason::Lost,
-            session: Some(self.state.session().to_string()),
-            node_id: Some(self.node_id.clone()),
-        });
         opts.set_last_will(LastWill::new(
             self.topic(NodeTopic::Status),
-            will.to_json(),
+            self.offline(conn, OfflineReason::Lost).to_json(),
             QoS::AtLeastOnce,
             true,
         ));
         AsyncClient::new(opts, 64)
+    }
+
+    /// The status for the Will (`lost`) or a clean stop (`shutdown`) of connection `conn`.
+    fn offline(&self, conn: u64, reason: OfflineReason) -> Status {
+        Status::Offline(Offline {
+            conn,
+            reason,
+            session: Some(self.state.session().to_string()),
+            node_id: Some(self.node_id.clone()),
+        })
     }
 
     fn topic(&self, kind: NodeTopic) -> String {
@@ -298,21 +302,9 @@ impl Agent {
         eventloop: &mut EventLoop,
         flight: &mut Flight,
     ) {
-        let stop = Status::Offline(Offline {
-            conn,
-            reason: OfflineReason::Shutdown,
-            session: Some(self.state.session().to_string()),
-            node_id: Some(self.node_id.clone()),
-        });
+        let stop = self.offline(conn, OfflineReason::Shutdown).to_json();
         let topic = self.topic(NodeTopic::Status);
-        publish(
-            client,
-            flight,
-            topic,
-            QoS::AtLeastOnce,
-            true,
-            stop.to_json(),
-        );
+        publish(client, flight, topic, QoS::AtLeastOnce, true, stop);
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while flight.sent < flight.requested || eventloop.state.inflight() > 0 {
                 match eventloop.poll().await {

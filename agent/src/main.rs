@@ -77,27 +77,17 @@ impl RunArgs {
             None => (PathBuf::from(DEFAULT_CONFIG), false),
         };
         AgentFile::load(&path, required)?.apply(&mut cfg)?;
-        if let Some(b) = self.broker {
-            cfg.broker = b.parse()?;
+        // Flags are the last layer: the same keys as the file.
+        AgentFile {
+            broker: self.broker,
+            node_id: self.node_id,
+            state_dir: self.state_dir,
+            metrics_interval: self.metrics_interval,
+            prefix: self.prefix,
+            root: self.root,
+            log_format: self.log_format,
         }
-        if let Some(id) = self.node_id {
-            cfg.node_id = Some(id);
-        }
-        if let Some(d) = self.state_dir {
-            cfg.state_dir = d;
-        }
-        if let Some(i) = self.metrics_interval {
-            cfg.metrics_interval = i;
-        }
-        if let Some(p) = self.prefix {
-            cfg.prefix = p;
-        }
-        if let Some(r) = self.root {
-            cfg.root = r;
-        }
-        if let Some(f) = self.log_format {
-            cfg.log_format = f;
-        }
+        .apply(&mut cfg)?;
         Ok(cfg)
     }
 }

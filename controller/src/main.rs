@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use metalbus::cli::{self, ClientArgs, NodesCommand};
-use metalbus::config::{ControllerConfig, ControllerFile};
+use metalbus::config::{ControllerConfig, ControllerFile, HttpSection, MqttSection};
 use metalbus_agent::config::LogFormat;
 
 /// Metalbus: bare-metal host lifecycle. `serve` runs the controller; the other commands
@@ -61,18 +61,19 @@ impl ServeArgs {
         if let Some(path) = &self.config {
             ControllerFile::load(path)?.apply(&mut cfg);
         }
-        if let Some(d) = self.data_dir {
-            cfg.data_dir = d;
+        // Flags are the last layer: the same keys as the file.
+        ControllerFile {
+            data_dir: self.data_dir,
+            log_format: self.log_format,
+            mqtt: MqttSection {
+                listen: self.mqtt_listen,
+                prefix: None,
+            },
+            http: HttpSection {
+                listen: self.http_listen,
+            },
         }
-        if let Some(a) = self.mqtt_listen {
-            cfg.mqtt_listen = a;
-        }
-        if let Some(a) = self.http_listen {
-            cfg.http_listen = a;
-        }
-        if let Some(f) = self.log_format {
-            cfg.log_format = f;
-        }
+        .apply(&mut cfg);
         cfg.local_agent = self.local_agent;
         Ok(cfg)
     }

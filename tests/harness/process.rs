@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
+use rustix::process::Signal;
+
 use crate::{bin, eventually, free_port, Api};
 
 fn spawn(name: &str, args: &[String], cwd: &Path, log: &Path) -> Child {
@@ -22,12 +24,8 @@ fn spawn(name: &str, args: &[String], cwd: &Path, log: &Path) -> Child {
         .unwrap()
 }
 
-fn signal(child: &Child, sig: &str) {
-    let status = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill {sig} failed");
+fn signal(child: &Child, sig: Signal) {
+    rustix::process::kill_process(rustix::process::Pid::from_child(child), sig).unwrap();
 }
 
 /// Waits (bounded) for a child to exit.
@@ -144,7 +142,7 @@ impl Controller {
     /// SIGTERM, and the exit status.
     pub fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().unwrap();
-        signal(&child, "-TERM");
+        signal(&child, Signal::TERM);
         wait_exit(&mut child, Duration::from_secs(20))
     }
 
@@ -207,14 +205,14 @@ impl AgentProc {
     /// SIGKILL: no clean stop, the broker fires the Will.
     pub fn kill9(&mut self) {
         let mut child = self.child.take().unwrap();
-        signal(&child, "-KILL");
+        signal(&child, Signal::KILL);
         wait_exit(&mut child, Duration::from_secs(5));
     }
 
     /// SIGTERM, and the exit status.
     pub fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().unwrap();
-        signal(&child, "-TERM");
+        signal(&child, Signal::TERM);
         wait_exit(&mut child, Duration::from_secs(10))
     }
 
