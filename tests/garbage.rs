@@ -62,7 +62,9 @@ async fn garbage_is_refused_announced_and_counted() {
             .unwrap_or_else(|| panic!("no reject for {topic}: {rejects:?}"));
         assert_eq!(r.topic, format!("metalbus/v1/nodes/{id}/rejects"));
         assert!(r.json()["error"].as_str().is_some_and(|e| !e.is_empty()));
-        assert!(r.json().get("seq").is_some());
+        // None of these payloads had a readable seq: the field is there, and null.
+        assert!(r.json().as_object().unwrap().contains_key("seq"));
+        assert!(r.json()["seq"].is_null(), "{:?}", r.json());
     }
 
     // Counted by reason, visible through the API's Prometheus endpoint.
@@ -142,6 +144,17 @@ async fn api_errors_use_codes_and_need_a_token() {
     // Health and metrics need no token.
     let open = Api::new(&ctl.api_base(), None);
     assert_eq!(open.get("/healthz").await.unwrap().0, 200);
+    // Wrong methods and undecodable paths get the API's error shape too.
+    let (status, body) = api.get("/api/v1/nodes/%FF").await.unwrap();
+    assert_eq!(
+        (status, body["errorCode"].as_str()),
+        (400, Some("Primus.00002"))
+    );
+    let (status, body) = open.get("/nope").await.unwrap();
+    assert_eq!(
+        (status, body["errorCode"].as_str()),
+        (404, Some("Primus.00005"))
+    );
     assert!(open
         .get_text("/metrics")
         .await

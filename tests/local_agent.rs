@@ -44,6 +44,10 @@ async fn local_agent_shows_this_machine_within_five_seconds() {
     .await;
     let took = started.elapsed();
     println!("local agent visible in the CLI {took:?} after start");
+    assert!(
+        took < Duration::from_secs(5),
+        "took {took:?}, the budget is 5 s"
+    );
     let nproc = metalbus_e2e::nproc();
     assert_eq!(node["specs"]["cpu_threads"].as_u64(), Some(nproc));
     assert_eq!(node["state"], "discovered");

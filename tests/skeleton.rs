@@ -153,13 +153,22 @@ async fn three_agents_discovered_then_will_shutdown_and_restart() {
         },
     )
     .await;
-    assert!(
-        watcher
-            .messages()
-            .iter()
-            .any(|m| m.topic == "metalbus/v1/summary" && m.retain && m.json()["total"] == 3),
-        "retained summary with 3 nodes"
-    );
+    eventually(
+        Duration::from_secs(5),
+        "the retained summary of 3 nodes",
+        || {
+            let msgs = watcher.messages();
+            async move {
+                msgs.iter()
+                    .find(|m| {
+                        m.topic == "metalbus/v1/summary" && m.retain && m.json()["total"] == 3
+                    })
+                    .map(|_| ())
+                    .ok_or_else(|| format!("{} messages, no such summary", msgs.len()))
+            }
+        },
+    )
+    .await;
 
     // kill -9: the Will marks the node offline (reason lost).
     agents[0].kill9();
@@ -227,8 +236,22 @@ async fn three_agents_discovered_then_will_shutdown_and_restart() {
         },
     )
     .await;
-    let c = api.node(IDS[2]).await.unwrap();
-    assert_eq!(c["online"], true);
-    assert!(c["version"].as_u64() > by_id(&before, IDS[2]).unwrap()["version"].as_u64());
+    let before_c = by_id(&before, IDS[2]).unwrap()["version"].as_u64().unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "node c's new birth applied",
+        || {
+            let api = api.clone();
+            async move {
+                let c = api.node(IDS[2]).await?;
+                if c["online"] == true && c["version"].as_u64() > Some(before_c) {
+                    Ok(())
+                } else {
+                    Err(c.to_string())
+                }
+            }
+        },
+    )
+    .await;
     drop(agents);
 }

@@ -5,12 +5,12 @@
 //! and Will, so a Will from a dead connection always carries an older `conn` than the
 //! birth that replaced it (DESIGN section 3).
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use metalbus_protocol::inventory::Inventory;
+use metalbus_protocol::metrics::MetricsSample;
 use metalbus_protocol::status::{Birth, Offline, OfflineReason, Status};
 use metalbus_protocol::topic::{NodeTopic, Topics};
 use metalbus_protocol::{NodeId, Timestamp};
@@ -18,9 +18,10 @@ use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Outgoing, Packet, QoS};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::collectors::{identity, inventory, metrics::MetricsCollector};
+use crate::collectors::{identity, metrics::MetricsCollector};
 use crate::config::{self, AgentConfig};
 use crate::link::{self, Backoff};
+use crate::sampler::{Collected, Sampler};
 use crate::state::AgentState;
 
 /// How often the inventory is read again to catch changes (a NIC, a disk).
@@ -36,7 +37,7 @@ pub struct Agent {
     node_id: NodeId,
     topics: Topics,
     state: AgentState,
-    /// Shared with the blocking thread that samples; see `publish_metrics`.
+    /// Shared with the blocking threads that sample; see `sampler`.
     metrics: Arc<Mutex<MetricsCollector>>,
     hostname: String,
     boot_id: Option<String>,
@@ -149,6 +150,11 @@ impl Agent {
         let mut connected = false;
         let mut flight = Flight::default();
         let mut last_inventory: Option<Inventory> = None;
+        let (sampler, mut collected) = Sampler::new(
+            self.cfg.root.clone(),
+            self.metrics.clone(),
+            self.cfg.metrics_interval.max(Duration::from_secs(1)),
+        );
         let mut metrics_tick = tokio::time::interval(self.cfg.metrics_interval);
         metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut inventory_tick = tokio::time::interval(INVENTORY_RECHECK);
@@ -167,8 +173,7 @@ impl Agent {
                         backoff.reset();
                         info!(node = %self.node_id, conn, "connected to broker");
                         self.publish_birth(conn, client, &mut flight);
-                        let inv = self.publish_inventory(client, &mut flight, None).await;
-                        last_inventory = inv;
+                        sampler.inventory();
                         // The first sample comes a second after connecting, so its
                         // CPU and rate figures span a real interval.
                         let first = self.cfg.metrics_interval.min(FIRST_METRICS_AFTER);
@@ -179,13 +184,16 @@ impl Agent {
                     Ok(ev) => debug!(?ev, "mqtt"),
                     Err(e) => return SessionEnd::Lost(e.to_string()),
                 },
-                _ = metrics_tick.tick(), if connected => self.publish_metrics(client, &mut flight).await,
-                _ = inventory_tick.tick(), if connected => {
-                    let inv = self.publish_inventory(client, &mut flight, last_inventory.as_ref()).await;
-                    if inv.is_some() {
-                        last_inventory = inv;
+                _ = metrics_tick.tick(), if connected => sampler.metrics(),
+                _ = inventory_tick.tick(), if connected => sampler.inventory(),
+                Some(result) = collected.recv() => match result {
+                    Collected::Inventory(inv) => {
+                        if let Some(published) = self.publish_inventory(client, &mut flight, *inv, last_inventory.as_ref()) {
+                            last_inventory = Some(published);
+                        }
                     }
-                }
+                    Collected::Metrics(sample) => self.publish_metrics(client, &mut flight, *sample),
+                },
             }
         }
     }
@@ -213,22 +221,15 @@ impl Agent {
         );
     }
 
-    /// Reads the inventory and publishes it when it differs from `previous`. Returns what
-    /// it published.
-    async fn publish_inventory(
+    /// Publishes `inv` when it differs from `previous`. Returns it when it was queued,
+    /// so a failed publish is retried at the next check.
+    fn publish_inventory(
         &self,
         client: &AsyncClient,
         flight: &mut Flight,
+        mut inv: Inventory,
         previous: Option<&Inventory>,
     ) -> Option<Inventory> {
-        let root: PathBuf = self.cfg.root.clone();
-        let mut inv = match tokio::task::spawn_blocking(move || inventory::collect(&root)).await {
-            Ok(inv) => inv,
-            Err(e) => {
-                warn!(error = %e, "inventory collection failed");
-                return None;
-            }
-        };
         inv.node_id = Some(self.node_id.clone());
         if previous == Some(&inv) {
             return None;
@@ -251,38 +252,15 @@ impl Agent {
             info!(node = %self.node_id, "inventory changed; publishing");
         }
         let topic = self.topic(NodeTopic::Inventory);
-        publish(client, flight, topic, QoS::AtLeastOnce, true, body);
-        Some(inv)
+        publish(client, flight, topic, QoS::AtLeastOnce, true, body).then_some(inv)
     }
 
-    /// Samples on a blocking thread with a deadline: a `statvfs` of a hung network mount
-    /// can block forever, and must not stall the MQTT loop (keep-alives, the Will).
-    async fn publish_metrics(&self, client: &AsyncClient, flight: &mut Flight) {
-        let collector = self.metrics.clone();
-        let sampled = tokio::time::timeout(
-            self.cfg.metrics_interval.max(Duration::from_secs(1)),
-            tokio::task::spawn_blocking(move || {
-                // Held by an earlier sample that is still stuck: skip this one.
-                let mut c = collector.try_lock().ok()?;
-                Some(c.sample(Timestamp::from(SystemTime::now())))
-            }),
-        )
-        .await;
-        let mut sample = match sampled {
-            Ok(Ok(Some(s))) => s,
-            Ok(Ok(None)) => {
-                warn!("an earlier metrics sample is still running (a hung mount?); skipped");
-                return;
-            }
-            Ok(Err(e)) => {
-                warn!(error = %e, "metrics sampling failed");
-                return;
-            }
-            Err(_) => {
-                warn!("metrics sampling is taking too long (a hung mount?); skipped");
-                return;
-            }
-        };
+    fn publish_metrics(
+        &self,
+        client: &AsyncClient,
+        flight: &mut Flight,
+        mut sample: MetricsSample,
+    ) {
         sample.node_id = Some(self.node_id.clone());
         match serde_json::to_vec(&sample) {
             Ok(body) => {
@@ -293,8 +271,9 @@ impl Agent {
         }
     }
 
-    /// Publishes `{"online":false,"reason":"shutdown"}`, waits (bounded) until the broker
-    /// has it, then disconnects so the broker drops the Will.
+    /// Publishes `{"online":false,"reason":"shutdown"}` and disconnects, which makes the
+    /// broker drop the Will. Only once the broker has acknowledged the status: otherwise
+    /// the connection is just dropped, so the Will (`lost`) still tells the truth.
     async fn stop_cleanly(
         &self,
         conn: u64,
@@ -304,7 +283,10 @@ impl Agent {
     ) {
         let stop = self.offline(conn, OfflineReason::Shutdown).to_json();
         let topic = self.topic(NodeTopic::Status);
-        publish(client, flight, topic, QoS::AtLeastOnce, true, stop);
+        if !publish(client, flight, topic, QoS::AtLeastOnce, true, stop) {
+            warn!("could not queue the offline status; leaving it to the Will");
+            return;
+        }
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while flight.sent < flight.requested || eventloop.state.inflight() > 0 {
                 match eventloop.poll().await {
@@ -318,8 +300,16 @@ impl Agent {
         .await;
         match drained {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(error = %e, "broker connection failed during clean stop"),
-            Err(_) => warn!("broker did not acknowledge the offline status in time"),
+            Ok(Err(e)) => {
+                warn!(error = %e, "broker connection failed during clean stop; the Will reports it");
+                return;
+            }
+            Err(_) => {
+                warn!(
+                    "broker did not acknowledge the offline status in time; leaving it to the Will"
+                );
+                return;
+            }
         }
         if client.try_disconnect().is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(1), async {
@@ -335,6 +325,7 @@ impl Agent {
     }
 }
 
+/// Queues a publish; false when rumqttc's request queue is full.
 fn publish(
     client: &AsyncClient,
     flight: &mut Flight,
@@ -342,9 +333,15 @@ fn publish(
     qos: QoS,
     retain: bool,
     body: Vec<u8>,
-) {
+) -> bool {
     match client.try_publish(topic.clone(), qos, retain, body) {
-        Ok(()) => flight.requested += 1,
-        Err(e) => warn!(%topic, error = %e, "publish dropped: MQTT request queue is full"),
+        Ok(()) => {
+            flight.requested += 1;
+            true
+        }
+        Err(e) => {
+            warn!(%topic, error = %e, "publish dropped: MQTT request queue is full");
+            false
+        }
     }
 }

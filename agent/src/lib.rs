@@ -2,7 +2,7 @@
 //! `--local-agent` both run it.
 //!
 //! - [`collectors`]: inventory, metrics and identity from sysfs/procfs.
-//! - [`daemon`]: the MQTT run loop.
+//! - [`daemon`]: the MQTT run loop; [`sampler`] runs the collectors off that loop.
 //! - [`link`]: broker URLs, MQTT client options and reconnect backoff (shared with the
 //!   controller).
 //! - [`config`], [`state`]: settings and what survives restarts.
@@ -13,4 +13,5 @@ pub mod config;
 pub mod daemon;
 pub mod link;
 pub mod logging;
+pub mod sampler;
 pub mod state;

@@ -127,10 +127,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
+        let signal = metalbus_agent::logging::shutdown_signal();
         let agent = Agent::prepare(cfg)?;
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
-            metalbus_agent::logging::shutdown_signal().await;
+            signal.await;
             let _ = tx.send(true);
         });
         // Ready: identity resolved, state dir loaded, collectors primed. The broker may be

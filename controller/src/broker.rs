@@ -13,13 +13,16 @@ use metalbus_protocol::topic::{NodeTopic, Topics};
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 use tracing::error;
 
-/// Starts the broker on `listen`. Fails at once if the address cannot be bound, so a
-/// port clash is a clear start-up error rather than a silent thread death.
-pub fn start(listen: SocketAddr, topics: &Topics) -> anyhow::Result<()> {
+/// Starts the broker on `listen` and returns the address it listens on (port 0 picks a
+/// free port). Fails at once if the address cannot be bound, so a port clash is a clear
+/// start-up error rather than a silent thread death.
+pub fn start(listen: SocketAddr, topics: &Topics) -> anyhow::Result<SocketAddr> {
     // Probe the address first: rumqttd binds inside its own thread and only logs failure.
-    drop(TcpListener::bind(listen).with_context(|| {
+    let probe = TcpListener::bind(listen).with_context(|| {
         format!("cannot listen for MQTT on {listen} (is another broker running?)")
-    })?);
+    })?;
+    let listen = probe.local_addr()?;
+    drop(probe);
     let mut broker = Broker::new(config(listen, topics));
     std::thread::Builder::new()
         .name("mqtt-broker".into())
@@ -28,7 +31,8 @@ pub fn start(listen: SocketAddr, topics: &Topics) -> anyhow::Result<()> {
             Err(e) => error!(error = %e, "embedded MQTT broker failed"),
         })
         .context("spawning the broker thread")?;
-    wait_listening(listen)
+    wait_listening(listen)?;
+    Ok(listen)
 }
 
 /// rumqttd binds on its own thread; wait until it accepts connections.

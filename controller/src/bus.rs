@@ -1,25 +1,35 @@
 //! The controller's MQTT client: subscribes to the agent topics, hands messages to ingest
 //! and the engine, and publishes what the engine and ingest queue.
 //!
-//! Two tasks: the poller drives rumqttc's event loop (and may wait on the engine, which is
-//! fine), the sender drains the publish queue. They are separate because waiting for
-//! room in rumqttc's request queue needs the event loop to be polled.
+//! Two tasks share one rumqttc client. The poller drives the event loop; it may wait on
+//! the engine (backpressure then reaches the broker through TCP). The sender drains the
+//! publish queue into rumqttc, and only while connected, so it cannot fill rumqttc's
+//! request queue during an outage. Nothing the poller does waits on that queue: the
+//! subscription is queued from a task of its own.
+//!
+//! Shutdown drains in order: the poller stops ingesting and drops its engine sender; the
+//! engine applies what it has, flushes and drops its publish queue; the sender publishes
+//! the rest; only then the controller marks itself offline and disconnects.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use metalbus_agent::link::{self, Backoff, BrokerUrl};
 use metalbus_protocol::controller::ControllerStatus;
 use metalbus_protocol::topic::{NodeTopic, Topics};
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Packet, QoS, SubscribeFilter};
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Outgoing, Packet, QoS, SubscribeFilter};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::engine::Input;
 use crate::ingest::{self, Rejection};
 use crate::publish::{Delivery, Outbound, PublishQueue};
+use crate::reject_log::RejectLog;
 use crate::telemetry::Telemetry;
+
+/// Longest the final drain (engine, publish queue, broker acks) may take at shutdown.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Everything the bus needs.
 pub struct Bus {
@@ -32,21 +42,56 @@ pub struct Bus {
     pub connected: Arc<AtomicBool>,
 }
 
+/// What the poller needs while it ingests; dropped at shutdown to close the engine's
+/// input.
+struct Ingest {
+    topics: Topics,
+    telemetry: Arc<Telemetry>,
+    engine: mpsc::Sender<Input>,
+    publish: PublishQueue,
+    rejects: RejectLog,
+}
+
+fn controller_status(online: bool) -> Vec<u8> {
+    let version = online.then(|| env!("CARGO_PKG_VERSION").to_string());
+    serde_json::to_vec(&ControllerStatus { online, version }).unwrap_or_default()
+}
+
 impl Bus {
-    /// Connects and runs until shutdown. `ready` fires once the first subscriptions are
-    /// acknowledged, which also proves the broker is listening.
+    /// Connects and runs until `shutdown`, then drains. `ready` fires once the first
+    /// subscriptions are acknowledged, which also proves the broker is listening.
     pub async fn run(
         self,
         outbound: mpsc::UnboundedReceiver<Outbound>,
         mut shutdown: watch::Receiver<bool>,
         ready: oneshot::Sender<()>,
     ) {
+        let Bus {
+            url,
+            topics,
+            telemetry,
+            engine,
+            publish,
+            connected,
+        } = self;
         let mut conn_no: u64 = 1;
-        let (client, mut eventloop) = AsyncClient::new(self.options(conn_no), 1024);
-        let sender = tokio::spawn(send_loop(client.clone(), outbound, self.telemetry.clone()));
+        let (client, mut eventloop) = AsyncClient::new(options(&url, &topics, conn_no), 1024);
+        let (link_up_tx, link_up) = watch::channel(false);
+        let mut sender = tokio::spawn(send_loop(
+            client.clone(),
+            outbound,
+            link_up,
+            telemetry.clone(),
+        ));
         let mut ready = Some(ready);
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-        let mut rejects = RejectLog::default();
+        let mut ingest = Ingest {
+            topics: topics.clone(),
+            telemetry: telemetry.clone(),
+            engine,
+            publish,
+            rejects: RejectLog::default(),
+        };
         loop {
             let event = tokio::select! {
                 _ = shutdown.changed() => break,
@@ -55,35 +100,43 @@ impl Bus {
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     backoff.reset();
-                    self.subscribe(&client).await;
+                    subscribe(&client, &topics);
                 }
                 Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    info!(broker = %self.url, "controller subscribed to agent topics");
-                    self.connected.store(true, Ordering::SeqCst);
-                    self.publish.push(Outbound::retained(
-                        self.topics.controller_status(),
-                        &ControllerStatus {
-                            online: true,
-                            version: Some(env!("CARGO_PKG_VERSION").into()),
-                        },
-                    ));
-                    let _ = self.engine.send(Input::Resync).await;
+                    info!(broker = %url, "controller subscribed to agent topics");
+                    connected.store(true, Ordering::SeqCst);
+                    let _ = link_up_tx.send(true);
+                    assert_online(&client, &topics);
+                    let _ = ingest.engine.send(Input::Resync).await;
                     if let Some(tx) = ready.take() {
                         let _ = tx.send(());
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    self.on_message(&p.topic, &p.payload, &mut rejects).await;
+                    if p.topic == topics.controller_status() {
+                        // A Will of an earlier connection of ours can land after we came
+                        // back; while we are connected, "offline" is always stale.
+                        if connected.load(Ordering::SeqCst) && !p.payload.is_empty() {
+                            let stale = serde_json::from_slice::<ControllerStatus>(&p.payload)
+                                .is_ok_and(|s| !s.online);
+                            if stale {
+                                assert_online(&client, &topics);
+                            }
+                        }
+                    } else {
+                        ingest.on_message(&p.topic, &p.payload).await;
+                    }
                 }
                 Ok(other) => debug!(event = ?other, "mqtt"),
                 Err(e) => {
-                    self.connected.store(false, Ordering::SeqCst);
+                    connected.store(false, Ordering::SeqCst);
+                    let _ = link_up_tx.send(false);
                     let delay = backoff.next_delay(&mut rand::thread_rng());
-                    warn!(broker = %self.url, error = %e, retry_in = ?delay, "controller lost the broker");
+                    warn!(broker = %url, error = %e, retry_in = ?delay, "controller lost the broker");
                     // A new client id per connection: a lingering old connection's Will
                     // can then never be fired in this connection's name.
                     conn_no += 1;
-                    eventloop.mqtt_options = self.options(conn_no);
+                    eventloop.mqtt_options = options(&url, &topics, conn_no);
                     tokio::select! {
                         _ = shutdown.changed() => break,
                         _ = tokio::time::sleep(delay) => {}
@@ -91,44 +144,36 @@ impl Bus {
                 }
             }
         }
-        self.connected.store(false, Ordering::SeqCst);
-        sender.abort();
-        self.stop(&client, &mut eventloop).await;
-    }
-
-    fn options(&self, conn_no: u64) -> rumqttc::MqttOptions {
-        let id = format!("metalbus-controller-{}-{conn_no}", std::process::id());
-        let mut opts = link::client_options(&self.url, &id);
-        let will = serde_json::to_vec(&ControllerStatus {
-            online: false,
-            version: None,
+        connected.store(false, Ordering::SeqCst);
+        // Close the engine's input and our publish handle; keep the event loop turning
+        // until the sender has published everything the engine still had to say.
+        drop(ingest);
+        let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
+            loop {
+                tokio::select! {
+                    _ = &mut sender => break,
+                    e = eventloop.poll() => if e.is_err() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    },
+                }
+            }
+            while eventloop.state.inflight() > 0 {
+                if eventloop.poll().await.is_err() {
+                    break;
+                }
+            }
         })
-        .unwrap_or_default();
-        opts.set_last_will(LastWill::new(
-            self.topics.controller_status(),
-            will,
-            QoS::AtLeastOnce,
-            true,
-        ));
-        opts.set_inflight(100);
-        opts
-    }
-
-    async fn subscribe(&self, client: &AsyncClient) {
-        let filters = NodeTopic::FROM_AGENT.iter().map(|kind| {
-            let qos = if *kind == NodeTopic::Metrics {
-                QoS::AtMostOnce
-            } else {
-                QoS::AtLeastOnce
-            };
-            SubscribeFilter::new(self.topics.node_filter(*kind), qos)
-        });
-        if let Err(e) = client.subscribe_many(filters).await {
-            warn!(error = %e, "subscribing failed");
+        .await;
+        if drained.is_err() {
+            warn!("shutdown: not every queued message reached the broker in time");
+            sender.abort();
         }
+        stop(&client, &mut eventloop, &topics).await;
     }
+}
 
-    async fn on_message(&self, topic: &str, payload: &[u8], rejects: &mut RejectLog) {
+impl Ingest {
+    async fn on_message(&mut self, topic: &str, payload: &[u8]) {
         self.telemetry
             .count_message(ingest::kind_label(&self.topics, topic));
         match ingest::decode(&self.topics, topic, payload) {
@@ -138,51 +183,81 @@ impl Bus {
                 }
             }
             Ok(None) => debug!(topic, "retained message cleared"),
-            Err(rejection) => self.reject(rejection, rejects),
+            Err(rejection) => self.reject(rejection),
         }
     }
 
-    fn reject(&self, r: Rejection, log: &mut RejectLog) {
+    fn reject(&mut self, r: Rejection) {
         self.telemetry.count_reject(r.reason.as_str());
-        log.record(&r);
+        self.rejects.record(&r);
         if let Some(topic) = r.reply_topic {
             self.publish
                 .push(Outbound::event(topic, &r.reject, Delivery::AtMostOnce));
         }
     }
-
-    /// Clean stop: mark the controller offline (retained) and disconnect.
-    async fn stop(&self, client: &AsyncClient, eventloop: &mut EventLoop) {
-        let body = serde_json::to_vec(&ControllerStatus {
-            online: false,
-            version: None,
-        })
-        .unwrap_or_default();
-        let _ = client.try_publish(
-            self.topics.controller_status(),
-            QoS::AtLeastOnce,
-            true,
-            body,
-        );
-        let _ = client.try_disconnect();
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await;
-    }
 }
 
+fn options(url: &BrokerUrl, topics: &Topics, conn_no: u64) -> rumqttc::MqttOptions {
+    let id = format!("metalbus-controller-{}-{conn_no}", std::process::id());
+    let mut opts = link::client_options(url, &id);
+    opts.set_last_will(LastWill::new(
+        topics.controller_status(),
+        controller_status(false),
+        QoS::AtLeastOnce,
+        true,
+    ));
+    opts.set_inflight(100);
+    opts
+}
+
+/// Queues the subscription from a task of its own: the poller must never wait for room
+/// in rumqttc's request queue, since only the poller makes room.
+fn subscribe(client: &AsyncClient, topics: &Topics) {
+    let mut filters: Vec<SubscribeFilter> = NodeTopic::FROM_AGENT
+        .iter()
+        .map(|kind| {
+            let qos = if *kind == NodeTopic::Metrics {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            };
+            SubscribeFilter::new(topics.node_filter(*kind), qos)
+        })
+        .collect();
+    filters.push(SubscribeFilter::new(
+        topics.controller_status(),
+        QoS::AtLeastOnce,
+    ));
+    let client = client.clone();
+    tokio::spawn(async move {
+        if let Err(e) = client.subscribe_many(filters).await {
+            warn!(error = %e, "subscribing failed");
+        }
+    });
+}
+
+/// Publishes the retained `{"online":true}` controller status.
+fn assert_online(client: &AsyncClient, topics: &Topics) {
+    let client = client.clone();
+    let topic = topics.controller_status();
+    tokio::spawn(async move {
+        let _ = client
+            .publish(topic, QoS::AtLeastOnce, true, controller_status(true))
+            .await;
+    });
+}
+
+/// Publishes queued messages while the link is up.
 async fn send_loop(
     client: AsyncClient,
     mut outbound: mpsc::UnboundedReceiver<Outbound>,
+    mut link_up: watch::Receiver<bool>,
     telemetry: Arc<Telemetry>,
 ) {
     while let Some(msg) = outbound.recv().await {
+        if link_up.wait_for(|up| *up).await.is_err() {
+            return;
+        }
         let qos = match msg.delivery {
             Delivery::AtMostOnce => QoS::AtMostOnce,
             Delivery::AtLeastOnce => QoS::AtLeastOnce,
@@ -197,39 +272,22 @@ async fn send_loop(
     }
 }
 
-/// Logs refusals without flooding: the first few per window in full, then a count.
-#[derive(Default)]
-struct RejectLog {
-    window_start: Option<Instant>,
-    logged: u32,
-    suppressed: u64,
-}
-
-impl RejectLog {
-    const WINDOW: Duration = Duration::from_secs(10);
-    const PER_WINDOW: u32 = 20;
-
-    fn record(&mut self, r: &Rejection) {
-        let now = Instant::now();
-        let expired = self
-            .window_start
-            .is_none_or(|s| now.duration_since(s) >= Self::WINDOW);
-        if expired {
-            if self.suppressed > 0 {
-                warn!(
-                    suppressed = self.suppressed,
-                    "more messages were refused; see metalbus_ingest_rejected_total"
-                );
+/// Clean stop: mark the controller offline (retained) and disconnect.
+async fn stop(client: &AsyncClient, eventloop: &mut EventLoop, topics: &Topics) {
+    let _ = client.try_publish(
+        topics.controller_status(),
+        QoS::AtLeastOnce,
+        true,
+        controller_status(false),
+    );
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                Ok(_) => {}
             }
-            self.window_start = Some(now);
-            self.logged = 0;
-            self.suppressed = 0;
         }
-        if self.logged < Self::PER_WINDOW {
-            self.logged += 1;
-            warn!(topic = %r.reject.topic, reason = r.reason.as_str(), error = %r.reject.error, "message refused");
-        } else {
-            self.suppressed += 1;
-        }
-    }
+    })
+    .await;
 }

@@ -21,7 +21,7 @@ use metalbus_protocol::status::{Birth, Offline, Status};
 use metalbus_protocol::topic::{NodeTopic, Topics};
 use metalbus_protocol::{is_valid_node_name, NodeId, Timestamp};
 use redb::Durability;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tracing::{debug, error, info};
 
 use crate::clock::Clock;
@@ -32,7 +32,9 @@ use crate::telemetry::{StateLabel, Telemetry};
 /// How long heartbeats may sit in memory before a cheap (non-durable) flush.
 const HEARTBEAT_FLUSH: Duration = Duration::from_secs(1);
 /// Inventories that arrive before their node's first birth wait here; bounded.
-const MAX_EARLY_INVENTORIES: usize = 10_000;
+const MAX_EARLY_INVENTORIES: usize = 1_000;
+/// Inputs of failed commits kept for retry; beyond this the oldest are dropped.
+const MAX_RETRY_INPUTS: usize = 10_000;
 /// Most inputs applied in one transaction.
 const MAX_BATCH: usize = 512;
 
@@ -75,6 +77,10 @@ pub struct Engine {
     dirty_heartbeats: HashSet<NodeId>,
     early_inventory: HashMap<NodeId, Inventory>,
     last_summary: Option<Summary>,
+    /// Inputs whose commit failed, applied again before the next batch.
+    retry: Vec<Input>,
+    /// The copy may hold changes the store refused; reload before applying more.
+    needs_reload: bool,
 }
 
 /// What one batch changed, to be written and then announced.
@@ -83,6 +89,8 @@ struct Batch {
     /// Changed nodes and the name each had before (None if new).
     nodes: BTreeMap<NodeId, Option<String>>,
     inventories: BTreeMap<NodeId, StoredInventory>,
+    /// Early inventories this batch used; put back if the commit fails.
+    used_early: Vec<(NodeId, Inventory)>,
 }
 
 impl Engine {
@@ -105,32 +113,34 @@ impl Engine {
             dirty_heartbeats: HashSet::new(),
             early_inventory: HashMap::new(),
             last_summary: None,
+            retry: Vec::new(),
+            needs_reload: false,
         };
         engine.reload()?;
+        for id in engine.nodes.keys() {
+            if let Some(hb) = engine.store.heartbeat(id)? {
+                engine.heartbeats.insert(id.clone(), hb);
+            }
+        }
         Ok(engine)
     }
 
-    /// Replaces the in-memory copy with what the store holds.
+    /// Replaces the in-memory nodes with what the store holds. Heartbeats are the
+    /// engine's own and stay.
     fn reload(&mut self) -> Result<(), StoreError> {
         let nodes = self.store.nodes()?;
         self.names = nodes
             .iter()
             .map(|n| (n.name.clone(), n.id.clone()))
             .collect();
-        self.heartbeats.clear();
-        for n in &nodes {
-            if let Some(hb) = self.store.heartbeat(&n.id)? {
-                self.heartbeats.insert(n.id.clone(), hb);
-            }
-        }
         self.nodes = nodes.into_iter().map(|n| (n.id.clone(), n)).collect();
         self.update_gauges();
         Ok(())
     }
 
-    /// Runs until `shutdown` turns true or every sender is gone, then makes everything
-    /// durable.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Input>, mut shutdown: watch::Receiver<bool>) {
+    /// Runs until every sender is gone (the bus drops its sender at shutdown), applies
+    /// what is left, then makes everything durable.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Input>) {
         let mut flush = tokio::time::interval(HEARTBEAT_FLUSH);
         let mut durable = tokio::time::interval(self.cfg.metrics_flush);
         loop {
@@ -148,27 +158,52 @@ impl Engine {
                     }
                     None => break,
                 },
-                _ = flush.tick() => self.flush_heartbeats(Durability::None),
-                _ = durable.tick() => self.flush_heartbeats(Durability::Immediate),
-                _ = shutdown.changed() => {
-                    let mut rest = Vec::new();
-                    while let Ok(i) = rx.try_recv() {
-                        rest.push(i);
+                _ = flush.tick() => {
+                    if !self.retry.is_empty() {
+                        self.apply(Vec::new());
                     }
-                    if !rest.is_empty() {
-                        self.apply(rest);
-                    }
-                    break;
+                    self.flush_heartbeats(Durability::None);
                 }
+                _ = durable.tick() => self.flush_heartbeats(Durability::Immediate),
             }
         }
+        if !self.retry.is_empty() {
+            self.apply(Vec::new());
+        }
         self.flush_heartbeats(Durability::Immediate);
+        if !self.retry.is_empty() {
+            error!(
+                inputs = self.retry.len(),
+                "stopping with changes the store refused; agents resend on reconnect"
+            );
+        }
         info!("engine stopped; store flushed");
     }
 
-    /// Applies a batch: mutate the copy, commit once, then publish.
+    /// Applies a batch: mutate the copy, commit once, then publish. If the commit fails
+    /// the copy is reloaded, nothing is published, and the batch's inputs (but metrics,
+    /// which the next sample replaces) are kept and applied again later.
     pub fn apply(&mut self, inputs: Vec<Input>) {
         let now = self.clock.now();
+        let mut inputs = inputs;
+        if !self.retry.is_empty() {
+            let mut all = std::mem::take(&mut self.retry);
+            all.append(&mut inputs);
+            inputs = all;
+        }
+        if self.needs_reload {
+            if let Err(e) = self.reload() {
+                error!(error = %e, "store still unavailable; changes wait");
+                self.keep_for_retry(inputs);
+                return;
+            }
+            self.needs_reload = false;
+        }
+        let keep: Vec<Input> = inputs
+            .iter()
+            .filter(|i| !matches!(i, Input::Metrics { .. }))
+            .cloned()
+            .collect();
         let mut batch = Batch::default();
         let mut resync = false;
         for input in inputs {
@@ -183,10 +218,16 @@ impl Engine {
         }
         if !batch.nodes.is_empty() || !batch.inventories.is_empty() {
             if let Err(e) = self.commit(&batch) {
-                error!(error = %e, "store commit failed; batch dropped, reloading from store");
-                if let Err(e) = self.reload() {
-                    error!(error = %e, "reloading from store failed");
+                error!(error = %e, inputs = keep.len(), "store commit failed; will retry the batch");
+                // The copy holds the failed changes: replace it with what the store has.
+                self.needs_reload = true;
+                if self.reload().is_ok() {
+                    self.needs_reload = false;
                 }
+                for (id, inv) in batch.used_early {
+                    self.early_inventory.insert(id, inv);
+                }
+                self.keep_for_retry(keep);
                 return;
             }
         }
@@ -202,6 +243,23 @@ impl Engine {
             self.last_summary = None;
         }
         self.publish_summary();
+    }
+
+    /// Keeps inputs (but metrics, which the next sample replaces) for the next round.
+    fn keep_for_retry(&mut self, inputs: Vec<Input>) {
+        self.retry.extend(
+            inputs
+                .into_iter()
+                .filter(|i| !matches!(i, Input::Metrics { .. })),
+        );
+        if self.retry.len() > MAX_RETRY_INPUTS {
+            let excess = self.retry.len() - MAX_RETRY_INPUTS;
+            error!(
+                dropped = excess,
+                "too many changes waiting for the store; dropping the oldest"
+            );
+            self.retry.drain(..excess);
+        }
     }
 
     fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
@@ -223,7 +281,6 @@ impl Engine {
             Status::Birth(birth) => self.on_birth(id, birth, now, batch),
             Status::Offline(off) => self.on_offline(id, off, now, batch),
         }
-        self.touch(id, now);
     }
 
     fn on_birth(&mut self, id: &NodeId, b: Birth, now: Timestamp, batch: &mut Batch) {
@@ -258,7 +315,9 @@ impl Engine {
             self.names.insert(name, id.clone());
             self.nodes.insert(id.clone(), node);
             batch.nodes.insert(id.clone(), None);
+            self.touch(id, now);
             if let Some(inv) = self.early_inventory.remove(id) {
+                batch.used_early.push((id.clone(), inv.clone()));
                 self.on_inventory(id, inv, now, batch);
             }
             return;
@@ -280,6 +339,7 @@ impl Engine {
         if !before.online {
             info!(node = %id, conn = after.conn, "node online");
         }
+        self.touch(id, now);
         self.replace(before, after, now, batch);
     }
 
@@ -307,7 +367,7 @@ impl Engine {
     }
 
     fn stale(&self, id: &NodeId, what: &str, got: u64, newest: u64) {
-        self.telemetry.count_message("stale_status");
+        self.telemetry.ingest_stale.inc();
         debug!(node = %id, what, conn = got, newest, "stale status ignored");
     }
 

@@ -9,7 +9,7 @@ use metalbus_protocol::inventory::Inventory;
 use metalbus_protocol::metrics::MetricsSample;
 use metalbus_protocol::status::Status;
 use metalbus_protocol::topic::{NodeTopic, Topic, TopicError, Topics};
-use metalbus_protocol::{NodeId, MAX_PAYLOAD_BYTES};
+use metalbus_protocol::MAX_PAYLOAD_BYTES;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -187,16 +187,6 @@ pub fn decode(topics: &Topics, topic: &str, payload: &[u8]) -> Result<Option<Inp
 
 fn typed<T: DeserializeOwned>(value: Value) -> Result<T, String> {
     serde_json::from_value(value).map_err(|e| e.to_string())
-}
-
-/// The id a decoded input is about.
-pub fn input_node(input: &Input) -> Option<&NodeId> {
-    match input {
-        Input::Status { id, .. } | Input::Inventory { id, .. } | Input::Metrics { id, .. } => {
-            Some(id)
-        }
-        Input::Resync => None,
-    }
 }
 
 #[cfg(test)]

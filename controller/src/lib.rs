@@ -19,6 +19,7 @@ pub mod config;
 pub mod engine;
 pub mod ingest;
 pub mod publish;
+pub mod reject_log;
 pub mod serve;
 pub mod store;
 pub mod telemetry;

@@ -126,11 +126,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let cfg = args.resolve()?;
     metalbus_agent::logging::init(cfg.log_format, "info,rumqttd=off");
     metalbus_agent::logging::abort_on_panic();
-    runtime()?.block_on(metalbus::serve::run(
-        cfg,
-        metalbus_agent::logging::shutdown_signal(),
-        || {
+    runtime()?.block_on(async move {
+        let signal = metalbus_agent::logging::shutdown_signal();
+        let shutdown = async move {
+            signal.await;
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        };
+        metalbus::serve::run(cfg, shutdown, || {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-        },
-    ))
+        })
+        .await
+    })
 }

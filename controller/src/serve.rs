@@ -3,19 +3,27 @@
 //!
 //! Start-up order matters: the store is opened first (a second controller on the same
 //! data dir fails here), then the sockets are bound, then the broker subscription is
-//! confirmed; only then is systemd told READY=1.
+//! confirmed; only then is systemd told READY=1. The addresses actually bound (useful
+//! with port 0) are written to `DATA_DIR/listen.json`.
+//!
+//! Shutdown runs the other way: the local agent stops (its offline status still goes
+//! through the engine), then HTTP and the bus stop taking work, the engine applies what
+//! it has and flushes the store, and the bus publishes what the engine said last.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use metalbus_agent::config::AgentConfig;
 use metalbus_agent::daemon::Agent;
 use metalbus_agent::link::BrokerUrl;
 use metalbus_protocol::topic::Topics;
+use metalbus_protocol::NodeId;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
@@ -31,10 +39,17 @@ use crate::telemetry::Telemetry;
 
 /// How long start-up waits for the broker subscription before giving up.
 const BROKER_WAIT: Duration = Duration::from_secs(15);
-/// Time for the local agent's offline status to reach the engine at shutdown.
-const LOCAL_AGENT_GRACE: Duration = Duration::from_millis(300);
 /// How often heartbeats are made durable (DESIGN section 4's `metrics_flush`).
 const METRICS_FLUSH: Duration = Duration::from_secs(10);
+/// Longest wait for the local agent's offline status to reach the store at shutdown.
+const LOCAL_AGENT_GRACE: Duration = Duration::from_secs(2);
+
+/// The addresses the controller listens on, as written to `listen.json`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Listening {
+    pub mqtt: SocketAddr,
+    pub http: SocketAddr,
+}
 
 /// Runs the controller until `shutdown` resolves. `on_ready` is called once everything
 /// is up (the binary sends sd_notify READY=1 there).
@@ -47,25 +62,22 @@ pub async fn run(
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let telemetry = Arc::new(Telemetry::new());
 
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
-    std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("restricting data dir {}", cfg.data_dir.display()))?;
-    let store_path = cfg.data_dir.join("metalbus.redb");
-    let store = Store::open(&store_path, telemetry.clone())
+    prepare_data_dir(&cfg.data_dir)?;
+    let store = Store::open(&cfg.data_dir.join("metalbus.redb"), telemetry.clone())
         .context("is another metalbus serve running on this data dir?")?;
     if auth::ensure_admin_token(&store, &cfg.data_dir, clock.now())? {
         info!(path = %cfg.data_dir.join("admin.token").display(), "generated the admin token");
     }
 
-    broker::start(cfg.mqtt_listen, &topics)?;
+    let mqtt_addr = broker::start(cfg.mqtt_listen, &topics)?;
     let http = tokio::net::TcpListener::bind(cfg.http_listen)
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", cfg.http_listen))?;
+    let http_addr = http.local_addr()?;
     let broker_url = BrokerUrl {
         tls: false,
-        host: connect_host(cfg.mqtt_listen),
-        port: cfg.mqtt_listen.port(),
+        host: connect_host(mqtt_addr),
+        port: mqtt_addr.port(),
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -81,7 +93,7 @@ pub async fn run(
             metrics_flush: METRICS_FLUSH,
         },
     )?;
-    let engine_task = tokio::spawn(engine.run(engine_rx, stop_rx.clone()));
+    let engine_task = tokio::spawn(engine.run(engine_rx));
 
     let connected = Arc::new(AtomicBool::new(false));
     let bus = Bus {
@@ -96,7 +108,11 @@ pub async fn run(
     let bus_task = tokio::spawn(bus.run(outbound, stop_rx.clone(), ready_tx));
     tokio::time::timeout(BROKER_WAIT, ready_rx)
         .await
-        .map_err(|_| anyhow::anyhow!("the MQTT broker at {broker_url} did not accept our subscription within {BROKER_WAIT:?}"))?
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the MQTT broker at {broker_url} did not accept our subscription within {BROKER_WAIT:?}"
+            )
+        })?
         .map_err(|_| anyhow::anyhow!("the MQTT client stopped during start-up"))?;
 
     let state = AppState {
@@ -109,7 +125,7 @@ pub async fn run(
         let _ = http_stop.changed().await;
     }));
 
-    let agent_task = if cfg.local_agent {
+    let local_agent = if cfg.local_agent {
         let agent_cfg = AgentConfig {
             broker: broker_url.clone(),
             state_dir: cfg.data_dir.join("local-agent"),
@@ -117,31 +133,32 @@ pub async fn run(
             ..AgentConfig::default()
         };
         let agent = Agent::prepare(agent_cfg).context("starting the local agent")?;
-        info!(node = %agent.node_id(), "running a local agent for this host");
+        let id = agent.node_id().clone();
+        info!(node = %id, "running a local agent for this host");
         let (agent_stop, agent_stop_rx) = watch::channel(false);
-        Some((agent_stop, tokio::spawn(agent.run(agent_stop_rx))))
+        Some((id, agent_stop, tokio::spawn(agent.run(agent_stop_rx))))
     } else {
         None
     };
 
-    info!(
-        mqtt = %cfg.mqtt_listen,
-        http = %cfg.http_listen,
-        data_dir = %cfg.data_dir.display(),
-        "metalbus controller ready"
-    );
+    write_listening(
+        &cfg.data_dir,
+        &Listening {
+            mqtt: mqtt_addr,
+            http: http_addr,
+        },
+    )?;
+    info!(mqtt = %mqtt_addr, http = %http_addr, data_dir = %cfg.data_dir.display(), "metalbus controller ready");
     on_ready();
 
     shutdown.await;
     info!("shutting down");
-    // The local agent goes first, and its clean offline status gets a moment to travel
-    // broker → bus → engine before those stop.
-    if let Some((agent_stop, task)) = agent_task {
+    if let Some((id, agent_stop, task)) = local_agent {
         let _ = agent_stop.send(true);
         if let Ok(Err(e)) = task.await {
             warn!(error = %e, "local agent stopped with an error");
         }
-        tokio::time::sleep(LOCAL_AGENT_GRACE).await;
+        wait_offline(&store, &id).await;
     }
     let _ = stop_tx.send(true);
     match http_task.await {
@@ -155,9 +172,41 @@ pub async fn run(
     Ok(())
 }
 
+/// Creates the data dir private (0700). An existing dir keeps its mode: it may be
+/// shared, and that is the operator's choice.
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("restricting data dir {}", dir.display()))
+}
+
+fn write_listening(dir: &Path, l: &Listening) -> anyhow::Result<()> {
+    let path = dir.join("listen.json");
+    let tmp = dir.join("listen.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(l)?)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Waits (bounded) until the store shows `id` offline.
+async fn wait_offline(store: &Store, id: &NodeId) {
+    let deadline = Instant::now() + LOCAL_AGENT_GRACE;
+    while Instant::now() < deadline {
+        match store.find_node(id.as_str()) {
+            Ok(Some(n)) if n.online => {}
+            _ => return,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    warn!(node = %id, "the local agent's offline status did not arrive in time");
+}
+
 /// The address a local client uses to reach a listener: an unspecified address
 /// (0.0.0.0 or ::) is reached on loopback.
-fn connect_host(listen: std::net::SocketAddr) -> String {
+fn connect_host(listen: SocketAddr) -> String {
     match listen.ip() {
         ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".into(),
         ip if ip.is_unspecified() => "::1".into(),

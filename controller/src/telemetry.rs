@@ -29,6 +29,7 @@ pub struct Telemetry {
     registry: Registry,
     pub ingest_messages: Family<KindLabel, Counter>,
     pub ingest_rejected: Family<ReasonLabel, Counter>,
+    pub ingest_stale: Counter,
     pub nodes: Family<StateLabel, Gauge>,
     pub nodes_online: Gauge,
     pub store_commit_seconds: Histogram,
@@ -41,6 +42,7 @@ impl Telemetry {
         let mut registry = Registry::default();
         let ingest_messages = Family::<KindLabel, Counter>::default();
         let ingest_rejected = Family::<ReasonLabel, Counter>::default();
+        let ingest_stale = Counter::default();
         let nodes = Family::<StateLabel, Gauge>::default();
         let nodes_online = Gauge::default();
         let store_commit_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
@@ -55,6 +57,11 @@ impl Telemetry {
             "metalbus_ingest_rejected",
             "Agent messages refused, by reason",
             ingest_rejected.clone(),
+        );
+        registry.register(
+            "metalbus_ingest_stale",
+            "Status messages ignored because a newer connection of the agent was seen",
+            ingest_stale.clone(),
         );
         registry.register("metalbus_nodes", "Nodes by state", nodes.clone());
         registry.register(
@@ -81,6 +88,7 @@ impl Telemetry {
             registry,
             ingest_messages,
             ingest_rejected,
+            ingest_stale,
             nodes,
             nodes_online,
             store_commit_seconds,

@@ -136,8 +136,10 @@ impl Inventory {
 
     /// Sum of all disk sizes that are known.
     pub fn storage_bytes(&self) -> Option<u64> {
-        let sizes: Vec<u64> = self.disks.iter().filter_map(|d| d.size_bytes).collect();
-        (!sizes.is_empty()).then(|| sizes.iter().sum())
+        let mut sizes = self.disks.iter().filter_map(|d| d.size_bytes).peekable();
+        sizes.peek()?;
+        // Saturating: the values come from the network.
+        Some(sizes.fold(0u64, u64::saturating_add))
     }
 
     /// Every known MAC address, in NIC order.
@@ -208,6 +210,25 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<Inventory>(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn totals_of_huge_values_saturate_instead_of_overflowing() {
+        let disk = Disk {
+            name: "d".into(),
+            model: None,
+            serial: None,
+            wwn: None,
+            size_bytes: Some(u64::MAX),
+            rotational: None,
+            removable: None,
+            transport: None,
+        };
+        let inv = Inventory {
+            disks: vec![disk.clone(), disk],
+            ..Inventory::default()
+        };
+        assert_eq!(inv.storage_bytes(), Some(u64::MAX));
     }
 
     #[test]

@@ -180,19 +180,16 @@ impl MetricsSample {
     /// used / (used + available), so space reserved for root does not look used.
     pub fn storage_percent(&self) -> Option<f64> {
         let fss = self.filesystems.as_ref()?;
-        let used: u64 = fss.iter().map(|f| f.used_bytes).sum();
-        let usable: u64 = fss
+        // In u128: the values come from the network, and u64 sums could overflow.
+        let used: u128 = fss.iter().map(|f| u128::from(f.used_bytes)).sum();
+        let usable: u128 = fss
             .iter()
             .map(|f| match f.available_bytes {
-                Some(avail) => f.used_bytes.saturating_add(avail),
-                None => f.total_bytes,
+                Some(avail) => u128::from(f.used_bytes) + u128::from(avail),
+                None => u128::from(f.total_bytes),
             })
             .sum();
-        Usage {
-            used_bytes: used,
-            total_bytes: usable,
-        }
-        .percent()
+        (usable > 0).then(|| used as f64 * 100.0 / usable as f64)
     }
 }
 
@@ -267,6 +264,21 @@ mod tests {
             .percent(),
             None
         );
+    }
+
+    #[test]
+    fn storage_percent_of_huge_values_does_not_overflow() {
+        let mut s = sample();
+        let fs = Filesystem {
+            mount: "/".into(),
+            fs_type: None,
+            used_bytes: u64::MAX,
+            total_bytes: u64::MAX,
+            available_bytes: Some(0),
+        };
+        s.filesystems = Some(vec![fs.clone(), fs]);
+        s.validate().unwrap();
+        assert_eq!(s.storage_percent(), Some(100.0));
     }
 
     #[test]

@@ -2,6 +2,9 @@
 //! free loopback ports with temp data dirs, and gives tests an API client and an
 //! independent MQTT watcher.
 //!
+//! The controller binds port 0 and reports its ports in `listen.json`, so tests never
+//! race for a port.
+//!
 //! The binaries are the ones `cargo test --workspace` builds next to this test (the
 //! agent and controller packages have integration tests, so cargo builds their bins).
 //! On a failing test, each process's log is printed.
@@ -17,7 +20,6 @@ pub use mqtt::{Message, Watcher};
 pub use process::{AgentProc, Controller};
 
 use std::future::Future;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -46,15 +48,6 @@ pub fn install_crypto_provider() {
 pub fn nproc() -> u64 {
     let out = std::process::Command::new("nproc").output().unwrap();
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-}
-
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Polls `probe` every 100 ms until it returns `Some`, or panics after `timeout` with

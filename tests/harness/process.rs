@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rustix::process::Signal;
 
-use crate::{bin, eventually, free_port, Api};
+use crate::{bin, eventually, Api};
 
 fn spawn(name: &str, args: &[String], cwd: &Path, log: &Path) -> Child {
     let out = File::create(log).unwrap();
@@ -68,14 +68,15 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// Starts a controller with its data in `dir/metalbus-data`, on fresh ports.
+    /// Starts a controller with its data in `dir/metalbus-data`, on ports it picks
+    /// itself (port 0), read back from `listen.json`.
     pub async fn start(dir: &Path, extra: &[&str]) -> Controller {
         let mut c = Controller {
             child: None,
             dir: dir.to_path_buf(),
             data_dir: dir.join("metalbus-data"),
-            mqtt_port: free_port(),
-            http_port: free_port(),
+            mqtt_port: 0,
+            http_port: 0,
             log: PathBuf::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             starts: 0,
@@ -97,7 +98,27 @@ impl Controller {
             format!("127.0.0.1:{}", self.http_port),
         ];
         args.extend(self.extra.iter().cloned());
+        let listen = self.data_dir.join("listen.json");
+        let _ = std::fs::remove_file(&listen);
         self.child = Some(spawn("metalbus", &args, &self.dir, &self.log));
+        let bound: serde_json::Value = eventually(
+            Duration::from_secs(20),
+            "the controller to write listen.json",
+            || {
+                let listen = listen.clone();
+                async move {
+                    let text = std::fs::read_to_string(&listen).map_err(|e| e.to_string())?;
+                    serde_json::from_str(&text).map_err(|e| e.to_string())
+                }
+            },
+        )
+        .await;
+        let port = |key: &str| -> u16 {
+            let addr: std::net::SocketAddr = bound[key].as_str().unwrap().parse().unwrap();
+            addr.port()
+        };
+        self.mqtt_port = port("mqtt");
+        self.http_port = port("http");
         let url = format!("http://127.0.0.1:{}/readyz", self.http_port);
         crate::install_crypto_provider();
         let http = reqwest::Client::new();

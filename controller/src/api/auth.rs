@@ -62,15 +62,38 @@ pub fn create_token(
 }
 
 /// On first start (no `admin.token` file), creates an admin token and writes the file
-/// with mode 0600. Returns true when a new token was made.
+/// with mode 0600. Returns true when a new token was made. When the file exists but the
+/// store does not know its token (the store was deleted or restored from elsewhere), the
+/// file's token is registered again: the file, readable only by the controller's user,
+/// is the root of trust.
 pub fn ensure_admin_token(
     store: &Store,
     data_dir: &Path,
     now: metalbus_protocol::Timestamp,
 ) -> anyhow::Result<bool> {
     let path = data_dir.join("admin.token");
-    if path.exists() {
-        return Ok(false);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let token = text.trim();
+            anyhow::ensure!(
+                !token.is_empty(),
+                "{} is empty; delete it to have a new admin token generated",
+                path.display()
+            );
+            let hash = token_hash(token);
+            if store.token(&hash)?.is_none() {
+                let record = TokenRecord {
+                    name: "admin".into(),
+                    role: Role::Admin,
+                    created_at: now,
+                };
+                store.write(Durability::Immediate, |tx| tx.put_token(&hash, &record))?;
+                tracing::warn!(path = %path.display(), "the store did not know the admin token in the token file; registered it again");
+            }
+            return Ok(false);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
     let token = create_token(store, "admin", Role::Admin, now)?;
     let mut f = std::fs::OpenOptions::new()
@@ -100,8 +123,9 @@ pub async fn require_token(
     let token = header
         .to_str()
         .ok()
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(|h| h.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
         .filter(|t| !t.is_empty())
         .ok_or(ApiError::Unauthorized(
             "malformed Authorization header: expected 'Bearer <token>'",
@@ -148,5 +172,10 @@ mod tests {
         let token = std::fs::read_to_string(&path).unwrap();
         let rec = store.token(&token_hash(token.trim())).unwrap().unwrap();
         assert_eq!(rec.role, Role::Admin);
+
+        // A fresh store with the old file: the file's token is registered again.
+        let fresh = Store::in_memory(Default::default()).unwrap();
+        assert!(!ensure_admin_token(&fresh, dir.path(), now).unwrap());
+        assert!(fresh.token(&token_hash(token.trim())).unwrap().is_some());
     }
 }

@@ -23,6 +23,8 @@ pub enum ApiError {
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
     Conflict(String),
     #[error("internal error")]
     Store(#[from] StoreError),
@@ -31,7 +33,7 @@ pub enum ApiError {
 impl ApiError {
     fn code(&self) -> ErrorCode {
         match self {
-            ApiError::BadRequest(_) => ErrorCode::BadRequest,
+            ApiError::BadRequest(_) | ApiError::MethodNotAllowed(_) => ErrorCode::BadRequest,
             ApiError::Unauthorized(_) => ErrorCode::Unauthorized,
             ApiError::Forbidden => ErrorCode::Forbidden,
             ApiError::NodeNotFound | ApiError::NotFound(_) => ErrorCode::NotFound,
@@ -47,8 +49,11 @@ impl IntoResponse for ApiError {
             error!(error = %e, "API request failed in the store");
         }
         let code = self.code();
-        let status =
-            StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = match self {
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            _ => StatusCode::from_u16(code.http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        };
         (status, Json(ErrorBody::new(code, self.to_string()))).into_response()
     }
 }
@@ -65,6 +70,7 @@ mod tests {
             (ApiError::Forbidden, 403, "Primus.00004"),
             (ApiError::NodeNotFound, 404, "Primus.00005"),
             (ApiError::Conflict("x".into()), 409, "Primus.00006"),
+            (ApiError::MethodNotAllowed("x".into()), 405, "Primus.00002"),
             (
                 ApiError::Store(StoreError::Schema { found: "9".into() }),
                 500,

@@ -27,6 +27,21 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiQuer
     }
 }
 
+/// `Path` whose failures (e.g. a segment that is not UTF-8) use the API's error format.
+pub struct ApiPath<T>(pub T);
+
+#[axum::async_trait]
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(v)| ApiPath(v))
+            .map_err(|e| ApiError::BadRequest(format!("bad path: {}", e.body_text())))
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
@@ -87,7 +102,7 @@ pub async fn list(
 /// `GET /api/v1/nodes/{node}`, by id or name.
 pub async fn get(
     State(state): State<AppState>,
-    Path(key): Path<String>,
+    ApiPath(key): ApiPath<String>,
 ) -> Result<Json<Data<NodeView>>, ApiError> {
     let node = state.store.find_node(&key)?.ok_or(ApiError::NodeNotFound)?;
     let inv = state.store.inventory(&node.id)?;

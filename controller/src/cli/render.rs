@@ -5,6 +5,14 @@ use std::fmt::Write;
 use metalbus_protocol::api::NodeView;
 use metalbus_protocol::Timestamp;
 
+/// Agent-supplied text with control characters replaced, so a hostile hostname cannot
+/// drive the operator's terminal.
+pub fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 /// "12s ago", "5m ago", "3h ago", "2d ago"; "-" when unknown.
 pub fn ago(then: Option<Timestamp>, now: Timestamp) -> String {
     let Some(then) = then else {
@@ -46,6 +54,7 @@ pub fn table(rows: &[Vec<String>]) -> String {
     let mut out = String::new();
     for row in rows {
         let mut line = String::new();
+        let row: Vec<String> = row.iter().map(|c| clean(c)).collect();
         for (c, cell) in row.iter().enumerate() {
             if c + 1 == row.len() {
                 line.push_str(cell);
@@ -183,6 +192,14 @@ mod tests {
         assert_eq!(ago(at(7300), now), "2h ago");
         assert_eq!(ago(at(200_000), now), "2d ago");
         assert_eq!(ago(None, now), "-");
+    }
+
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        let rows = vec![vec!["evil\u{1b}[2Jhost".to_string(), "x".into()]];
+        let out = table(&rows);
+        assert!(!out.contains('\u{1b}'), "{out:?}");
+        assert!(out.starts_with("evil?[2Jhost"));
     }
 
     #[test]

@@ -313,3 +313,73 @@ fn a_restarted_engine_sees_the_stored_nodes() {
     assert_eq!(again.summary().total, 1);
     assert!(again.names.contains_key("a"));
 }
+
+#[test]
+fn a_failed_commit_publishes_nothing_and_is_retried() {
+    use crate::store::flaky::FlakyBackend;
+    use std::sync::atomic::Ordering;
+
+    let telemetry = Arc::new(Telemetry::new());
+    let dir = tempfile::tempdir().unwrap();
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let opener = FlakyBackend::opener(dir.path().join("m.redb"), failing.clone());
+    let store = Store::from_opener(opener, telemetry.clone()).unwrap();
+    let (publish, mut out) = PublishQueue::new();
+    let mut engine = Engine::new(
+        store.clone(),
+        publish,
+        telemetry,
+        Arc::new(FakeClock::at(0)),
+        EngineConfig {
+            topics: Topics::default(),
+            metrics_flush: Duration::from_secs(10),
+        },
+    )
+    .unwrap();
+
+    // The inventory arrives first and waits; the birth then fails to commit.
+    engine.apply(vec![inventory("n1", 4)]);
+    while out.try_recv().is_ok() {} // the first, empty summary
+    failing.store(true, Ordering::SeqCst);
+    engine.apply(vec![birth("n1", 1, "s", "h")]);
+    assert!(
+        out.try_recv().is_err(),
+        "nothing is published for a failed commit"
+    );
+    assert!(store.find_node("n1").is_err() || store.find_node("n1").unwrap().is_none());
+    // The copy still holds the refused change until the store can be read again.
+    assert!(engine.needs_reload || engine.nodes.is_empty());
+
+    // The disk recovers: the next round applies the kept inputs, early inventory too.
+    failing.store(false, Ordering::SeqCst);
+    engine.apply(Vec::new());
+    let n = store.find_node("n1").unwrap().unwrap();
+    assert!(n.online);
+    let inv = store.inventory(&id("n1")).unwrap().unwrap();
+    assert_eq!(inv.inventory.cpu.threads, Some(4));
+    let mut topics = Vec::new();
+    while let Ok(m) = out.try_recv() {
+        topics.push(m.topic);
+    }
+    assert!(
+        topics.contains(&"metalbus/v1/nodes/n1/state".to_string()),
+        "{topics:?}"
+    );
+}
+
+#[test]
+fn wills_do_not_move_last_seen() {
+    let mut r = rig();
+    r.engine.apply(vec![birth("n1", 1, "s", "h")]);
+    r.engine.flush_heartbeats(Durability::None);
+    let seen = r.store.heartbeat(&id("n1")).unwrap().unwrap().last_seen_at;
+    r.clock.advance_ms(45_000);
+    r.engine
+        .apply(vec![offline("n1", 1, Some("s"), OfflineReason::Lost)]);
+    r.engine.flush_heartbeats(Durability::None);
+    let after = r.store.heartbeat(&id("n1")).unwrap().unwrap().last_seen_at;
+    assert_eq!(
+        after, seen,
+        "a Will is the broker's word, not a sign of life"
+    );
+}

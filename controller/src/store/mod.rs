@@ -3,11 +3,14 @@
 //! Architecture Invariant: only the engine task writes node data (STYLE rule 4); the HTTP
 //! API reads through [`Store`]'s read methods, each in its own read transaction.
 
+#[cfg(test)]
+pub(crate) mod flaky;
 mod records;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use metalbus_protocol::NodeId;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -56,6 +59,8 @@ pub enum StoreError {
         "the store was written by a newer Metalbus (schema {found}); this build reads schema 1"
     )]
     Schema { found: String },
+    #[error("the store is unavailable after an I/O error; retrying")]
+    Unavailable,
 }
 
 /// Shorthand for converting any redb error into [`StoreError::Db`].
@@ -68,26 +73,36 @@ macro_rules! tryop {
     };
 }
 
+/// Opens the database again after an I/O error (redb refuses every operation after one,
+/// until the database is closed and re-opened).
+type Opener = Box<dyn Fn() -> Result<Database, StoreError> + Send + Sync>;
+
 /// A handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// `None` only while being re-opened, or after a failed re-open.
+    db: RwLock<Option<Arc<Database>>>,
+    opener: Option<Opener>,
+    /// Set when an operation failed in a way that needs a re-open.
+    broken: AtomicBool,
     telemetry: Arc<Telemetry>,
 }
 
 impl Store {
     /// Opens or creates `path`. Fails if another process holds it.
     pub fn open(path: &Path, telemetry: Arc<Telemetry>) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(|source| StoreError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let store = Self {
-            db: Arc::new(db),
-            telemetry,
-        };
-        store.init()?;
-        Ok(store)
+        let path = path.to_path_buf();
+        let opener: Opener = Box::new(move || {
+            Database::create(&path).map_err(|source| StoreError::Open {
+                path: path.clone(),
+                source,
+            })
+        });
+        Self::from_opener(opener, telemetry)
     }
 
     /// An in-memory store for tests.
@@ -96,12 +111,82 @@ impl Store {
             "create",
             Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())
         );
-        let store = Self {
-            db: Arc::new(db),
-            telemetry,
-        };
+        let store = Self::with_db(db, None, telemetry);
         store.init()?;
         Ok(store)
+    }
+
+    /// A store whose database `opener` opens (again, after I/O errors).
+    pub fn from_opener(opener: Opener, telemetry: Arc<Telemetry>) -> Result<Self, StoreError> {
+        let db = opener()?;
+        let store = Self::with_db(db, Some(opener), telemetry);
+        store.init()?;
+        Ok(store)
+    }
+
+    fn with_db(db: Database, opener: Option<Opener>, telemetry: Arc<Telemetry>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                db: RwLock::new(Some(Arc::new(db))),
+                opener,
+                broken: AtomicBool::new(false),
+                telemetry,
+            }),
+        }
+    }
+
+    /// The current database handle, re-opening it first if an I/O error broke it.
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        if self.inner.broken.load(Ordering::SeqCst) {
+            self.reopen()?;
+        }
+        let guard = self.inner.db.read().unwrap_or_else(|e| e.into_inner());
+        guard.clone().ok_or(StoreError::Unavailable)
+    }
+
+    /// Closes and re-opens the database. The old handle must be gone first (it holds the
+    /// file lock), so this waits briefly for readers that still hold it.
+    fn reopen(&self) -> Result<(), StoreError> {
+        let Some(opener) = &self.inner.opener else {
+            return Err(StoreError::Unavailable);
+        };
+        let mut guard = self.inner.db.write().unwrap_or_else(|e| e.into_inner());
+        if !self.inner.broken.load(Ordering::SeqCst) {
+            return Ok(()); // another caller re-opened it meanwhile
+        }
+        if let Some(mut old) = guard.take() {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(db) => {
+                        drop(db);
+                        break;
+                    }
+                    Err(shared) if Instant::now() < deadline => {
+                        old = shared;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(shared) => {
+                        *guard = Some(shared);
+                        return Err(StoreError::Unavailable);
+                    }
+                }
+            }
+        }
+        let db = opener()?;
+        *guard = Some(Arc::new(db));
+        self.inner.broken.store(false, Ordering::SeqCst);
+        tracing::warn!("store re-opened after an I/O error");
+        Ok(())
+    }
+
+    /// Marks the store for a re-open when `e` is an I/O failure.
+    fn note(&self, e: &StoreError) {
+        if let StoreError::Db { source, .. } = e {
+            if matches!(source, redb::Error::Io(_) | redb::Error::PreviousIo) {
+                self.inner.broken.store(true, Ordering::SeqCst);
+            }
+        }
     }
 
     fn init(&self) -> Result<(), StoreError> {
@@ -135,16 +220,18 @@ impl Store {
         f: impl FnOnce(&mut WriteTx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let result = (|| {
-            let mut txn = tryop!("begin write", self.db.begin_write());
+            let db = self.db()?;
+            let mut txn = tryop!("begin write", db.begin_write());
             tryop!("set durability", txn.set_durability(durability));
             let out = f(&mut WriteTx { txn: &txn })?;
             let started = Instant::now();
             tryop!("commit", txn.commit());
-            self.telemetry.observe_commit(started.elapsed());
+            self.inner.telemetry.observe_commit(started.elapsed());
             Ok(out)
         })();
-        if result.is_err() {
-            self.telemetry.store_errors.inc();
+        if let Err(e) = &result {
+            self.inner.telemetry.store_errors.inc();
+            self.note(e);
         }
         result
     }
@@ -156,7 +243,7 @@ impl Store {
 
     /// A node by id, or else by name.
     pub fn find_node(&self, key: &str) -> Result<Option<NodeRecord>, StoreError> {
-        let txn = tryop!("begin read", self.db.begin_read());
+        let txn = tryop!("begin read", self.db()?.begin_read());
         let nodes = tryop!("open nodes", txn.open_table(NODES));
         if let Some(rec) = get_json(&nodes, "nodes", key)? {
             return Ok(Some(rec));
@@ -187,7 +274,7 @@ impl Store {
         table: &'static str,
         key: &str,
     ) -> Result<Option<T>, StoreError> {
-        let txn = tryop!("begin read", self.db.begin_read());
+        let txn = tryop!("begin read", self.db()?.begin_read());
         let t = tryop!("open table", txn.open_table(def));
         get_json(&t, table, key)
     }
@@ -197,7 +284,7 @@ impl Store {
         def: TableDefinition<&str, &[u8]>,
         table: &'static str,
     ) -> Result<Vec<T>, StoreError> {
-        let txn = tryop!("begin read", self.db.begin_read());
+        let txn = tryop!("begin read", self.db()?.begin_read());
         let t = tryop!("open table", txn.open_table(def));
         let mut out = Vec::new();
         for entry in tryop!("scan", t.iter()) {
