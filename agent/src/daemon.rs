@@ -311,17 +311,7 @@ impl Agent {
                 return;
             }
         }
-        if client.try_disconnect().is_ok() {
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                loop {
-                    match eventloop.poll().await {
-                        Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
-                        Ok(_) => {}
-                    }
-                }
-            })
-            .await;
-        }
+        link::disconnect(client, eventloop, Duration::from_secs(1)).await;
     }
 }
 

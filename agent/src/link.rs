@@ -7,7 +7,7 @@ use std::sync::Once;
 use std::time::Duration;
 
 use rand::Rng;
-use rumqttc::{MqttOptions, TlsConfiguration, Transport};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, TlsConfiguration, Transport};
 
 /// Largest MQTT packet either side sends or accepts. Inventories of big machines pass
 /// rumqttc's 10 KiB default; the controller refuses payloads over 256 KiB itself, so this
@@ -109,6 +109,23 @@ pub fn client_options(url: &BrokerUrl, client_id: &str) -> MqttOptions {
         opts.set_transport(Transport::tls_with_config(TlsConfiguration::default()));
     }
     opts
+}
+
+/// Sends DISCONNECT, which makes the broker drop the Will, and drives the event loop until
+/// it is written or `within` passes.
+pub async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop, within: Duration) {
+    if client.try_disconnect().is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(within, async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
 }
 
 /// Capped exponential backoff with jitter: the n-th delay is drawn uniformly from

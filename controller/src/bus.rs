@@ -18,7 +18,7 @@ use std::time::Duration;
 use metalbus_agent::link::{self, Backoff, BrokerUrl};
 use metalbus_protocol::controller::ControllerStatus;
 use metalbus_protocol::topic::{NodeTopic, Topics};
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Outgoing, Packet, QoS, SubscribeFilter};
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Packet, QoS, SubscribeFilter};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
@@ -280,14 +280,5 @@ async fn stop(client: &AsyncClient, eventloop: &mut EventLoop, topics: &Topics) 
         true,
         controller_status(false),
     );
-    let _ = client.try_disconnect();
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
+    link::disconnect(client, eventloop, Duration::from_secs(2)).await;
 }

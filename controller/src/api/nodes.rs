@@ -5,40 +5,46 @@ use axum::http::request::Parts;
 use axum::Json;
 use metalbus_protocol::api::{Data, NodeView, Page, Pagination};
 use metalbus_protocol::lifecycle::NodeState;
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::error::ApiError;
 use super::views::node_view;
 use super::AppState;
 
-/// `Query` whose failures use the API's error format.
-pub struct ApiQuery<T>(pub T);
+/// An extractor rejection's full explanation (axum's `body_text`, which names the field).
+pub trait RejectionText {
+    fn text(&self) -> String;
+}
 
-#[axum::async_trait]
-impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|Query(v)| ApiQuery(v))
-            .map_err(|e| ApiError::BadRequest(format!("bad query string: {}", e.body_text())))
+impl RejectionText for axum::extract::rejection::QueryRejection {
+    fn text(&self) -> String {
+        self.body_text()
     }
 }
 
-/// `Path` whose failures (e.g. a segment that is not UTF-8) use the API's error format.
-pub struct ApiPath<T>(pub T);
+impl RejectionText for axum::extract::rejection::PathRejection {
+    fn text(&self) -> String {
+        self.body_text()
+    }
+}
+
+/// `Query` or `Path` whose failures use the API's error format.
+pub struct Checked<E>(pub E);
 
 #[axum::async_trait]
-impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+impl<S, E> FromRequestParts<S> for Checked<E>
+where
+    S: Send + Sync,
+    E: FromRequestParts<S>,
+    E::Rejection: RejectionText,
+{
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        Path::<T>::from_request_parts(parts, state)
+        E::from_request_parts(parts, state)
             .await
-            .map(|Path(v)| ApiPath(v))
-            .map_err(|e| ApiError::BadRequest(format!("bad path: {}", e.body_text())))
+            .map(Checked)
+            .map_err(|e| ApiError::BadRequest(e.text()))
     }
 }
 
@@ -57,7 +63,7 @@ const DEFAULT_PER_PAGE: u32 = 20;
 /// `GET /api/v1/nodes`: stable order (name, then id), filters, then the page.
 pub async fn list(
     State(state): State<AppState>,
-    ApiQuery(q): ApiQuery<ListQuery>,
+    Checked(Query(q)): Checked<Query<ListQuery>>,
 ) -> Result<Json<Page<NodeView>>, ApiError> {
     let page = q.page.unwrap_or(1);
     let per_page = q.per_page.unwrap_or(DEFAULT_PER_PAGE);
@@ -102,7 +108,7 @@ pub async fn list(
 /// `GET /api/v1/nodes/{node}`, by id or name.
 pub async fn get(
     State(state): State<AppState>,
-    ApiPath(key): ApiPath<String>,
+    Checked(Path(key)): Checked<Path<String>>,
 ) -> Result<Json<Data<NodeView>>, ApiError> {
     let node = state.store.find_node(&key)?.ok_or(ApiError::NodeNotFound)?;
     let inv = state.store.inventory(&node.id)?;
