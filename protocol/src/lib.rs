@@ -7,16 +7,20 @@
 //! - [`topic`]: the MQTT topic builder and parser (DESIGN section 3).
 //! - [`status`], [`inventory`], [`metrics`]: what agents publish.
 //! - [`controller`]: what the controller publishes (state, summary, rejects).
+//! - [`command`]: controller → agent commands and install plans; [`report`]: the agent's
+//!   acks and job events.
 //! - [`lifecycle`]: node states and phases (DESIGN section 7.1).
 //! - [`api`]: HTTP API bodies and error codes (DESIGN section 9).
 //! - [`Timestamp`]: RFC 3339 UTC timestamps on the wire.
 
 pub mod api;
+pub mod command;
 pub mod controller;
 pub mod inventory;
 pub mod lifecycle;
 pub mod metrics;
 mod node_id;
+pub mod report;
 pub mod status;
 mod timestamp;
 pub mod topic;

@@ -1,0 +1,175 @@
+//! Agent → controller reports on `{p}/nodes/{id}/reports` (DESIGN section 4): command
+//! acks and job events, each with the agent's `session` and a gap-free `seq`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::JobKind;
+use crate::{NodeId, Timestamp};
+
+/// Where a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Started,
+    Progress,
+    Complete,
+    Failed,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Started => "started",
+            JobStatus::Progress => "progress",
+            JobStatus::Complete => "complete",
+            JobStatus::Failed => "failed",
+        }
+    }
+}
+
+/// What a report says.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ReportBody {
+    /// The agent took (or refused) a command.
+    Ack {
+        command_id: String,
+        accepted: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// A job event.
+    Job {
+        command_id: String,
+        job: JobKind,
+        status: JobStatus,
+        /// Overall percent, 0..=100, for `progress`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        progress: Option<u8>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+        /// For `failed`: what went wrong (the step's stderr tail, at most 4 KiB).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+}
+
+/// One report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub session: String,
+    pub seq: u64,
+    pub ts: Timestamp,
+    #[serde(flatten)]
+    pub body: ReportBody,
+    /// When present it must equal the topic's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<NodeId>,
+}
+
+/// Why a report was refused beyond plain type errors.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReportError {
+    #[error("progress is {0}; it must be 0..=100")]
+    Progress(u8),
+    #[error("seq must be 1 or more")]
+    Seq,
+    #[error("{field} is {len} bytes; at most {max} are accepted")]
+    TooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+}
+
+impl Report {
+    /// Most bytes of a job's `error` (DESIGN: the last 4 KiB of stderr) plus some slack.
+    pub const MAX_ERROR: usize = 8 * 1024;
+    pub const MAX_TEXT: usize = 1024;
+
+    pub fn validate(&self) -> Result<(), ReportError> {
+        if self.seq == 0 {
+            return Err(ReportError::Seq);
+        }
+        let too_long = |field, s: &Option<String>, max| match s {
+            Some(s) if s.len() > max => Err(ReportError::TooLong {
+                field,
+                len: s.len(),
+                max,
+            }),
+            _ => Ok(()),
+        };
+        match &self.body {
+            ReportBody::Ack { reason, .. } => too_long("reason", reason, Self::MAX_ERROR),
+            ReportBody::Job {
+                progress,
+                step,
+                message,
+                error,
+                ..
+            } => {
+                if let Some(p) = progress.filter(|p| *p > 100) {
+                    return Err(ReportError::Progress(p));
+                }
+                too_long("step", step, Self::MAX_TEXT)?;
+                too_long("message", message, Self::MAX_TEXT)?;
+                too_long("error", error, Self::MAX_ERROR)
+            }
+        }
+    }
+
+    pub fn command_id(&self) -> &str {
+        match &self.body {
+            ReportBody::Ack { command_id, .. } | ReportBody::Job { command_id, .. } => command_id,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_design_examples_parse() {
+        let lines = [
+            r#"{"session":"5f0c","seq":12,"ts":"2026-01-01T00:00:00Z","kind":"ack","command_id":"c-9a","accepted":true}"#,
+            r#"{"session":"5f0c","seq":13,"ts":"2026-01-01T00:00:00Z","kind":"ack","command_id":"c-9b","accepted":false,"reason":"unknown script 'wipe'"}"#,
+            r#"{"session":"5f0c","seq":14,"ts":"2026-01-01T00:00:00Z","kind":"job","command_id":"c-9a","job":"install","status":"started"}"#,
+            r#"{"session":"5f0c","seq":15,"ts":"2026-01-01T00:00:00Z","kind":"job","command_id":"c-9a","job":"install","status":"progress","progress":40,"step":"partition","message":"writing GPT"}"#,
+            r#"{"session":"5f0c","seq":16,"ts":"2026-01-01T00:00:00Z","kind":"job","command_id":"c-9a","job":"install","status":"failed","step":"image","error":"sha256 mismatch"}"#,
+        ];
+        for line in lines {
+            let r: Report = serde_json::from_str(line).unwrap();
+            r.validate().unwrap();
+            let back: serde_json::Value = serde_json::to_value(&r).unwrap();
+            let mut orig: serde_json::Value = serde_json::from_str(line).unwrap();
+            // Timestamps come back with milliseconds; everything else is as sent.
+            orig["ts"] = back["ts"].clone();
+            assert_eq!(back, orig, "round trip of {line}");
+        }
+    }
+
+    #[test]
+    fn refuses_bad_reports() {
+        for bad in [
+            r#"{"session":"s","seq":1,"ts":"2026-01-01T00:00:00Z","kind":"job","command_id":"c","job":"install","status":"exploded"}"#,
+            r#"{"session":"s","seq":1,"ts":"2026-01-01T00:00:00Z","kind":"dance","command_id":"c"}"#,
+            r#"{"session":"s","ts":"2026-01-01T00:00:00Z","kind":"ack","command_id":"c","accepted":true}"#,
+            r#"{"session":"s","seq":1,"ts":"2026-01-01T00:00:00Z","kind":"job","command_id":"c","job":"reboot","status":"started"}"#,
+        ] {
+            assert!(serde_json::from_str::<Report>(bad).is_err(), "{bad}");
+        }
+        let over: Report = serde_json::from_str(
+            r#"{"session":"s","seq":1,"ts":"2026-01-01T00:00:00Z","kind":"job","command_id":"c","job":"install","status":"progress","progress":101}"#,
+        )
+        .unwrap();
+        assert_eq!(over.validate(), Err(ReportError::Progress(101)));
+        let zero: Report = serde_json::from_str(
+            r#"{"session":"s","seq":0,"ts":"2026-01-01T00:00:00Z","kind":"ack","command_id":"c","accepted":true}"#,
+        )
+        .unwrap();
+        assert_eq!(zero.validate(), Err(ReportError::Seq));
+    }
+}
