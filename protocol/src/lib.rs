@@ -9,7 +9,8 @@
 //! - [`controller`]: what the controller publishes (state, summary, rejects).
 //! - [`command`]: controller → agent commands and install plans; [`report`]: the agent's
 //!   acks and job events.
-//! - [`lifecycle`]: node states and phases (DESIGN section 7.1).
+//! - [`lifecycle`]: node states and phases (DESIGN section 7.1); [`machine`]: the
+//!   transition table and the pure function that applies events (DESIGN section 7.2).
 //! - [`api`]: HTTP API bodies and error codes (DESIGN section 9).
 //! - [`Timestamp`]: RFC 3339 UTC timestamps on the wire.
 
@@ -18,6 +19,7 @@ pub mod command;
 pub mod controller;
 pub mod inventory;
 pub mod lifecycle;
+pub mod machine;
 pub mod metrics;
 mod node_id;
 pub mod report;
