@@ -105,10 +105,10 @@ pub const TRANSITIONS: &[Rule] = &[
         "job `complete`; resets counters",
     ),
     rule(
-        &[Installing],
+        &[Pending, Installing],
         InstallFailed,
         Trigger::NodeReport,
-        "the max_install_attempts-th `failed`",
+        "the max_install_attempts-th `failed` (or refused) install",
     ),
     rule(
         &[InstallFailed],
@@ -536,8 +536,8 @@ pub fn apply(node: &Lifecycle, event: Event, policy: &Policy) -> Result<Outcome,
             error,
         } => on_job(&mut run, &command_id, job, status, error, policy)?,
         Event::InstallRetryDue => {
-            // Only while still installing and not already resent.
-            if state == Installing && run.node.job.is_none() {
+            // Only while still installing (or pending) and not already resent.
+            if matches!(state, Pending | Installing) && run.node.job.is_none() {
                 run.effect(Effect::SendJob(JobKind::Install));
             }
         }
@@ -663,7 +663,8 @@ fn on_job(
         }
         (JobKind::Install, JobStatus::Started | JobStatus::Progress, Pending | Installing) => {}
         (JobKind::Install, JobStatus::Complete, Installing) => run.installed(policy),
-        (JobKind::Install, JobStatus::Failed, Installing) => {
+        // Failed while installing, or refused by the agent (a rejected ack) while pending.
+        (JobKind::Install, JobStatus::Failed, Pending | Installing) => {
             run.node.install_attempts += 1;
             let attempt = run.node.install_attempts;
             let error = error.unwrap_or_else(|| "install failed".to_string());

@@ -552,3 +552,21 @@ fn lifecycle_doc_matches_the_table() {
         "docs/LIFECYCLE.md is out of date; run METALBUS_BLESS=1 cargo test -p metalbus-protocol lifecycle_doc"
     );
 }
+
+#[test]
+fn a_refused_install_counts_as_a_failed_attempt() {
+    let p = policy();
+    let mut n = with_job(Pending, JobKind::Install);
+    n.install_attempts = 2;
+    let out = apply(&n, job(JobKind::Install, JobStatus::Failed), &p).unwrap();
+    assert_eq!(out.node.state, InstallFailed);
+    assert_eq!(out.changes[0].trigger, Trigger::NodeReport);
+    let out = apply(
+        &with_job(Pending, JobKind::Install),
+        job(JobKind::Install, JobStatus::Failed),
+        &p,
+    )
+    .unwrap();
+    assert_eq!(out.node.state, Pending);
+    assert_eq!(out.effects.last(), Some(&Effect::ScheduleInstallRetry { attempt: 1 }));
+}
