@@ -98,3 +98,132 @@ async fn local_agent_shows_this_machine_within_five_seconds() {
         "{err}"
     );
 }
+
+/// Runs the real CLI where the controller runs, so it finds the token by itself.
+fn cli(ctl: &Controller, args: &[&str]) -> std::process::Output {
+    Command::new(bin("metalbus"))
+        .args(args)
+        .args(["--api", &ctl.api_base()])
+        .current_dir(&ctl.dir)
+        .env_remove("METALBUS_TOKEN")
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_tour_installs_this_machine_with_the_demo_plan_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctl = Controller::start(tmp.path(), &["--local-agent"]).await;
+    let api = ctl.api();
+    let node = eventually(Duration::from_secs(10), "the local node", || {
+        let api = api.clone();
+        async move {
+            api.nodes()
+                .await?
+                .into_iter()
+                .next()
+                .ok_or_else(|| "no node yet".to_string())
+        }
+    })
+    .await;
+    let name = node["name"].as_str().unwrap().to_string();
+
+    let plans = cli(&ctl, &["nodes", "manage", &name]);
+    assert!(
+        plans.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plans.stderr)
+    );
+    assert_eq!(
+        stdout(&plans).trim(),
+        format!("{name}: Node transitioned to pending")
+    );
+
+    // `nodes show` prints the progress of the running job.
+    eventually(Duration::from_secs(20), "progress in `nodes show`", || {
+        let out = stdout(&cli(&ctl, &["nodes", "show", &name]));
+        async move {
+            if out.contains("installing") && out.contains("Progress:") && out.contains("(demo)") {
+                Ok(())
+            } else {
+                Err(out)
+            }
+        }
+    })
+    .await;
+    api.wait_state(&name, "active", Duration::from_secs(30))
+        .await;
+    let list = stdout(&cli(&ctl, &["nodes", "list", "--state", "active"]));
+    assert!(list.contains(&name), "{list}");
+    let history = stdout(&cli(&ctl, &["nodes", "history", &name]));
+    assert!(history.contains("4 of 4 entries"), "{history}");
+    for by in ["admin", "node_report", "system"] {
+        assert!(history.contains(by), "{history}");
+    }
+
+    // A transition the table does not allow: exit 4 and the valid targets.
+    let refused = cli(&ctl, &["nodes", "transition", &name, "pending"]);
+    assert_eq!(refused.status.code(), Some(4));
+    let err = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(
+        err.contains("valid targets: reprovision, migrating, deprovisioning"),
+        "{err}"
+    );
+    let moved = cli(
+        &ctl,
+        &[
+            "nodes",
+            "transition",
+            &name,
+            "migrating",
+            "--comment",
+            "rack move",
+        ],
+    );
+    assert!(moved.status.success());
+    let back = cli(
+        &ctl,
+        &["nodes", "transition", &name, "active", "-o", "json"],
+    );
+    let json: serde_json::Value = serde_json::from_slice(&back.stdout).unwrap();
+    assert_eq!(json["state"], "active");
+
+    // Tokens: created once, then usable with their role.
+    let created = cli(
+        &ctl,
+        &["tokens", "create", "--name", "dash", "--role", "viewer"],
+    );
+    assert!(created.status.success());
+    let token = stdout(&created).trim().to_string();
+    assert!(token.starts_with("mb_"), "{token}");
+    let as_viewer = Command::new(bin("metalbus"))
+        .args([
+            "nodes",
+            "retry",
+            &name,
+            "--api",
+            &ctl.api_base(),
+            "--token",
+            &token,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(as_viewer.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&as_viewer.stderr).contains("Forbidden"));
+
+    // Retire at once.
+    let retired = cli(&ctl, &["nodes", "retire", &name, "--force"]);
+    assert!(
+        retired.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retired.stderr)
+    );
+    assert!(stdout(&retired).contains("Node retired"));
+    let (_, plans) = api.get("/api/v1/plans").await.unwrap();
+    assert_eq!(plans["data"][0]["name"], "demo");
+    assert_eq!(plans["data"][0]["default"], true);
+}

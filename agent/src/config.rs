@@ -30,6 +30,8 @@ pub struct AgentConfig {
     pub node_id: Option<String>,
     /// Where the agent keeps its connection counter and session.
     pub state_dir: PathBuf,
+    /// The only place job scripts are run from.
+    pub steps_dir: PathBuf,
     pub metrics_interval: Duration,
     pub prefix: String,
     /// Root under which `/sys`, `/proc` and `/etc` are read.
@@ -47,6 +49,7 @@ impl Default for AgentConfig {
             },
             node_id: None,
             state_dir: PathBuf::from("/var/lib/metalbus-agent"),
+            steps_dir: PathBuf::from("/etc/metalbus/steps.d"),
             metrics_interval: Duration::from_secs(15),
             prefix: metalbus_protocol::DEFAULT_PREFIX.into(),
             root: PathBuf::from("/"),
@@ -62,6 +65,7 @@ pub struct AgentFile {
     pub broker: Option<String>,
     pub node_id: Option<String>,
     pub state_dir: Option<PathBuf>,
+    pub steps_dir: Option<PathBuf>,
     #[serde(default, with = "duration::option")]
     pub metrics_interval: Option<Duration>,
     pub prefix: Option<String>,
@@ -89,6 +93,7 @@ impl AgentFile {
         }
         set(&mut cfg.node_id, self.node_id.map(Some));
         set(&mut cfg.state_dir, self.state_dir);
+        set(&mut cfg.steps_dir, self.steps_dir);
         set(&mut cfg.metrics_interval, self.metrics_interval);
         set(&mut cfg.prefix, self.prefix);
         set(&mut cfg.root, self.root);

@@ -4,22 +4,30 @@
 //! Every connection attempt bumps the persisted `conn` counter and gets its own client id
 //! and Will, so a Will from a dead connection always carries an older `conn` than the
 //! birth that replaced it (DESIGN section 3).
+//!
+//! Commands arrive on `{p}/nodes/{id}/commands`; jobs run in the [`JobRunner`], whose
+//! events become reports (with `session` and `seq`) on `{p}/nodes/{id}/reports`. Reports
+//! wait in memory while the broker is away and go out in order on reconnect.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
+use metalbus_protocol::command::{Command, CommandKind};
 use metalbus_protocol::inventory::Inventory;
 use metalbus_protocol::metrics::MetricsSample;
+use metalbus_protocol::report::{Report, ReportBody};
 use metalbus_protocol::status::{Birth, Offline, OfflineReason, Status};
 use metalbus_protocol::topic::{NodeTopic, Topics};
 use metalbus_protocol::{NodeId, Timestamp};
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Outgoing, Packet, QoS};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::collectors::{identity, metrics::MetricsCollector};
 use crate::config::{self, AgentConfig};
+use crate::jobs::{Ack, JobEvent, JobRunner};
 use crate::link::{self, Backoff};
 use crate::sampler::{Collected, Sampler};
 use crate::state::AgentState;
@@ -28,6 +36,8 @@ use crate::state::AgentState;
 const INVENTORY_RECHECK: Duration = Duration::from_secs(600);
 /// Delay of the first metrics sample after a connect.
 const FIRST_METRICS_AFTER: Duration = Duration::from_secs(1);
+/// Most reports kept while the broker is away; beyond, the oldest progress goes first.
+const MAX_PENDING_REPORTS: usize = 10_000;
 /// How long a clean stop waits for the broker to acknowledge the offline status.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -41,6 +51,10 @@ pub struct Agent {
     metrics: Arc<Mutex<MetricsCollector>>,
     hostname: String,
     boot_id: Option<String>,
+    runner: JobRunner,
+    job_events: Option<mpsc::UnboundedReceiver<JobEvent>>,
+    /// Reports not yet handed to the broker, oldest first.
+    pending: VecDeque<Report>,
 }
 
 /// How one connection ended.
@@ -68,6 +82,8 @@ impl Agent {
         let hostname = identity::hostname(&cfg.root).unwrap_or_else(|| node_id.to_string());
         let boot_id = identity::boot_id(&cfg.root);
         let metrics = Arc::new(Mutex::new(MetricsCollector::new(&cfg.root)));
+        let (events_tx, job_events) = mpsc::unbounded_channel();
+        let runner = JobRunner::new(node_id.clone(), cfg.steps_dir.clone(), events_tx);
         Ok(Agent {
             cfg,
             node_id,
@@ -76,6 +92,9 @@ impl Agent {
             metrics,
             hostname,
             boot_id,
+            runner,
+            job_events: Some(job_events),
+            pending: VecDeque::new(),
         })
     }
 
@@ -86,6 +105,9 @@ impl Agent {
     /// Runs until `shutdown` turns true. Returns `Ok` after a clean stop.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let mut backoff = Backoff::default();
+        let Some(mut job_events) = self.job_events.take() else {
+            anyhow::bail!("the agent is already running");
+        };
         info!(node = %self.node_id, broker = %self.cfg.broker, session = self.state.session(), "agent starting");
         loop {
             if *shutdown.borrow() {
@@ -94,7 +116,14 @@ impl Agent {
             let conn = self.state.next_conn()?;
             let (client, mut eventloop) = self.client(conn);
             match self
-                .session(conn, &client, &mut eventloop, &mut shutdown, &mut backoff)
+                .session(
+                    conn,
+                    &client,
+                    &mut eventloop,
+                    &mut shutdown,
+                    &mut backoff,
+                    &mut job_events,
+                )
                 .await
             {
                 SessionEnd::Shutdown => {
@@ -146,6 +175,7 @@ impl Agent {
         eventloop: &mut EventLoop,
         shutdown: &mut watch::Receiver<bool>,
         backoff: &mut Backoff,
+        job_events: &mut mpsc::UnboundedReceiver<JobEvent>,
     ) -> SessionEnd {
         let mut connected = false;
         let mut flight = Flight::default();
@@ -172,7 +202,11 @@ impl Agent {
                         connected = true;
                         backoff.reset();
                         info!(node = %self.node_id, conn, "connected to broker");
+                        if let Err(e) = client.try_subscribe(self.topic(NodeTopic::Commands), QoS::AtLeastOnce) {
+                            warn!(error = %e, "could not subscribe to commands");
+                        }
                         self.publish_birth(conn, client, &mut flight);
+                        self.flush_reports(client, &mut flight);
                         sampler.inventory();
                         // The first sample comes a second after connecting, so its
                         // CPU and rate figures span a real interval.
@@ -180,10 +214,27 @@ impl Agent {
                         metrics_tick.reset_at(tokio::time::Instant::now() + first);
                         inventory_tick.reset();
                     }
+                    Ok(Event::Incoming(Packet::Publish(p))) if p.topic == self.topic(NodeTopic::Commands) => {
+                        self.on_command(&p.payload, conn, client, &mut flight, &sampler, &mut last_inventory);
+                    }
                     Ok(Event::Outgoing(Outgoing::Publish(_))) => flight.sent += 1,
                     Ok(ev) => debug!(?ev, "mqtt"),
                     Err(e) => return SessionEnd::Lost(e.to_string()),
                 },
+                Some(event) = job_events.recv() => {
+                    self.queue_report(ReportBody::Job {
+                        command_id: event.command_id,
+                        job: event.job,
+                        status: event.status,
+                        progress: event.progress,
+                        step: event.step,
+                        message: event.message,
+                        error: event.error,
+                    });
+                    if connected {
+                        self.flush_reports(client, &mut flight);
+                    }
+                }
                 _ = metrics_tick.tick(), if connected => sampler.metrics(),
                 _ = inventory_tick.tick(), if connected => sampler.inventory(),
                 Some(result) = collected.recv() => match result {
@@ -195,6 +246,116 @@ impl Agent {
                     Collected::Metrics(sample) => self.publish_metrics(client, &mut flight, *sample),
                 },
             }
+        }
+    }
+
+    /// A command from the controller: parse, dispatch, and ack.
+    fn on_command(
+        &mut self,
+        payload: &[u8],
+        conn: u64,
+        client: &AsyncClient,
+        flight: &mut Flight,
+        sampler: &Sampler,
+        last_inventory: &mut Option<Inventory>,
+    ) {
+        let cmd: Command = match serde_json::from_slice(payload) {
+            Ok(c) => c,
+            Err(e) => {
+                // Without a command id there is nothing to ack; the controller resends.
+                let id = serde_json::from_slice::<serde_json::Value>(payload)
+                    .ok()
+                    .and_then(|v| v.get("command_id")?.as_str().map(String::from));
+                warn!(error = %e, command = ?id, "malformed command refused");
+                if let Some(id) = id {
+                    self.ack(
+                        &id,
+                        Ack {
+                            accepted: false,
+                            reason: Some(format!("malformed command: {e}")),
+                        },
+                    );
+                    self.flush_reports(client, flight);
+                }
+                return;
+            }
+        };
+        info!(command = %cmd.command_id, kind = %cmd.kind, "command received");
+        let ack = match cmd.kind {
+            CommandKind::Install | CommandKind::Deprovision | CommandKind::Cancel => {
+                self.runner.handle(&cmd)
+            }
+            CommandKind::Rebirth => {
+                self.publish_birth(conn, client, flight);
+                *last_inventory = None;
+                sampler.inventory();
+                Ack {
+                    accepted: true,
+                    reason: None,
+                }
+            }
+            CommandKind::RefreshInventory => {
+                *last_inventory = None;
+                sampler.inventory();
+                Ack {
+                    accepted: true,
+                    reason: None,
+                }
+            }
+            CommandKind::Reboot | CommandKind::Poweroff => Ack {
+                accepted: false,
+                reason: Some(format!(
+                    "{} is not supported by this agent version",
+                    cmd.kind
+                )),
+            },
+        };
+        if !ack.accepted {
+            warn!(command = %cmd.command_id, reason = ?ack.reason, "command refused");
+        }
+        self.ack(&cmd.command_id, ack);
+        self.flush_reports(client, flight);
+    }
+
+    fn ack(&mut self, command_id: &str, ack: Ack) {
+        self.queue_report(ReportBody::Ack {
+            command_id: command_id.to_string(),
+            accepted: ack.accepted,
+            reason: ack.reason,
+        });
+    }
+
+    /// Numbers a report and queues it for the broker.
+    fn queue_report(&mut self, body: ReportBody) {
+        let seq = match self.state.next_seq() {
+            Ok(seq) => seq,
+            Err(e) => {
+                warn!(error = %e, "cannot persist the report sequence; report dropped");
+                return;
+            }
+        };
+        if self.pending.len() >= MAX_PENDING_REPORTS {
+            warn!("report queue full; dropping the oldest report");
+            self.pending.pop_front();
+        }
+        self.pending.push_back(Report {
+            session: self.state.session().to_string(),
+            seq,
+            ts: Timestamp::from(SystemTime::now()),
+            body,
+            node_id: Some(self.node_id.clone()),
+        });
+    }
+
+    /// Hands queued reports to rumqttc, in order, while it has room.
+    fn flush_reports(&mut self, client: &AsyncClient, flight: &mut Flight) {
+        let topic = self.topic(NodeTopic::Reports);
+        while let Some(report) = self.pending.front() {
+            let body = serde_json::to_vec(report).unwrap_or_default();
+            if !publish(client, flight, topic.clone(), QoS::AtLeastOnce, false, body) {
+                break;
+            }
+            self.pending.pop_front();
         }
     }
 

@@ -3,6 +3,7 @@
 //!
 //! - [`collectors`]: inventory, metrics and identity from sysfs/procfs.
 //! - [`daemon`]: the MQTT run loop; [`sampler`] runs the collectors off that loop.
+//! - [`jobs`]: the job runner (plan steps as child processes from `steps_dir`).
 //! - [`link`]: broker URLs, MQTT client options and reconnect backoff (shared with the
 //!   controller).
 //! - [`config`], [`state`]: settings and what survives restarts.
@@ -11,6 +12,7 @@
 pub mod collectors;
 pub mod config;
 pub mod daemon;
+pub mod jobs;
 pub mod link;
 pub mod logging;
 pub mod sampler;

@@ -51,6 +51,9 @@ struct RunArgs {
     /// Where the agent keeps its state [default: /var/lib/metalbus-agent]
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// The only directory job scripts are run from [default: /etc/metalbus/steps.d]
+    #[arg(long, value_name = "DIR")]
+    steps_dir: Option<PathBuf>,
     /// How often to publish metrics, e.g. 15s [default: 15s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     metrics_interval: Option<Duration>,
@@ -82,6 +85,7 @@ impl RunArgs {
             broker: self.broker,
             node_id: self.node_id,
             state_dir: self.state_dir,
+            steps_dir: self.steps_dir,
             metrics_interval: self.metrics_interval,
             prefix: self.prefix,
             root: self.root,

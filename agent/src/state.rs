@@ -17,6 +17,9 @@ const FILE: &str = "agent-state.json";
 struct Persisted {
     session: String,
     conn: u64,
+    /// The last report sequence number used in this session.
+    #[serde(default)]
+    seq: u64,
 }
 
 /// The agent's persisted counters.
@@ -42,6 +45,7 @@ impl AgentState {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted {
                 session: new_session(),
                 conn: 0,
+                seq: 0,
             },
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
@@ -64,6 +68,13 @@ impl AgentState {
         self.data.conn += 1;
         self.save()?;
         Ok(self.data.conn)
+    }
+
+    /// The next report sequence number (1, 2, 3, ... with no gaps), persisted before use.
+    pub fn next_seq(&mut self) -> anyhow::Result<u64> {
+        self.data.seq += 1;
+        self.save()?;
+        Ok(self.data.seq)
     }
 
     fn save(&self) -> anyhow::Result<()> {
@@ -100,6 +111,11 @@ mod tests {
         let mut again = AgentState::open(dir.path()).unwrap();
         assert_eq!(again.session(), session);
         assert_eq!(again.next_conn().unwrap(), 3);
+        assert_eq!(again.next_seq().unwrap(), 1);
+        assert_eq!(again.next_seq().unwrap(), 2);
+        drop(again);
+        let mut third = AgentState::open(dir.path()).unwrap();
+        assert_eq!(third.next_seq().unwrap(), 3);
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! Controller configuration: built-in defaults, then the TOML file, then flags
 //! (STYLE rule 8). Unknown keys are refused with their name.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
-use metalbus_agent::config::LogFormat;
+use metalbus_agent::config::{duration, LogFormat};
+use metalbus_protocol::command::{Plan, Step};
 use serde::Deserialize;
 
 /// The controller's settings, fully resolved.
@@ -20,6 +23,160 @@ pub struct ControllerConfig {
     pub log_format: LogFormat,
     /// Also run an agent for this host inside the controller.
     pub local_agent: bool,
+    pub lifecycle: Lifecycle,
+    /// Install plans by name; never empty (the built-in `demo` plan when none is set).
+    pub plans: BTreeMap<String, PlanConfig>,
+}
+
+/// `[lifecycle]`: retry and activation policy.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Lifecycle {
+    pub max_install_attempts: u32,
+    /// Wait before resending a failed install; doubles with each attempt.
+    #[serde(with = "duration")]
+    pub retry_backoff: Duration,
+    pub auto_activate: bool,
+    /// The plan deprovisioning runs; none means an empty plan that completes at once.
+    pub deprovision_plan: Option<String>,
+    /// How long a command stays valid for the agent.
+    #[serde(with = "duration")]
+    pub command_ttl: Duration,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Self {
+            max_install_attempts: 3,
+            retry_backoff: Duration::from_secs(30),
+            auto_activate: true,
+            deprovision_plan: None,
+            command_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// `[plans.NAME]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanConfig {
+    /// `manage` without a plan uses the default one.
+    #[serde(default)]
+    pub default: bool,
+    #[serde(default)]
+    pub reboot_after: bool,
+    pub steps: Vec<Step>,
+}
+
+impl PlanConfig {
+    pub fn plan(&self, name: &str) -> Plan {
+        Plan {
+            name: name.to_string(),
+            steps: self.steps.clone(),
+            reboot_after: self.reboot_after,
+        }
+    }
+}
+
+/// The plan used when the config names none: harmless `demo-step` runs that only sleep
+/// and print progress (about 6 s in all).
+pub fn demo_plans() -> BTreeMap<String, PlanConfig> {
+    let step = |name: &str, seconds: &str, message: &str| Step {
+        name: name.to_string(),
+        script: "demo-step".to_string(),
+        args: BTreeMap::from([
+            ("seconds".to_string(), seconds.to_string()),
+            ("message".to_string(), message.to_string()),
+        ]),
+        timeout_s: 60,
+    };
+    BTreeMap::from([(
+        "demo".to_string(),
+        PlanConfig {
+            default: true,
+            reboot_after: false,
+            steps: vec![
+                step("partition", "1", "partitioning (demo)"),
+                step("image", "3", "writing image (demo)"),
+                step("configure", "2", "configuring (demo)"),
+            ],
+        },
+    )])
+}
+
+impl ControllerConfig {
+    /// The plan `manage` uses: `name`, or the default one.
+    pub fn pick_plan(&self, name: Option<&str>) -> Result<Plan, String> {
+        let known = || self.plans.keys().cloned().collect::<Vec<_>>().join(", ");
+        match name {
+            Some(n) => self
+                .plans
+                .get(n)
+                .map(|p| p.plan(n))
+                .ok_or_else(|| format!("unknown plan '{n}'; configured plans: {}", known())),
+            None => self
+                .plans
+                .iter()
+                .find(|(_, p)| p.default)
+                .or_else(|| {
+                    (self.plans.len() == 1)
+                        .then(|| self.plans.iter().next())
+                        .flatten()
+                })
+                .map(|(n, p)| p.plan(n))
+                .ok_or_else(|| format!("no default plan; name one of: {}", known())),
+        }
+    }
+
+    /// The plan deprovisioning runs.
+    pub fn deprovision_plan(&self) -> Plan {
+        match &self.lifecycle.deprovision_plan {
+            Some(name) => self
+                .plans
+                .get(name)
+                .map(|p| p.plan(name))
+                .unwrap_or_else(|| Plan {
+                    name: name.clone(),
+                    steps: Vec::new(),
+                    reboot_after: false,
+                }),
+            None => Plan {
+                name: "deprovision".into(),
+                steps: Vec::new(),
+                reboot_after: false,
+            },
+        }
+    }
+
+    /// Checks what parses but cannot work.
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.lifecycle.max_install_attempts >= 1,
+            "lifecycle.max_install_attempts must be at least 1"
+        );
+        let defaults: Vec<&String> = self
+            .plans
+            .iter()
+            .filter(|(_, p)| p.default)
+            .map(|(n, _)| n)
+            .collect();
+        anyhow::ensure!(
+            defaults.len() <= 1,
+            "more than one plan has default = true: {defaults:?}"
+        );
+        for (name, p) in &self.plans {
+            p.plan(name)
+                .validate()
+                .with_context(|| format!("in [plans.{name}]"))?;
+        }
+        if let Some(name) = &self.lifecycle.deprovision_plan {
+            anyhow::ensure!(
+                self.plans.contains_key(name),
+                "lifecycle.deprovision_plan names an unknown plan '{name}'"
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Default for ControllerConfig {
@@ -31,6 +188,8 @@ impl Default for ControllerConfig {
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8088)),
             log_format: LogFormat::Text,
             local_agent: false,
+            lifecycle: Lifecycle::default(),
+            plans: demo_plans(),
         }
     }
 }
@@ -45,6 +204,8 @@ pub struct ControllerFile {
     pub mqtt: MqttSection,
     #[serde(default)]
     pub http: HttpSection,
+    pub lifecycle: Option<Lifecycle>,
+    pub plans: Option<BTreeMap<String, PlanConfig>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -74,6 +235,8 @@ impl ControllerFile {
         set(&mut cfg.mqtt_listen, self.mqtt.listen);
         set(&mut cfg.prefix, self.mqtt.prefix);
         set(&mut cfg.http_listen, self.http.listen);
+        set(&mut cfg.lifecycle, self.lifecycle);
+        set(&mut cfg.plans, self.plans.filter(|p| !p.is_empty()));
     }
 }
 
@@ -94,6 +257,53 @@ mod tests {
         ControllerFile::load(&path).unwrap().apply(&mut cfg);
         assert_eq!(cfg.data_dir, PathBuf::from("/var/lib/metalbus"));
         assert_eq!(cfg.prefix, "metalbus/v1");
+        cfg.check().unwrap();
+        assert_eq!(cfg.pick_plan(None).unwrap().name, "demo");
+    }
+
+    #[test]
+    fn lifecycle_and_plans_parse_with_durations() {
+        let file: ControllerFile = toml::from_str(
+            r#"
+[lifecycle]
+max_install_attempts = 5
+retry_backoff = "500ms"
+auto_activate = false
+[plans.ubuntu]
+default = true
+steps = [ { name = "image", script = "write-image", args = { url = "http://x", sha256 = "ab" }, timeout_s = 1800 } ]
+[plans.other]
+reboot_after = true
+steps = []
+"#,
+        )
+        .unwrap();
+        let mut cfg = ControllerConfig::default();
+        file.apply(&mut cfg);
+        cfg.check().unwrap();
+        assert_eq!(cfg.lifecycle.retry_backoff, Duration::from_millis(500));
+        assert_eq!(cfg.lifecycle.max_install_attempts, 5);
+        assert!(!cfg.lifecycle.auto_activate);
+        assert_eq!(cfg.pick_plan(None).unwrap().name, "ubuntu");
+        assert!(cfg.pick_plan(Some("other")).unwrap().reboot_after);
+        let err = cfg.pick_plan(Some("nope")).unwrap_err();
+        assert_eq!(err, "unknown plan 'nope'; configured plans: other, ubuntu");
+        assert!(cfg.deprovision_plan().steps.is_empty());
+    }
+
+    #[test]
+    fn bad_plans_are_refused_with_the_plan_named() {
+        let file: ControllerFile = toml::from_str(
+            "[plans.p]\nsteps = [ { name = \"s\", script = \"../x\", timeout_s = 5 } ]\n",
+        )
+        .unwrap();
+        let mut cfg = ControllerConfig::default();
+        file.apply(&mut cfg);
+        let err = format!("{:#}", cfg.check().unwrap_err());
+        assert!(err.contains("[plans.p]") && err.contains("../x"), "{err}");
+        let err =
+            toml::from_str::<ControllerFile>("[lifecycle]\nretry_backof = \"1s\"\n").unwrap_err();
+        assert!(err.to_string().contains("retry_backof"), "{err}");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use metalbus_protocol::controller::Reject;
 use metalbus_protocol::inventory::Inventory;
 use metalbus_protocol::metrics::MetricsSample;
+use metalbus_protocol::report::Report;
 use metalbus_protocol::status::Status;
 use metalbus_protocol::topic::{NodeTopic, Topic, TopicError, Topics};
 use metalbus_protocol::MAX_PAYLOAD_BYTES;
@@ -93,7 +94,7 @@ pub fn decode(topics: &Topics, topic: &str, payload: &[u8]) -> Result<Option<Inp
         Err(e) => return Err(refuse(RejectReason::BadTopic, None, e.to_string(), None)),
     };
     let reply = Some(topics.node(&id, NodeTopic::Rejects));
-    if !NodeTopic::FROM_AGENT.contains(&kind) || kind == NodeTopic::Reports {
+    if !NodeTopic::FROM_AGENT.contains(&kind) {
         return Err(refuse(
             RejectReason::Unsupported,
             reply,
@@ -154,6 +155,18 @@ pub fn decode(topics: &Topics, topic: &str, payload: &[u8]) -> Result<Option<Inp
                 Input::Inventory {
                     id: id.clone(),
                     inventory: Box::new(inventory),
+                },
+                claimed,
+            )
+        }
+        NodeTopic::Reports => {
+            let report: Report = typed(value).map_err(bad)?;
+            report.validate().map_err(|e| invalid(e.to_string()))?;
+            let claimed = report.node_id.clone();
+            (
+                Input::Report {
+                    id: id.clone(),
+                    report: Box::new(report),
                 },
                 claimed,
             )
@@ -250,6 +263,16 @@ mod tests {
             ),
             (
                 "metalbus/v1/nodes/x/reports",
+                br#"{"session":"s","seq":1,"ts":"2026-01-01T00:00:00Z","kind":"job","command_id":"c","job":"install","status":"progress","progress":150}"#.to_vec(),
+                RejectReason::InvalidValue,
+            ),
+            (
+                "metalbus/v1/nodes/x/reports",
+                br#"{"session":"s","seq":1,"kind":"ack"}"#.to_vec(),
+                RejectReason::BadPayload,
+            ),
+            (
+                "metalbus/v1/nodes/x/commands",
                 b"{}".to_vec(),
                 RejectReason::Unsupported,
             ),

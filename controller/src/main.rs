@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use metalbus::cli::{self, ClientArgs, NodesCommand};
+use metalbus::cli::{self, ClientArgs, NodesCommand, TokensCommand};
 use metalbus::config::{ControllerConfig, ControllerFile, HttpSection, MqttSection};
 use metalbus_agent::config::LogFormat;
 
@@ -30,6 +30,13 @@ enum Command {
         client: ClientArgs,
         #[command(subcommand)]
         command: NodesCommand,
+    },
+    /// Manage API tokens.
+    Tokens {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: TokensCommand,
     },
 }
 
@@ -72,6 +79,8 @@ impl ServeArgs {
             http: HttpSection {
                 listen: self.http_listen,
             },
+            lifecycle: None,
+            plans: None,
         }
         .apply(&mut cfg);
         cfg.local_agent = self.local_agent;
@@ -90,6 +99,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Nodes { client, command } => client_command(cli::nodes(client, command)),
+        Command::Tokens { client, command } => client_command(cli::tokens(client, command)),
     }
 }
 

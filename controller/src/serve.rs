@@ -58,6 +58,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
+    cfg.check()?;
     let topics = Topics::new(cfg.prefix.clone())?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let telemetry = Arc::new(Telemetry::new());
@@ -83,6 +84,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let (publish, outbound) = PublishQueue::new();
     let (engine_tx, engine_rx) = mpsc::channel(4096);
+    let api_engine = engine_tx.clone();
     let engine = Engine::new(
         store.clone(),
         publish.clone(),
@@ -91,6 +93,7 @@ pub async fn run(
         EngineConfig {
             topics: topics.clone(),
             metrics_flush: METRICS_FLUSH,
+            controller: Arc::new(cfg.clone()),
         },
     )?;
     let engine_task = tokio::spawn(engine.run(engine_rx));
@@ -119,6 +122,9 @@ pub async fn run(
         store: store.clone(),
         telemetry,
         mqtt_connected: connected,
+        engine: api_engine,
+        config: Arc::new(cfg.clone()),
+        clock: clock.clone(),
     };
     let mut http_stop = stop_rx.clone();
     let http_task = tokio::spawn(api::serve(http, state, async move {
@@ -126,9 +132,11 @@ pub async fn run(
     }));
 
     let local_agent = if cfg.local_agent {
+        let state_dir = cfg.data_dir.join("local-agent");
         let agent_cfg = AgentConfig {
             broker: broker_url.clone(),
-            state_dir: cfg.data_dir.join("local-agent"),
+            steps_dir: install_steps(&state_dir)?,
+            state_dir,
             prefix: cfg.prefix.clone(),
             ..AgentConfig::default()
         };
@@ -170,6 +178,29 @@ pub async fn run(
     let _ = engine_task.await;
     info!("controller stopped");
     Ok(())
+}
+
+/// The step scripts Metalbus ships, built into the binary so that `--local-agent` can
+/// run the demo plan on a laptop with nothing installed.
+const SHIPPED_STEPS: &[(&str, &str)] = &[
+    ("demo-step", include_str!("../../systemd/steps.d/demo-step")),
+    (
+        "write-image",
+        include_str!("../../systemd/steps.d/write-image"),
+    ),
+];
+
+/// Writes the shipped scripts into `dir/steps.d` (mode 0755) and returns that dir.
+fn install_steps(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let steps = dir.join("steps.d");
+    std::fs::create_dir_all(&steps).with_context(|| format!("creating {}", steps.display()))?;
+    for (name, body) in SHIPPED_STEPS {
+        let path = steps.join(name);
+        std::fs::write(&path, body)
+            .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(steps)
 }
 
 /// Creates the data dir private (0700). An existing dir keeps its mode: it may be

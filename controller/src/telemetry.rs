@@ -20,6 +20,13 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    pub from: String,
+    pub to: String,
+    pub triggered_by: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: String,
 }
@@ -30,6 +37,8 @@ pub struct Telemetry {
     pub ingest_messages: Family<KindLabel, Counter>,
     pub ingest_rejected: Family<ReasonLabel, Counter>,
     pub ingest_stale: Counter,
+    pub reports_refused: Counter,
+    pub transitions: Family<TransitionLabels, Counter>,
     pub nodes: Family<StateLabel, Gauge>,
     pub nodes_online: Gauge,
     pub store_commit_seconds: Histogram,
@@ -43,6 +52,8 @@ impl Telemetry {
         let ingest_messages = Family::<KindLabel, Counter>::default();
         let ingest_rejected = Family::<ReasonLabel, Counter>::default();
         let ingest_stale = Counter::default();
+        let reports_refused = Counter::default();
+        let transitions = Family::<TransitionLabels, Counter>::default();
         let nodes = Family::<StateLabel, Gauge>::default();
         let nodes_online = Gauge::default();
         let store_commit_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
@@ -62,6 +73,16 @@ impl Telemetry {
             "metalbus_ingest_stale",
             "Status messages ignored because a newer connection of the agent was seen",
             ingest_stale.clone(),
+        );
+        registry.register(
+            "metalbus_reports_refused",
+            "Agent reports or events the state machine refused (wrong job, impossible state)",
+            reports_refused.clone(),
+        );
+        registry.register(
+            "metalbus_state_transitions",
+            "Committed state transitions",
+            transitions.clone(),
         );
         registry.register("metalbus_nodes", "Nodes by state", nodes.clone());
         registry.register(
@@ -89,6 +110,8 @@ impl Telemetry {
             ingest_messages,
             ingest_rejected,
             ingest_stale,
+            reports_refused,
+            transitions,
             nodes,
             nodes_online,
             store_commit_seconds,
@@ -107,6 +130,21 @@ impl Telemetry {
         self.ingest_rejected
             .get_or_create(&ReasonLabel {
                 reason: reason.into(),
+            })
+            .inc();
+    }
+
+    pub fn count_transition(
+        &self,
+        from: metalbus_protocol::lifecycle::NodeState,
+        to: metalbus_protocol::lifecycle::NodeState,
+        trigger: metalbus_protocol::machine::Trigger,
+    ) {
+        self.transitions
+            .get_or_create(&TransitionLabels {
+                from: from.as_str().into(),
+                to: to.as_str().into(),
+                triggered_by: trigger.as_str().into(),
             })
             .inc();
     }

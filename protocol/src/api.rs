@@ -4,8 +4,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::command::Step;
 use crate::controller::Progress;
 use crate::lifecycle::{NodeState, Phase};
+use crate::machine::Trigger;
 use crate::{NodeId, Timestamp};
 
 /// The API's error codes, from seed 000.
@@ -187,6 +189,105 @@ pub struct NodeView {
     pub usage: UsageView,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+}
+
+/// `{"data": ..., "message": "..."}`: the answer to a change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Changed<T> {
+    pub data: T,
+    pub message: String,
+}
+
+/// `POST /nodes/{node}/manage`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ManageRequest {
+    pub plan: Option<String>,
+}
+
+/// `PATCH /nodes/{node}/state`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateChange {
+    pub state: NodeState,
+    #[serde(default)]
+    pub comment: Option<String>,
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `PATCH /nodes/{node}`: only the fields present change. `group: ""` clears the group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NodeUpdateRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_plane: Option<bool>,
+}
+
+/// `POST /nodes/{node}/retry` (seed 000's shape, plus the states).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryResponse {
+    pub message: String,
+    pub node_id: NodeId,
+    pub previous_phase: Phase,
+    pub current_phase: Phase,
+    pub previous_state: NodeState,
+    pub current_state: NodeState,
+}
+
+/// One audit entry (DESIGN section 7.4); also the payload of `{p}/events/transitions`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// `{node_id}:{n}`, n counting from 1 per node.
+    pub id: String,
+    pub node_id: NodeId,
+    pub from_state: NodeState,
+    pub to_state: NodeState,
+    pub triggered_by: Trigger,
+    pub user: Option<String>,
+    pub comment: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+    pub created_at: Timestamp,
+}
+
+/// `GET /nodes/{node}/history`: newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    pub data: Vec<AuditEntry>,
+    pub total: u64,
+}
+
+/// One configured install plan (`GET /plans`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanView {
+    pub name: String,
+    pub default: bool,
+    pub reboot_after: bool,
+    pub steps: Vec<Step>,
+}
+
+/// `POST /tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    pub name: String,
+    /// `viewer`, `operator` or `admin`.
+    pub role: String,
+}
+
+/// The new token, shown once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenCreated {
+    pub name: String,
+    pub role: String,
+    pub token: String,
 }
 
 /// `GET /healthz`.

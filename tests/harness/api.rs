@@ -40,6 +40,78 @@ impl Api {
         Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
 
+    /// Any request with an optional JSON body: the status and the JSON answer.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), String> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.map_err(|e| e.to_string())?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+
+    pub async fn post(&self, path: &str, body: Option<Value>) -> Result<(u16, Value), String> {
+        self.send(reqwest::Method::POST, path, body).await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> Result<(u16, Value), String> {
+        self.send(reqwest::Method::PATCH, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<(u16, Value), String> {
+        self.send(reqwest::Method::DELETE, path, None).await
+    }
+
+    /// A node's history, oldest first, as (from, to, triggered_by).
+    pub async fn transitions(&self, key: &str) -> Result<Vec<(String, String, String)>, String> {
+        let (status, body) = self
+            .get(&format!("/api/v1/nodes/{key}/history?limit=200"))
+            .await?;
+        if status != 200 {
+            return Err(format!("HTTP {status}: {body}"));
+        }
+        let mut out: Vec<(String, String, String)> = body["data"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|e| {
+                let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+                (s("from_state"), s("to_state"), s("triggered_by"))
+            })
+            .collect();
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Waits until the node is in `state`, failing fast if it lands in `fail_on`.
+    pub async fn wait_state(&self, key: &str, state: &str, timeout: std::time::Duration) -> Value {
+        crate::eventually(timeout, &format!("{key} to be {state}"), || {
+            let api = self.clone();
+            let key = key.to_string();
+            let state = state.to_string();
+            async move {
+                let n = api.node(&key).await?;
+                if n["state"] == state.as_str() {
+                    Ok(n)
+                } else {
+                    Err(format!("state {} ({})", n["state"], n))
+                }
+            }
+        })
+        .await
+    }
+
     /// GET `path` as text (for `/metrics`).
     pub async fn get_text(&self, path: &str) -> Result<String, String> {
         let resp = self

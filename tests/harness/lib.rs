@@ -44,6 +44,48 @@ pub fn install_crypto_provider() {
     });
 }
 
+/// A steps dir for agents: the repo's scripts (`systemd/steps.d/`), plus `extra`
+/// (name, body) test scripts, all executable.
+pub fn steps_dir(dir: &std::path::Path, extra: &[(&str, &str)]) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let steps = dir.join("steps.d");
+    std::fs::create_dir_all(&steps).unwrap();
+    let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/../systemd/steps.d");
+    for entry in std::fs::read_dir(repo).unwrap() {
+        let entry = entry.unwrap();
+        if entry.path().extension().is_some() {
+            continue; // README.md
+        }
+        std::fs::copy(entry.path(), steps.join(entry.file_name())).unwrap();
+    }
+    for (name, body) in extra {
+        std::fs::write(steps.join(name), body).unwrap();
+    }
+    for entry in std::fs::read_dir(&steps).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    steps
+}
+
+/// Whether any process has `marker` in its command line.
+pub fn process_with(marker: &str) -> bool {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .chars()
+                .all(|c| c.is_ascii_digit())
+        })
+        .any(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(marker))
+                .unwrap_or(false)
+        })
+}
+
 /// What `nproc` prints: the CPUs this process may run on.
 pub fn nproc() -> u64 {
     let out = std::process::Command::new("nproc").output().unwrap();

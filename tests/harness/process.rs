@@ -198,6 +198,11 @@ pub struct AgentProc {
 impl AgentProc {
     /// Starts an agent with state in `dir/agent-<id>` and a 1 s metrics interval.
     pub fn start(dir: &Path, broker: &str, node_id: &str) -> AgentProc {
+        Self::start_with(dir, broker, node_id, &[])
+    }
+
+    /// The same, with extra flags (e.g. `--steps-dir`).
+    pub fn start_with(dir: &Path, broker: &str, node_id: &str, extra: &[&str]) -> AgentProc {
         let state = dir.join(format!("agent-{node_id}"));
         let log = dir.join(format!("agent-{node_id}.log"));
         let args: Vec<String> = [
@@ -215,6 +220,7 @@ impl AgentProc {
         ]
         .iter()
         .map(|s| s.to_string())
+        .chain(extra.iter().map(|s| s.to_string()))
         .collect();
         AgentProc {
             child: Some(spawn("metalbus-agent", &args, dir, &log)),

@@ -7,6 +7,7 @@ use axum::Json;
 use metalbus_protocol::api::{ErrorBody, ErrorCode};
 use tracing::error;
 
+use crate::engine::CallError;
 use crate::store::StoreError;
 
 /// Everything a handler can answer with instead of success.
@@ -28,6 +29,19 @@ pub enum ApiError {
     Conflict(String),
     #[error("internal error")]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<CallError> for ApiError {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::NotFound => ApiError::NodeNotFound,
+            CallError::Stale { .. } | CallError::Conflict(_) => ApiError::Conflict(e.to_string()),
+            CallError::Refused(_) | CallError::BadRequest(_) => ApiError::BadRequest(e.to_string()),
+            CallError::Store(_) => ApiError::Internal(e.to_string()),
+        }
+    }
 }
 
 impl ApiError {
@@ -38,15 +52,17 @@ impl ApiError {
             ApiError::Forbidden => ErrorCode::Forbidden,
             ApiError::NodeNotFound | ApiError::NotFound(_) => ErrorCode::NotFound,
             ApiError::Conflict(_) => ErrorCode::Conflict,
-            ApiError::Store(_) => ErrorCode::Internal,
+            ApiError::Store(_) | ApiError::Internal(_) => ErrorCode::Internal,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::Store(e) = &self {
-            error!(error = %e, "API request failed in the store");
+        match &self {
+            ApiError::Store(e) => error!(error = %e, "API request failed in the store"),
+            ApiError::Internal(e) => error!(error = %e, "API request failed"),
+            _ => {}
         }
         let code = self.code();
         let status = match self {

@@ -1,7 +1,9 @@
 //! The operator HTTP API (DESIGN section 9): routes, shared state, and the server.
 
+pub mod admin;
 pub mod auth;
 pub mod error;
+pub mod lifecycle;
 pub mod nodes;
 pub mod views;
 
@@ -12,11 +14,14 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, patch, post};
 use axum::{middleware, Json, Router};
 use metalbus_protocol::api::Health;
 use tokio::net::TcpListener;
 
+use crate::clock::Clock;
+use crate::config::ControllerConfig;
+use crate::engine::Input;
 use crate::store::Store;
 use crate::telemetry::Telemetry;
 use error::ApiError;
@@ -28,13 +33,29 @@ pub struct AppState {
     pub telemetry: Arc<Telemetry>,
     /// True while the controller is subscribed to the broker.
     pub mqtt_connected: Arc<AtomicBool>,
+    /// Changes go to the engine, the one writer of node data.
+    pub engine: tokio::sync::mpsc::Sender<Input>,
+    pub config: Arc<ControllerConfig>,
+    pub clock: Arc<dyn Clock>,
 }
 
 /// Every route. `/api/v1/*` needs a bearer token; health and metrics do not.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/nodes", get(nodes::list))
-        .route("/nodes/:node", get(nodes::get))
+        .route(
+            "/nodes/:node",
+            get(nodes::get)
+                .patch(lifecycle::update)
+                .delete(lifecycle::delete),
+        )
+        .route("/nodes/:node/state", patch(lifecycle::set_state))
+        .route("/nodes/:node/manage", post(lifecycle::manage))
+        .route("/nodes/:node/unmanage", post(lifecycle::unmanage))
+        .route("/nodes/:node/retry", post(lifecycle::retry))
+        .route("/nodes/:node/history", get(lifecycle::history))
+        .route("/plans", get(admin::plans))
+        .route("/tokens", post(admin::create))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

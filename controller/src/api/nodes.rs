@@ -105,6 +105,13 @@ pub async fn list(
     Ok(Json(Page { data, pagination }))
 }
 
+/// The API view of a node record, with its stored inventory and heartbeat.
+pub fn view_of(state: &AppState, node: crate::store::NodeRecord) -> Result<NodeView, ApiError> {
+    let inv = state.store.inventory(&node.id)?;
+    let hb = state.store.heartbeat(&node.id)?;
+    Ok(node_view(node, inv.as_ref(), hb.as_ref()))
+}
+
 /// `GET /api/v1/nodes/{node}`, by id or name.
 pub async fn get(
     State(state): State<AppState>,

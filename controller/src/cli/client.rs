@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use metalbus_protocol::api::{Data, ErrorBody, NodeView, Page};
+
+pub use reqwest::Method;
 use serde::de::DeserializeOwned;
 
 /// Why a CLI command failed; each maps to an exit code scripts can rely on.
@@ -93,12 +95,27 @@ impl ApiClient {
         path: &str,
         query: &[(&str, String)],
     ) -> Result<T, ClientError> {
+        self.send(reqwest::Method::GET, path, query, None).await
+    }
+
+    /// Sends a request and decodes the answer, or the API's error.
+    pub async fn send<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<serde_json::Value>,
+    ) -> Result<T, ClientError> {
         let url = format!("{}{path}", self.base);
-        let resp = self
+        let mut req = self
             .http
-            .get(&url)
+            .request(method, &url)
             .bearer_auth(&self.token)
-            .query(query)
+            .query(query);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req
             .send()
             .await
             .map_err(|source| ClientError::Unreachable {
@@ -159,11 +176,17 @@ impl ApiClient {
     }
 
     pub async fn node(&self, key: &str) -> Result<NodeView, ClientError> {
-        let path = format!("/api/v1/nodes/{}", encode_path_segment(key));
-        let d: Data<NodeView> = self.get(&path, &[]).await?;
+        let d: Data<NodeView> = self.get(&node_path(key, ""), &[]).await?;
         Ok(d.data)
     }
 }
+
+/// `/api/v1/nodes/{key}{rest}`, with the key escaped.
+pub fn node_path(key: &str, rest: &str) -> String {
+    format!("/api/v1/nodes/{}{rest}", encode_path_segment(key))
+}
+
+impl ApiClient {}
 
 /// Percent-encodes everything but unreserved characters, so a node name can't change the
 /// path.

@@ -7,9 +7,11 @@ pub mod render;
 use std::time::SystemTime;
 
 use clap::{Args, Subcommand, ValueEnum};
+use metalbus_protocol::api::{Changed, Data, History, NodeView, RetryResponse, TokenCreated};
+use metalbus_protocol::lifecycle::NodeState;
 use metalbus_protocol::Timestamp;
 
-use client::{find_token, token_files, ApiClient, ClientError};
+use client::{find_token, node_path, token_files, ApiClient, ClientError, Method};
 
 /// Flags every client command takes.
 #[derive(Args, Debug, Clone)]
@@ -50,12 +52,110 @@ pub enum NodesCommand {
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
     },
-    /// Show one node, by id or name.
+    /// Show one node, by id or name, with the progress of a running job.
     Show {
         node: String,
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
     },
+    /// Install a discovered node with a plan (the default plan if none is named).
+    Manage {
+        node: String,
+        #[arg(long)]
+        plan: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Deprovision an installed or active node; it returns to `discovered`.
+    Unmanage {
+        node: String,
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Retry a failed install or deprovision (install_failed / deprovision_failed).
+    Retry {
+        node: String,
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Deprovision and retire a node; with --force, retire it at once.
+    Retire {
+        node: String,
+        #[arg(long)]
+        force: bool,
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Move a node to STATE (any admin transition of docs/LIFECYCLE.md).
+    Transition {
+        node: String,
+        state: String,
+        #[arg(long)]
+        comment: Option<String>,
+        /// Reset the counters and allow overrides (admin only).
+        #[arg(long)]
+        force: bool,
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// A node's state changes, newest first.
+    History {
+        node: String,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokensCommand {
+    /// Create an API token; it is printed once, and only its hash is stored.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// viewer (reads), operator (manage, retry, ...), or admin (everything).
+        #[arg(long)]
+        role: String,
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+/// Runs a `tokens` subcommand.
+pub async fn tokens(args: ClientArgs, cmd: TokensCommand) -> Result<String, ClientError> {
+    let api = connect(args)?;
+    match cmd {
+        TokensCommand::Create { name, role, output } => {
+            let body = serde_json::json!({ "name": name, "role": role });
+            let created: Data<TokenCreated> = api
+                .send(Method::POST, "/api/v1/tokens", &[], Some(body))
+                .await?;
+            Ok(match output {
+                Output::Table => format!("{}\n", created.data.token),
+                Output::Json => json(&created.data),
+            })
+        }
+    }
+}
+
+fn connect(args: ClientArgs) -> Result<ApiClient, ClientError> {
+    let token = find_token(
+        args.token,
+        std::env::var("METALBUS_TOKEN").ok(),
+        &token_files(),
+    )?;
+    ApiClient::new(&args.api, token)
+}
+
+/// Prints a changed node: its message, or the JSON of the node.
+fn changed(c: Changed<NodeView>, output: Output) -> String {
+    match output {
+        Output::Table => format!("{}: {}\n", c.data.name, c.message),
+        Output::Json => json(&c.data),
+    }
 }
 
 /// Runs a `nodes` subcommand; returns what to print.
@@ -84,6 +184,76 @@ pub async fn nodes(args: ClientArgs, cmd: NodesCommand) -> Result<String, Client
             Ok(match output {
                 Output::Table => render::node_detail(&n, now),
                 Output::Json => json(&n),
+            })
+        }
+        NodesCommand::Manage { node, plan, output } => {
+            let body = serde_json::json!({ "plan": plan });
+            let c: Changed<NodeView> = api
+                .send(Method::POST, &node_path(&node, "/manage"), &[], Some(body))
+                .await?;
+            Ok(changed(c, output))
+        }
+        NodesCommand::Unmanage { node, output } => {
+            let c: Changed<NodeView> = api
+                .send(Method::POST, &node_path(&node, "/unmanage"), &[], None)
+                .await?;
+            Ok(changed(c, output))
+        }
+        NodesCommand::Retry { node, output } => {
+            let r: RetryResponse = api
+                .send(Method::POST, &node_path(&node, "/retry"), &[], None)
+                .await?;
+            Ok(match output {
+                Output::Table => format!(
+                    "{}: {} ({} -> {}, {} -> {})\n",
+                    r.node_id,
+                    r.message,
+                    r.previous_state,
+                    r.current_state,
+                    r.previous_phase,
+                    r.current_phase
+                ),
+                Output::Json => json(&r),
+            })
+        }
+        NodesCommand::Retire {
+            node,
+            force,
+            output,
+        } => {
+            let q = [("force", force.to_string())];
+            let c: Changed<NodeView> = api
+                .send(Method::DELETE, &node_path(&node, ""), &q, None)
+                .await?;
+            Ok(changed(c, output))
+        }
+        NodesCommand::Transition {
+            node,
+            state,
+            comment,
+            force,
+            output,
+        } => {
+            let state: NodeState = state.parse().map_err(ClientError::Usage)?;
+            let body = serde_json::json!({ "state": state, "comment": comment, "force": force });
+            let c: Changed<NodeView> = api
+                .send(Method::PATCH, &node_path(&node, "/state"), &[], Some(body))
+                .await?;
+            Ok(changed(c, output))
+        }
+        NodesCommand::History {
+            node,
+            limit,
+            offset,
+            output,
+        } => {
+            let q = [("limit", limit.to_string()), ("offset", offset.to_string())];
+            let h: History = api
+                .send(Method::GET, &node_path(&node, "/history"), &q, None)
+                .await?;
+            Ok(match output {
+                Output::Table => render::history(&h, now),
+                Output::Json => json(&h),
             })
         }
     }

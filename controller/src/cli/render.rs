@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use metalbus_protocol::api::NodeView;
+use metalbus_protocol::api::{History, NodeView};
 use metalbus_protocol::Timestamp;
 
 /// Agent-supplied text with control characters replaced, so a hostile hostname cannot
@@ -168,6 +168,32 @@ pub fn node_detail(n: &NodeView, now: Timestamp) -> String {
         ],
     ]);
     table(&rows)
+}
+
+/// The audit log, newest first.
+pub fn history(h: &History, now: Timestamp) -> String {
+    let mut rows = vec![["WHEN", "FROM", "TO", "BY", "USER", "COMMENT / DETAILS"]
+        .map(String::from)
+        .to_vec()];
+    for e in &h.data {
+        let details = match (&e.comment, &e.metadata) {
+            (Some(c), Some(m)) => format!("{c} {m}"),
+            (Some(c), None) => c.clone(),
+            (None, Some(m)) => m.to_string(),
+            (None, None) => String::new(),
+        };
+        rows.push(vec![
+            format!("{} ({})", e.created_at, ago(Some(e.created_at), now)),
+            e.from_state.to_string(),
+            e.to_state.to_string(),
+            e.triggered_by.to_string(),
+            e.user.clone().unwrap_or_else(|| "-".into()),
+            details,
+        ]);
+    }
+    let mut out = table(&rows);
+    let _ = writeln!(out, "{} of {} entries", h.data.len(), h.total);
+    out
 }
 
 fn list(items: &[String]) -> String {

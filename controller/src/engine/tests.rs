@@ -36,6 +36,7 @@ fn rig() -> Rig {
         EngineConfig {
             topics: Topics::default(),
             metrics_flush: Duration::from_secs(10),
+            controller: Arc::new(crate::config::ControllerConfig::default()),
         },
     )
     .unwrap();
@@ -307,6 +308,7 @@ fn a_restarted_engine_sees_the_stored_nodes() {
         EngineConfig {
             topics: Topics::default(),
             metrics_flush: Duration::from_secs(10),
+            controller: Arc::new(crate::config::ControllerConfig::default()),
         },
     )
     .unwrap();
@@ -333,6 +335,7 @@ fn a_failed_commit_publishes_nothing_and_is_retried() {
         EngineConfig {
             topics: Topics::default(),
             metrics_flush: Duration::from_secs(10),
+            controller: Arc::new(crate::config::ControllerConfig::default()),
         },
     )
     .unwrap();

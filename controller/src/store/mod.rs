@@ -17,7 +17,10 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-pub use records::{Heartbeat, NodeRecord, Role, StoredInventory, TokenRecord};
+pub use records::{
+    AuditEntry, CommandRecord, CommandStatus, Heartbeat, NodeRecord, Role, StoredInventory,
+    TokenRecord,
+};
 
 use crate::telemetry::Telemetry;
 
@@ -31,6 +34,10 @@ const INVENTORY: TableDefinition<&str, &[u8]> = TableDefinition::new("inventory"
 const HEARTBEATS: TableDefinition<&str, &[u8]> = TableDefinition::new("heartbeats");
 /// sha256(token) hex → [`TokenRecord`]
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+/// (node id, n) → [`AuditEntry`], n counting from 1 per node
+const HISTORY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("history");
+/// command id → [`CommandRecord`]
+const COMMANDS: TableDefinition<&str, &[u8]> = TableDefinition::new("commands");
 /// store-wide facts, e.g. `schema`
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
@@ -192,10 +199,11 @@ impl Store {
     fn init(&self) -> Result<(), StoreError> {
         self.write(Durability::Immediate, |tx| {
             let txn = tx.txn;
-            for def in [NODES, INVENTORY, HEARTBEATS, TOKENS, META] {
+            for def in [NODES, INVENTORY, HEARTBEATS, TOKENS, META, COMMANDS] {
                 tryop!("create table", txn.open_table(def));
             }
             tryop!("create table", txn.open_table(NAMES));
+            tryop!("create table", txn.open_table(HISTORY));
             let mut meta = tryop!("open meta", txn.open_table(META));
             let found = tryop!("read schema", meta.get("schema")).map(|v| v.value().to_vec());
             match found {
@@ -266,6 +274,30 @@ impl Store {
 
     pub fn token(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
         self.get(TOKENS, "tokens", hash)
+    }
+
+    pub fn command(&self, id: &str) -> Result<Option<CommandRecord>, StoreError> {
+        self.get(COMMANDS, "commands", id)
+    }
+
+    /// A node's audit entries, newest first: `limit` of them after skipping `offset`.
+    pub fn history(
+        &self,
+        id: &NodeId,
+        limit: usize,
+        offset: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let txn = tryop!("begin read", self.db()?.begin_read());
+        let t = tryop!("open history", txn.open_table(HISTORY));
+        let key = id.as_str();
+        let mut out = Vec::new();
+        let range = tryop!("scan history", t.range((key, 0)..=(key, u64::MAX)));
+        for entry in range.rev().skip(offset).take(limit) {
+            let (k, v) = tryop!("scan history", entry);
+            let (node, n) = k.value();
+            out.push(decode("history", &format!("{node}:{n}"), v.value())?);
+        }
+        Ok(out)
     }
 
     fn get<T: DeserializeOwned>(
@@ -371,6 +403,24 @@ impl WriteTx<'_> {
         Ok(())
     }
 
+    pub fn put_audit(&mut self, n: u64, entry: &AuditEntry) -> Result<(), StoreError> {
+        let mut t = tryop!("open history", self.txn.open_table(HISTORY));
+        tryop!(
+            "write history",
+            t.insert((entry.node_id.as_str(), n), encode(entry).as_slice())
+        );
+        Ok(())
+    }
+
+    pub fn put_command(&mut self, rec: &CommandRecord) -> Result<(), StoreError> {
+        let mut t = tryop!("open commands", self.txn.open_table(COMMANDS));
+        tryop!(
+            "write command",
+            t.insert(rec.command.command_id.as_str(), encode(rec).as_slice())
+        );
+        Ok(())
+    }
+
     pub fn put_token(&mut self, hash: &str, token: &TokenRecord) -> Result<(), StoreError> {
         let mut t = tryop!("open tokens", self.txn.open_table(TOKENS));
         tryop!("write token", t.insert(hash, encode(token).as_slice()));
@@ -410,6 +460,11 @@ mod tests {
             labels: Default::default(),
             group: None,
             control_plane: false,
+            after_deprovision: None,
+            job: None,
+            history_len: 0,
+            inventory_at: None,
+            last_progress_at: None,
         }
     }
 

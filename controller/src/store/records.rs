@@ -5,9 +5,11 @@
 
 use std::collections::BTreeMap;
 
+use metalbus_protocol::command::Command;
 use metalbus_protocol::controller::Progress;
 use metalbus_protocol::inventory::Inventory;
 use metalbus_protocol::lifecycle::NodeState;
+use metalbus_protocol::machine::{AfterDeprovision, JobRef, Lifecycle};
 use metalbus_protocol::metrics::MetricsSample;
 use metalbus_protocol::status::OfflineReason;
 use metalbus_protocol::{NodeId, Timestamp};
@@ -60,6 +62,74 @@ pub struct NodeRecord {
     pub group: Option<String>,
     #[serde(default)]
     pub control_plane: bool,
+
+    /// What a running deprovision leads to.
+    #[serde(default)]
+    pub after_deprovision: Option<AfterDeprovision>,
+    /// The job the node runs (or was last sent); reports for other commands are refused.
+    #[serde(default)]
+    pub job: Option<JobRef>,
+    /// How many audit entries the node has; the next one gets this number + 1.
+    #[serde(default)]
+    pub history_len: u64,
+    /// When the newest inventory arrived.
+    #[serde(default)]
+    pub inventory_at: Option<Timestamp>,
+    /// When the newest job report arrived (any report resets the install timer).
+    #[serde(default)]
+    pub last_progress_at: Option<Timestamp>,
+}
+
+impl NodeRecord {
+    /// The part the state machine works on.
+    pub fn lifecycle(&self) -> Lifecycle {
+        Lifecycle {
+            state: self.state,
+            install_attempts: self.install_attempts,
+            last_install_error: self.last_install_error.clone(),
+            recovery_attempts: self.recovery_attempts,
+            control_plane: self.control_plane,
+            after_deprovision: self.after_deprovision,
+            job: self.job.clone(),
+        }
+    }
+
+    /// Takes the machine's result back.
+    pub fn set_lifecycle(&mut self, l: Lifecycle) {
+        self.state = l.state;
+        self.install_attempts = l.install_attempts;
+        self.last_install_error = l.last_install_error;
+        self.recovery_attempts = l.recovery_attempts;
+        self.control_plane = l.control_plane;
+        self.after_deprovision = l.after_deprovision;
+        self.job = l.job;
+    }
+}
+
+pub use metalbus_protocol::api::AuditEntry;
+
+/// Where a command is (`GET /api/v1/operations/{id}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandStatus {
+    Queued,
+    Sent,
+    Accepted,
+    Rejected,
+    Succeeded,
+    Failed,
+    Expired,
+}
+
+/// A command the controller sent, and what became of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandRecord {
+    pub node_id: NodeId,
+    pub command: Command,
+    pub status: CommandStatus,
+    pub reason: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
 }
 
 /// The newest inventory of a node, and when it arrived.

@@ -568,5 +568,8 @@ fn a_refused_install_counts_as_a_failed_attempt() {
     )
     .unwrap();
     assert_eq!(out.node.state, Pending);
-    assert_eq!(out.effects.last(), Some(&Effect::ScheduleInstallRetry { attempt: 1 }));
+    assert_eq!(
+        out.effects.last(),
+        Some(&Effect::ScheduleInstallRetry { attempt: 1 })
+    );
 }

@@ -1,15 +1,25 @@
 //! The engine: the one task that changes node data (STYLE rule 4).
 //!
-//! Ingest and (later) the HTTP API send it [`Input`]s over a channel. It applies a batch of
-//! them to its in-memory copy of the nodes, commits the batch in one redb transaction
-//! (group commit), and only then pushes the resulting MQTT messages. If a commit fails the
-//! copy is reloaded from the store and nothing is published, so the world never sees a
-//! change the store does not hold.
+//! Ingest and the HTTP API send it [`Input`]s over a channel. It applies a batch of them to
+//! its in-memory copy of the nodes, commits the batch in one redb transaction (group
+//! commit: transitions, their audit entries, counters and commands together, with
+//! `Durability::Immediate`), and only then publishes the resulting MQTT messages and
+//! answers the API. If a commit fails the copy is reloaded from the store and nothing is
+//! published, so the world never sees a change the store does not hold.
+//!
+//! - `agent.rs`: what agents say (status, inventory, metrics, reports).
+//! - `ops.rs`: the state machine, API calls, commands and timers.
 //!
 //! Metrics samples only refresh the heartbeat; those are flushed every second with cheap
 //! durability and made durable every `metrics_flush` (DESIGN section 4).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+mod agent;
+mod ops;
+
+pub use ops::{Action, Call, CallError, NodeUpdate, Reply};
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,16 +27,20 @@ use metalbus_protocol::controller::{NodeStateMessage, Summary};
 use metalbus_protocol::inventory::Inventory;
 use metalbus_protocol::lifecycle::NodeState;
 use metalbus_protocol::metrics::MetricsSample;
-use metalbus_protocol::status::{Birth, Offline, Status};
+use metalbus_protocol::report::Report;
+use metalbus_protocol::status::Status;
 use metalbus_protocol::topic::{NodeTopic, Topics};
-use metalbus_protocol::{is_valid_node_name, NodeId, Timestamp};
+use metalbus_protocol::{NodeId, Timestamp};
 use redb::Durability;
-use tokio::sync::mpsc;
-use tracing::{debug, error, info};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info};
 
 use crate::clock::Clock;
+use crate::config::ControllerConfig;
 use crate::publish::{Outbound, PublishQueue};
-use crate::store::{Heartbeat, NodeRecord, Store, StoreError, StoredInventory};
+use crate::store::{
+    AuditEntry, CommandRecord, Heartbeat, NodeRecord, Store, StoreError, StoredInventory,
+};
 use crate::telemetry::{StateLabel, Telemetry};
 
 /// How long heartbeats may sit in memory before a cheap (non-durable) flush.
@@ -39,7 +53,7 @@ const MAX_RETRY_INPUTS: usize = 10_000;
 const MAX_BATCH: usize = 512;
 
 /// Something for the engine to apply.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Input {
     Status {
         id: NodeId,
@@ -53,8 +67,37 @@ pub enum Input {
         id: NodeId,
         sample: MetricsSample,
     },
+    /// An ack or job event from the agent.
+    Report {
+        id: NodeId,
+        report: Box<Report>,
+    },
+    /// An operator's request from the HTTP API, answered after the commit.
+    Call(Box<Call>),
     /// The broker connection is (re)established: publish every retained message again.
     Resync,
+}
+
+impl Input {
+    /// A copy to apply again after a failed commit; `None` for what is not retried
+    /// (metrics, replaced by the next sample; API calls, answered with an error instead).
+    fn retry_copy(&self) -> Option<Input> {
+        match self {
+            Input::Status { id, status } => Some(Input::Status {
+                id: id.clone(),
+                status: status.clone(),
+            }),
+            Input::Inventory { id, inventory } => Some(Input::Inventory {
+                id: id.clone(),
+                inventory: inventory.clone(),
+            }),
+            Input::Report { id, report } => Some(Input::Report {
+                id: id.clone(),
+                report: report.clone(),
+            }),
+            Input::Metrics { .. } | Input::Call(_) | Input::Resync => None,
+        }
+    }
 }
 
 /// Engine settings.
@@ -63,6 +106,8 @@ pub struct EngineConfig {
     pub topics: Topics,
     /// How often heartbeats are made durable.
     pub metrics_flush: Duration,
+    /// Plans and lifecycle policy.
+    pub controller: Arc<ControllerConfig>,
 }
 
 pub struct Engine {
@@ -81,7 +126,12 @@ pub struct Engine {
     retry: Vec<Input>,
     /// The copy may hold changes the store refused; reload before applying more.
     needs_reload: bool,
+    /// Install resends waiting for their backoff: (due, node), earliest first.
+    timers: BinaryHeap<Reverse<(Timestamp, NodeId)>>,
 }
+
+/// Where an API call's answer goes.
+type ReplyTo = oneshot::Sender<Result<Reply, CallError>>;
 
 /// What one batch changed, to be written and then announced.
 #[derive(Default)]
@@ -91,6 +141,24 @@ struct Batch {
     inventories: BTreeMap<NodeId, StoredInventory>,
     /// Early inventories this batch used; put back if the commit fails.
     used_early: Vec<(NodeId, Inventory)>,
+    /// Audit entries with their per-node number.
+    audits: Vec<(u64, AuditEntry)>,
+    commands: Vec<CommandRecord>,
+    /// Published after the commit.
+    outbound: Vec<Outbound>,
+    /// API answers, sent after the commit.
+    replies: Vec<(ReplyTo, Result<ops::Done, CallError>)>,
+    /// Anything but progress: commit with `Durability::Immediate`.
+    durable: bool,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+            && self.inventories.is_empty()
+            && self.audits.is_empty()
+            && self.commands.is_empty()
+    }
 }
 
 impl Engine {
@@ -115,6 +183,7 @@ impl Engine {
             last_summary: None,
             retry: Vec::new(),
             needs_reload: false,
+            timers: BinaryHeap::new(),
         };
         engine.reload()?;
         for id in engine.nodes.keys() {
@@ -122,6 +191,7 @@ impl Engine {
                 engine.heartbeats.insert(id.clone(), hb);
             }
         }
+        engine.rearm_resends();
         Ok(engine)
     }
 
@@ -144,7 +214,11 @@ impl Engine {
         let mut flush = tokio::time::interval(HEARTBEAT_FLUSH);
         let mut durable = tokio::time::interval(self.cfg.metrics_flush);
         loop {
+            let next_timer = self.next_timer_in();
             tokio::select! {
+                _ = tokio::time::sleep(next_timer.unwrap_or(Duration::from_secs(3600))), if next_timer.is_some() => {
+                    self.apply(Vec::new());
+                }
                 input = rx.recv() => match input {
                     Some(first) => {
                         let mut batch = vec![first];
@@ -199,13 +273,10 @@ impl Engine {
             }
             self.needs_reload = false;
         }
-        let keep: Vec<Input> = inputs
-            .iter()
-            .filter(|i| !matches!(i, Input::Metrics { .. }))
-            .cloned()
-            .collect();
+        let keep: Vec<Input> = inputs.iter().filter_map(Input::retry_copy).collect();
         let mut batch = Batch::default();
         let mut resync = false;
+        self.fire_timers(now, &mut batch);
         for input in inputs {
             match input {
                 Input::Status { id, status } => self.on_status(&id, status, now, &mut batch),
@@ -213,10 +284,12 @@ impl Engine {
                     self.on_inventory(&id, *inventory, now, &mut batch)
                 }
                 Input::Metrics { id, sample } => self.on_metrics(&id, sample, now),
+                Input::Report { id, report } => self.on_report(&id, *report, now, &mut batch),
+                Input::Call(call) => self.on_call(*call, now, &mut batch),
                 Input::Resync => resync = true,
             }
         }
-        if !batch.nodes.is_empty() || !batch.inventories.is_empty() {
+        if !batch.is_empty() {
             if let Err(e) = self.commit(&batch) {
                 error!(error = %e, inputs = keep.len(), "store commit failed; will retry the batch");
                 // The copy holds the failed changes: replace it with what the store has.
@@ -227,12 +300,25 @@ impl Engine {
                 for (id, inv) in batch.used_early {
                     self.early_inventory.insert(id, inv);
                 }
+                for (reply, result) in batch.replies {
+                    let answer = match result {
+                        Ok(_) => Err(CallError::Store(e.to_string())),
+                        Err(refused) => Err(refused),
+                    };
+                    let _ = reply.send(answer);
+                }
                 self.keep_for_retry(keep);
                 return;
             }
         }
         for id in batch.nodes.keys() {
             self.publish_state(id);
+        }
+        for msg in batch.outbound {
+            self.publish.push(msg);
+        }
+        for (reply, result) in batch.replies {
+            let _ = reply.send(result.and_then(|done| self.reply(done)));
         }
         if resync {
             let mut ids: Vec<NodeId> = self.nodes.keys().cloned().collect();
@@ -247,11 +333,8 @@ impl Engine {
 
     /// Keeps inputs (but metrics, which the next sample replaces) for the next round.
     fn keep_for_retry(&mut self, inputs: Vec<Input>) {
-        self.retry.extend(
-            inputs
-                .into_iter()
-                .filter(|i| !matches!(i, Input::Metrics { .. })),
-        );
+        self.retry
+            .extend(inputs.iter().filter_map(Input::retry_copy));
         if self.retry.len() > MAX_RETRY_INPUTS {
             let excess = self.retry.len() - MAX_RETRY_INPUTS;
             error!(
@@ -262,8 +345,14 @@ impl Engine {
         }
     }
 
+    /// One transaction: nodes, inventories, audit entries and commands together.
     fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
-        self.store.write(Durability::Immediate, |tx| {
+        let durability = if batch.durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        self.store.write(durability, |tx| {
             for (id, old_name) in &batch.nodes {
                 if let Some(node) = self.nodes.get(id) {
                     tx.put_node(node, old_name.as_deref())?;
@@ -272,168 +361,14 @@ impl Engine {
             for (id, inv) in &batch.inventories {
                 tx.put_inventory(id, inv)?;
             }
+            for (n, entry) in &batch.audits {
+                tx.put_audit(*n, entry)?;
+            }
+            for rec in &batch.commands {
+                tx.put_command(rec)?;
+            }
             Ok(())
         })
-    }
-
-    fn on_status(&mut self, id: &NodeId, status: Status, now: Timestamp, batch: &mut Batch) {
-        match status {
-            Status::Birth(birth) => self.on_birth(id, birth, now, batch),
-            Status::Offline(off) => self.on_offline(id, off, now, batch),
-        }
-    }
-
-    fn on_birth(&mut self, id: &NodeId, b: Birth, now: Timestamp, batch: &mut Batch) {
-        let Some(before) = self.nodes.get(id).cloned() else {
-            let name = self.unique_name(&b.hostname, id);
-            let node = NodeRecord {
-                id: id.clone(),
-                name: name.clone(),
-                state: NodeState::Discovered,
-                version: 1,
-                created_at: now,
-                updated_at: now,
-                state_changed_at: now,
-                online: true,
-                offline_reason: None,
-                conn: b.conn,
-                session: Some(b.session),
-                hostname: Some(b.hostname),
-                agent_version: Some(b.agent_version),
-                boot_id: b.boot_id,
-                metrics_interval_s: Some(b.metrics_interval_s),
-                install_attempts: 0,
-                last_install_error: None,
-                recovery_attempts: 0,
-                plan: None,
-                progress: None,
-                labels: BTreeMap::new(),
-                group: None,
-                control_plane: false,
-            };
-            info!(node = %id, %name, "new node discovered");
-            self.names.insert(name, id.clone());
-            self.nodes.insert(id.clone(), node);
-            batch.nodes.insert(id.clone(), None);
-            self.touch(id, now);
-            if let Some(inv) = self.early_inventory.remove(id) {
-                batch.used_early.push((id.clone(), inv.clone()));
-                self.on_inventory(id, inv, now, batch);
-            }
-            return;
-        };
-        let same_session = before.session.as_deref() == Some(b.session.as_str());
-        if same_session && b.conn < before.conn {
-            self.stale(id, "birth", b.conn, before.conn);
-            return;
-        }
-        let mut after = before.clone();
-        after.online = true;
-        after.offline_reason = None;
-        after.conn = b.conn;
-        after.session = Some(b.session);
-        after.hostname = Some(b.hostname);
-        after.agent_version = Some(b.agent_version);
-        after.boot_id = b.boot_id;
-        after.metrics_interval_s = Some(b.metrics_interval_s);
-        if !before.online {
-            info!(node = %id, conn = after.conn, "node online");
-        }
-        self.touch(id, now);
-        self.replace(before, after, now, batch);
-    }
-
-    fn on_offline(&mut self, id: &NodeId, off: Offline, now: Timestamp, batch: &mut Batch) {
-        let Some(before) = self.nodes.get(id).cloned() else {
-            debug!(node = %id, "offline status for an unknown node; ignored");
-            return;
-        };
-        let other_session = match (&off.session, &before.session) {
-            (Some(theirs), Some(ours)) => theirs != ours,
-            _ => false,
-        };
-        if other_session || off.conn < before.conn {
-            self.stale(id, "offline", off.conn, before.conn);
-            return;
-        }
-        let mut after = before.clone();
-        after.online = false;
-        after.offline_reason = Some(off.reason);
-        after.conn = off.conn;
-        if before.online {
-            info!(node = %id, reason = off.reason.as_str(), conn = off.conn, "node offline");
-        }
-        self.replace(before, after, now, batch);
-    }
-
-    fn stale(&self, id: &NodeId, what: &str, got: u64, newest: u64) {
-        self.telemetry.ingest_stale.inc();
-        debug!(node = %id, what, conn = got, newest, "stale status ignored");
-    }
-
-    fn on_inventory(&mut self, id: &NodeId, inv: Inventory, now: Timestamp, batch: &mut Batch) {
-        let Some(before) = self.nodes.get(id).cloned() else {
-            if self.early_inventory.len() >= MAX_EARLY_INVENTORIES {
-                debug!(node = %id, "too many early inventories; dropping one");
-                return;
-            }
-            self.early_inventory.insert(id.clone(), inv);
-            return;
-        };
-        self.touch(id, now);
-        let unchanged = match batch.inventories.get(id) {
-            Some(pending) => pending.inventory == inv,
-            None => match self.store.inventory(id) {
-                Ok(stored) => stored.is_some_and(|s| s.inventory == inv),
-                Err(e) => {
-                    error!(node = %id, error = %e, "reading stored inventory failed");
-                    false
-                }
-            },
-        };
-        if unchanged {
-            return;
-        }
-        batch.inventories.insert(
-            id.clone(),
-            StoredInventory {
-                received_at: now,
-                inventory: inv,
-            },
-        );
-        let mut after = before.clone();
-        after.version += 1;
-        after.updated_at = now;
-        self.nodes.insert(id.clone(), after);
-        batch.nodes.entry(id.clone()).or_insert(Some(before.name));
-    }
-
-    fn on_metrics(&mut self, id: &NodeId, sample: MetricsSample, now: Timestamp) {
-        if !self.nodes.contains_key(id) {
-            debug!(node = %id, "metrics for an unknown node; waiting for its birth");
-            return;
-        }
-        self.heartbeats.insert(
-            id.clone(),
-            Heartbeat {
-                last_seen_at: now,
-                sample: Some(sample),
-            },
-        );
-        self.dirty_heartbeats.insert(id.clone());
-    }
-
-    /// Any message from a known node proves it was alive just now.
-    fn touch(&mut self, id: &NodeId, now: Timestamp) {
-        if !self.nodes.contains_key(id) {
-            return;
-        }
-        let hb = self.heartbeats.entry(id.clone()).or_insert(Heartbeat {
-            last_seen_at: now,
-            sample: None,
-        });
-        hb.last_seen_at = now;
-        self.dirty_heartbeats.insert(id.clone());
     }
 
     /// Stores `after` in place of `before` if anything differs, bumping `version`.
@@ -450,33 +385,11 @@ impl Engine {
         after.version = before.version + 1;
         after.updated_at = now;
         self.nodes.insert(after.id.clone(), after);
+        batch.durable = true;
         batch
             .nodes
             .entry(before.id.clone())
             .or_insert(Some(before.name));
-    }
-
-    /// The hostname if it is a free, valid name; else hostname-<id prefix>; else the id,
-    /// then id-2, id-3, ... A name never equals another node's id.
-    fn unique_name(&self, hostname: &str, id: &NodeId) -> String {
-        let free = |n: &str| {
-            is_valid_node_name(n)
-                && !self.names.contains_key(n)
-                && !self
-                    .nodes
-                    .keys()
-                    .any(|other| other.as_str() == n && other != id)
-        };
-        let short: String = id.as_str().chars().take(8).collect();
-        [
-            hostname.to_string(),
-            format!("{hostname}-{short}"),
-            id.to_string(),
-        ]
-        .into_iter()
-        .chain((2u64..).map(|k| format!("{id}-{k}")))
-        .find(|n| free(n))
-        .unwrap_or_else(|| id.to_string())
     }
 
     fn flush_heartbeats(&mut self, durability: Durability) {

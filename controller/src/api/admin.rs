@@ -1,0 +1,65 @@
+//! Fleet-wide endpoints: the configured plans and API tokens.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use metalbus_protocol::api::{Data, PlanView, TokenCreated, TokenRequest};
+
+use super::auth::{create_token, Caller};
+use super::error::ApiError;
+use super::lifecycle::require;
+use super::AppState;
+use crate::store::Role;
+
+/// `GET /plans`.
+pub async fn plans(State(state): State<AppState>) -> Json<Data<Vec<PlanView>>> {
+    let data = state
+        .config
+        .plans
+        .iter()
+        .map(|(name, p)| PlanView {
+            name: name.clone(),
+            default: p.default,
+            reboot_after: p.reboot_after,
+            steps: p.steps.clone(),
+        })
+        .collect();
+    Json(Data { data })
+}
+
+/// `POST /tokens` (admin): a new token with a role; only its hash is kept.
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Json(req): Json<TokenRequest>,
+) -> Result<(StatusCode, Json<Data<TokenCreated>>), ApiError> {
+    require(&caller, Role::Admin)?;
+    let role = match req.role.as_str() {
+        "viewer" => Role::Viewer,
+        "operator" => Role::Operator,
+        "admin" => Role::Admin,
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "unknown role {other:?}; use viewer, operator or admin"
+            )))
+        }
+    };
+    let name = req.name.trim();
+    if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest(
+            "name must be 1 to 64 characters without control characters".into(),
+        ));
+    }
+    let token = create_token(&state.store, name, role, state.clock.now())
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Data {
+            data: TokenCreated {
+                name: name.to_string(),
+                role: req.role,
+                token,
+            },
+        }),
+    ))
+}

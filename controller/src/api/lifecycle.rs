@@ -1,0 +1,235 @@
+//! Lifecycle endpoints: manage, unmanage, DELETE, `PATCH .../state`, retry, `PATCH`
+//! of node fields, and history. Every change goes through the engine; the handler only
+//! checks the caller's role (first, as seed 000's retry order says) and shapes answers.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::{Extension, Json};
+use metalbus_protocol::api::{
+    Changed, Data, History, ManageRequest, NodeUpdateRequest, NodeView, RetryResponse, StateChange,
+};
+use metalbus_protocol::lifecycle::NodeState;
+use serde::Deserialize;
+use tokio::sync::oneshot;
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::nodes::{view_of, Checked};
+use super::AppState;
+use crate::engine::{Action, Call, Input, NodeUpdate, Reply};
+use crate::store::Role;
+
+/// The caller must have at least `role`.
+pub fn require(caller: &Caller, role: Role) -> Result<(), ApiError> {
+    if caller.role >= role {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden)
+    }
+}
+
+/// `If-Match: 5` (also `"5"` and `W/"5"`).
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get(axum::http::header::IF_MATCH) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .map(|v| v.trim().trim_start_matches("W/").trim_matches('"'))
+        .and_then(|v| v.parse().ok())
+        .map(Some)
+        .ok_or_else(|| ApiError::BadRequest("If-Match must be the node's version, a number".into()))
+}
+
+/// Sends a call to the engine and waits for its answer.
+async fn call(
+    state: &AppState,
+    key: String,
+    action: Action,
+    caller: &Caller,
+    headers: &HeaderMap,
+) -> Result<Reply, ApiError> {
+    let (reply, answer) = oneshot::channel();
+    let call = Call {
+        key,
+        action,
+        user: Some(caller.name.clone()),
+        if_match: if_match(headers)?,
+        reply,
+    };
+    state
+        .engine
+        .send(Input::Call(Box::new(call)))
+        .await
+        .map_err(|_| ApiError::Internal("the controller is shutting down".into()))?;
+    answer
+        .await
+        .map_err(|_| ApiError::Internal("the controller is shutting down".into()))?
+        .map_err(ApiError::from)
+}
+
+fn transitioned(state: &AppState, reply: Reply) -> Result<Json<Changed<NodeView>>, ApiError> {
+    let message = format!("Node transitioned to {}", reply.node.state);
+    Ok(Json(Changed {
+        data: view_of(state, reply.node)?,
+        message,
+    }))
+}
+
+pub async fn manage(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Checked(Path(key)): Checked<Path<String>>,
+    headers: HeaderMap,
+    body: Option<Json<ManageRequest>>,
+) -> Result<Json<Changed<NodeView>>, ApiError> {
+    require(&caller, Role::Operator)?;
+    let plan = body.and_then(|Json(b)| b.plan);
+    let reply = call(&state, key, Action::Manage { plan }, &caller, &headers).await?;
+    transitioned(&state, reply)
+}
+
+pub async fn unmanage(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Checked(Path(key)): Checked<Path<String>>,
+    headers: HeaderMap,
+) -> Result<Json<Changed<NodeView>>, ApiError> {
+    require(&caller, Role::Operator)?;
+    let reply = call(&state, key, Action::Unmanage, &caller, &headers).await?;
+    transitioned(&state, reply)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+/// `DELETE /nodes/{node}`: unmanage and retire (202), or retire now with `force=true`.
+pub async fn delete(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Checked(Path(key)): Checked<Path<String>>,
+    Checked(Query(q)): Checked<Query<DeleteQuery>>,
+    headers: HeaderMap,
+) -> Result<(StatusCode, Json<Changed<NodeView>>), ApiError> {
+    require(&caller, Role::Admin)?;
+    let reply = call(
+        &state,
+        key,
+        Action::Delete { force: q.force },
+        &caller,
+        &headers,
+    )
+    .await?;
+    let message = if reply.node.state == NodeState::Retired {
+        "Node retired".to_string()
+    } else {
+        "Node deletion initiated".to_string()
+    };
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Changed {
+            data: view_of(&state, reply.node)?,
+            message,
+        }),
+    ))
+}
+
+/// `PATCH /nodes/{node}/state`. `force` (which resets counters and allows overrides)
+/// needs an admin.
+pub async fn set_state(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Checked(Path(key)): Checked<Path<String>>,
+    headers: HeaderMap,
+    Json(body): Json<StateChange>,
+) -> Result<Json<Changed<NodeView>>, ApiError> {
+    require(
+        &caller,
+        if body.force {
+            Role::Admin
+        } else {
+            Role::Operator
+        },
+    )?;
+    let action = Action::SetState {
+        state: body.state,
+        comment: body.comment,
+        force: body.force,
+    };
+    let reply = call(&state, key, action, &caller, &headers).await?;
+    transitioned(&state, reply)
+}
+
+/// `POST /nodes/{node}/retry`, seed 000: permission, state, preconditions, cleanup,
+/// reset and transition, then the job is sent again.
+pub async fn retry(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Checked(Path(key)): Checked<Path<String>>,
+    headers: HeaderMap,
+) -> Result<Json<RetryResponse>, ApiError> {
+    require(&caller, Role::Operator)?;
+    let reply = call(&state, key, Action::Retry, &caller, &headers).await?;
+    Ok(Json(RetryResponse {
+        message: "retry initiated successfully".into(),
+        node_id: reply.node.id.clone(),
+        previous_phase: reply.before.phase(),
+        current_phase: reply.node.state.phase(),
+        previous_state: reply.before,
+        current_state: reply.node.state,
+    }))
+}
+
+/// `PATCH /nodes/{node}`: name, labels, group, control_plane.
+pub async fn update(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Checked(Path(key)): Checked<Path<String>>,
+    headers: HeaderMap,
+    Json(body): Json<NodeUpdateRequest>,
+) -> Result<Json<Data<NodeView>>, ApiError> {
+    require(&caller, Role::Operator)?;
+    let update = NodeUpdate {
+        name: body.name,
+        labels: body.labels,
+        group: body.group,
+        control_plane: body.control_plane,
+    };
+    let reply = call(&state, key, Action::Update(update), &caller, &headers).await?;
+    Ok(Json(Data {
+        data: view_of(&state, reply.node)?,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    limit: Option<u32>,
+    offset: Option<u64>,
+}
+
+/// `GET /nodes/{node}/history?limit=50&offset=0`, newest first.
+pub async fn history(
+    State(state): State<AppState>,
+    Checked(Path(key)): Checked<Path<String>>,
+    Checked(Query(q)): Checked<Query<HistoryQuery>>,
+) -> Result<Json<History>, ApiError> {
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::BadRequest(
+            "limit must be between 1 and 200".into(),
+        ));
+    }
+    let offset = usize::try_from(q.offset.unwrap_or(0)).unwrap_or(usize::MAX);
+    let node = state.store.find_node(&key)?.ok_or(ApiError::NodeNotFound)?;
+    let data = state.store.history(&node.id, limit as usize, offset)?;
+    Ok(Json(History {
+        data,
+        total: node.history_len,
+    }))
+}

@@ -1,0 +1,333 @@
+//! The engine's handling of what agents say: status (birth, Will, clean stop), inventory,
+//! metrics, and reports (acks and job events).
+
+use std::collections::BTreeMap;
+
+use metalbus_protocol::controller::Progress;
+use metalbus_protocol::inventory::Inventory;
+use metalbus_protocol::lifecycle::NodeState;
+use metalbus_protocol::machine::Event;
+use metalbus_protocol::metrics::MetricsSample;
+use metalbus_protocol::report::{JobStatus, Report, ReportBody};
+use metalbus_protocol::status::{Birth, Offline, Status};
+use metalbus_protocol::{is_valid_node_name, NodeId, Timestamp};
+use tracing::{debug, error, info, warn};
+
+use super::ops::Ctx;
+use super::{Batch, Engine, MAX_EARLY_INVENTORIES};
+use crate::store::{CommandStatus, Heartbeat, NodeRecord, StoredInventory};
+
+impl Engine {
+    pub(super) fn on_status(
+        &mut self,
+        id: &NodeId,
+        status: Status,
+        now: Timestamp,
+        batch: &mut Batch,
+    ) {
+        match status {
+            Status::Birth(birth) => self.on_birth(id, birth, now, batch),
+            Status::Offline(off) => self.on_offline(id, off, now, batch),
+        }
+    }
+
+    pub(super) fn on_birth(&mut self, id: &NodeId, b: Birth, now: Timestamp, batch: &mut Batch) {
+        let Some(before) = self.nodes.get(id).cloned() else {
+            let name = self.unique_name(&b.hostname, id);
+            let node = NodeRecord {
+                id: id.clone(),
+                name: name.clone(),
+                state: NodeState::Discovered,
+                version: 1,
+                created_at: now,
+                updated_at: now,
+                state_changed_at: now,
+                online: true,
+                offline_reason: None,
+                conn: b.conn,
+                session: Some(b.session),
+                hostname: Some(b.hostname),
+                agent_version: Some(b.agent_version),
+                boot_id: b.boot_id,
+                metrics_interval_s: Some(b.metrics_interval_s),
+                install_attempts: 0,
+                last_install_error: None,
+                recovery_attempts: 0,
+                plan: None,
+                progress: None,
+                labels: BTreeMap::new(),
+                group: None,
+                control_plane: false,
+                after_deprovision: None,
+                job: None,
+                history_len: 0,
+                inventory_at: None,
+                last_progress_at: None,
+            };
+            info!(node = %id, %name, "new node discovered");
+            self.names.insert(name, id.clone());
+            self.nodes.insert(id.clone(), node);
+            batch.nodes.insert(id.clone(), None);
+            batch.durable = true;
+            self.touch(id, now);
+            if let Some(inv) = self.early_inventory.remove(id) {
+                batch.used_early.push((id.clone(), inv.clone()));
+                self.on_inventory(id, inv, now, batch);
+            }
+            return;
+        };
+        let same_session = before.session.as_deref() == Some(b.session.as_str());
+        if same_session && b.conn < before.conn {
+            self.stale(id, "birth", b.conn, before.conn);
+            return;
+        }
+        let mut after = before.clone();
+        after.online = true;
+        after.offline_reason = None;
+        after.conn = b.conn;
+        after.session = Some(b.session);
+        after.hostname = Some(b.hostname);
+        after.agent_version = Some(b.agent_version);
+        after.boot_id = b.boot_id;
+        after.metrics_interval_s = Some(b.metrics_interval_s);
+        if !before.online {
+            info!(node = %id, conn = after.conn, "node online");
+        }
+        // A new boot of an installed host (a `reboot_after` plan) activates it.
+        let rebooted = before.state == NodeState::Installed
+            && (after.boot_id.is_none() || after.boot_id != before.boot_id);
+        self.touch(id, now);
+        self.replace(before, after, now, batch);
+        if rebooted {
+            self.run_machine(id, Event::Reborn, Default::default(), now, batch);
+        }
+    }
+
+    pub(super) fn on_offline(
+        &mut self,
+        id: &NodeId,
+        off: Offline,
+        now: Timestamp,
+        batch: &mut Batch,
+    ) {
+        let Some(before) = self.nodes.get(id).cloned() else {
+            debug!(node = %id, "offline status for an unknown node; ignored");
+            return;
+        };
+        let other_session = match (&off.session, &before.session) {
+            (Some(theirs), Some(ours)) => theirs != ours,
+            _ => false,
+        };
+        if other_session || off.conn < before.conn {
+            self.stale(id, "offline", off.conn, before.conn);
+            return;
+        }
+        let mut after = before.clone();
+        after.online = false;
+        after.offline_reason = Some(off.reason);
+        after.conn = off.conn;
+        if before.online {
+            info!(node = %id, reason = off.reason.as_str(), conn = off.conn, "node offline");
+        }
+        self.replace(before, after, now, batch);
+    }
+
+    pub(super) fn stale(&self, id: &NodeId, what: &str, got: u64, newest: u64) {
+        self.telemetry.ingest_stale.inc();
+        debug!(node = %id, what, conn = got, newest, "stale status ignored");
+    }
+
+    pub(super) fn on_inventory(
+        &mut self,
+        id: &NodeId,
+        inv: Inventory,
+        now: Timestamp,
+        batch: &mut Batch,
+    ) {
+        let Some(before) = self.nodes.get(id).cloned() else {
+            if self.early_inventory.len() >= MAX_EARLY_INVENTORIES {
+                debug!(node = %id, "too many early inventories; dropping one");
+                return;
+            }
+            self.early_inventory.insert(id.clone(), inv);
+            return;
+        };
+        self.touch(id, now);
+        let unchanged = match batch.inventories.get(id) {
+            Some(pending) => pending.inventory == inv,
+            None => match self.store.inventory(id) {
+                Ok(stored) => stored.is_some_and(|s| s.inventory == inv),
+                Err(e) => {
+                    error!(node = %id, error = %e, "reading stored inventory failed");
+                    false
+                }
+            },
+        };
+        if unchanged {
+            return;
+        }
+        batch.inventories.insert(
+            id.clone(),
+            StoredInventory {
+                received_at: now,
+                inventory: inv,
+            },
+        );
+        // A new inventory changes the node's specs: always a new version.
+        let mut after = before.clone();
+        after.inventory_at = Some(now);
+        after.version = before.version + 1;
+        after.updated_at = now;
+        self.nodes.insert(id.clone(), after);
+        batch.durable = true;
+        batch.nodes.entry(id.clone()).or_insert(Some(before.name));
+    }
+
+    /// An ack or a job event. Both prove the agent alive; a job event also resets the
+    /// install timer. A report that does not fit the node (another command, an
+    /// impossible status) is refused with a warning and changes nothing.
+    pub(super) fn on_report(
+        &mut self,
+        id: &NodeId,
+        report: Report,
+        now: Timestamp,
+        batch: &mut Batch,
+    ) {
+        let Some(node) = self.nodes.get(id).cloned() else {
+            debug!(node = %id, "report from an unknown node; ignored");
+            return;
+        };
+        self.touch(id, now);
+        match report.body {
+            ReportBody::Ack {
+                command_id,
+                accepted,
+                reason,
+            } => {
+                let status = if accepted {
+                    CommandStatus::Accepted
+                } else {
+                    CommandStatus::Rejected
+                };
+                self.update_command(&command_id, status, reason.clone(), now, batch);
+                let current = node.job.as_ref().filter(|j| j.command_id == command_id);
+                if let (false, Some(job)) = (accepted, current) {
+                    // The agent will never run it: the same as a failed attempt.
+                    let why = reason.unwrap_or_else(|| "no reason given".into());
+                    warn!(node = %id, command = %command_id, reason = %why, "agent refused the job");
+                    let event = Event::Job {
+                        command_id: command_id.clone(),
+                        job: job.kind,
+                        status: JobStatus::Failed,
+                        error: Some(format!("agent refused the command: {why}")),
+                    };
+                    self.run_machine(id, event, Default::default(), now, batch);
+                }
+            }
+            ReportBody::Job {
+                command_id,
+                job,
+                status,
+                progress,
+                step,
+                message,
+                error,
+            } => {
+                let ctx = Ctx {
+                    error: error.clone(),
+                    ..Ctx::default()
+                };
+                let event = Event::Job {
+                    command_id: command_id.clone(),
+                    job,
+                    status,
+                    error,
+                };
+                if !self.run_machine(id, event, ctx, now, batch) {
+                    return;
+                }
+                let Some(before) = self.nodes.get(id).cloned() else {
+                    return;
+                };
+                let mut after = before.clone();
+                after.last_progress_at = Some(now);
+                after.progress = match status {
+                    JobStatus::Started | JobStatus::Progress => Some(Progress {
+                        percent: progress.unwrap_or(0),
+                        step,
+                        message,
+                    }),
+                    JobStatus::Complete | JobStatus::Failed => None,
+                };
+                let done = match status {
+                    JobStatus::Complete => Some(CommandStatus::Succeeded),
+                    JobStatus::Failed => Some(CommandStatus::Failed),
+                    _ => None,
+                };
+                if let Some(s) = done {
+                    self.update_command(&command_id, s, None, now, batch);
+                }
+                if status == JobStatus::Progress {
+                    // Progress is transient: no version bump, cheap durability.
+                    if after != before {
+                        self.nodes.insert(id.clone(), after);
+                        batch.nodes.entry(id.clone()).or_insert(Some(before.name));
+                    }
+                } else {
+                    self.replace(before, after, now, batch);
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_metrics(&mut self, id: &NodeId, sample: MetricsSample, now: Timestamp) {
+        if !self.nodes.contains_key(id) {
+            debug!(node = %id, "metrics for an unknown node; waiting for its birth");
+            return;
+        }
+        self.heartbeats.insert(
+            id.clone(),
+            Heartbeat {
+                last_seen_at: now,
+                sample: Some(sample),
+            },
+        );
+        self.dirty_heartbeats.insert(id.clone());
+    }
+
+    /// Any message from a known node proves it was alive just now.
+    pub(super) fn touch(&mut self, id: &NodeId, now: Timestamp) {
+        if !self.nodes.contains_key(id) {
+            return;
+        }
+        let hb = self.heartbeats.entry(id.clone()).or_insert(Heartbeat {
+            last_seen_at: now,
+            sample: None,
+        });
+        hb.last_seen_at = now;
+        self.dirty_heartbeats.insert(id.clone());
+    }
+
+    /// The hostname if it is a free, valid name; else hostname-<id prefix>; else the id,
+    /// then id-2, id-3, ... A name never equals another node's id.
+    pub(super) fn unique_name(&self, hostname: &str, id: &NodeId) -> String {
+        let free = |n: &str| {
+            is_valid_node_name(n)
+                && !self.names.contains_key(n)
+                && !self
+                    .nodes
+                    .keys()
+                    .any(|other| other.as_str() == n && other != id)
+        };
+        let short: String = id.as_str().chars().take(8).collect();
+        [
+            hostname.to_string(),
+            format!("{hostname}-{short}"),
+            id.to_string(),
+        ]
+        .into_iter()
+        .chain((2u64..).map(|k| format!("{id}-{k}")))
+        .find(|n| free(n))
+        .unwrap_or_else(|| id.to_string())
+    }
+}

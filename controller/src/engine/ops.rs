@@ -1,0 +1,550 @@
+//! The engine's lifecycle work: running the state machine, recording each transition
+//! with its audit entry, turning effects into commands and timers, and answering the
+//! operator's API calls.
+
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use metalbus_protocol::command::{Command, CommandKind, JobKind, Plan};
+use metalbus_protocol::lifecycle::NodeState;
+use metalbus_protocol::machine::{apply, Effect, Event, JobRef, Policy, Refusal, Trigger};
+use metalbus_protocol::topic::NodeTopic;
+use metalbus_protocol::{is_valid_node_name, NodeId, Timestamp};
+use rand::Rng;
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use super::{Batch, Engine};
+use crate::publish::{Delivery, Outbound};
+use crate::store::{AuditEntry, CommandRecord, CommandStatus, NodeRecord};
+
+/// An operator's request, from the HTTP API.
+#[derive(Debug)]
+pub struct Call {
+    /// Node id or name.
+    pub key: String,
+    pub action: Action,
+    /// Who asked (the token's name), for the audit log.
+    pub user: Option<String>,
+    /// `If-Match`: the version the caller last saw.
+    pub if_match: Option<u64>,
+    pub reply: oneshot::Sender<Result<Reply, CallError>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Manage {
+        plan: Option<String>,
+    },
+    Unmanage,
+    Delete {
+        force: bool,
+    },
+    SetState {
+        state: NodeState,
+        comment: Option<String>,
+        force: bool,
+    },
+    Retry,
+    Update(NodeUpdate),
+}
+
+/// `PATCH /nodes/{node}`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NodeUpdate {
+    pub name: Option<String>,
+    pub labels: Option<BTreeMap<String, String>>,
+    /// `Some("")` clears the group.
+    pub group: Option<String>,
+    pub control_plane: Option<bool>,
+}
+
+/// A successful call: the node as committed, and the state it had before.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub node: NodeRecord,
+    pub before: NodeState,
+}
+
+/// Why a call failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallError {
+    NotFound,
+    Stale { given: u64, current: u64 },
+    Refused(Refusal),
+    BadRequest(String),
+    Conflict(String),
+    Store(String),
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallError::NotFound => f.write_str("node not found"),
+            CallError::Stale { given, current } => write!(
+                f,
+                "version {given} is stale; the node is at version {current}"
+            ),
+            CallError::Refused(r) => write!(f, "{r}"),
+            CallError::BadRequest(m) | CallError::Conflict(m) => f.write_str(m),
+            CallError::Store(m) => write!(f, "store failure: {m}"),
+        }
+    }
+}
+
+/// What a call did, answered once the batch is committed.
+#[derive(Debug)]
+pub(super) struct Done {
+    id: NodeId,
+    before: NodeState,
+}
+
+/// Who and why, for the audit entries of one event.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Ctx {
+    pub user: Option<String>,
+    pub comment: Option<String>,
+    pub force: bool,
+    /// The error a failed job reported, for the audit metadata.
+    pub error: Option<String>,
+}
+
+impl Engine {
+    fn policy_for(&self, node: &NodeRecord) -> Policy {
+        let lc = &self.cfg.controller.lifecycle;
+        let reboot_after = node
+            .plan
+            .as_deref()
+            .and_then(|p| self.cfg.controller.plans.get(p))
+            .is_some_and(|p| p.reboot_after);
+        Policy {
+            max_install_attempts: lc.max_install_attempts,
+            auto_activate: lc.auto_activate,
+            reboot_after,
+        }
+    }
+
+    /// Runs the machine and logs a refusal; true when the event was applied.
+    pub(super) fn run_machine(
+        &mut self,
+        id: &NodeId,
+        event: Event,
+        ctx: Ctx,
+        now: Timestamp,
+        batch: &mut Batch,
+    ) -> bool {
+        match self.machine(id, event, ctx, now, batch) {
+            Ok(()) => true,
+            Err(refusal) => {
+                self.telemetry.reports_refused.inc();
+                warn!(node = %id, reason = %refusal, "refused");
+                false
+            }
+        }
+    }
+
+    /// Applies `event` to node `id`: transitions with their audit entries, then effects.
+    fn machine(
+        &mut self,
+        id: &NodeId,
+        event: Event,
+        ctx: Ctx,
+        now: Timestamp,
+        batch: &mut Batch,
+    ) -> Result<(), Refusal> {
+        let Some(before) = self.nodes.get(id).cloned() else {
+            return Ok(());
+        };
+        let out = apply(&before.lifecycle(), event, &self.policy_for(&before))?;
+        let mut after = before.clone();
+        after.set_lifecycle(out.node);
+        for change in &out.changes {
+            after.history_len += 1;
+            after.state_changed_at = now;
+            after.progress = None;
+            let metadata = failure_metadata(&after, change.to, &ctx);
+            let entry = AuditEntry {
+                id: format!("{id}:{}", after.history_len),
+                node_id: id.clone(),
+                from_state: change.from,
+                to_state: change.to,
+                triggered_by: change.trigger,
+                user: (change.trigger == Trigger::Admin)
+                    .then(|| ctx.user.clone())
+                    .flatten(),
+                comment: ctx.comment.clone(),
+                metadata,
+                created_at: now,
+            };
+            info!(node = %id, from = %change.from, to = %change.to, triggered_by = %change.trigger, "transition");
+            self.telemetry
+                .count_transition(change.from, change.to, change.trigger);
+            batch.outbound.push(Outbound::event(
+                self.cfg.topics.transitions(),
+                &entry,
+                Delivery::AtLeastOnce,
+            ));
+            batch.audits.push((after.history_len, entry));
+        }
+        for effect in out.effects {
+            match effect {
+                Effect::SendJob(kind) => {
+                    let plan = match kind {
+                        JobKind::Install => self.install_plan(&after),
+                        JobKind::Deprovision => self.cfg.controller.deprovision_plan(),
+                    };
+                    let cmd =
+                        self.command(&after, command_kind(kind), Some(plan), None, now, batch);
+                    after.job = Some(JobRef {
+                        command_id: cmd,
+                        kind,
+                    });
+                }
+                Effect::Cancel { command_id } => {
+                    self.command(
+                        &after,
+                        CommandKind::Cancel,
+                        None,
+                        Some(command_id),
+                        now,
+                        batch,
+                    );
+                }
+                Effect::ScheduleInstallRetry { attempt } => {
+                    let backoff = self.backoff(attempt);
+                    let due = Timestamp::from_unix_millis(
+                        now.unix_millis()
+                            .saturating_add(i64::try_from(backoff.as_millis()).unwrap_or(i64::MAX)),
+                    );
+                    info!(node = %id, attempt, retry_in = ?backoff, "install will be sent again");
+                    self.timers.push(Reverse((due, id.clone())));
+                }
+                Effect::Warning { reason, message } => {
+                    warn!(node = %id, reason, "{message}");
+                }
+            }
+        }
+        self.replace(before, after, now, batch);
+        Ok(())
+    }
+
+    /// `retry_backoff`, doubled for each attempt after the first.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let base = self.cfg.controller.lifecycle.retry_backoff;
+        base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+    }
+
+    /// The plan the node was managed with (or the default, if it is gone from the config).
+    fn install_plan(&self, node: &NodeRecord) -> Plan {
+        let cfg = &self.cfg.controller;
+        node.plan
+            .as_deref()
+            .and_then(|name| cfg.plans.get(name).map(|p| p.plan(name)))
+            .or_else(|| cfg.pick_plan(None).ok())
+            .unwrap_or_else(|| Plan {
+                name: "empty".into(),
+                steps: Vec::new(),
+                reboot_after: false,
+            })
+    }
+
+    /// Records a new command for `node` and queues its publication; returns its id.
+    fn command(
+        &mut self,
+        node: &NodeRecord,
+        kind: CommandKind,
+        plan: Option<Plan>,
+        target: Option<String>,
+        now: Timestamp,
+        batch: &mut Batch,
+    ) -> String {
+        let id = format!("c-{:016x}", rand::thread_rng().gen::<u64>());
+        let ttl = self.cfg.controller.lifecycle.command_ttl;
+        let command = Command {
+            command_id: id.clone(),
+            kind,
+            issued_at: now,
+            expires_at: Timestamp::from_unix_millis(
+                now.unix_millis()
+                    .saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)),
+            ),
+            plan,
+            target,
+        };
+        let topic = self.cfg.topics.node(&node.id, NodeTopic::Commands);
+        batch
+            .outbound
+            .push(Outbound::event(topic, &command, Delivery::AtLeastOnce));
+        info!(node = %node.id, command = %id, kind = %kind, "command sent");
+        batch.commands.push(CommandRecord {
+            node_id: node.id.clone(),
+            command,
+            status: CommandStatus::Sent,
+            reason: None,
+            created_at: now,
+            updated_at: now,
+        });
+        batch.durable = true;
+        id
+    }
+
+    /// Moves a command's status on, if the command is known.
+    pub(super) fn update_command(
+        &mut self,
+        command_id: &str,
+        status: CommandStatus,
+        reason: Option<String>,
+        now: Timestamp,
+        batch: &mut Batch,
+    ) {
+        let pending = batch
+            .commands
+            .iter()
+            .rposition(|c| c.command.command_id == command_id);
+        let mut rec = match pending {
+            Some(i) => batch.commands.remove(i),
+            None => match self.store.command(command_id) {
+                Ok(Some(rec)) => rec,
+                _ => return,
+            },
+        };
+        rec.status = status;
+        rec.reason = reason.or(rec.reason);
+        rec.updated_at = now;
+        batch.commands.push(rec);
+        batch.durable = true;
+    }
+
+    /// Sends the install again for every node whose resend is due.
+    pub(super) fn fire_timers(&mut self, now: Timestamp, batch: &mut Batch) {
+        while let Some(Reverse((due, _))) = self.timers.peek() {
+            if *due > now {
+                break;
+            }
+            let Some(Reverse((_, id))) = self.timers.pop() else {
+                break;
+            };
+            self.run_machine(&id, Event::InstallRetryDue, Ctx::default(), now, batch);
+        }
+    }
+
+    /// Time until the next timer, if any.
+    pub(super) fn next_timer_in(&self) -> Option<Duration> {
+        let Reverse((due, _)) = self.timers.peek()?;
+        let ms = due
+            .unix_millis()
+            .saturating_sub(self.clock.now().unix_millis());
+        Some(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
+    }
+
+    /// After a restart, nodes waiting for an install resend get it now (the timers lived
+    /// in memory).
+    pub(super) fn rearm_resends(&mut self) {
+        let now = self.clock.now();
+        for n in self.nodes.values() {
+            if matches!(n.state, NodeState::Pending | NodeState::Installing) && n.job.is_none() {
+                self.timers.push(Reverse((now, n.id.clone())));
+            }
+        }
+    }
+
+    pub(super) fn on_call(&mut self, call: Call, now: Timestamp, batch: &mut Batch) {
+        let result = self.do_call(&call, now, batch);
+        batch.replies.push((call.reply, result));
+    }
+
+    fn do_call(
+        &mut self,
+        call: &Call,
+        now: Timestamp,
+        batch: &mut Batch,
+    ) -> Result<Done, CallError> {
+        let id = self.resolve(&call.key).ok_or(CallError::NotFound)?;
+        let node = self.nodes.get(&id).cloned().ok_or(CallError::NotFound)?;
+        if let Some(given) = call.if_match {
+            if given != node.version {
+                return Err(CallError::Stale {
+                    given,
+                    current: node.version,
+                });
+            }
+        }
+        let before = node.state;
+        let mut ctx = Ctx {
+            user: call.user.clone(),
+            ..Ctx::default()
+        };
+        let event = match &call.action {
+            Action::Manage { plan } => {
+                let plan = self
+                    .cfg
+                    .controller
+                    .pick_plan(plan.as_deref())
+                    .map_err(CallError::BadRequest)?;
+                if node.state == NodeState::Discovered {
+                    let mut with_plan = node.clone();
+                    with_plan.plan = Some(plan.name);
+                    self.replace(node.clone(), with_plan, now, batch);
+                }
+                Event::Manage
+            }
+            Action::Unmanage => Event::Unmanage,
+            Action::Delete { force } => {
+                ctx.force = *force;
+                Event::Delete { force: *force }
+            }
+            Action::SetState {
+                state,
+                comment,
+                force,
+            } => {
+                ctx.comment = comment.clone();
+                ctx.force = *force;
+                Event::SetState {
+                    to: *state,
+                    force: *force,
+                }
+            }
+            Action::Retry => {
+                ctx.comment = Some("retry".into());
+                Event::Retry {
+                    machine_ready: self.machine_ready(&node, now),
+                }
+            }
+            Action::Update(update) => {
+                self.update_node(&node, update, now, batch)?;
+                return Ok(Done { id, before });
+            }
+        };
+        match self.machine(&id, event, ctx, now, batch) {
+            Ok(()) => Ok(Done { id, before }),
+            Err(refusal) => {
+                // A refused manage must not keep the plan it set.
+                if let Some(n) = self.nodes.get_mut(&id) {
+                    if n.plan != node.plan {
+                        n.plan = node.plan.clone();
+                    }
+                }
+                Err(CallError::Refused(refusal))
+            }
+        }
+    }
+
+    /// A node by id, else by name.
+    fn resolve(&self, key: &str) -> Option<NodeId> {
+        NodeId::new(key)
+            .ok()
+            .filter(|id| self.nodes.contains_key(id))
+            .or_else(|| self.names.get(key).cloned())
+    }
+
+    /// Agent online, heartbeat fresh (3 × metrics interval), inventory present.
+    fn machine_ready(&self, node: &NodeRecord, now: Timestamp) -> bool {
+        let interval = u64::from(node.metrics_interval_s.unwrap_or(15).max(1));
+        let fresh = self
+            .heartbeats
+            .get(&node.id)
+            .is_some_and(|hb| now.seconds_since(hb.last_seen_at) <= 3 * interval);
+        node.online && fresh && node.inventory_at.is_some()
+    }
+
+    fn update_node(
+        &mut self,
+        node: &NodeRecord,
+        update: &NodeUpdate,
+        now: Timestamp,
+        batch: &mut Batch,
+    ) -> Result<(), CallError> {
+        let mut after = node.clone();
+        if let Some(name) = &update.name {
+            if !is_valid_node_name(name) {
+                return Err(CallError::BadRequest(format!(
+                    "name {name:?} must be 1 to 64 of A-Z, a-z, 0-9, '.', '_', '-', starting with a letter or digit"
+                )));
+            }
+            let taken = self.names.get(name).is_some_and(|other| other != &node.id)
+                || self
+                    .nodes
+                    .keys()
+                    .any(|other| other.as_str() == name && other != &node.id);
+            if taken {
+                return Err(CallError::Conflict(format!(
+                    "name {name:?} is taken by another node"
+                )));
+            }
+            after.name = name.clone();
+        }
+        if let Some(labels) = &update.labels {
+            for (k, v) in labels {
+                let key_ok = !k.is_empty()
+                    && k.len() <= 63
+                    && k.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
+                if !key_ok || v.len() > 256 || v.chars().any(char::is_control) {
+                    return Err(CallError::BadRequest(format!(
+                        "label {k:?}={v:?}: keys are 1 to 63 of letters, digits, '.', '_', '-', '/'; values at most 256 characters"
+                    )));
+                }
+            }
+            after.labels = labels.clone();
+        }
+        if let Some(group) = &update.group {
+            if group.is_empty() {
+                after.group = None;
+            } else if is_valid_node_name(group) {
+                after.group = Some(group.clone());
+            } else {
+                return Err(CallError::BadRequest(format!(
+                    "group {group:?} must be 1 to 64 of A-Z, a-z, 0-9, '.', '_', '-'"
+                )));
+            }
+        }
+        if let Some(cp) = update.control_plane {
+            after.control_plane = cp;
+        }
+        if after.name != node.name {
+            self.names.remove(&node.name);
+            self.names.insert(after.name.clone(), node.id.clone());
+        }
+        self.replace(node.clone(), after, now, batch);
+        Ok(())
+    }
+
+    pub(super) fn reply(&self, done: Done) -> Result<Reply, CallError> {
+        let node = self
+            .nodes
+            .get(&done.id)
+            .cloned()
+            .ok_or(CallError::NotFound)?;
+        Ok(Reply {
+            node,
+            before: done.before,
+        })
+    }
+}
+
+fn command_kind(job: JobKind) -> CommandKind {
+    match job {
+        JobKind::Install => CommandKind::Install,
+        JobKind::Deprovision => CommandKind::Deprovision,
+    }
+}
+
+/// Entering a failure state records why: the error and the attempt count.
+fn failure_metadata(node: &NodeRecord, to: NodeState, ctx: &Ctx) -> Option<serde_json::Value> {
+    let mut meta = serde_json::Map::new();
+    if matches!(to, NodeState::InstallFailed | NodeState::DeprovisionFailed) {
+        let error = ctx
+            .error
+            .clone()
+            .or_else(|| node.last_install_error.clone());
+        meta.insert("error".into(), error.into());
+        meta.insert("attempt".into(), node.install_attempts.into());
+    }
+    if ctx.force {
+        meta.insert("force".into(), true.into());
+    }
+    (!meta.is_empty()).then_some(serde_json::Value::Object(meta))
+}
