@@ -1,35 +1,50 @@
-//! The job runner: runs an install or deprovision plan's steps as child processes from
+//! The job runner: runs an install or deprovision plan's steps as child processes, from
 //! the agent's `steps_dir` only (DESIGN section 5), and reports what happens as
 //! [`JobEvent`]s.
 //!
-//! - `run.rs`: one job, step by step: process groups, timeouts, cancel, exit status.
-//! - `progress.rs`: `PROGRESS <pct> [message]` lines and the once-a-second throttle.
+//! - `slot.rs`: which job runs now; the one lock that orders events, cancel and `busy`.
+//! - `run.rs`: one job, step by step: process groups, timeouts, exit status.
+//! - `progress.rs`: `PROGRESS <pct> [message]` lines and the once-a-second limit.
+//! - `lines.rs`: a step's stdout cut into lines, however it is written.
 //! - `tail.rs`: the last 4 KiB of a step's stderr.
+//!
+//! Architecture Invariant: a command never names a program. A step's script is
+//! `steps_dir.join(script)`, where `Plan::validate` has checked `script` to be a plain
+//! file name, and it must be a regular executable file when the command arrives.
 
+mod lines;
 mod progress;
 mod run;
+mod slot;
 mod tail;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use metalbus_protocol::command::{Command, CommandKind, JobKind};
+use metalbus_protocol::command::{Command, CommandKind, JobKind, Plan};
 use metalbus_protocol::report::JobStatus;
 use metalbus_protocol::{NodeId, Timestamp};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tracing::info;
 
-/// What the runner says about a job; the daemon turns it into a report.
+use slot::Shared;
+
+/// What the runner says about a job, to be turned into a Report by the daemon.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobEvent {
     pub command_id: String,
     pub job: JobKind,
     pub status: JobStatus,
-    /// Overall percent, 0..=100, for `progress` (and 100 for `complete`).
+    /// Overall percent, 0..=100: `Some(0)` for `started`, the job's share for
+    /// `progress`, `Some(100)` for `complete`.
     pub progress: Option<u8>,
+    /// The step the event is about (`progress`, and `failed` once a step ran).
     pub step: Option<String>,
+    /// For `progress`: the step's last PROGRESS message.
     pub message: Option<String>,
-    /// For `failed`: what went wrong.
+    /// For `failed`: what went wrong, with the step's stderr tail when it exited badly.
     pub error: Option<String>,
 }
 
@@ -56,23 +71,17 @@ impl Ack {
     }
 }
 
-/// The job that runs now.
-struct Running {
-    command_id: String,
-    /// Set to `Some(reason)` to stop the job.
-    cancel: watch::Sender<Option<String>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
 /// Starts, refuses and cancels jobs; at most one runs at a time.
+///
+/// Dropping the runner kills the running job's processes; the job reports nothing more.
 pub struct JobRunner {
     node_id: NodeId,
     steps_dir: PathBuf,
-    events: mpsc::UnboundedSender<JobEvent>,
-    running: Option<Running>,
+    shared: Arc<Shared>,
 }
 
 impl JobRunner {
+    /// `events` receives every JobEvent of every job, in order.
     pub fn new(
         node_id: NodeId,
         steps_dir: PathBuf,
@@ -81,27 +90,26 @@ impl JobRunner {
         Self {
             node_id,
             steps_dir,
-            events,
-            running: None,
+            shared: Arc::new(Shared::new(events)),
         }
     }
 
-    /// True while a job is running.
+    /// True while a job is running; false from the moment its final event is sent.
     pub fn busy(&self) -> bool {
-        self.running.as_ref().is_some_and(|r| !r.task.is_finished())
+        self.shared.running().is_some()
     }
 
     /// The command id of the running job, if any.
     pub fn running(&self) -> Option<String> {
-        self.running
-            .as_ref()
-            .filter(|r| !r.task.is_finished())
-            .map(|r| r.command_id.clone())
+        self.shared.running()
     }
 
-    /// Handles `install`, `deprovision` and `cancel`. Returns the ack at once; a started
-    /// job runs in its own task and reports through the events channel. Must be called
-    /// inside a Tokio runtime.
+    /// Handles `install`, `deprovision` and `cancel` commands; must be called inside a
+    /// Tokio runtime. Returns the ack at once; a started job then runs in its own task
+    /// and reports through `events`. A refused command starts nothing and sends no event.
+    ///
+    /// A `cancel` whose job is not running (none runs, or another one) is accepted with
+    /// the reason `no such job running`: what it asks for, that job not running, holds.
     pub fn handle(&mut self, cmd: &Command) -> Ack {
         if let Err(e) = cmd.validate() {
             return Ack::no(e.to_string());
@@ -109,78 +117,88 @@ impl JobRunner {
         if cmd.expires_at < Timestamp::from(SystemTime::now()) {
             return Ack::no("command expired");
         }
-        match cmd.kind {
-            CommandKind::Cancel => self.cancel(cmd),
-            CommandKind::Install | CommandKind::Deprovision => self.start(cmd),
-            other => Ack::no(format!("{other} is not handled by the job runner")),
+        match (cmd.kind, cmd.kind.job(), cmd.plan.as_ref()) {
+            (CommandKind::Cancel, _, _) => self.cancel(cmd),
+            (_, Some(job), Some(plan)) => self.start(cmd, job, plan),
+            // `validate` refuses a job command without a plan; this arm is for the rest.
+            (kind, _, _) => Ack::no(format!("{kind} is not handled by the job runner")),
         }
     }
 
     fn cancel(&mut self, cmd: &Command) -> Ack {
-        let matches = |r: &Running| cmd.target.as_ref().is_none_or(|t| *t == r.command_id);
-        match self.running.take() {
-            Some(r) if !r.task.is_finished() && matches(&r) => {
-                info!(job = %r.command_id, by = %cmd.command_id, "cancelling job");
-                let _ = r
-                    .cancel
-                    .send(Some(format!("cancelled by command {}", cmd.command_id)));
-                // The slot is free at once: the cancelled job's task winds down on its
-                // own, and a job sent right after the cancel can start.
+        let error = format!("cancelled by command {}", cmd.command_id);
+        match self.shared.cancel(cmd.target.as_deref(), error) {
+            Some(job) => {
+                info!(job = %job, by = %cmd.command_id, "job cancelled");
                 Ack::yes()
             }
-            other => {
-                self.running = other;
-                Ack {
-                    accepted: true,
-                    reason: Some("no such job running".into()),
-                }
-            }
+            None => Ack {
+                accepted: true,
+                reason: Some("no such job running".into()),
+            },
         }
     }
 
-    fn start(&mut self, cmd: &Command) -> Ack {
-        if let Some(id) = self.running() {
-            return Ack::no(format!("a job is already running: {id}"));
+    fn start(&mut self, cmd: &Command, job: JobKind, plan: &Plan) -> Ack {
+        if let Err(why) = check_plan(&self.steps_dir, plan) {
+            return Ack::no(why);
         }
-        let (Some(job), Some(plan)) = (cmd.kind.job(), cmd.plan.as_ref()) else {
-            return Ack::no(format!("a {} command needs a plan", cmd.kind));
+        let ticket = match self.shared.claim(&cmd.command_id, job) {
+            Ok(t) => t,
+            Err(running) => return Ack::no(format!("a job is already running: {running}")),
         };
-        for step in &plan.steps {
-            if let Err(why) = check_script(&self.steps_dir, &step.script) {
-                return Ack::no(why);
-            }
-        }
-        let (cancel, cancelled) = watch::channel(None);
-        let ctx = run::JobCtx {
+        info!(job = %cmd.command_id, kind = %job, plan = %plan.name, steps = plan.steps.len(), "job started");
+        tokio::spawn(run::run(run::Job {
+            shared: self.shared.clone(),
+            ticket,
             node_id: self.node_id.clone(),
             steps_dir: self.steps_dir.clone(),
             command_id: cmd.command_id.clone(),
             job,
             plan: plan.clone(),
-            events: self.events.clone(),
-            cancelled,
-        };
-        info!(job = %cmd.command_id, kind = %job, plan = %plan.name, steps = plan.steps.len(), "job starting");
-        let task = tokio::spawn(run::run(ctx));
-        self.running = Some(Running {
-            command_id: cmd.command_id.clone(),
-            cancel,
-            task,
-        });
+        }));
         Ack::yes()
     }
 }
 
-/// The script must be a regular, executable file directly in `steps_dir`.
-fn check_script(steps_dir: &Path, script: &str) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = steps_dir.join(script);
-    match std::fs::metadata(&path) {
-        Err(_) => Err(format!("unknown script '{script}'")),
-        Ok(m) if !m.is_file() => Err(format!("script '{script}' is not a regular file")),
-        Ok(m) if m.permissions().mode() & 0o111 == 0 => {
-            Err(format!("script '{script}' is not executable"))
-        }
-        Ok(_) => Ok(()),
+impl Drop for JobRunner {
+    fn drop(&mut self) {
+        self.shared.abandon();
     }
+}
+
+/// What `Plan::validate` leaves to the agent: every script is a regular executable file
+/// in `steps_dir`, and no two args of a step become the same variable.
+fn check_plan(steps_dir: &Path, plan: &Plan) -> Result<(), String> {
+    for step in &plan.steps {
+        check_script(steps_dir, &step.script)?;
+        let mut vars = BTreeMap::new();
+        for arg in step.args.keys() {
+            let var = run::arg_var(arg);
+            if let Some(other) = vars.insert(var.clone(), arg) {
+                return Err(format!(
+                    "step '{}': arguments '{other}' and '{arg}' both become {var}",
+                    step.name
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_script(steps_dir: &Path, script: &str) -> Result<(), String> {
+    let path = steps_dir.join(script);
+    let meta = match std::fs::metadata(&path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!("unknown script '{script}'"))
+        }
+        Err(e) => return Err(format!("script '{script}' cannot be read: {e}")),
+    };
+    if !meta.is_file() {
+        return Err(format!("script '{script}' is not a regular file"));
+    }
+    // access(2) answers for the agent's own user, which is who will run it.
+    rustix::fs::access(&path, rustix::fs::Access::EXEC_OK)
+        .map_err(|_| format!("script '{script}' is not executable"))
 }

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-/// How much of a step's stderr goes into a failure report.
+/// How much of a step's stderr goes into a failure report (DESIGN section 5).
 pub const STDERR_TAIL: usize = 4096;
 
 pub struct Tail {
@@ -14,26 +14,28 @@ impl Tail {
     pub fn new(max: usize) -> Self {
         Self {
             max,
-            buf: VecDeque::with_capacity(max.min(64 * 1024)),
+            buf: VecDeque::with_capacity(max),
         }
     }
 
     pub fn push(&mut self, bytes: &[u8]) {
-        let skip = bytes.len().saturating_sub(self.max);
-        self.buf.extend(&bytes[skip..]);
-        while self.buf.len() > self.max {
-            self.buf.pop_front();
-        }
+        let keep = &bytes[bytes.len().saturating_sub(self.max)..];
+        let excess = (self.buf.len() + keep.len()).saturating_sub(self.max);
+        self.buf.drain(..excess);
+        self.buf.extend(keep);
     }
 
-    /// The kept bytes as text: starting at a character boundary, trimmed.
+    /// The kept bytes as text, trimmed, starting at a character boundary; bytes that are
+    /// not UTF-8 are replaced.
     pub fn text(&self) -> String {
-        let bytes: Vec<u8> = self.buf.iter().copied().collect();
-        // Skip continuation bytes left by the cut at the front.
+        let (front, back) = self.buf.as_slices();
+        let bytes = [front, back].concat();
+        // A cut at the front may leave up to three continuation bytes of a character.
         let start = bytes
             .iter()
-            .position(|b| (b & 0b1100_0000) != 0b1000_0000)
-            .unwrap_or(bytes.len());
+            .take(3)
+            .take_while(|b| (*b & 0b1100_0000) == 0b1000_0000)
+            .count();
         String::from_utf8_lossy(&bytes[start..]).trim().to_string()
     }
 }
@@ -48,9 +50,12 @@ mod tests {
         t.push(b"hello ");
         t.push(b"world, again");
         assert_eq!(t.text(), "d, again");
+        t.push(b"!");
+        assert_eq!(t.text(), ", again!");
         let mut big = Tail::new(4);
         big.push(&[b'x'; 100]);
         assert_eq!(big.text(), "xxxx");
+        assert_eq!(Tail::new(4).text(), "");
     }
 
     #[test]
@@ -58,5 +63,15 @@ mod tests {
         let mut t = Tail::new(5);
         t.push("aé€b".as_bytes()); // a(1) é(2) €(3) b(1) = 7 bytes
         assert_eq!(t.text(), "€b");
+        let mut t = Tail::new(5);
+        t.push("x€€".as_bytes()); // keeps 2 bytes of the first € and all of the second
+        assert_eq!(t.text(), "€");
+    }
+
+    #[test]
+    fn binary_garbage_is_replaced_not_dropped() {
+        let mut t = Tail::new(8);
+        t.push(&[0x80, 0x80, 0x80, 0x80, b'o', b'k']);
+        assert_eq!(t.text(), "\u{fffd}ok");
     }
 }
