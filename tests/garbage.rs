@@ -144,7 +144,30 @@ async fn api_errors_use_codes_and_need_a_token() {
     // Health and metrics need no token.
     let open = Api::new(&ctl.api_base(), None);
     assert_eq!(open.get("/healthz").await.unwrap().0, 200);
-    // Wrong methods and undecodable paths get the API's error shape too.
+    // Bad bodies, wrong methods and undecodable paths get the API's error shape too.
+    for (path, body) in [
+        ("/api/v1/nodes/x/state", "{\"state\": 5}"),
+        ("/api/v1/nodes/x/state", "not json"),
+        ("/api/v1/nodes/x/manage", "{\"plna\": \"demo\"}"),
+        ("/api/v1/nodes/x/manage", "{\"plan\": 5}"),
+    ] {
+        let method = if path.ends_with("state") {
+            "PATCH"
+        } else {
+            "POST"
+        };
+        let resp = reqwest::Client::new()
+            .request(method.parse().unwrap(), format!("{}{path}", ctl.api_base()))
+            .bearer_auth(ctl.token())
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 400, "{method} {path} {body}");
+        let json: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(json["errorCode"], "Primus.00002", "{method} {path} {body}");
+    }
     let (status, body) = api.get("/api/v1/nodes/%FF").await.unwrap();
     assert_eq!(
         (status, body["errorCode"].as_str()),

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use metalbus_e2e::{process_with, steps_dir, AgentProc, Api, Controller, Watcher};
+use metalbus_e2e::{process_with, steps_dir, AgentProc, Controller, Watcher};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -32,7 +32,13 @@ steps = [
 steps = [ {{ name = "flaky", script = "demo-step", args = {{ seconds = "0.2", fail_times = "2", counter_file = "{}" }}, timeout_s = 30 }} ]
 
 [plans.broken]
-steps = [ {{ name = "doomed", script = "demo-step", args = {{ fail = "always" }}, timeout_s = 30 }} ]
+steps = [
+  {{ name = "warmup", script = "demo-step", args = {{ seconds = "0.5" }}, timeout_s = 30 }},
+  {{ name = "doomed", script = "demo-step", args = {{ fail = "always" }}, timeout_s = 30 }},
+]
+
+[plans.missing]
+steps = [ {{ name = "nope", script = "no-such-script", timeout_s = 30 }} ]
 
 [plans.hang]
 steps = [ {{ name = "hang", script = "hang-step", timeout_s = 1 }} ]
@@ -147,9 +153,12 @@ async fn happy_path_manage_to_active_with_progress_and_audit() {
 
     // The transition counter agrees with the history.
     let metrics = api.get_text("/metrics").await.unwrap();
-    assert!(metrics.contains(
-        r#"metalbus_state_transitions_total{from="installed",to="active",triggered_by="system"} 1"#
-    ));
+    assert!(
+        metrics.contains(
+            r#"metalbus_state_transitions_total{from="installed",to="active",triggered_by="system"} 1"#
+        ),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -405,5 +414,35 @@ async fn unmanage_returns_to_discovered_and_delete_retires() {
     }
     let (status, _) = api.delete("/api/v1/nodes/gone-2?force=true").await.unwrap();
     assert_eq!(status, 400);
-    let _ = Api::new(&ctl.api_base(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_install_the_agent_refuses_counts_as_a_failed_attempt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctl = controller(tmp.path(), "").await;
+    let api = ctl.api();
+    let _agent = agent(tmp.path(), &ctl, "refused-1");
+    api.wait_state("refused-1", "discovered", WAIT).await;
+    let (status, _) = api
+        .post(
+            "/api/v1/nodes/refused-1/manage",
+            Some(json!({"plan": "missing"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let n = api.wait_state("refused-1", "install_failed", WAIT).await;
+    assert_eq!(n["install_attempts"], 3);
+    assert_eq!(
+        n["last_install_error"],
+        "agent refused the command: unknown script 'no-such-script'"
+    );
+    let h = api.transitions("refused-1").await.unwrap();
+    assert_eq!(
+        h,
+        vec![
+            triple("discovered", "pending", "admin"),
+            triple("pending", "install_failed", "node_report"),
+        ]
+    );
 }

@@ -107,6 +107,25 @@ async fn retry_refusals_carry_the_seed_codes_and_messages() {
         .await
         .unwrap();
     assert_eq!(status, 403);
+    // Retiring, like DELETE, and changing control_plane are for admins.
+    let (status, _) = operator
+        .patch("/api/v1/nodes/ok-1/state", json!({"state": "retired"}))
+        .await
+        .unwrap();
+    assert_eq!(status, 403);
+    let (status, _) = operator
+        .patch("/api/v1/nodes/ok-1", json!({"control_plane": true}))
+        .await
+        .unwrap();
+    assert_eq!(status, 403);
+    let (status, body) = operator
+        .patch("/api/v1/nodes/ok-1", json!({"labels": {"rack": "r7"}}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, body["data"]["labels"]["rack"].as_str()),
+        (200, Some("r7"))
+    );
 
     // A failed install whose agent is offline: the machine is not ready.
     api.post(

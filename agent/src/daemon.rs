@@ -17,7 +17,7 @@ use anyhow::Context;
 use metalbus_protocol::command::{Command, CommandKind};
 use metalbus_protocol::inventory::Inventory;
 use metalbus_protocol::metrics::MetricsSample;
-use metalbus_protocol::report::{Report, ReportBody};
+use metalbus_protocol::report::{JobStatus, Report, ReportBody};
 use metalbus_protocol::status::{Birth, Offline, OfflineReason, Status};
 use metalbus_protocol::topic::{NodeTopic, Topics};
 use metalbus_protocol::{NodeId, Timestamp};
@@ -36,7 +36,7 @@ use crate::state::AgentState;
 const INVENTORY_RECHECK: Duration = Duration::from_secs(600);
 /// Delay of the first metrics sample after a connect.
 const FIRST_METRICS_AFTER: Duration = Duration::from_secs(1);
-/// Most reports kept while the broker is away; beyond, the oldest progress goes first.
+/// Reports kept while the broker is away; beyond, the oldest progress report goes.
 const MAX_PENDING_REPORTS: usize = 10_000;
 /// How long a clean stop waits for the broker to acknowledge the offline status.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -327,6 +327,36 @@ impl Agent {
 
     /// Numbers a report and queues it for the broker.
     fn queue_report(&mut self, body: ReportBody) {
+        if self.pending.len() >= MAX_PENDING_REPORTS {
+            // Only progress may go: a newer one supersedes it. Acks, `started`,
+            // `complete` and `failed` are never dropped.
+            let is_progress = |r: &Report| {
+                matches!(
+                    r.body,
+                    ReportBody::Job {
+                        status: JobStatus::Progress,
+                        ..
+                    }
+                )
+            };
+            match self.pending.iter().position(is_progress) {
+                Some(i) => {
+                    self.pending.remove(i);
+                }
+                None if matches!(
+                    body,
+                    ReportBody::Job {
+                        status: JobStatus::Progress,
+                        ..
+                    }
+                ) =>
+                {
+                    warn!("report queue full of job results; progress report dropped");
+                    return;
+                }
+                None => warn!("report queue full of job results; keeping this one too"),
+            }
+        }
         let seq = match self.state.next_seq() {
             Ok(seq) => seq,
             Err(e) => {
@@ -334,10 +364,6 @@ impl Agent {
                 return;
             }
         };
-        if self.pending.len() >= MAX_PENDING_REPORTS {
-            warn!("report queue full; dropping the oldest report");
-            self.pending.pop_front();
-        }
         self.pending.push_back(Report {
             session: self.state.session().to_string(),
             seq,

@@ -168,6 +168,12 @@ impl ControllerConfig {
             p.plan(name)
                 .validate()
                 .with_context(|| format!("in [plans.{name}]"))?;
+            // The agent cannot reboot hosts yet (reboot lands with the operations work);
+            // accepting the flag would leave every such node in `installed` for good.
+            anyhow::ensure!(
+                !p.reboot_after,
+                "[plans.{name}] reboot_after = true is not supported by this version yet"
+            );
         }
         if let Some(name) = &self.lifecycle.deprovision_plan {
             anyhow::ensure!(
@@ -273,7 +279,6 @@ auto_activate = false
 default = true
 steps = [ { name = "image", script = "write-image", args = { url = "http://x", sha256 = "ab" }, timeout_s = 1800 } ]
 [plans.other]
-reboot_after = true
 steps = []
 "#,
         )
@@ -285,7 +290,7 @@ steps = []
         assert_eq!(cfg.lifecycle.max_install_attempts, 5);
         assert!(!cfg.lifecycle.auto_activate);
         assert_eq!(cfg.pick_plan(None).unwrap().name, "ubuntu");
-        assert!(cfg.pick_plan(Some("other")).unwrap().reboot_after);
+        assert!(cfg.pick_plan(Some("other")).unwrap().steps.is_empty());
         let err = cfg.pick_plan(Some("nope")).unwrap_err();
         assert_eq!(err, "unknown plan 'nope'; configured plans: other, ubuntu");
         assert!(cfg.deprovision_plan().steps.is_empty());

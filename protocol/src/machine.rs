@@ -211,12 +211,10 @@ pub fn allowed(from: NodeState, to: NodeState, trigger: Trigger, force: bool) ->
 
 /// Where an admin may move a node from `from`.
 pub fn admin_targets(from: NodeState, force: bool) -> Vec<NodeState> {
-    let mut out: Vec<NodeState> = NodeState::ALL
+    NodeState::ALL
         .into_iter()
         .filter(|to| allowed(from, *to, Trigger::Admin, force))
-        .collect();
-    out.dedup();
-    out
+        .collect()
 }
 
 /// What happens after a deprovision job completes.
@@ -669,10 +667,12 @@ fn on_job(
             let attempt = run.node.install_attempts;
             let error = error.unwrap_or_else(|| "install failed".to_string());
             run.node.last_install_error = Some(error.clone());
-            run.node.job = None;
             if attempt >= policy.max_install_attempts {
+                // The failed job stays the node's job, so `retry` can clean it up (seed
+                // 000 step 4: a cancel for the failed job).
                 run.go(InstallFailed, Trigger::NodeReport, false);
             } else {
+                run.node.job = None;
                 run.effect(Effect::Warning {
                     reason: "InstallRetry",
                     message: format!(
@@ -694,7 +694,6 @@ fn on_job(
             run.node.reset_counters();
         }
         (JobKind::Deprovision, JobStatus::Failed, Deprovisioning) => {
-            run.node.job = None;
             run.go(DeprovisionFailed, Trigger::NodeReport, false);
         }
         _ => return Err(inconsistent()),

@@ -140,6 +140,11 @@ impl JobRunner {
     }
 
     fn start(&mut self, cmd: &Command, job: JobKind, plan: &Plan) -> Ack {
+        // The same command again (the controller resends until it sees an ack): it is
+        // already running, so acknowledge it again and start nothing.
+        if self.running().as_deref() == Some(cmd.command_id.as_str()) {
+            return Ack::yes();
+        }
         if let Err(why) = check_plan(&self.steps_dir, plan) {
             return Ack::no(why);
         }
@@ -197,6 +202,15 @@ fn check_script(steps_dir: &Path, script: &str) -> Result<(), String> {
     };
     if !meta.is_file() {
         return Err(format!("script '{script}' is not a regular file"));
+    }
+    // A script anyone may rewrite would let any local user run code as the agent.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o002 != 0 {
+            return Err(format!(
+                "script '{script}' is writable by anyone; refusing to run it"
+            ));
+        }
     }
     // access(2) answers for the agent's own user, which is who will run it.
     rustix::fs::access(&path, rustix::fs::Access::EXEC_OK)

@@ -7,6 +7,7 @@ use metalbus_protocol::api::{Data, PlanView, TokenCreated, TokenRequest};
 
 use super::auth::{create_token, Caller};
 use super::error::ApiError;
+use super::extract::ApiJson;
 use super::lifecycle::require;
 use super::AppState;
 use crate::store::Role;
@@ -31,7 +32,7 @@ pub async fn plans(State(state): State<AppState>) -> Json<Data<Vec<PlanView>>> {
 pub async fn create(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Json(req): Json<TokenRequest>,
+    ApiJson(req): ApiJson<TokenRequest>,
 ) -> Result<(StatusCode, Json<Data<TokenCreated>>), ApiError> {
     require(&caller, Role::Admin)?;
     let role = match req.role.as_str() {

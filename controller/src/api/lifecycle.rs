@@ -14,7 +14,8 @@ use tokio::sync::oneshot;
 
 use super::auth::Caller;
 use super::error::ApiError;
-use super::nodes::{view_of, Checked};
+use super::extract::{ApiJson, Checked, OptionalJson};
+use super::nodes::view_of;
 use super::AppState;
 use crate::engine::{Action, Call, Input, NodeUpdate, Reply};
 use crate::store::Role;
@@ -82,10 +83,10 @@ pub async fn manage(
     Extension(caller): Extension<Caller>,
     Checked(Path(key)): Checked<Path<String>>,
     headers: HeaderMap,
-    body: Option<Json<ManageRequest>>,
+    OptionalJson(body): OptionalJson<ManageRequest>,
 ) -> Result<Json<Changed<NodeView>>, ApiError> {
     require(&caller, Role::Operator)?;
-    let plan = body.and_then(|Json(b)| b.plan);
+    let plan = body.plan;
     let reply = call(&state, key, Action::Manage { plan }, &caller, &headers).await?;
     transitioned(&state, reply)
 }
@@ -146,16 +147,15 @@ pub async fn set_state(
     Extension(caller): Extension<Caller>,
     Checked(Path(key)): Checked<Path<String>>,
     headers: HeaderMap,
-    Json(body): Json<StateChange>,
+    ApiJson(body): ApiJson<StateChange>,
 ) -> Result<Json<Changed<NodeView>>, ApiError> {
-    require(
-        &caller,
-        if body.force {
-            Role::Admin
-        } else {
-            Role::Operator
-        },
-    )?;
+    // Forcing, and retiring (terminal, like DELETE), are for admins.
+    let needs = if body.force || body.state == NodeState::Retired {
+        Role::Admin
+    } else {
+        Role::Operator
+    };
+    require(&caller, needs)?;
     let action = Action::SetState {
         state: body.state,
         comment: body.comment,
@@ -191,9 +191,18 @@ pub async fn update(
     Extension(caller): Extension<Caller>,
     Checked(Path(key)): Checked<Path<String>>,
     headers: HeaderMap,
-    Json(body): Json<NodeUpdateRequest>,
+    ApiJson(body): ApiJson<NodeUpdateRequest>,
 ) -> Result<Json<Data<NodeView>>, ApiError> {
-    require(&caller, Role::Operator)?;
+    // Clearing control_plane would lift the guard against unmanaging a control-plane
+    // node: that is an admin's call.
+    require(
+        &caller,
+        if body.control_plane.is_some() {
+            Role::Admin
+        } else {
+            Role::Operator
+        },
+    )?;
     let update = NodeUpdate {
         name: body.name,
         labels: body.labels,

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod auth;
 pub mod error;
+pub mod extract;
 pub mod lifecycle;
 pub mod nodes;
 pub mod views;

@@ -1,52 +1,15 @@
 //! `/api/v1/nodes` handlers: list with pagination, and one node by id or name.
 
-use axum::extract::{FromRequestParts, Path, Query, State};
-use axum::http::request::Parts;
+use axum::extract::{Path, Query, State};
 use axum::Json;
 use metalbus_protocol::api::{Data, NodeView, Page, Pagination};
 use metalbus_protocol::lifecycle::NodeState;
 use serde::Deserialize;
 
 use super::error::ApiError;
+pub use super::extract::Checked;
 use super::views::node_view;
 use super::AppState;
-
-/// An extractor rejection's full explanation (axum's `body_text`, which names the field).
-pub trait RejectionText {
-    fn text(&self) -> String;
-}
-
-impl RejectionText for axum::extract::rejection::QueryRejection {
-    fn text(&self) -> String {
-        self.body_text()
-    }
-}
-
-impl RejectionText for axum::extract::rejection::PathRejection {
-    fn text(&self) -> String {
-        self.body_text()
-    }
-}
-
-/// `Query` or `Path` whose failures use the API's error format.
-pub struct Checked<E>(pub E);
-
-#[axum::async_trait]
-impl<S, E> FromRequestParts<S> for Checked<E>
-where
-    S: Send + Sync,
-    E: FromRequestParts<S>,
-    E::Rejection: RejectionText,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        E::from_request_parts(parts, state)
-            .await
-            .map(Checked)
-            .map_err(|e| ApiError::BadRequest(e.text()))
-    }
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -186,8 +186,6 @@ pub fn node_path(key: &str, rest: &str) -> String {
     format!("/api/v1/nodes/{}{rest}", encode_path_segment(key))
 }
 
-impl ApiClient {}
-
 /// Percent-encodes everything but unreserved characters, so a node name can't change the
 /// path.
 fn encode_path_segment(s: &str) -> String {

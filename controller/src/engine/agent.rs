@@ -97,6 +97,7 @@ impl Engine {
         let rebooted = before.state == NodeState::Installed
             && (after.boot_id.is_none() || after.boot_id != before.boot_id);
         self.touch(id, now);
+        self.resend_unacked(&after, batch);
         self.replace(before, after, now, batch);
         if rebooted {
             self.run_machine(id, Event::Reborn, Default::default(), now, batch);
@@ -233,6 +234,14 @@ impl Engine {
                 message,
                 error,
             } => {
+                let done = match status {
+                    JobStatus::Complete => Some(CommandStatus::Succeeded),
+                    JobStatus::Failed => Some(CommandStatus::Failed),
+                    _ => None,
+                };
+                if let Some(s) = done {
+                    self.update_command(&command_id, s, error.clone(), now, batch);
+                }
                 let ctx = Ctx {
                     error: error.clone(),
                     ..Ctx::default()
@@ -259,14 +268,6 @@ impl Engine {
                     }),
                     JobStatus::Complete | JobStatus::Failed => None,
                 };
-                let done = match status {
-                    JobStatus::Complete => Some(CommandStatus::Succeeded),
-                    JobStatus::Failed => Some(CommandStatus::Failed),
-                    _ => None,
-                };
-                if let Some(s) = done {
-                    self.update_command(&command_id, s, None, now, batch);
-                }
                 if status == JobStatus::Progress {
                     // Progress is transient: no version bump, cheap durability.
                     if after != before {

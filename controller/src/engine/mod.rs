@@ -26,6 +26,7 @@ use std::time::Duration;
 use metalbus_protocol::controller::{NodeStateMessage, Summary};
 use metalbus_protocol::inventory::Inventory;
 use metalbus_protocol::lifecycle::NodeState;
+use metalbus_protocol::machine::Event;
 use metalbus_protocol::metrics::MetricsSample;
 use metalbus_protocol::report::Report;
 use metalbus_protocol::status::Status;
@@ -150,6 +151,8 @@ struct Batch {
     replies: Vec<(ReplyTo, Result<ops::Done, CallError>)>,
     /// Anything but progress: commit with `Durability::Immediate`.
     durable: bool,
+    /// Nodes that need an operator, and why; moved to `error` after the inputs.
+    followups: Vec<(NodeId, String)>,
 }
 
 impl Batch {
@@ -191,7 +194,8 @@ impl Engine {
                 engine.heartbeats.insert(id.clone(), hb);
             }
         }
-        engine.rearm_resends();
+        let now = engine.clock.now();
+        engine.rearm_resends(now);
         Ok(engine)
     }
 
@@ -289,6 +293,14 @@ impl Engine {
                 Input::Resync => resync = true,
             }
         }
+        for (id, reason) in std::mem::take(&mut batch.followups) {
+            error!(node = %id, %reason, "node needs an operator");
+            let ctx = ops::Ctx {
+                error: Some(reason.clone()),
+                ..ops::Ctx::default()
+            };
+            self.run_machine(&id, Event::Fault { reason }, ctx, now, &mut batch);
+        }
         if !batch.is_empty() {
             if let Err(e) = self.commit(&batch) {
                 error!(error = %e, inputs = keep.len(), "store commit failed; will retry the batch");
@@ -300,6 +312,9 @@ impl Engine {
                 for (id, inv) in batch.used_early {
                     self.early_inventory.insert(id, inv);
                 }
+                // Resends that fired in this batch are lost with it: arm them again,
+                // a second later so a failing store is not hammered.
+                self.rearm_resends(Timestamp::from_unix_millis(now.unix_millis() + 1000));
                 for (reply, result) in batch.replies {
                     let answer = match result {
                         Ok(_) => Err(CallError::Store(e.to_string())),
@@ -310,6 +325,11 @@ impl Engine {
                 self.keep_for_retry(keep);
                 return;
             }
+        }
+        for (_, entry) in &batch.audits {
+            info!(node = %entry.node_id, from = %entry.from_state, to = %entry.to_state, triggered_by = %entry.triggered_by, "transition");
+            self.telemetry
+                .count_transition(entry.from_state, entry.to_state, entry.triggered_by);
         }
         for id in batch.nodes.keys() {
             self.publish_state(id);

@@ -107,8 +107,10 @@ pub(super) struct Ctx {
     pub user: Option<String>,
     pub comment: Option<String>,
     pub force: bool,
-    /// The error a failed job reported, for the audit metadata.
+    /// The error a failed job reported (or a fault's reason), for the audit metadata.
     pub error: Option<String>,
+    /// `manage` sets the node's plan with the transition.
+    pub plan: Option<String>,
 }
 
 impl Engine {
@@ -160,6 +162,9 @@ impl Engine {
         let out = apply(&before.lifecycle(), event, &self.policy_for(&before))?;
         let mut after = before.clone();
         after.set_lifecycle(out.node);
+        if let Some(plan) = ctx.plan.clone() {
+            after.plan = Some(plan);
+        }
         for change in &out.changes {
             after.history_len += 1;
             after.state_changed_at = now;
@@ -178,9 +183,6 @@ impl Engine {
                 metadata,
                 created_at: now,
             };
-            info!(node = %id, from = %change.from, to = %change.to, triggered_by = %change.trigger, "transition");
-            self.telemetry
-                .count_transition(change.from, change.to, change.trigger);
             batch.outbound.push(Outbound::event(
                 self.cfg.topics.transitions(),
                 &entry,
@@ -192,7 +194,14 @@ impl Engine {
             match effect {
                 Effect::SendJob(kind) => {
                     let plan = match kind {
-                        JobKind::Install => self.install_plan(&after),
+                        JobKind::Install => match self.install_plan(&after) {
+                            Ok(plan) => plan,
+                            Err(reason) => {
+                                // Never install something else: the node needs an operator.
+                                batch.followups.push((id.clone(), reason));
+                                continue;
+                            }
+                        },
                         JobKind::Deprovision => self.cfg.controller.deprovision_plan(),
                     };
                     let cmd =
@@ -236,18 +245,17 @@ impl Engine {
         base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
     }
 
-    /// The plan the node was managed with (or the default, if it is gone from the config).
-    fn install_plan(&self, node: &NodeRecord) -> Plan {
+    /// The plan the node was managed with; an error when the config no longer has it.
+    fn install_plan(&self, node: &NodeRecord) -> Result<Plan, String> {
         let cfg = &self.cfg.controller;
-        node.plan
-            .as_deref()
-            .and_then(|name| cfg.plans.get(name).map(|p| p.plan(name)))
-            .or_else(|| cfg.pick_plan(None).ok())
-            .unwrap_or_else(|| Plan {
-                name: "empty".into(),
-                steps: Vec::new(),
-                reboot_after: false,
-            })
+        match node.plan.as_deref() {
+            Some(name) => cfg
+                .plans
+                .get(name)
+                .map(|p| p.plan(name))
+                .ok_or_else(|| format!("plan '{name}' is no longer configured")),
+            None => cfg.pick_plan(None),
+        }
     }
 
     /// Records a new command for `node` and queues its publication; returns its id.
@@ -310,6 +318,11 @@ impl Engine {
                 _ => return,
             },
         };
+        if rank(status) <= rank(rec.status) {
+            // Statuses only move forward: a repeated ack must not undo `succeeded`.
+            batch.commands.push(rec);
+            return;
+        }
         rec.status = status;
         rec.reason = reason.or(rec.reason);
         rec.updated_at = now;
@@ -339,14 +352,31 @@ impl Engine {
         Some(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
     }
 
-    /// After a restart, nodes waiting for an install resend get it now (the timers lived
-    /// in memory).
-    pub(super) fn rearm_resends(&mut self) {
-        let now = self.clock.now();
+    /// Nodes waiting for an install resend get one at `due` (after a restart, or after a
+    /// failed commit lost the timers that fired in it).
+    pub(super) fn rearm_resends(&mut self, due: Timestamp) {
         for n in self.nodes.values() {
             if matches!(n.state, NodeState::Pending | NodeState::Installing) && n.job.is_none() {
-                self.timers.push(Reverse((now, n.id.clone())));
+                self.timers.push(Reverse((due, n.id.clone())));
             }
+        }
+    }
+
+    /// Sends the node's current job command again (same id) if the agent has not acked
+    /// it yet: it may have been published while the agent was away.
+    pub(super) fn resend_unacked(&mut self, node: &NodeRecord, batch: &mut Batch) {
+        let Some(job) = &node.job else {
+            return;
+        };
+        match self.store.command(&job.command_id) {
+            Ok(Some(rec)) if rec.status == CommandStatus::Sent => {
+                info!(node = %node.id, command = %job.command_id, "sending the unacknowledged command again");
+                let topic = self.cfg.topics.node(&node.id, NodeTopic::Commands);
+                batch
+                    .outbound
+                    .push(Outbound::event(topic, &rec.command, Delivery::AtLeastOnce));
+            }
+            _ => {}
         }
     }
 
@@ -383,11 +413,7 @@ impl Engine {
                     .controller
                     .pick_plan(plan.as_deref())
                     .map_err(CallError::BadRequest)?;
-                if node.state == NodeState::Discovered {
-                    let mut with_plan = node.clone();
-                    with_plan.plan = Some(plan.name);
-                    self.replace(node.clone(), with_plan, now, batch);
-                }
+                ctx.plan = Some(plan.name);
                 Event::Manage
             }
             Action::Unmanage => Event::Unmanage,
@@ -418,18 +444,9 @@ impl Engine {
                 return Ok(Done { id, before });
             }
         };
-        match self.machine(&id, event, ctx, now, batch) {
-            Ok(()) => Ok(Done { id, before }),
-            Err(refusal) => {
-                // A refused manage must not keep the plan it set.
-                if let Some(n) = self.nodes.get_mut(&id) {
-                    if n.plan != node.plan {
-                        n.plan = node.plan.clone();
-                    }
-                }
-                Err(CallError::Refused(refusal))
-            }
-        }
+        self.machine(&id, event, ctx, now, batch)
+            .map(|()| Done { id, before })
+            .map_err(CallError::Refused)
     }
 
     /// A node by id, else by name.
@@ -522,6 +539,16 @@ impl Engine {
             node,
             before: done.before,
         })
+    }
+}
+
+/// How far along a command's status is.
+fn rank(s: CommandStatus) -> u8 {
+    match s {
+        CommandStatus::Queued => 0,
+        CommandStatus::Sent => 1,
+        CommandStatus::Accepted | CommandStatus::Rejected => 2,
+        CommandStatus::Succeeded | CommandStatus::Failed | CommandStatus::Expired => 3,
     }
 }
 

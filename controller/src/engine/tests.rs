@@ -386,3 +386,97 @@ fn wills_do_not_move_last_seen() {
         "a Will is the broker's word, not a sign of life"
     );
 }
+
+fn call(
+    action: super::Action,
+) -> (
+    Input,
+    tokio::sync::oneshot::Receiver<Result<super::Reply, super::CallError>>,
+) {
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    let call = super::Call {
+        key: "n1".into(),
+        action,
+        user: Some("admin".into()),
+        if_match: None,
+        reply,
+    };
+    (Input::Call(Box::new(call)), rx)
+}
+
+fn commands(out: &[Outbound]) -> Vec<serde_json::Value> {
+    out.iter()
+        .filter(|m| m.topic.ends_with("/commands"))
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .collect()
+}
+
+#[test]
+fn manage_sends_the_install_and_a_new_birth_resends_it_until_acked() {
+    let mut r = rig();
+    r.engine.apply(vec![birth("n1", 1, "s", "h")]);
+    r.published();
+    let (input, mut answer) = call(super::Action::Manage { plan: None });
+    r.engine.apply(vec![input]);
+    let reply = answer.try_recv().unwrap().unwrap();
+    assert_eq!(reply.node.state, NodeState::Pending);
+    assert_eq!(reply.node.plan.as_deref(), Some("demo"));
+    assert_eq!(reply.node.version, 2, "one change, one version");
+    let sent = commands(&r.published());
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0]["kind"], "install");
+    assert_eq!(sent[0]["plan"]["name"], "demo");
+    let id = sent[0]["command_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        r.store.command(&id).unwrap().unwrap().status,
+        crate::store::CommandStatus::Sent
+    );
+    let history = r.store.history(&NodeId::new("n1").unwrap(), 10, 0).unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].user.as_deref(), Some("admin"));
+
+    // The agent was away: its next birth gets the same command again.
+    r.engine.apply(vec![birth("n1", 2, "s", "h")]);
+    let again = commands(&r.published());
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0]["command_id"], id.as_str());
+
+    // Once acked, a birth sends nothing.
+    let ack: metalbus_protocol::report::Report = serde_json::from_value(serde_json::json!({
+        "session": "s", "seq": 1, "ts": "2026-01-01T00:00:00Z",
+        "kind": "ack", "command_id": id, "accepted": true
+    }))
+    .unwrap();
+    r.engine.apply(vec![Input::Report {
+        id: NodeId::new("n1").unwrap(),
+        report: Box::new(ack),
+    }]);
+    r.engine.apply(vec![birth("n1", 3, "s", "h")]);
+    assert!(commands(&r.published()).is_empty());
+    assert_eq!(
+        r.store.command(&id).unwrap().unwrap().status,
+        crate::store::CommandStatus::Accepted
+    );
+}
+
+#[test]
+fn a_stale_if_match_is_refused_and_changes_nothing() {
+    let mut r = rig();
+    r.engine.apply(vec![birth("n1", 1, "s", "h")]);
+    let (reply, mut answer) = tokio::sync::oneshot::channel();
+    r.engine.apply(vec![Input::Call(Box::new(super::Call {
+        key: "n1".into(),
+        action: super::Action::Manage { plan: None },
+        user: None,
+        if_match: Some(7),
+        reply,
+    }))]);
+    assert!(matches!(
+        answer.try_recv().unwrap(),
+        Err(super::CallError::Stale {
+            given: 7,
+            current: 1
+        })
+    ));
+    assert_eq!(r.node("n1").state, NodeState::Discovered);
+}

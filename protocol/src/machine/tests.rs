@@ -307,6 +307,24 @@ fn failures_below_the_limit_retry_then_install_failed() {
     let out = apply(&n, job(JobKind::Install, JobStatus::Failed), &p).unwrap();
     assert_eq!(out.node.state, InstallFailed);
     assert_eq!(out.node.install_attempts, 3);
+    assert!(out.node.job.is_some(), "kept, so retry can cancel it");
+    let retry = apply(
+        &out.node,
+        Event::Retry {
+            machine_ready: true,
+        },
+        &p,
+    )
+    .unwrap();
+    assert_eq!(
+        retry.effects,
+        vec![
+            Effect::Cancel {
+                command_id: "c-1".into()
+            },
+            Effect::SendJob(JobKind::Install)
+        ]
+    );
     assert_eq!(
         out.changes,
         vec![Change {

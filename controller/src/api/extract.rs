@@ -1,0 +1,82 @@
+//! Extractors whose failures use the API's error format (`{"errorCode","errorMessage"}`)
+//! instead of axum's plain-text rejections.
+
+use axum::body::Bytes;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+
+/// An extractor rejection's full explanation (axum's `body_text`, which names the field).
+pub trait RejectionText {
+    fn text(&self) -> String;
+}
+
+impl RejectionText for QueryRejection {
+    fn text(&self) -> String {
+        self.body_text()
+    }
+}
+
+impl RejectionText for PathRejection {
+    fn text(&self) -> String {
+        self.body_text()
+    }
+}
+
+/// `Query` or `Path` whose failures use the API's error format.
+pub struct Checked<E>(pub E);
+
+#[axum::async_trait]
+impl<S, E> FromRequestParts<S> for Checked<E>
+where
+    S: Send + Sync,
+    E: FromRequestParts<S>,
+    E::Rejection: RejectionText,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        E::from_request_parts(parts, state)
+            .await
+            .map(Checked)
+            .map_err(|e| ApiError::BadRequest(e.text()))
+    }
+}
+
+/// A JSON body; a bad one is a 400 that says what is wrong.
+pub struct ApiJson<T>(pub T);
+
+#[axum::async_trait]
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        axum::Json::<T>::from_request(req, state)
+            .await
+            .map(|axum::Json(v)| ApiJson(v))
+            .map_err(|e: JsonRejection| ApiError::BadRequest(e.body_text()))
+    }
+}
+
+/// A JSON body that may be left out (empty); when present it must be right.
+pub struct OptionalJson<T>(pub T);
+
+#[axum::async_trait]
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(T::default()));
+        }
+        serde_json::from_slice(&bytes)
+            .map(OptionalJson)
+            .map_err(|e| ApiError::BadRequest(format!("bad JSON body: {e}")))
+    }
+}
