@@ -15,5 +15,6 @@ pub mod daemon;
 pub mod jobs;
 pub mod link;
 pub mod logging;
+pub mod outbox;
 pub mod sampler;
 pub mod state;
