@@ -33,6 +33,8 @@ pub struct AgentConfig {
     /// The only place job scripts are run from.
     pub steps_dir: PathBuf,
     pub metrics_interval: Duration,
+    /// Unreceipted reports are sent again after this long (DESIGN section 4).
+    pub resend_after: Duration,
     pub prefix: String,
     /// Root under which `/sys`, `/proc` and `/etc` are read.
     pub root: PathBuf,
@@ -51,6 +53,7 @@ impl Default for AgentConfig {
             state_dir: PathBuf::from("/var/lib/metalbus-agent"),
             steps_dir: PathBuf::from("/etc/metalbus/steps.d"),
             metrics_interval: Duration::from_secs(15),
+            resend_after: Duration::from_secs(5),
             prefix: metalbus_protocol::DEFAULT_PREFIX.into(),
             root: PathBuf::from("/"),
             log_format: LogFormat::Text,
@@ -68,6 +71,8 @@ pub struct AgentFile {
     pub steps_dir: Option<PathBuf>,
     #[serde(default, with = "duration::option")]
     pub metrics_interval: Option<Duration>,
+    #[serde(default, with = "duration::option")]
+    pub resend_after: Option<Duration>,
     pub prefix: Option<String>,
     pub root: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
@@ -95,6 +100,7 @@ impl AgentFile {
         set(&mut cfg.state_dir, self.state_dir);
         set(&mut cfg.steps_dir, self.steps_dir);
         set(&mut cfg.metrics_interval, self.metrics_interval);
+        set(&mut cfg.resend_after, self.resend_after);
         set(&mut cfg.prefix, self.prefix);
         set(&mut cfg.root, self.root);
         set(&mut cfg.log_format, self.log_format);
@@ -115,6 +121,9 @@ pub fn check(cfg: &AgentConfig) -> anyhow::Result<()> {
             "metrics_interval {} is too short; use at least 100ms",
             humantime::format_duration(cfg.metrics_interval)
         );
+    }
+    if cfg.resend_after < Duration::from_millis(100) {
+        anyhow::bail!("resend_after must be at least 100ms");
     }
     metalbus_protocol::topic::Topics::new(cfg.prefix.clone())?;
     Ok(())

@@ -1,60 +1,78 @@
 //! `metalbus-agent run`: the daemon loop. Connects, publishes birth (with a Last Will),
-//! inventory and metrics, reconnects with backoff, and stops cleanly on shutdown.
+//! inventory and metrics, runs commands, delivers reports, reconnects with backoff, and
+//! stops cleanly on shutdown.
 //!
 //! Every connection attempt bumps the persisted `conn` counter and gets its own client id
 //! and Will, so a Will from a dead connection always carries an older `conn` than the
 //! birth that replaced it (DESIGN section 3).
 //!
-//! Commands arrive on `{p}/nodes/{id}/commands`; jobs run in the [`JobRunner`], whose
-//! events become reports (with `session` and `seq`) on `{p}/nodes/{id}/reports`. Reports
-//! wait in memory while the broker is away and go out in order on reconnect.
+//! Reports (acks and job events) go through the durable [`AgentStore`] outbox: stored
+//! first, sent in `seq` order, sent again from the oldest unreceipted one on every
+//! reconnect and after `resend_after` without progress, and removed only when the
+//! controller's receipt covers them (DESIGN section 4). A repeated command id is acked
+//! again and never run twice.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use metalbus_protocol::command::{Command, CommandKind};
+use metalbus_protocol::controller::Receipt;
 use metalbus_protocol::inventory::Inventory;
-use metalbus_protocol::metrics::MetricsSample;
-use metalbus_protocol::report::{JobStatus, Report, ReportBody};
+use metalbus_protocol::metrics::{MetricsSample, OutboxStats};
+use metalbus_protocol::report::{JobStatus, ReportBody};
 use metalbus_protocol::status::{Birth, Offline, OfflineReason, Status};
 use metalbus_protocol::topic::{NodeTopic, Topics};
 use metalbus_protocol::{NodeId, Timestamp};
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Outgoing, Packet, QoS};
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::collectors::{identity, metrics::MetricsCollector};
+use crate::collectors::identity;
 use crate::config::{self, AgentConfig};
-use crate::jobs::{Ack, JobEvent, JobRunner};
+use crate::host::{Host, RealHost};
+use crate::jobs::{self, Ack, JobEvent, JobRunner, Jobs};
 use crate::link::{self, Backoff};
+use crate::outbox::{AgentStore, Queued, RunningJob};
 use crate::sampler::{Collected, Sampler};
-use crate::state::AgentState;
 
 /// How often the inventory is read again to catch changes (a NIC, a disk).
 const INVENTORY_RECHECK: Duration = Duration::from_secs(600);
 /// Delay of the first metrics sample after a connect.
 const FIRST_METRICS_AFTER: Duration = Duration::from_secs(1);
-/// Reports kept while the broker is away; beyond, the oldest progress report goes.
-const MAX_PENDING_REPORTS: usize = 10_000;
 /// How long a clean stop waits for the broker to acknowledge the offline status.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// How often the outbox is looked at for reports to (re)send.
+const OUTBOX_TICK: Duration = Duration::from_millis(250);
+/// Reports read from the outbox per round.
+const SEND_BATCH: usize = 64;
 
-/// A prepared agent: identity resolved, state loaded, collectors primed.
+/// Counters of report delivery, for tests and `simulate`.
+#[derive(Debug, Default)]
+pub struct DeliveryStats {
+    /// Reports handed to MQTT (first sends and resends).
+    pub sent: AtomicU64,
+    /// Of those, resends.
+    pub resent: AtomicU64,
+    /// The newest report number given out.
+    pub last_seq: AtomicU64,
+    /// The newest receipt seen.
+    pub receipted: AtomicU64,
+    /// Reports waiting for a receipt.
+    pub pending: AtomicU64,
+}
+
+/// A prepared agent: identity resolved, store open, collectors primed.
 pub struct Agent {
     cfg: AgentConfig,
     node_id: NodeId,
     topics: Topics,
-    state: AgentState,
-    /// Shared with the blocking threads that sample; see `sampler`.
-    metrics: Arc<Mutex<MetricsCollector>>,
-    hostname: String,
-    boot_id: Option<String>,
-    runner: JobRunner,
+    store: AgentStore,
+    host: Arc<dyn Host>,
+    jobs: Box<dyn Jobs>,
     job_events: Option<mpsc::UnboundedReceiver<JobEvent>>,
-    /// Reports not yet handed to the broker, oldest first.
-    pending: VecDeque<Report>,
+    stats: Arc<DeliveryStats>,
 }
 
 /// How one connection ended.
@@ -71,35 +89,88 @@ struct Flight {
     sent: u64,
 }
 
+/// Per-connection delivery state.
+struct Delivery {
+    /// The newest report number handed to MQTT in this connection.
+    sent_upto: u64,
+    /// When a receipt last made progress (or sending started).
+    last_progress: Instant,
+}
+
+/// Runs store work off the async worker when the runtime allows it: an fsync must not
+/// hold up other tasks.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 impl Agent {
-    /// Everything that can fail before connecting: config, identity, state dir.
+    /// Everything that can fail before connecting, for this machine.
     pub fn prepare(cfg: AgentConfig) -> anyhow::Result<Agent> {
         config::check(&cfg)?;
-        let topics = Topics::new(cfg.prefix.clone())?;
         let node_id = identity::node_id(cfg.node_id.as_deref(), &cfg.root)
             .context("cannot determine this node's id; set node_id in the config")?;
-        let state = AgentState::open(&cfg.state_dir)?;
-        let hostname = identity::hostname(&cfg.root).unwrap_or_else(|| node_id.to_string());
-        let boot_id = identity::boot_id(&cfg.root);
-        let metrics = Arc::new(Mutex::new(MetricsCollector::new(&cfg.root)));
+        let host = Arc::new(RealHost::new(cfg.root.clone()));
         let (events_tx, job_events) = mpsc::unbounded_channel();
         let runner = JobRunner::new(node_id.clone(), cfg.steps_dir.clone(), events_tx);
-        Ok(Agent {
+        Agent::assemble(cfg, node_id, host, Box::new(runner), job_events)
+    }
+
+    /// An agent from parts: `simulate` passes an invented host and job runner.
+    pub fn assemble(
+        cfg: AgentConfig,
+        node_id: NodeId,
+        host: Arc<dyn Host>,
+        jobs: Box<dyn Jobs>,
+        job_events: mpsc::UnboundedReceiver<JobEvent>,
+    ) -> anyhow::Result<Agent> {
+        let topics = Topics::new(cfg.prefix.clone())?;
+        let store = AgentStore::open(&cfg.state_dir)?;
+        let mut agent = Agent {
             cfg,
             node_id,
             topics,
-            state,
-            metrics,
-            hostname,
-            boot_id,
-            runner,
+            store,
+            host,
+            jobs,
             job_events: Some(job_events),
-            pending: VecDeque::new(),
-        })
+            stats: Arc::new(DeliveryStats::default()),
+        };
+        agent.recover_interrupted_job()?;
+        Ok(agent)
     }
 
     pub fn node_id(&self) -> &NodeId {
         &self.node_id
+    }
+
+    pub fn stats(&self) -> Arc<DeliveryStats> {
+        self.stats.clone()
+    }
+
+    /// A job that ran when the agent died: its processes are killed and it is reported
+    /// `failed`, so the controller's retry logic takes over.
+    fn recover_interrupted_job(&mut self) -> anyhow::Result<()> {
+        let Some(job) = self.store.job()? else {
+            return Ok(());
+        };
+        let killed = jobs::kill_leftovers(&job.command_id);
+        warn!(job = %job.command_id, killed_groups = killed, "the agent restarted during a job; reporting it failed");
+        self.queue(
+            ReportBody::Job {
+                command_id: job.command_id,
+                job: job.job,
+                status: JobStatus::Failed,
+                progress: None,
+                step: None,
+                message: None,
+                error: Some("agent restarted during job".into()),
+            },
+            0,
+        );
+        self.store.set_job(None)
     }
 
     /// Runs until `shutdown` turns true. Returns `Ok` after a clean stop.
@@ -108,12 +179,12 @@ impl Agent {
         let Some(mut job_events) = self.job_events.take() else {
             anyhow::bail!("the agent is already running");
         };
-        info!(node = %self.node_id, broker = %self.cfg.broker, session = self.state.session(), "agent starting");
+        info!(node = %self.node_id, broker = %self.cfg.broker, session = self.store.session(), "agent starting");
         loop {
             if *shutdown.borrow() {
                 return Ok(());
             }
-            let conn = self.state.next_conn()?;
+            let conn = blocking(|| self.store.next_conn())?;
             let (client, mut eventloop) = self.client(conn);
             match self
                 .session(
@@ -145,13 +216,16 @@ impl Agent {
     fn client(&self, conn: u64) -> (AsyncClient, EventLoop) {
         let client_id = format!("{}-c{}", self.node_id, conn);
         let mut opts = link::client_options(&self.cfg.broker, &client_id);
+        // The user name is the node id, so a broker ACL can confine the node to its
+        // own topics (`metalbus mqtt-acl`).
+        opts.set_credentials(self.node_id.as_str(), "");
         opts.set_last_will(LastWill::new(
             self.topic(NodeTopic::Status),
             self.offline(conn, OfflineReason::Lost).to_json(),
             QoS::AtLeastOnce,
             true,
         ));
-        AsyncClient::new(opts, 64)
+        AsyncClient::new(opts, 256)
     }
 
     /// The status for the Will (`lost`) or a clean stop (`shutdown`) of connection `conn`.
@@ -159,7 +233,7 @@ impl Agent {
         Status::Offline(Offline {
             conn,
             reason,
-            session: Some(self.state.session().to_string()),
+            session: Some(self.store.session().to_string()),
             node_id: Some(self.node_id.clone()),
         })
     }
@@ -179,16 +253,23 @@ impl Agent {
     ) -> SessionEnd {
         let mut connected = false;
         let mut flight = Flight::default();
+        let mut delivery = Delivery {
+            sent_upto: 0,
+            last_progress: Instant::now(),
+        };
         let mut last_inventory: Option<Inventory> = None;
         let (sampler, mut collected) = Sampler::new(
-            self.cfg.root.clone(),
-            self.metrics.clone(),
+            self.host.clone(),
             self.cfg.metrics_interval.max(Duration::from_secs(1)),
         );
         let mut metrics_tick = tokio::time::interval(self.cfg.metrics_interval);
         metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut inventory_tick = tokio::time::interval(INVENTORY_RECHECK);
         inventory_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut outbox_tick = tokio::time::interval(OUTBOX_TICK);
+        outbox_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let commands = self.topic(NodeTopic::Commands);
+        let receipts = self.topic(NodeTopic::Receipts);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => {
@@ -202,11 +283,15 @@ impl Agent {
                         connected = true;
                         backoff.reset();
                         info!(node = %self.node_id, conn, "connected to broker");
-                        if let Err(e) = client.try_subscribe(self.topic(NodeTopic::Commands), QoS::AtLeastOnce) {
-                            warn!(error = %e, "could not subscribe to commands");
+                        for topic in [&commands, &receipts] {
+                            if let Err(e) = client.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
+                                warn!(error = %e, %topic, "could not subscribe");
+                            }
                         }
                         self.publish_birth(conn, client, &mut flight);
-                        self.flush_reports(client, &mut flight);
+                        // Everything unreceipted goes again, oldest first.
+                        delivery = Delivery { sent_upto: 0, last_progress: Instant::now() };
+                        self.send_backlog(client, &mut flight, &mut delivery);
                         sampler.inventory();
                         // The first sample comes a second after connecting, so its
                         // CPU and rate figures span a real interval.
@@ -214,27 +299,23 @@ impl Agent {
                         metrics_tick.reset_at(tokio::time::Instant::now() + first);
                         inventory_tick.reset();
                     }
-                    Ok(Event::Incoming(Packet::Publish(p))) if p.topic == self.topic(NodeTopic::Commands) => {
-                        self.on_command(&p.payload, conn, client, &mut flight, &sampler, &mut last_inventory);
+                    Ok(Event::Incoming(Packet::Publish(p))) if p.topic == commands => {
+                        self.on_command(&p.payload, conn, client, &mut flight, &sampler, &mut last_inventory, &mut delivery);
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) if p.topic == receipts => {
+                        self.on_receipt(&p.payload, &mut delivery);
                     }
                     Ok(Event::Outgoing(Outgoing::Publish(_))) => flight.sent += 1,
                     Ok(ev) => debug!(?ev, "mqtt"),
                     Err(e) => return SessionEnd::Lost(e.to_string()),
                 },
                 Some(event) = job_events.recv() => {
-                    self.queue_report(ReportBody::Job {
-                        command_id: event.command_id,
-                        job: event.job,
-                        status: event.status,
-                        progress: event.progress,
-                        step: event.step,
-                        message: event.message,
-                        error: event.error,
-                    });
+                    self.on_job_event(event, delivery.sent_upto);
                     if connected {
-                        self.flush_reports(client, &mut flight);
+                        self.send_backlog(client, &mut flight, &mut delivery);
                     }
                 }
+                _ = outbox_tick.tick(), if connected => self.send_backlog(client, &mut flight, &mut delivery),
                 _ = metrics_tick.tick(), if connected => sampler.metrics(),
                 _ = inventory_tick.tick(), if connected => sampler.inventory(),
                 Some(result) = collected.recv() => match result {
@@ -249,7 +330,125 @@ impl Agent {
         }
     }
 
-    /// A command from the controller: parse, dispatch, and ack.
+    /// Hands unsent reports to MQTT in order; after `resend_after` without a receipt
+    /// making progress, starts again from the oldest unreceipted one.
+    fn send_backlog(&mut self, client: &AsyncClient, flight: &mut Flight, d: &mut Delivery) {
+        let (pending, oldest) = match blocking(|| self.store.backlog()) {
+            Ok(b) => b,
+            Err(e) => {
+                error!(error = %e, "cannot read the outbox");
+                return;
+            }
+        };
+        self.stats.pending.store(pending, Ordering::Relaxed);
+        let Some(oldest) = oldest else {
+            d.last_progress = Instant::now();
+            return;
+        };
+        let resending = d.sent_upto >= oldest && d.last_progress.elapsed() >= self.cfg.resend_after;
+        if resending {
+            debug!(
+                from = oldest,
+                "no receipt for a while; sending the outbox again"
+            );
+            d.sent_upto = oldest - 1;
+            d.last_progress = Instant::now();
+        }
+        let topic = self.topic(NodeTopic::Reports);
+        loop {
+            let batch = match blocking(|| self.store.pending(d.sent_upto, SEND_BATCH)) {
+                Ok(b) => b,
+                Err(e) => {
+                    error!(error = %e, "cannot read the outbox");
+                    return;
+                }
+            };
+            if batch.is_empty() {
+                return;
+            }
+            for report in batch {
+                let body = serde_json::to_vec(&report).unwrap_or_default();
+                if !publish_quiet(client, flight, topic.clone(), QoS::AtLeastOnce, false, body) {
+                    return; // the request queue is full: the next tick goes on
+                }
+                d.sent_upto = report.seq;
+                self.stats.sent.fetch_add(1, Ordering::Relaxed);
+                if resending {
+                    self.stats.resent.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn on_receipt(&mut self, payload: &[u8], d: &mut Delivery) {
+        let receipt: Receipt = match serde_json::from_slice(payload) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "malformed receipt ignored");
+                return;
+            }
+        };
+        match blocking(|| self.store.receipt(&receipt.session, receipt.seq)) {
+            Ok(removed) if removed > 0 => {
+                d.last_progress = Instant::now();
+                self.stats
+                    .receipted
+                    .fetch_max(receipt.seq, Ordering::Relaxed);
+            }
+            Ok(_) => {}
+            Err(e) => error!(error = %e, "cannot apply a receipt"),
+        }
+    }
+
+    fn on_job_event(&mut self, event: JobEvent, sent_upto: u64) {
+        let record = match event.status {
+            JobStatus::Started => Some(Some(RunningJob {
+                command_id: event.command_id.clone(),
+                job: event.job,
+            })),
+            JobStatus::Complete | JobStatus::Failed => Some(None),
+            JobStatus::Progress => None,
+        };
+        if let Some(job) = record {
+            if let Err(e) = blocking(|| self.store.set_job(job.as_ref())) {
+                error!(error = %e, "cannot record the running job");
+            }
+        }
+        self.queue(
+            ReportBody::Job {
+                command_id: event.command_id,
+                job: event.job,
+                status: event.status,
+                progress: event.progress,
+                step: event.step,
+                message: event.message,
+                error: event.error,
+            },
+            sent_upto,
+        );
+    }
+
+    /// Stores a report in the outbox (it is sent from there).
+    fn queue(&mut self, body: ReportBody, sent_upto: u64) {
+        let now = Timestamp::from(SystemTime::now());
+        let node_id = self.node_id.clone();
+        match blocking(|| self.store.queue(body, now, &node_id, sent_upto)) {
+            Ok(Queued::New(seq)) => {
+                self.stats.last_seq.store(seq, Ordering::Relaxed);
+            }
+            Ok(Queued::Merged(_)) => {}
+            Ok(Queued::Dropped) => {
+                warn!(
+                    dropped = self.store.dropped,
+                    "outbox full; progress report dropped"
+                )
+            }
+            Err(e) => error!(error = %e, "cannot store a report; it is lost"),
+        }
+    }
+
+    /// A command from the controller: parse, dispatch (once per id), and ack.
+    #[allow(clippy::too_many_arguments)]
     fn on_command(
         &mut self,
         payload: &[u8],
@@ -258,32 +457,45 @@ impl Agent {
         flight: &mut Flight,
         sampler: &Sampler,
         last_inventory: &mut Option<Inventory>,
+        d: &mut Delivery,
     ) {
         let cmd: Command = match serde_json::from_slice(payload) {
             Ok(c) => c,
             Err(e) => {
-                // Without a command id there is nothing to ack; the controller resends.
+                // Without a command id there is nothing to ack.
                 let id = serde_json::from_slice::<serde_json::Value>(payload)
                     .ok()
                     .and_then(|v| v.get("command_id")?.as_str().map(String::from));
                 warn!(error = %e, command = ?id, "malformed command refused");
                 if let Some(id) = id {
-                    self.ack(
-                        &id,
-                        Ack {
-                            accepted: false,
-                            reason: Some(format!("malformed command: {e}")),
-                        },
-                    );
-                    self.flush_reports(client, flight);
+                    let ack = Ack {
+                        accepted: false,
+                        reason: Some(format!("malformed command: {e}")),
+                    };
+                    self.ack(&id, ack, d.sent_upto);
+                    self.send_backlog(client, flight, d);
                 }
                 return;
             }
         };
+        match blocking(|| self.store.seen(&cmd.command_id)) {
+            Ok(Some(ack)) => {
+                info!(command = %cmd.command_id, "repeated command; acking it again, not running it");
+                self.ack(&cmd.command_id, ack, d.sent_upto);
+                self.send_backlog(client, flight, d);
+                return;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                // Better not to act than to risk running a command twice.
+                error!(error = %e, command = %cmd.command_id, "cannot read remembered commands; ignoring the command");
+                return;
+            }
+        }
         info!(command = %cmd.command_id, kind = %cmd.kind, "command received");
         let ack = match cmd.kind {
             CommandKind::Install | CommandKind::Deprovision | CommandKind::Cancel => {
-                self.runner.handle(&cmd)
+                self.jobs.handle(&cmd)
             }
             CommandKind::Rebirth => {
                 self.publish_birth(conn, client, flight);
@@ -313,85 +525,34 @@ impl Agent {
         if !ack.accepted {
             warn!(command = %cmd.command_id, reason = ?ack.reason, "command refused");
         }
-        self.ack(&cmd.command_id, ack);
-        self.flush_reports(client, flight);
-    }
-
-    fn ack(&mut self, command_id: &str, ack: Ack) {
-        self.queue_report(ReportBody::Ack {
-            command_id: command_id.to_string(),
-            accepted: ack.accepted,
-            reason: ack.reason,
-        });
-    }
-
-    /// Numbers a report and queues it for the broker.
-    fn queue_report(&mut self, body: ReportBody) {
-        if self.pending.len() >= MAX_PENDING_REPORTS {
-            // Only progress may go: a newer one supersedes it. Acks, `started`,
-            // `complete` and `failed` are never dropped.
-            let is_progress = |r: &Report| {
-                matches!(
-                    r.body,
-                    ReportBody::Job {
-                        status: JobStatus::Progress,
-                        ..
-                    }
-                )
-            };
-            match self.pending.iter().position(is_progress) {
-                Some(i) => {
-                    self.pending.remove(i);
-                }
-                None if matches!(
-                    body,
-                    ReportBody::Job {
-                        status: JobStatus::Progress,
-                        ..
-                    }
-                ) =>
-                {
-                    warn!("report queue full of job results; progress report dropped");
-                    return;
-                }
-                None => warn!("report queue full of job results; keeping this one too"),
-            }
+        if let Err(e) = blocking(|| self.store.remember(&cmd.command_id, &ack)) {
+            error!(error = %e, "cannot remember the command id");
         }
-        let seq = match self.state.next_seq() {
-            Ok(seq) => seq,
-            Err(e) => {
-                warn!(error = %e, "cannot persist the report sequence; report dropped");
-                return;
-            }
-        };
-        self.pending.push_back(Report {
-            session: self.state.session().to_string(),
-            seq,
-            ts: Timestamp::from(SystemTime::now()),
-            body,
-            node_id: Some(self.node_id.clone()),
-        });
+        self.ack(&cmd.command_id, ack, d.sent_upto);
+        self.send_backlog(client, flight, d);
     }
 
-    /// Hands queued reports to rumqttc, in order, while it has room.
-    fn flush_reports(&mut self, client: &AsyncClient, flight: &mut Flight) {
-        let topic = self.topic(NodeTopic::Reports);
-        while let Some(report) = self.pending.front() {
-            let body = serde_json::to_vec(report).unwrap_or_default();
-            if !publish(client, flight, topic.clone(), QoS::AtLeastOnce, false, body) {
-                break;
-            }
-            self.pending.pop_front();
-        }
+    fn ack(&mut self, command_id: &str, ack: Ack, sent_upto: u64) {
+        self.queue(
+            ReportBody::Ack {
+                command_id: command_id.to_string(),
+                accepted: ack.accepted,
+                reason: ack.reason,
+            },
+            sent_upto,
+        );
     }
 
     fn publish_birth(&self, conn: u64, client: &AsyncClient, flight: &mut Flight) {
+        let hostname = Some(self.host.hostname())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| self.node_id.to_string());
         let birth = Status::Birth(Birth {
             conn,
-            session: self.state.session().to_string(),
+            session: self.store.session().to_string(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
-            hostname: self.hostname.clone(),
-            boot_id: self.boot_id.clone(),
+            hostname,
+            boot_id: self.host.boot_id(),
             metrics_interval_s: u32::try_from(self.cfg.metrics_interval.as_secs().max(1))
                 .unwrap_or(u32::MAX),
             ts: Timestamp::from(SystemTime::now()),
@@ -449,6 +610,10 @@ impl Agent {
         mut sample: MetricsSample,
     ) {
         sample.node_id = Some(self.node_id.clone());
+        sample.outbox = Some(OutboxStats {
+            pending: self.stats.pending.load(Ordering::Relaxed),
+            dropped: self.store.dropped,
+        });
         match serde_json::to_vec(&sample) {
             Ok(body) => {
                 let topic = self.topic(NodeTopic::Metrics);
@@ -502,7 +667,7 @@ impl Agent {
     }
 }
 
-/// Queues a publish; false when rumqttc's request queue is full.
+/// Queues a publish; false (with a warning) when rumqttc's request queue is full.
 fn publish(
     client: &AsyncClient,
     flight: &mut Flight,
@@ -511,14 +676,25 @@ fn publish(
     retain: bool,
     body: Vec<u8>,
 ) -> bool {
-    match client.try_publish(topic.clone(), qos, retain, body) {
-        Ok(()) => {
-            flight.requested += 1;
-            true
-        }
-        Err(e) => {
-            warn!(%topic, error = %e, "publish dropped: MQTT request queue is full");
-            false
-        }
+    let ok = publish_quiet(client, flight, topic.clone(), qos, retain, body);
+    if !ok {
+        warn!(%topic, "publish dropped: MQTT request queue is full");
     }
+    ok
+}
+
+/// Like [`publish`], without the warning (the outbox retries by itself).
+fn publish_quiet(
+    client: &AsyncClient,
+    flight: &mut Flight,
+    topic: String,
+    qos: QoS,
+    retain: bool,
+    body: Vec<u8>,
+) -> bool {
+    let ok = client.try_publish(topic, qos, retain, body).is_ok();
+    if ok {
+        flight.requested += 1;
+    }
+    ok
 }

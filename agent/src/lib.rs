@@ -6,15 +6,17 @@
 //! - [`jobs`]: the job runner (plan steps as child processes from `steps_dir`).
 //! - [`link`]: broker URLs, MQTT client options and reconnect backoff (shared with the
 //!   controller).
-//! - [`config`], [`state`]: settings and what survives restarts.
+//! - [`config`]: settings; [`outbox`]: what survives restarts (conn, session, the
+//!   report outbox, remembered commands, the running job); [`host`]: the machine's facts,
+//!   or a simulated machine's.
 //! - [`logging`]: log set-up and the shutdown signal, shared by both daemons.
 
 pub mod collectors;
 pub mod config;
 pub mod daemon;
+pub mod host;
 pub mod jobs;
 pub mod link;
 pub mod logging;
 pub mod outbox;
 pub mod sampler;
-pub mod state;

@@ -57,6 +57,9 @@ struct RunArgs {
     /// How often to publish metrics, e.g. 15s [default: 15s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     metrics_interval: Option<Duration>,
+    /// Send unreceipted reports again after this long [default: 5s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    resend_after: Option<Duration>,
     /// MQTT topic prefix [default: metalbus/v1]
     #[arg(long, value_name = "PREFIX")]
     prefix: Option<String>,
@@ -87,6 +90,7 @@ impl RunArgs {
             state_dir: self.state_dir,
             steps_dir: self.steps_dir,
             metrics_interval: self.metrics_interval,
+            resend_after: self.resend_after,
             prefix: self.prefix,
             root: self.root,
             log_format: self.log_format,

@@ -6,17 +6,15 @@
 //! session's channel. A session's channel dies with the session, so a late result never
 //! lands in a newer connection.
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::Duration;
 
 use metalbus_protocol::inventory::Inventory;
 use metalbus_protocol::metrics::MetricsSample;
-use metalbus_protocol::Timestamp;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use crate::collectors::{inventory, metrics::MetricsCollector};
+use crate::host::Host;
 
 /// Longest an inventory read may take before it is given up.
 const INVENTORY_DEADLINE: Duration = Duration::from_secs(60);
@@ -31,22 +29,19 @@ pub enum Collected {
 /// Starts collections for one session.
 #[derive(Clone)]
 pub struct Sampler {
-    root: PathBuf,
-    metrics: Arc<Mutex<MetricsCollector>>,
+    host: Arc<dyn Host>,
     metrics_deadline: Duration,
     tx: mpsc::Sender<Collected>,
 }
 
 impl Sampler {
     pub fn new(
-        root: PathBuf,
-        metrics: Arc<Mutex<MetricsCollector>>,
+        host: Arc<dyn Host>,
         metrics_deadline: Duration,
     ) -> (Self, mpsc::Receiver<Collected>) {
         let (tx, rx) = mpsc::channel(8);
         let sampler = Self {
-            root,
-            metrics,
+            host,
             metrics_deadline,
             tx,
         };
@@ -55,10 +50,10 @@ impl Sampler {
 
     /// Reads the inventory in the background.
     pub fn inventory(&self) {
-        let root = self.root.clone();
+        let host = self.host.clone();
         let tx = self.tx.clone();
         tokio::spawn(async move {
-            let read = tokio::task::spawn_blocking(move || inventory::collect(&root));
+            let read = tokio::task::spawn_blocking(move || host.inventory());
             match tokio::time::timeout(INVENTORY_DEADLINE, read).await {
                 Ok(Ok(inv)) => {
                     let _ = tx.send(Collected::Inventory(Box::new(inv))).await;
@@ -72,14 +67,11 @@ impl Sampler {
     /// Takes a metrics sample in the background. If an earlier sample is still stuck,
     /// this one is skipped rather than queued behind it.
     pub fn metrics(&self) {
-        let collector = self.metrics.clone();
+        let host = self.host.clone();
         let tx = self.tx.clone();
         let deadline = self.metrics_deadline;
         tokio::spawn(async move {
-            let read = tokio::task::spawn_blocking(move || {
-                let mut c = collector.try_lock().ok()?;
-                Some(c.sample(Timestamp::from(SystemTime::now())))
-            });
+            let read = tokio::task::spawn_blocking(move || host.metrics());
             match tokio::time::timeout(deadline, read).await {
                 Ok(Ok(Some(sample))) => {
                     let _ = tx.send(Collected::Metrics(Box::new(sample))).await;

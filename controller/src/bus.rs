@@ -200,6 +200,7 @@ impl Ingest {
 fn options(url: &BrokerUrl, topics: &Topics, conn_no: u64) -> rumqttc::MqttOptions {
     let id = format!("metalbus-controller-{}-{conn_no}", std::process::id());
     let mut opts = link::client_options(url, &id);
+    opts.set_credentials(crate::acl::CONTROLLER_USER, "");
     opts.set_last_will(LastWill::new(
         topics.controller_status(),
         controller_status(false),

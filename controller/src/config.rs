@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use metalbus_agent::config::{duration, LogFormat};
+use metalbus_agent::link::BrokerUrl;
 use metalbus_protocol::command::{Plan, Step};
 use serde::Deserialize;
 
@@ -17,6 +18,8 @@ pub struct ControllerConfig {
     pub data_dir: PathBuf,
     /// Where the embedded MQTT broker listens.
     pub mqtt_listen: SocketAddr,
+    /// An external broker to use instead of the embedded one.
+    pub broker: Option<BrokerUrl>,
     /// MQTT topic prefix.
     pub prefix: String,
     pub http_listen: SocketAddr,
@@ -42,6 +45,9 @@ pub struct Lifecycle {
     /// How long a command stays valid for the agent.
     #[serde(with = "duration")]
     pub command_ttl: Duration,
+    /// Unacknowledged commands are published again this often (DESIGN section 4).
+    #[serde(with = "duration")]
+    pub resend_after: Duration,
 }
 
 impl Default for Lifecycle {
@@ -52,6 +58,7 @@ impl Default for Lifecycle {
             auto_activate: true,
             deprovision_plan: None,
             command_ttl: Duration::from_secs(3600),
+            resend_after: Duration::from_secs(5),
         }
     }
 }
@@ -190,6 +197,7 @@ impl Default for ControllerConfig {
         Self {
             data_dir: PathBuf::from("metalbus-data"),
             mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            broker: None,
             prefix: metalbus_protocol::DEFAULT_PREFIX.to_string(),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8088)),
             log_format: LogFormat::Text,
@@ -210,6 +218,8 @@ pub struct ControllerFile {
     pub mqtt: MqttSection,
     #[serde(default)]
     pub http: HttpSection,
+    #[serde(default)]
+    pub broker: BrokerSection,
     pub lifecycle: Option<Lifecycle>,
     pub plans: Option<BTreeMap<String, PlanConfig>>,
 }
@@ -219,6 +229,14 @@ pub struct ControllerFile {
 pub struct MqttSection {
     pub listen: Option<SocketAddr>,
     pub prefix: Option<String>,
+}
+
+/// `[broker]`: an external broker (Mosquitto, EMQX, ...) instead of the embedded one.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerSection {
+    /// `mqtt://HOST:PORT` or `mqtts://HOST:PORT`.
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -235,7 +253,10 @@ impl ControllerFile {
     }
 
     /// Lays the file's values over `cfg`.
-    pub fn apply(self, cfg: &mut ControllerConfig) {
+    pub fn apply(self, cfg: &mut ControllerConfig) -> anyhow::Result<()> {
+        if let Some(url) = &self.broker.url {
+            cfg.broker = Some(url.parse()?);
+        }
         set(&mut cfg.data_dir, self.data_dir);
         set(&mut cfg.log_format, self.log_format);
         set(&mut cfg.mqtt_listen, self.mqtt.listen);
@@ -243,6 +264,7 @@ impl ControllerFile {
         set(&mut cfg.http_listen, self.http.listen);
         set(&mut cfg.lifecycle, self.lifecycle);
         set(&mut cfg.plans, self.plans.filter(|p| !p.is_empty()));
+        Ok(())
     }
 }
 
@@ -260,7 +282,10 @@ mod tests {
     fn the_shipped_example_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/controller.toml");
         let mut cfg = ControllerConfig::default();
-        ControllerFile::load(&path).unwrap().apply(&mut cfg);
+        ControllerFile::load(&path)
+            .unwrap()
+            .apply(&mut cfg)
+            .unwrap();
         assert_eq!(cfg.data_dir, PathBuf::from("/var/lib/metalbus"));
         assert_eq!(cfg.prefix, "metalbus/v1");
         cfg.check().unwrap();
@@ -284,7 +309,7 @@ steps = []
         )
         .unwrap();
         let mut cfg = ControllerConfig::default();
-        file.apply(&mut cfg);
+        file.apply(&mut cfg).unwrap();
         cfg.check().unwrap();
         assert_eq!(cfg.lifecycle.retry_backoff, Duration::from_millis(500));
         assert_eq!(cfg.lifecycle.max_install_attempts, 5);
@@ -303,7 +328,7 @@ steps = []
         )
         .unwrap();
         let mut cfg = ControllerConfig::default();
-        file.apply(&mut cfg);
+        file.apply(&mut cfg).unwrap();
         let err = format!("{:#}", cfg.check().unwrap_err());
         assert!(err.contains("[plans.p]") && err.contains("../x"), "{err}");
         let err =
@@ -318,7 +343,7 @@ steps = []
         )
         .unwrap();
         let mut cfg = ControllerConfig::default();
-        file.apply(&mut cfg);
+        file.apply(&mut cfg).unwrap();
         assert_eq!(cfg.data_dir, PathBuf::from("/srv/mb"));
         assert_eq!(cfg.mqtt_listen.port(), 1884);
         assert_eq!(cfg.http_listen.to_string(), "[::1]:9000");

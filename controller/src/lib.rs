@@ -10,6 +10,7 @@
 //! - [`api`]: the HTTP API; [`cli`]: the operator CLI.
 //! - [`publish`], [`telemetry`], [`clock`], [`config`]: plumbing.
 
+pub mod acl;
 pub mod api;
 pub mod broker;
 pub mod bus;

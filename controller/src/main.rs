@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use metalbus::cli::{self, ClientArgs, NodesCommand, TokensCommand};
-use metalbus::config::{ControllerConfig, ControllerFile, HttpSection, MqttSection};
+use metalbus::config::{BrokerSection, ControllerConfig, ControllerFile, HttpSection, MqttSection};
 use metalbus_agent::config::LogFormat;
 
 /// Metalbus: bare-metal host lifecycle. `serve` runs the controller; the other commands
@@ -31,6 +31,13 @@ enum Command {
         #[command(subcommand)]
         command: NodesCommand,
     },
+    /// Print a Mosquitto ACL file confining each node to its own topics (for an
+    /// external broker).
+    MqttAcl {
+        /// MQTT topic prefix.
+        #[arg(long, default_value = metalbus_protocol::DEFAULT_PREFIX)]
+        prefix: String,
+    },
     /// Manage API tokens.
     Tokens {
         #[command(flatten)]
@@ -51,6 +58,10 @@ struct ServeArgs {
     /// Embedded MQTT broker address [default: 127.0.0.1:1883]
     #[arg(long, value_name = "ADDR")]
     mqtt_listen: Option<SocketAddr>,
+    /// Use this external MQTT broker (mqtt://HOST:PORT or mqtts://HOST:PORT) instead of
+    /// the embedded one.
+    #[arg(long, value_name = "URL")]
+    broker: Option<String>,
     /// HTTP API address [default: 127.0.0.1:8088]
     #[arg(long, value_name = "ADDR")]
     http_listen: Option<SocketAddr>,
@@ -66,7 +77,7 @@ impl ServeArgs {
     fn resolve(self) -> anyhow::Result<ControllerConfig> {
         let mut cfg = ControllerConfig::default();
         if let Some(path) = &self.config {
-            ControllerFile::load(path)?.apply(&mut cfg);
+            ControllerFile::load(path)?.apply(&mut cfg)?;
         }
         // Flags are the last layer: the same keys as the file.
         ControllerFile {
@@ -79,10 +90,11 @@ impl ServeArgs {
             http: HttpSection {
                 listen: self.http_listen,
             },
+            broker: BrokerSection { url: self.broker },
             lifecycle: None,
             plans: None,
         }
-        .apply(&mut cfg);
+        .apply(&mut cfg)?;
         cfg.local_agent = self.local_agent;
         Ok(cfg)
     }
@@ -100,6 +112,16 @@ fn main() -> ExitCode {
         },
         Command::Nodes { client, command } => client_command(cli::nodes(client, command)),
         Command::Tokens { client, command } => client_command(cli::tokens(client, command)),
+        Command::MqttAcl { prefix } => match metalbus_protocol::topic::Topics::new(prefix) {
+            Ok(topics) => {
+                print!("{}", metalbus::acl::mosquitto_acl(&topics));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("metalbus: error: {e}");
+                ExitCode::from(2)
+            }
+        },
     }
 }
 

@@ -47,8 +47,11 @@ const LOCAL_AGENT_GRACE: Duration = Duration::from_secs(2);
 /// The addresses the controller listens on, as written to `listen.json`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Listening {
-    pub mqtt: SocketAddr,
+    /// The embedded broker; `None` with an external one.
+    pub mqtt: Option<SocketAddr>,
     pub http: SocketAddr,
+    /// The broker the controller and a local agent use.
+    pub broker: String,
 }
 
 /// Runs the controller until `shutdown` resolves. `on_ready` is called once everything
@@ -70,16 +73,26 @@ pub async fn run(
         info!(path = %cfg.data_dir.join("admin.token").display(), "generated the admin token");
     }
 
-    let mqtt_addr = broker::start(cfg.mqtt_listen, &topics)?;
+    // The embedded broker, unless an external one is configured.
+    let (broker_url, mqtt_addr) = match &cfg.broker {
+        Some(url) => {
+            info!(broker = %url, "using an external MQTT broker");
+            (url.clone(), None)
+        }
+        None => {
+            let addr = broker::start(cfg.mqtt_listen, &topics)?;
+            let url = BrokerUrl {
+                tls: false,
+                host: connect_host(addr),
+                port: addr.port(),
+            };
+            (url, Some(addr))
+        }
+    };
     let http = tokio::net::TcpListener::bind(cfg.http_listen)
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", cfg.http_listen))?;
     let http_addr = http.local_addr()?;
-    let broker_url = BrokerUrl {
-        tls: false,
-        host: connect_host(mqtt_addr),
-        port: mqtt_addr.port(),
-    };
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (publish, outbound) = PublishQueue::new();
@@ -154,9 +167,10 @@ pub async fn run(
         &Listening {
             mqtt: mqtt_addr,
             http: http_addr,
+            broker: broker_url.to_string(),
         },
     )?;
-    info!(mqtt = %mqtt_addr, http = %http_addr, data_dir = %cfg.data_dir.display(), "metalbus controller ready");
+    info!(broker = %broker_url, http = %http_addr, data_dir = %cfg.data_dir.display(), "metalbus controller ready");
     on_ready();
 
     shutdown.await;

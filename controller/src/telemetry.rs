@@ -38,6 +38,10 @@ pub struct Telemetry {
     pub ingest_rejected: Family<ReasonLabel, Counter>,
     pub ingest_stale: Counter,
     pub reports_refused: Counter,
+    pub reports_applied: Counter,
+    pub reports_duplicate: Counter,
+    pub reports_held_back: Counter,
+    pub commands_resent: Counter,
     pub transitions: Family<TransitionLabels, Counter>,
     pub nodes: Family<StateLabel, Gauge>,
     pub nodes_online: Gauge,
@@ -53,6 +57,10 @@ impl Telemetry {
         let ingest_rejected = Family::<ReasonLabel, Counter>::default();
         let ingest_stale = Counter::default();
         let reports_refused = Counter::default();
+        let reports_applied = Counter::default();
+        let reports_duplicate = Counter::default();
+        let reports_held_back = Counter::default();
+        let commands_resent = Counter::default();
         let transitions = Family::<TransitionLabels, Counter>::default();
         let nodes = Family::<StateLabel, Gauge>::default();
         let nodes_online = Gauge::default();
@@ -78,6 +86,26 @@ impl Telemetry {
             "metalbus_reports_refused",
             "Agent reports or events the state machine refused (wrong job, impossible state)",
             reports_refused.clone(),
+        );
+        registry.register(
+            "metalbus_reports_applied",
+            "Agent reports applied, in seq order",
+            reports_applied.clone(),
+        );
+        registry.register(
+            "metalbus_reports_duplicates",
+            "Agent reports dropped because they were already applied",
+            reports_duplicate.clone(),
+        );
+        registry.register(
+            "metalbus_reports_held_back",
+            "Agent reports that arrived after a gap and waited",
+            reports_held_back.clone(),
+        );
+        registry.register(
+            "metalbus_commands_resent",
+            "Commands published again because the agent had not acknowledged them",
+            commands_resent.clone(),
         );
         registry.register(
             "metalbus_state_transitions",
@@ -111,6 +139,10 @@ impl Telemetry {
             ingest_rejected,
             ingest_stale,
             reports_refused,
+            reports_applied,
+            reports_duplicate,
+            reports_held_back,
+            commands_resent,
             transitions,
             nodes,
             nodes_online,

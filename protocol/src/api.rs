@@ -187,6 +187,9 @@ pub struct NodeView {
     pub ip_addresses: Vec<String>,
     pub specs: Specs,
     pub usage: UsageView,
+    /// The agent outbox session whose reports are applied, and the newest one applied.
+    pub report_session: Option<String>,
+    pub last_applied_seq: u64,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }
@@ -288,6 +291,20 @@ pub struct TokenCreated {
     pub name: String,
     pub role: String,
     pub token: String,
+}
+
+/// `GET /operations/{id}`: a command and what became of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Operation {
+    pub id: String,
+    pub node_id: NodeId,
+    pub kind: crate::command::CommandKind,
+    /// `queued`, `sent`, `accepted`, `rejected`, `succeeded`, `failed` or `expired`.
+    pub status: String,
+    pub reason: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub expires_at: Timestamp,
 }
 
 /// `GET /healthz`.

@@ -41,6 +41,14 @@ pub struct Summary {
     pub by_phase: BTreeMap<Phase, u64>,
 }
 
+/// `{p}/nodes/{id}/receipts`: every report of `session` up to `seq` is durably committed
+/// at the controller (cumulative).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub session: String,
+    pub seq: u64,
+}
+
 /// `{p}/nodes/{id}/rejects`: one refused message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reject {

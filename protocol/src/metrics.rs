@@ -20,6 +20,9 @@ pub struct MetricsSample {
     pub disk_io: Option<DiskIoRates>,
     pub uptime_s: Option<u64>,
     pub temperatures_c: Option<Vec<Temperature>>,
+    /// The agent's own report queue, when the agent has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbox: Option<OutboxStats>,
     /// When present it must equal the topic's id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_id: Option<NodeId>,
@@ -30,6 +33,14 @@ pub struct LoadAverage {
     pub one: f64,
     pub five: f64,
     pub fifteen: f64,
+}
+
+/// How many reports wait for a receipt, and how many progress reports were dropped
+/// because the outbox was full (since the agent started).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxStats {
+    pub pending: u64,
+    pub dropped: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -33,6 +33,12 @@ impl Timestamp {
         u64::try_from(self.0.saturating_sub(earlier.0) / 1000).unwrap_or(0)
     }
 
+    /// `self` moved later by `d` (saturating).
+    pub fn plus(self, d: std::time::Duration) -> Timestamp {
+        let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        Timestamp(self.0.saturating_add(ms))
+    }
+
     /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`.
     pub fn parse(input: &str) -> Result<Self, TimestampError> {
         parse_rfc3339(input.as_bytes()).ok_or_else(|| TimestampError {

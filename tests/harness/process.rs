@@ -62,6 +62,8 @@ pub struct Controller {
     pub data_dir: PathBuf,
     pub mqtt_port: u16,
     pub http_port: u16,
+    /// The broker URL the controller uses (embedded or external).
+    pub broker: String,
     pub log: PathBuf,
     extra: Vec<String>,
     starts: u32,
@@ -77,6 +79,7 @@ impl Controller {
             data_dir: dir.join("metalbus-data"),
             mqtt_port: 0,
             http_port: 0,
+            broker: String::new(),
             log: PathBuf::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             starts: 0,
@@ -113,12 +116,14 @@ impl Controller {
             },
         )
         .await;
-        let port = |key: &str| -> u16 {
-            let addr: std::net::SocketAddr = bound[key].as_str().unwrap().parse().unwrap();
-            addr.port()
+        let port = |key: &str| -> Option<u16> {
+            let addr: std::net::SocketAddr = bound[key].as_str()?.parse().ok()?;
+            Some(addr.port())
         };
-        self.mqtt_port = port("mqtt");
-        self.http_port = port("http");
+        self.broker = bound["broker"].as_str().unwrap().to_string();
+        self.mqtt_port = port("mqtt")
+            .unwrap_or_else(|| self.broker.rsplit(':').next().unwrap().parse().unwrap());
+        self.http_port = port("http").unwrap();
         let url = format!("http://127.0.0.1:{}/readyz", self.http_port);
         crate::install_crypto_provider();
         let http = reqwest::Client::new();
@@ -141,7 +146,7 @@ impl Controller {
     }
 
     pub fn broker_url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.mqtt_port)
+        self.broker.clone()
     }
 
     pub fn api_base(&self) -> String {

@@ -139,6 +139,7 @@ impl MetricsCollector {
             uptime_s: sysfs::read_text(root, "proc/uptime")
                 .and_then(|t| counters::parse_uptime(&t)),
             temperatures_c: sensors::temperatures(root),
+            outbox: None,
             node_id: None,
         }
     }

@@ -48,6 +48,60 @@ pub struct JobEvent {
     pub error: Option<String>,
 }
 
+/// What runs jobs: the real [`JobRunner`], or a simulated one.
+pub trait Jobs: Send + Sync {
+    /// Handles `install`, `deprovision` and `cancel`; returns the ack at once.
+    fn handle(&mut self, cmd: &Command) -> Ack;
+    /// The command id of the running job, if any.
+    fn running(&self) -> Option<String>;
+}
+
+impl Jobs for JobRunner {
+    fn handle(&mut self, cmd: &Command) -> Ack {
+        JobRunner::handle(self, cmd)
+    }
+
+    fn running(&self) -> Option<String> {
+        JobRunner::running(self)
+    }
+}
+
+/// After an agent restart: kills whatever still runs of the job `command_id` (its step
+/// processes carry `MB_COMMAND_ID` in their environment). Under systemd
+/// (`KillMode=control-group`) nothing is left; this covers agents run by hand. Returns
+/// how many process groups were killed.
+pub fn kill_leftovers(command_id: &str) -> usize {
+    let marker = format!("MB_COMMAND_ID={command_id}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut groups = std::collections::BTreeSet::new();
+    for e in entries.filter_map(Result::ok) {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(e.path().join("environ")) else {
+            continue;
+        };
+        if env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes()) {
+            if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                if let Ok(g) = rustix::process::getpgid(Some(p)) {
+                    groups.insert(g.as_raw_nonzero().get());
+                }
+            }
+        }
+    }
+    let mut killed = 0;
+    for g in &groups {
+        if let Some(p) = rustix::process::Pid::from_raw(*g) {
+            if rustix::process::kill_process_group(p, rustix::process::Signal::KILL).is_ok() {
+                killed += 1;
+            }
+        }
+    }
+    killed
+}
+
 /// The answer to a command, sent back as an ack report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ack {

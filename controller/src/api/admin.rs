@@ -1,13 +1,13 @@
 //! Fleet-wide endpoints: the configured plans and API tokens.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use metalbus_protocol::api::{Data, PlanView, TokenCreated, TokenRequest};
+use metalbus_protocol::api::{Data, Operation, PlanView, TokenCreated, TokenRequest};
 
 use super::auth::{create_token, Caller};
 use super::error::ApiError;
-use super::extract::ApiJson;
+use super::extract::{ApiJson, Checked};
 use super::lifecycle::require;
 use super::AppState;
 use crate::store::Role;
@@ -26,6 +26,33 @@ pub async fn plans(State(state): State<AppState>) -> Json<Data<Vec<PlanView>>> {
         })
         .collect();
     Json(Data { data })
+}
+
+/// `GET /operations/{id}`: a command's status.
+pub async fn operation(
+    State(state): State<AppState>,
+    Checked(Path(id)): Checked<Path<String>>,
+) -> Result<Json<Data<Operation>>, ApiError> {
+    let rec = state
+        .store
+        .command(&id)?
+        .ok_or_else(|| ApiError::NotFound(format!("operation {id:?} not found")))?;
+    let status = serde_json::to_value(rec.status)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default();
+    Ok(Json(Data {
+        data: Operation {
+            id: rec.command.command_id.clone(),
+            node_id: rec.node_id,
+            kind: rec.command.kind,
+            status,
+            reason: rec.reason,
+            created_at: rec.created_at,
+            updated_at: rec.updated_at,
+            expires_at: rec.command.expires_at,
+        },
+    }))
 }
 
 /// `POST /tokens` (admin): a new token with a role; only its hash is kept.

@@ -56,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route("/nodes/:node/retry", post(lifecycle::retry))
         .route("/nodes/:node/history", get(lifecycle::history))
         .route("/plans", get(admin::plans))
+        .route("/operations/:id", get(admin::operation))
         .route("/tokens", post(admin::create))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -82,6 +82,8 @@ pub fn node_view(
         group: node.group,
         control_plane: node.control_plane,
         hostname: node.hostname,
+        report_session: node.report_session,
+        last_applied_seq: node.last_applied_seq,
         agent_version: node.agent_version,
         created_at: node.created_at,
         updated_at: node.updated_at,
@@ -125,6 +127,7 @@ mod tests {
             disk_io: None,
             uptime_s: Some(7200),
             temperatures_c: None,
+            outbox: None,
             node_id: None,
         };
         let u = usage(&sample);

@@ -14,7 +14,7 @@ use metalbus_protocol::{is_valid_node_name, NodeId, Timestamp};
 use tracing::{debug, error, info, warn};
 
 use super::ops::Ctx;
-use super::{Batch, Engine, MAX_EARLY_INVENTORIES};
+use super::{Batch, Engine, MAX_EARLY_INVENTORIES, MAX_HELD_REPORTS};
 use crate::store::{CommandStatus, Heartbeat, NodeRecord, StoredInventory};
 
 impl Engine {
@@ -63,6 +63,9 @@ impl Engine {
                 history_len: 0,
                 inventory_at: None,
                 last_progress_at: None,
+                report_session: None,
+                last_applied_seq: 0,
+                old_sessions: Vec::new(),
             };
             info!(node = %id, %name, "new node discovered");
             self.names.insert(name, id.clone());
@@ -97,7 +100,7 @@ impl Engine {
         let rebooted = before.state == NodeState::Installed
             && (after.boot_id.is_none() || after.boot_id != before.boot_id);
         self.touch(id, now);
-        self.resend_unacked(&after, batch);
+        self.resend_unacked(&after, now, batch);
         self.replace(before, after, now, batch);
         if rebooted {
             self.run_machine(id, Event::Reborn, Default::default(), now, batch);
@@ -187,6 +190,80 @@ impl Engine {
     /// An ack or a job event. Both prove the agent alive; a job event also resets the
     /// install timer. A report that does not fit the node (another command, an
     /// impossible status) is refused with a warning and changes nothing.
+    /// A report from the agent's outbox: applied strictly in `seq` order per session.
+    /// A duplicate is dropped (and receipted again); one after a gap waits until the gap
+    /// is filled (the agent resends from its oldest unreceipted report).
+    pub(super) fn on_sequenced_report(
+        &mut self,
+        id: &NodeId,
+        report: Report,
+        now: Timestamp,
+        batch: &mut Batch,
+    ) {
+        let Some(node) = self.nodes.get(id).cloned() else {
+            debug!(node = %id, "report from an unknown node; the agent resends it after its birth");
+            return;
+        };
+        self.touch(id, now);
+        if node.old_sessions.contains(&report.session) {
+            self.telemetry.reports_duplicate.inc();
+            debug!(node = %id, session = %report.session, "report of an earlier agent session dropped");
+            return;
+        }
+        let mut last = node.last_applied_seq;
+        if node.report_session.as_deref() != Some(report.session.as_str()) {
+            // A new outbox: numbering starts at 1. (A node that never reported takes the
+            // session as it finds it: the controller's store may be younger than the
+            // agent's outbox.)
+            if report.seq != 1 && node.report_session.is_some() {
+                self.hold(id, report);
+                return;
+            }
+            let mut after = node.clone();
+            if let Some(old) = after.report_session.take() {
+                after.old_sessions.push(old);
+                let excess = after.old_sessions.len().saturating_sub(4);
+                after.old_sessions.drain(..excess);
+            }
+            after.report_session = Some(report.session.clone());
+            after.last_applied_seq = report.seq - 1;
+            last = after.last_applied_seq;
+            self.held.remove(id);
+            self.replace(node, after, now, batch);
+        }
+        if report.seq <= last {
+            self.telemetry.reports_duplicate.inc();
+            batch.receipts.insert(id.clone());
+            return;
+        }
+        if report.seq > last + 1 {
+            self.hold(id, report);
+            return;
+        }
+        let mut next = Some(report);
+        while let Some(r) = next {
+            let seq = r.seq;
+            self.on_report(id, r, now, batch);
+            if let Some(n) = self.nodes.get_mut(id) {
+                n.last_applied_seq = seq;
+            }
+            batch.nodes.entry(id.clone()).or_insert(None);
+            batch.durable = true;
+            batch.receipts.insert(id.clone());
+            self.telemetry.reports_applied.inc();
+            next = self.held.get_mut(id).and_then(|h| h.remove(&(seq + 1)));
+        }
+    }
+
+    /// Keeps a report that came after a gap (bounded; the agent resends anyway).
+    fn hold(&mut self, id: &NodeId, report: Report) {
+        self.telemetry.reports_held_back.inc();
+        let held = self.held.entry(id.clone()).or_default();
+        if held.len() < MAX_HELD_REPORTS {
+            held.insert(report.seq, report);
+        }
+    }
+
     pub(super) fn on_report(
         &mut self,
         id: &NodeId,
@@ -195,10 +272,8 @@ impl Engine {
         batch: &mut Batch,
     ) {
         let Some(node) = self.nodes.get(id).cloned() else {
-            debug!(node = %id, "report from an unknown node; ignored");
             return;
         };
-        self.touch(id, now);
         match report.body {
             ReportBody::Ack {
                 command_id,
@@ -269,7 +344,7 @@ impl Engine {
                     JobStatus::Complete | JobStatus::Failed => None,
                 };
                 if status == JobStatus::Progress {
-                    // Progress is transient: no version bump, cheap durability.
+                    // Progress is transient: no version bump.
                     if after != before {
                         self.nodes.insert(id.clone(), after);
                         batch.nodes.entry(id.clone()).or_insert(Some(before.name));

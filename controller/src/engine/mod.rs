@@ -50,6 +50,8 @@ const HEARTBEAT_FLUSH: Duration = Duration::from_secs(1);
 const MAX_EARLY_INVENTORIES: usize = 1_000;
 /// Inputs of failed commits kept for retry; beyond this the oldest are dropped.
 const MAX_RETRY_INPUTS: usize = 10_000;
+/// Reports kept per node while waiting for a gap to fill.
+const MAX_HELD_REPORTS: usize = 1024;
 /// Most inputs applied in one transaction.
 const MAX_BATCH: usize = 512;
 
@@ -129,6 +131,10 @@ pub struct Engine {
     needs_reload: bool,
     /// Install resends waiting for their backoff: (due, node), earliest first.
     timers: BinaryHeap<Reverse<(Timestamp, NodeId)>>,
+    /// Reports that came after a gap, per node, by seq.
+    held: HashMap<NodeId, BTreeMap<u64, Report>>,
+    /// Commands not yet acknowledged: id → (node, next resend, expiry).
+    unacked: BTreeMap<String, (NodeId, Timestamp, Timestamp)>,
 }
 
 /// Where an API call's answer goes.
@@ -153,6 +159,8 @@ struct Batch {
     durable: bool,
     /// Nodes that need an operator, and why; moved to `error` after the inputs.
     followups: Vec<(NodeId, String)>,
+    /// Nodes whose receipt to publish after the commit.
+    receipts: std::collections::BTreeSet<NodeId>,
 }
 
 impl Batch {
@@ -187,6 +195,8 @@ impl Engine {
             retry: Vec::new(),
             needs_reload: false,
             timers: BinaryHeap::new(),
+            held: HashMap::new(),
+            unacked: BTreeMap::new(),
         };
         engine.reload()?;
         for id in engine.nodes.keys() {
@@ -196,6 +206,12 @@ impl Engine {
         }
         let now = engine.clock.now();
         engine.rearm_resends(now);
+        for rec in engine.store.unacked_commands()? {
+            engine.unacked.insert(
+                rec.command.command_id.clone(),
+                (rec.node_id.clone(), now, rec.command.expires_at),
+            );
+        }
         Ok(engine)
     }
 
@@ -237,7 +253,7 @@ impl Engine {
                     None => break,
                 },
                 _ = flush.tick() => {
-                    if !self.retry.is_empty() {
+                    if !self.retry.is_empty() || self.resends_due(self.clock.now()) {
                         self.apply(Vec::new());
                     }
                     self.flush_heartbeats(Durability::None);
@@ -281,6 +297,7 @@ impl Engine {
         let mut batch = Batch::default();
         let mut resync = false;
         self.fire_timers(now, &mut batch);
+        self.resend_commands(now, &mut batch);
         for input in inputs {
             match input {
                 Input::Status { id, status } => self.on_status(&id, status, now, &mut batch),
@@ -288,7 +305,9 @@ impl Engine {
                     self.on_inventory(&id, *inventory, now, &mut batch)
                 }
                 Input::Metrics { id, sample } => self.on_metrics(&id, sample, now),
-                Input::Report { id, report } => self.on_report(&id, *report, now, &mut batch),
+                Input::Report { id, report } => {
+                    self.on_sequenced_report(&id, *report, now, &mut batch)
+                }
                 Input::Call(call) => self.on_call(*call, now, &mut batch),
                 Input::Resync => resync = true,
             }
@@ -336,6 +355,23 @@ impl Engine {
         }
         for msg in batch.outbound {
             self.publish.push(msg);
+        }
+        // Receipts only for what is now durably committed.
+        for id in &batch.receipts {
+            if let Some(n) = self.nodes.get(id) {
+                if let Some(session) = &n.report_session {
+                    let receipt = metalbus_protocol::controller::Receipt {
+                        session: session.clone(),
+                        seq: n.last_applied_seq,
+                    };
+                    let topic = self.cfg.topics.node(id, NodeTopic::Receipts);
+                    self.publish.push(Outbound::event(
+                        topic,
+                        &receipt,
+                        crate::publish::Delivery::AtLeastOnce,
+                    ));
+                }
+            }
         }
         for (reply, result) in batch.replies {
             let _ = reply.send(result.and_then(|done| self.reply(done)));

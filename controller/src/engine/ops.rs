@@ -14,7 +14,7 @@ use metalbus_protocol::topic::NodeTopic;
 use metalbus_protocol::{is_valid_node_name, NodeId, Timestamp};
 use rand::Rng;
 use tokio::sync::oneshot;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{Batch, Engine};
 use crate::publish::{Delivery, Outbound};
@@ -286,6 +286,14 @@ impl Engine {
             .outbound
             .push(Outbound::event(topic, &command, Delivery::AtLeastOnce));
         info!(node = %node.id, command = %id, kind = %kind, "command sent");
+        self.unacked.insert(
+            id.clone(),
+            (
+                node.id.clone(),
+                now.plus(self.cfg.controller.lifecycle.resend_after),
+                command.expires_at,
+            ),
+        );
         batch.commands.push(CommandRecord {
             node_id: node.id.clone(),
             command,
@@ -318,6 +326,9 @@ impl Engine {
                 _ => return,
             },
         };
+        if status != CommandStatus::Sent {
+            self.unacked.remove(command_id);
+        }
         if rank(status) <= rank(rec.status) {
             // Statuses only move forward: a repeated ack must not undo `succeeded`.
             batch.commands.push(rec);
@@ -362,21 +373,101 @@ impl Engine {
         }
     }
 
-    /// Sends the node's current job command again (same id) if the agent has not acked
-    /// it yet: it may have been published while the agent was away.
-    pub(super) fn resend_unacked(&mut self, node: &NodeRecord, batch: &mut Batch) {
-        let Some(job) = &node.job else {
-            return;
-        };
-        match self.store.command(&job.command_id) {
-            Ok(Some(rec)) if rec.status == CommandStatus::Sent => {
-                info!(node = %node.id, command = %job.command_id, "sending the unacknowledged command again");
-                let topic = self.cfg.topics.node(&node.id, NodeTopic::Commands);
-                batch
-                    .outbound
-                    .push(Outbound::event(topic, &rec.command, Delivery::AtLeastOnce));
+    /// Sends every unacknowledged command of `node` again now (same ids): its agent has
+    /// just (re)connected.
+    pub(super) fn resend_unacked(&mut self, node: &NodeRecord, now: Timestamp, batch: &mut Batch) {
+        let ids: Vec<String> = self
+            .unacked
+            .iter()
+            .filter(|(_, (n, _, _))| *n == node.id)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            if let Some(entry) = self.unacked.get_mut(&id) {
+                entry.1 = now;
             }
-            _ => {}
+        }
+        self.resend_commands(now, batch);
+    }
+
+    /// Whether some unacknowledged command is due for a resend.
+    pub(super) fn resends_due(&self, now: Timestamp) -> bool {
+        self.unacked.values().any(|(_, due, _)| *due <= now)
+    }
+
+    /// Publishes again every unacknowledged command whose time has come; one that
+    /// expired unacknowledged is marked `expired`, and if it was the node's job, counts
+    /// as a failed attempt.
+    pub(super) fn resend_commands(&mut self, now: Timestamp, batch: &mut Batch) {
+        let due: Vec<String> = self
+            .unacked
+            .iter()
+            .filter(|(_, (_, at, _))| *at <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let every = self.cfg.controller.lifecycle.resend_after;
+        for id in due {
+            let Some((node_id, _, expires)) = self.unacked.get(&id).cloned() else {
+                continue;
+            };
+            if expires <= now {
+                self.unacked.remove(&id);
+                self.update_command(
+                    &id,
+                    CommandStatus::Expired,
+                    Some("not acknowledged before it expired".into()),
+                    now,
+                    batch,
+                );
+                let job = self
+                    .nodes
+                    .get(&node_id)
+                    .and_then(|n| n.job.clone())
+                    .filter(|j| j.command_id == id);
+                if let Some(job) = job {
+                    let error =
+                        "the agent did not acknowledge the command before it expired".to_string();
+                    let ctx = Ctx {
+                        error: Some(error.clone()),
+                        ..Ctx::default()
+                    };
+                    let event = Event::Job {
+                        command_id: id.clone(),
+                        job: job.kind,
+                        status: metalbus_protocol::report::JobStatus::Failed,
+                        error: Some(error),
+                    };
+                    self.run_machine(&node_id, event, ctx, now, batch);
+                }
+                continue;
+            }
+            let rec = match batch
+                .commands
+                .iter()
+                .rev()
+                .find(|c| c.command.command_id == id)
+            {
+                Some(r) => Some(r.clone()),
+                None => self.store.command(&id).ok().flatten(),
+            };
+            match rec {
+                Some(rec) if rec.status == CommandStatus::Sent => {
+                    debug!(node = %node_id, command = %id, "command not acknowledged yet; sending it again");
+                    self.telemetry.commands_resent.inc();
+                    let topic = self.cfg.topics.node(&node_id, NodeTopic::Commands);
+                    batch.outbound.push(Outbound::event(
+                        topic,
+                        &rec.command,
+                        Delivery::AtLeastOnce,
+                    ));
+                    if let Some(entry) = self.unacked.get_mut(&id) {
+                        entry.1 = now.plus(every);
+                    }
+                }
+                _ => {
+                    self.unacked.remove(&id);
+                }
+            }
         }
     }
 

@@ -480,3 +480,82 @@ fn a_stale_if_match_is_refused_and_changes_nothing() {
     ));
     assert_eq!(r.node("n1").state, NodeState::Discovered);
 }
+
+fn report(session: &str, seq: u64, command: &str, status: &str) -> Input {
+    let r: metalbus_protocol::report::Report = serde_json::from_value(serde_json::json!({
+        "session": session, "seq": seq, "ts": "2026-01-01T00:00:00Z",
+        "kind": "job", "command_id": command, "job": "install", "status": status,
+        "progress": 10
+    }))
+    .unwrap();
+    Input::Report {
+        id: NodeId::new("n1").unwrap(),
+        report: Box::new(r),
+    }
+}
+
+fn receipts(out: &[Outbound]) -> Vec<u64> {
+    out.iter()
+        .filter(|m| m.topic.ends_with("/receipts"))
+        .map(|m| {
+            serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn reports_apply_in_seq_order_once_and_are_receipted() {
+    let mut r = rig();
+    r.engine.apply(vec![birth("n1", 1, "s", "h")]);
+    let (input, _answer) = call(super::Action::Manage { plan: None });
+    r.engine.apply(vec![input]);
+    let cmd = r.node("n1").job.unwrap().command_id;
+    r.published();
+
+    // seq 1 applies (started → installing); receipt 1.
+    r.engine.apply(vec![report("o1", 1, &cmd, "started")]);
+    assert_eq!(r.node("n1").state, NodeState::Installing);
+    assert_eq!(receipts(&r.published()), vec![1]);
+    // A duplicate changes nothing, but is receipted again.
+    let v = r.node("n1").version;
+    r.engine.apply(vec![report("o1", 1, &cmd, "started")]);
+    assert_eq!(r.node("n1").version, v);
+    assert_eq!(receipts(&r.published()), vec![1]);
+    // 3 after a gap waits, unreceipted; 2 fills it and both apply.
+    r.engine.apply(vec![report("o1", 3, &cmd, "complete")]);
+    assert_eq!(r.node("n1").state, NodeState::Installing);
+    assert!(receipts(&r.published()).is_empty());
+    r.engine.apply(vec![report("o1", 2, &cmd, "progress")]);
+    assert_eq!(r.node("n1").state, NodeState::Active);
+    assert_eq!(r.node("n1").last_applied_seq, 3);
+    assert_eq!(receipts(&r.published()), vec![3]);
+    // A new outbox (state wiped) starts at 1; late reports of the old one are dropped.
+    r.engine.apply(vec![report("o2", 1, "c-other", "progress")]);
+    assert_eq!(r.node("n1").report_session.as_deref(), Some("o2"));
+    let before = r.node("n1");
+    r.engine.apply(vec![report("o1", 4, &cmd, "failed")]);
+    assert_eq!(r.node("n1"), before);
+    // The history has each transition once.
+    let h = r.store.history(&NodeId::new("n1").unwrap(), 50, 0).unwrap();
+    assert_eq!(h.len(), 4);
+}
+
+#[test]
+fn unacknowledged_commands_are_sent_again_until_acked() {
+    let mut r = rig();
+    r.engine.apply(vec![birth("n1", 1, "s", "h")]);
+    let (input, _answer) = call(super::Action::Manage { plan: None });
+    r.engine.apply(vec![input]);
+    assert_eq!(commands(&r.published()).len(), 1);
+    r.clock.advance_ms(5_100);
+    r.engine.apply(vec![]);
+    let again = commands(&r.published());
+    assert_eq!(again.len(), 1, "resent after resend_after");
+    r.engine.apply(vec![]);
+    assert!(
+        commands(&r.published()).is_empty(),
+        "not before the next resend_after"
+    );
+}

@@ -276,6 +276,15 @@ impl Store {
         self.get(TOKENS, "tokens", hash)
     }
 
+    /// Every command still waiting for its agent's ack.
+    pub fn unacked_commands(&self) -> Result<Vec<CommandRecord>, StoreError> {
+        let all: Vec<CommandRecord> = self.scan(COMMANDS, "commands")?;
+        Ok(all
+            .into_iter()
+            .filter(|c| c.status == CommandStatus::Sent)
+            .collect())
+    }
+
     pub fn command(&self, id: &str) -> Result<Option<CommandRecord>, StoreError> {
         self.get(COMMANDS, "commands", id)
     }
@@ -465,6 +474,9 @@ mod tests {
             history_len: 0,
             inventory_at: None,
             last_progress_at: None,
+            report_session: None,
+            last_applied_seq: 0,
+            old_sessions: Vec::new(),
         }
     }
 

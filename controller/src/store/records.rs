@@ -78,6 +78,16 @@ pub struct NodeRecord {
     /// When the newest job report arrived (any report resets the install timer).
     #[serde(default)]
     pub last_progress_at: Option<Timestamp>,
+
+    /// The agent outbox session whose reports are applied (DESIGN section 4).
+    #[serde(default)]
+    pub report_session: Option<String>,
+    /// The newest report of `report_session` applied; committed with its effects.
+    #[serde(default)]
+    pub last_applied_seq: u64,
+    /// Earlier sessions of this node: their late reports are dropped.
+    #[serde(default)]
+    pub old_sessions: Vec<String>,
 }
 
 impl NodeRecord {
