@@ -3,6 +3,8 @@
 //!
 //! - [`collectors`]: inventory, metrics and identity from sysfs/procfs.
 //! - [`daemon`]: the MQTT run loop; [`sampler`] runs the collectors off that loop.
+//! - [`simulate`]: N virtual agents in one process (real protocol code and outbox,
+//!   invented hosts and jobs).
 //! - [`jobs`]: the job runner (plan steps as child processes from `steps_dir`).
 //! - [`link`]: broker URLs, MQTT client options and reconnect backoff (shared with the
 //!   controller).
@@ -20,3 +22,4 @@ pub mod link;
 pub mod logging;
 pub mod outbox;
 pub mod sampler;
+pub mod simulate;

@@ -29,6 +29,9 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = "/")]
         root: PathBuf,
     },
+    /// Run N virtual agents in this process (real MQTT, outbox and protocol code;
+    /// invented hosts and jobs), for load and fault tests.
+    Simulate(SimArgs),
     /// Print one metrics sample as JSON and exit (takes about half a second).
     Metrics {
         /// Read /sys, /proc and /etc under this directory instead of /.
@@ -71,6 +74,79 @@ struct RunArgs {
     log_format: Option<LogFormat>,
 }
 
+#[derive(clap::Args)]
+struct SimArgs {
+    /// How many virtual agents.
+    #[arg(long)]
+    nodes: usize,
+    /// MQTT broker, mqtt://HOST:PORT or mqtts://HOST:PORT
+    #[arg(long, value_name = "URL")]
+    broker: String,
+    /// Metrics interval of every virtual agent.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "15s")]
+    metrics_interval: Duration,
+    /// Seed for the invented hosts.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Parent of the agents' state dirs (each agent's outbox lives there).
+    #[arg(long, value_name = "DIR", default_value = "metalbus-sim")]
+    state_dir: PathBuf,
+    /// Node ids are PREFIX-0001, PREFIX-0002, ...
+    #[arg(long, default_value = "sim")]
+    prefix: String,
+    /// Progress events each simulated install emits.
+    #[arg(long, default_value_t = 50)]
+    progress_events: u32,
+    /// Pause between two progress events.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "100ms")]
+    progress_every: Duration,
+    /// Send unreceipted reports again after this long.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
+    resend_after: Duration,
+    /// Write delivery counters per node (JSON) to this file, every second and at exit.
+    #[arg(long, value_name = "FILE")]
+    stats: Option<PathBuf>,
+    /// MQTT topic prefix.
+    #[arg(long, default_value = metalbus_protocol::DEFAULT_PREFIX)]
+    topic_prefix: String,
+}
+
+fn simulate(args: SimArgs) -> anyhow::Result<()> {
+    metalbus_agent::logging::init(LogFormat::Text, "info");
+    metalbus_agent::logging::abort_on_panic();
+    let agent = AgentConfig {
+        broker: args.broker.parse()?,
+        state_dir: args.state_dir,
+        metrics_interval: args.metrics_interval,
+        resend_after: args.resend_after,
+        prefix: args.topic_prefix,
+        ..AgentConfig::default()
+    };
+    metalbus_agent::config::check(&agent)?;
+    let cfg = metalbus_agent::simulate::SimConfig {
+        agent,
+        nodes: args.nodes,
+        prefix: args.prefix,
+        seed: args.seed,
+        progress_events: args.progress_events,
+        progress_every: args.progress_every,
+        stats: args.stats,
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(async move {
+            let signal = metalbus_agent::logging::shutdown_signal();
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                signal.await;
+                let _ = tx.send(true);
+            });
+            metalbus_agent::simulate::run(cfg, rx).await
+        })
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e}; write it like 500ms, 15s or 2m"))
 }
@@ -104,6 +180,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
+        Command::Simulate(args) => simulate(args),
         Command::Inventory { root } => print_json(&inventory::collect(&root)),
         Command::Metrics { root } => {
             let mut collector = MetricsCollector::new(&root);

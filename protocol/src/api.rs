@@ -177,6 +177,8 @@ pub struct NodeView {
     pub last_install_error: Option<String>,
     pub recovery_attempts: u32,
     pub plan: Option<String>,
+    /// The job the node runs (or was last sent).
+    pub job: Option<crate::machine::JobRef>,
     pub progress: Option<Progress>,
     pub labels: BTreeMap<String, String>,
     pub group: Option<String>,

@@ -17,10 +17,10 @@ mod process;
 
 pub use api::Api;
 pub use mqtt::{Message, Watcher};
-pub use process::{AgentProc, Controller};
+pub use process::{AgentProc, Controller, Mosquitto, SimProc};
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Path of a workspace binary, next to the running test's `deps/` directory.
@@ -33,7 +33,37 @@ pub fn bin(name: &str) -> PathBuf {
         "{} is missing: run the tests with `cargo test --workspace`, which builds it",
         path.display()
     );
+    let built = std::fs::metadata(&path).and_then(|m| m.modified()).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for dir in ["protocol/src", "agent/src", "controller/src"] {
+        if let Some(newer) = newer_than(&root.join(dir), built) {
+            panic!(
+                "{} is older than {}: run `cargo test --workspace` (or `cargo build --workspace`) so the tests use the current code",
+                path.display(),
+                newer.display()
+            );
+        }
+    }
     path
+}
+
+/// A file under `dir` modified after `t`, if any.
+fn newer_than(dir: &Path, t: std::time::SystemTime) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.filter_map(Result::ok) {
+        let p = entry.path();
+        if p.is_dir() {
+            if let Some(found) = newer_than(&p, t) {
+                return Some(found);
+            }
+        } else if entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|m| m > t)
+        {
+            return Some(p);
+        }
+    }
+    None
 }
 
 /// reqwest is built without a bundled TLS provider; install ring once per process.
@@ -82,6 +112,24 @@ pub fn process_with(marker: &str) -> bool {
         .any(|e| {
             std::fs::read(e.path().join("cmdline"))
                 .map(|c| String::from_utf8_lossy(&c).contains(marker))
+                .unwrap_or(false)
+        })
+}
+
+/// Whether any process has `marker` (e.g. `MB_COMMAND_ID=c-…`) in its environment.
+pub fn process_with_env(marker: &str) -> bool {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .chars()
+                .all(|c| c.is_ascii_digit())
+        })
+        .any(|e| {
+            std::fs::read(e.path().join("environ"))
+                .map(|env| env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes()))
                 .unwrap_or(false)
         })
 }

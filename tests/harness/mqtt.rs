@@ -28,12 +28,20 @@ pub struct Watcher {
 impl Watcher {
     /// Connects to 127.0.0.1:`port`, subscribes to `filter` and waits for the SUBACK.
     pub async fn start(port: u16, filter: &str) -> Watcher {
+        Self::start_as(port, filter, None).await
+    }
+
+    /// The same, with an MQTT user name.
+    pub async fn start_as(port: u16, filter: &str, user: Option<&str>) -> Watcher {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let id = format!("e2e-watcher-{}-{n}", std::process::id());
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
         opts.set_max_packet_size(8 * 1024 * 1024, 8 * 1024 * 1024);
         opts.set_keep_alive(Duration::from_secs(30));
+        if let Some(u) = user {
+            opts.set_credentials(u, "");
+        }
         let (client, mut eventloop) = AsyncClient::new(opts, 64);
         client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
         let messages = Arc::new(Mutex::new(Vec::new()));

@@ -172,6 +172,13 @@ impl Controller {
         wait_exit(&mut child, Duration::from_secs(20))
     }
 
+    /// SIGKILL: no clean stop, nothing flushed.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        signal(&child, Signal::KILL);
+        wait_exit(&mut child, Duration::from_secs(10));
+    }
+
     /// Starts again on the same data dir and ports.
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the controller first");
@@ -260,5 +267,159 @@ impl Drop for AgentProc {
             let _ = c.wait();
         }
         dump_log_if_panicking(&format!("agent {}", self.node_id), &self.log);
+    }
+}
+
+/// A running `metalbus-agent simulate`.
+pub struct SimProc {
+    child: Option<Child>,
+    pub stats: PathBuf,
+    pub log: PathBuf,
+}
+
+impl SimProc {
+    /// Starts `nodes` virtual agents with ids `prefix-0001`..., state under `dir/sim`.
+    pub fn start(dir: &Path, broker: &str, nodes: usize, prefix: &str, extra: &[&str]) -> SimProc {
+        let stats = dir.join(format!("{prefix}-stats.json"));
+        let log = dir.join(format!("{prefix}-simulate.log"));
+        let mut args: Vec<String> = [
+            "simulate",
+            "--nodes",
+            &nodes.to_string(),
+            "--broker",
+            broker,
+            "--prefix",
+            prefix,
+            "--state-dir",
+            &dir.join("sim").display().to_string(),
+            "--stats",
+            &stats.display().to_string(),
+            "--metrics-interval",
+            "1s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        SimProc {
+            child: Some(spawn("metalbus-agent", &args, dir, &log)),
+            stats,
+            log,
+        }
+    }
+
+    /// The per-node delivery counters written by the simulation.
+    pub fn stats(&self) -> serde_json::Value {
+        std::fs::read_to_string(&self.stats)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// SIGTERM, and the exit status (the stats file is final afterwards).
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        signal(&child, Signal::TERM);
+        wait_exit(&mut child, Duration::from_secs(30))
+    }
+}
+
+impl Drop for SimProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        dump_log_if_panicking("simulate", &self.log);
+    }
+}
+
+/// A Mosquitto broker on a loopback port, with a config file of its own.
+pub struct Mosquitto {
+    child: Option<Child>,
+    pub port: u16,
+    conf: PathBuf,
+    pub log: PathBuf,
+    dir: PathBuf,
+}
+
+impl Mosquitto {
+    /// Starts `mosquitto` on a free loopback port; `extra` is appended to its config.
+    pub fn start(dir: &Path, extra: &str) -> Mosquitto {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stdout\nmax_packet_size 8388608\n{extra}\n"
+            ),
+        )
+        .unwrap();
+        let mut m = Mosquitto {
+            child: None,
+            port,
+            conf,
+            log: dir.join("mosquitto.log"),
+            dir: dir.to_path_buf(),
+        };
+        m.launch();
+        m
+    }
+
+    fn launch(&mut self) {
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let err = out.try_clone().unwrap();
+        let child = Command::new("mosquitto")
+            .args(["-c", self.conf.to_str().unwrap()])
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("mosquitto is not installed (apt-get install mosquitto)");
+        self.child = Some(child);
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "mosquitto did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the broker (SIGKILL: a crash, everything in it is gone).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(&c, Signal::KILL);
+            wait_exit(&mut c, Duration::from_secs(10));
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop it first");
+        self.launch();
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        dump_log_if_panicking("mosquitto", &self.log);
     }
 }

@@ -77,6 +77,7 @@ pub fn node_view(
         last_install_error: node.last_install_error,
         recovery_attempts: node.recovery_attempts,
         plan: node.plan,
+        job: node.job,
         progress: node.progress,
         labels: node.labels,
         group: node.group,
