@@ -26,6 +26,9 @@ pub enum LogFormat {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentConfig {
     pub broker: BrokerUrl,
+    /// PEM file of the CA certificates that sign an `mqtts://` broker's certificate; the
+    /// system's roots when unset.
+    pub broker_ca: Option<PathBuf>,
     /// Overrides the derived node id (DESIGN section 2).
     pub node_id: Option<String>,
     /// Where the agent keeps its connection counter and session.
@@ -49,6 +52,7 @@ impl Default for AgentConfig {
                 host: "127.0.0.1".into(),
                 port: 1883,
             },
+            broker_ca: None,
             node_id: None,
             state_dir: PathBuf::from("/var/lib/metalbus-agent"),
             steps_dir: PathBuf::from("/etc/metalbus/steps.d"),
@@ -66,6 +70,7 @@ impl Default for AgentConfig {
 #[serde(deny_unknown_fields)]
 pub struct AgentFile {
     pub broker: Option<String>,
+    pub broker_ca: Option<PathBuf>,
     pub node_id: Option<String>,
     pub state_dir: Option<PathBuf>,
     pub steps_dir: Option<PathBuf>,
@@ -96,6 +101,7 @@ impl AgentFile {
         if let Some(b) = self.broker {
             cfg.broker = b.parse()?;
         }
+        set(&mut cfg.broker_ca, self.broker_ca.map(Some));
         set(&mut cfg.node_id, self.node_id.map(Some));
         set(&mut cfg.state_dir, self.state_dir);
         set(&mut cfg.steps_dir, self.steps_dir);

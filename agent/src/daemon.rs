@@ -33,7 +33,7 @@ use crate::collectors::identity;
 use crate::config::{self, AgentConfig};
 use crate::host::{Host, RealHost};
 use crate::jobs::{self, Ack, JobEvent, JobRunner, Jobs};
-use crate::link::{self, Backoff};
+use crate::link::{self, Backoff, Endpoint};
 use crate::outbox::{AgentStore, Queued, RunningJob};
 use crate::sampler::{Collected, Sampler};
 
@@ -66,6 +66,8 @@ pub struct DeliveryStats {
 /// A prepared agent: identity resolved, store open, collectors primed.
 pub struct Agent {
     cfg: AgentConfig,
+    /// The broker, with its TLS settings built once.
+    endpoint: Endpoint,
     node_id: NodeId,
     topics: Topics,
     store: AgentStore,
@@ -115,12 +117,14 @@ impl Agent {
         let host = Arc::new(RealHost::new(cfg.root.clone()));
         let (events_tx, job_events) = mpsc::unbounded_channel();
         let runner = JobRunner::new(node_id.clone(), cfg.steps_dir.clone(), events_tx);
-        Agent::assemble(cfg, node_id, host, Box::new(runner), job_events)
+        let endpoint = Endpoint::new(cfg.broker.clone(), cfg.broker_ca.as_deref())?;
+        Agent::assemble(cfg, endpoint, node_id, host, Box::new(runner), job_events)
     }
 
     /// An agent from parts: `simulate` passes an invented host and job runner.
     pub fn assemble(
         cfg: AgentConfig,
+        endpoint: Endpoint,
         node_id: NodeId,
         host: Arc<dyn Host>,
         jobs: Box<dyn Jobs>,
@@ -130,6 +134,7 @@ impl Agent {
         let store = AgentStore::open(&cfg.state_dir)?;
         let mut agent = Agent {
             cfg,
+            endpoint,
             node_id,
             topics,
             store,
@@ -215,7 +220,7 @@ impl Agent {
 
     fn client(&self, conn: u64) -> (AsyncClient, EventLoop) {
         let client_id = format!("{}-c{}", self.node_id, conn);
-        let mut opts = link::client_options(&self.cfg.broker, &client_id);
+        let mut opts = self.endpoint.options(&client_id);
         // The user name is the node id, so a broker ACL can confine the node to its
         // own topics (`metalbus mqtt-acl`).
         opts.set_credentials(self.node_id.as_str(), "");

@@ -48,6 +48,10 @@ struct RunArgs {
     /// MQTT broker, mqtt://HOST:PORT or mqtts://HOST:PORT [default: mqtt://127.0.0.1:1883]
     #[arg(long, value_name = "URL")]
     broker: Option<String>,
+    /// PEM file of the CA that signs an mqtts:// broker's certificate [default: the
+    /// system's root certificates]
+    #[arg(long, value_name = "FILE")]
+    broker_ca: Option<PathBuf>,
     /// This node's id; derived from DMI, machine-id or MAC when not set.
     #[arg(long, value_name = "ID")]
     node_id: Option<String>,
@@ -82,6 +86,10 @@ struct SimArgs {
     /// MQTT broker, mqtt://HOST:PORT or mqtts://HOST:PORT
     #[arg(long, value_name = "URL")]
     broker: String,
+    /// PEM file of the CA that signs an mqtts:// broker's certificate [default: the
+    /// system's root certificates]
+    #[arg(long, value_name = "FILE")]
+    broker_ca: Option<PathBuf>,
     /// Metrics interval of every virtual agent.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "15s")]
     metrics_interval: Duration,
@@ -116,6 +124,7 @@ fn simulate(args: SimArgs) -> anyhow::Result<()> {
     metalbus_agent::logging::abort_on_panic();
     let agent = AgentConfig {
         broker: args.broker.parse()?,
+        broker_ca: args.broker_ca,
         state_dir: args.state_dir,
         metrics_interval: args.metrics_interval,
         resend_after: args.resend_after,
@@ -162,6 +171,7 @@ impl RunArgs {
         // Flags are the last layer: the same keys as the file.
         AgentFile {
             broker: self.broker,
+            broker_ca: self.broker_ca,
             node_id: self.node_id,
             state_dir: self.state_dir,
             steps_dir: self.steps_dir,

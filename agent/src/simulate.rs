@@ -23,6 +23,7 @@ use crate::config::AgentConfig;
 use crate::daemon::{Agent, DeliveryStats};
 use crate::host::Host;
 use crate::jobs::{Ack, JobEvent, Jobs};
+use crate::link::Endpoint;
 
 /// How a simulation runs.
 #[derive(Debug, Clone)]
@@ -278,6 +279,7 @@ pub async fn run(cfg: SimConfig, shutdown: watch::Receiver<bool>) -> anyhow::Res
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let mut tasks = Vec::new();
     let mut stats = BTreeMap::new();
+    let endpoint = Endpoint::new(cfg.agent.broker.clone(), cfg.agent.broker_ca.as_deref())?;
     for i in 1..=cfg.nodes {
         let id = NodeId::new(format!("{}-{i:04}", cfg.prefix))?;
         let host = Arc::new(SimHost {
@@ -297,7 +299,14 @@ pub async fn run(cfg: SimConfig, shutdown: watch::Receiver<bool>) -> anyhow::Res
         let mut agent_cfg = cfg.agent.clone();
         agent_cfg.state_dir = cfg.agent.state_dir.join(id.as_str());
         agent_cfg.node_id = Some(id.to_string());
-        let agent = Agent::assemble(agent_cfg, id.clone(), host, Box::new(jobs), job_events)?;
+        let agent = Agent::assemble(
+            agent_cfg,
+            endpoint.clone(),
+            id.clone(),
+            host,
+            Box::new(jobs),
+            job_events,
+        )?;
         stats.insert(id.to_string(), agent.stats());
         tasks.push(tokio::spawn(agent.run(shutdown.clone())));
     }

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use metalbus_agent::link::{self, Backoff, BrokerUrl};
+use metalbus_agent::link::{self, Backoff, Endpoint};
 use metalbus_protocol::controller::ControllerStatus;
 use metalbus_protocol::topic::{NodeTopic, Topics};
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Packet, QoS, SubscribeFilter};
@@ -33,7 +33,7 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Everything the bus needs.
 pub struct Bus {
-    pub url: BrokerUrl,
+    pub endpoint: Endpoint,
     pub topics: Topics,
     pub telemetry: Arc<Telemetry>,
     pub engine: mpsc::Sender<Input>,
@@ -67,7 +67,7 @@ impl Bus {
         ready: oneshot::Sender<()>,
     ) {
         let Bus {
-            url,
+            endpoint,
             topics,
             telemetry,
             engine,
@@ -75,7 +75,7 @@ impl Bus {
             connected,
         } = self;
         let mut conn_no: u64 = 1;
-        let (client, mut eventloop) = AsyncClient::new(options(&url, &topics, conn_no), 1024);
+        let (client, mut eventloop) = AsyncClient::new(options(&endpoint, &topics, conn_no), 1024);
         let (link_up_tx, link_up) = watch::channel(false);
         let mut sender = tokio::spawn(send_loop(
             client.clone(),
@@ -103,7 +103,7 @@ impl Bus {
                     subscribe(&client, &topics);
                 }
                 Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    info!(broker = %url, "controller subscribed to agent topics");
+                    info!(broker = %endpoint, "controller subscribed to agent topics");
                     connected.store(true, Ordering::SeqCst);
                     let _ = link_up_tx.send(true);
                     assert_online(&client, &topics);
@@ -132,11 +132,11 @@ impl Bus {
                     connected.store(false, Ordering::SeqCst);
                     let _ = link_up_tx.send(false);
                     let delay = backoff.next_delay(&mut rand::thread_rng());
-                    warn!(broker = %url, error = %e, retry_in = ?delay, "controller lost the broker");
+                    warn!(broker = %endpoint, error = %e, retry_in = ?delay, "controller lost the broker");
                     // A new client id per connection: a lingering old connection's Will
                     // can then never be fired in this connection's name.
                     conn_no += 1;
-                    eventloop.mqtt_options = options(&url, &topics, conn_no);
+                    eventloop.mqtt_options = options(&endpoint, &topics, conn_no);
                     tokio::select! {
                         _ = shutdown.changed() => break,
                         _ = tokio::time::sleep(delay) => {}
@@ -197,9 +197,9 @@ impl Ingest {
     }
 }
 
-fn options(url: &BrokerUrl, topics: &Topics, conn_no: u64) -> rumqttc::MqttOptions {
+fn options(endpoint: &Endpoint, topics: &Topics, conn_no: u64) -> rumqttc::MqttOptions {
     let id = format!("metalbus-controller-{}-{conn_no}", std::process::id());
-    let mut opts = link::client_options(url, &id);
+    let mut opts = endpoint.options(&id);
     opts.set_credentials(crate::acl::CONTROLLER_USER, "");
     opts.set_last_will(LastWill::new(
         topics.controller_status(),

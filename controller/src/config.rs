@@ -20,6 +20,9 @@ pub struct ControllerConfig {
     pub mqtt_listen: SocketAddr,
     /// An external broker to use instead of the embedded one.
     pub broker: Option<BrokerUrl>,
+    /// PEM file of the CA that signs the external `mqtts://` broker's certificate; the
+    /// system's roots when unset.
+    pub broker_ca: Option<PathBuf>,
     /// MQTT topic prefix.
     pub prefix: String,
     pub http_listen: SocketAddr,
@@ -158,6 +161,10 @@ impl ControllerConfig {
     /// Checks what parses but cannot work.
     pub fn check(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
+            self.broker_ca.is_none() || self.broker.is_some(),
+            "broker.ca_file (--broker-ca) is for an external mqtts:// broker; set broker.url (--broker) too"
+        );
+        anyhow::ensure!(
             self.lifecycle.max_install_attempts >= 1,
             "lifecycle.max_install_attempts must be at least 1"
         );
@@ -198,6 +205,7 @@ impl Default for ControllerConfig {
             data_dir: PathBuf::from("metalbus-data"),
             mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             broker: None,
+            broker_ca: None,
             prefix: metalbus_protocol::DEFAULT_PREFIX.to_string(),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8088)),
             log_format: LogFormat::Text,
@@ -237,6 +245,8 @@ pub struct MqttSection {
 pub struct BrokerSection {
     /// `mqtt://HOST:PORT` or `mqtts://HOST:PORT`.
     pub url: Option<String>,
+    /// PEM file of the CA that signs the broker's certificate (`mqtts://` only).
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -257,6 +267,7 @@ impl ControllerFile {
         if let Some(url) = &self.broker.url {
             cfg.broker = Some(url.parse()?);
         }
+        set(&mut cfg.broker_ca, self.broker.ca_file.map(Some));
         set(&mut cfg.data_dir, self.data_dir);
         set(&mut cfg.log_format, self.log_format);
         set(&mut cfg.mqtt_listen, self.mqtt.listen);

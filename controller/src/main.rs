@@ -62,6 +62,10 @@ struct ServeArgs {
     /// the embedded one.
     #[arg(long, value_name = "URL")]
     broker: Option<String>,
+    /// PEM file of the CA that signs the external mqtts:// broker's certificate
+    /// [default: the system's root certificates]
+    #[arg(long, value_name = "FILE")]
+    broker_ca: Option<PathBuf>,
     /// HTTP API address [default: 127.0.0.1:8088]
     #[arg(long, value_name = "ADDR")]
     http_listen: Option<SocketAddr>,
@@ -90,7 +94,10 @@ impl ServeArgs {
             http: HttpSection {
                 listen: self.http_listen,
             },
-            broker: BrokerSection { url: self.broker },
+            broker: BrokerSection {
+                url: self.broker,
+                ca_file: self.broker_ca,
+            },
             lifecycle: None,
             plans: None,
         }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use metalbus_agent::config::AgentConfig;
 use metalbus_agent::daemon::Agent;
-use metalbus_agent::link::BrokerUrl;
+use metalbus_agent::link::{BrokerUrl, Endpoint};
 use metalbus_protocol::topic::Topics;
 use metalbus_protocol::NodeId;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -76,7 +76,7 @@ pub async fn run(
     // The embedded broker, unless an external one is configured.
     let (broker_url, mqtt_addr) = match &cfg.broker {
         Some(url) => {
-            info!(broker = %url, "using an external MQTT broker");
+            info!(broker = %url, ca = ?cfg.broker_ca, "using an external MQTT broker");
             (url.clone(), None)
         }
         None => {
@@ -112,8 +112,9 @@ pub async fn run(
     let engine_task = tokio::spawn(engine.run(engine_rx));
 
     let connected = Arc::new(AtomicBool::new(false));
+    let endpoint = Endpoint::new(broker_url.clone(), cfg.broker_ca.as_deref())?;
     let bus = Bus {
-        url: broker_url.clone(),
+        endpoint,
         topics: topics.clone(),
         telemetry: telemetry.clone(),
         engine: engine_tx,
@@ -148,6 +149,7 @@ pub async fn run(
         let state_dir = cfg.data_dir.join("local-agent");
         let agent_cfg = AgentConfig {
             broker: broker_url.clone(),
+            broker_ca: cfg.broker_ca.clone(),
             steps_dir: install_steps(&state_dir)?,
             state_dir,
             prefix: cfg.prefix.clone(),

@@ -17,7 +17,7 @@ mod process;
 
 pub use api::Api;
 pub use mqtt::{Message, Watcher};
-pub use process::{AgentProc, Controller, Mosquitto, SimProc};
+pub use process::{AgentProc, Controller, Mosquitto, SimProc, TestPki};
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

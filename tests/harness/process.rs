@@ -338,6 +338,8 @@ impl Drop for SimProc {
 pub struct Mosquitto {
     child: Option<Child>,
     pub port: u16,
+    /// The TLS listener's port, when started with [`Mosquitto::start_tls`].
+    pub tls_port: Option<u16>,
     conf: PathBuf,
     pub log: PathBuf,
     dir: PathBuf,
@@ -346,10 +348,7 @@ pub struct Mosquitto {
 impl Mosquitto {
     /// Starts `mosquitto` on a free loopback port; `extra` is appended to its config.
     pub fn start(dir: &Path, extra: &str) -> Mosquitto {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
+        let port = free_port();
         let conf = dir.join("mosquitto.conf");
         std::fs::write(
             &conf,
@@ -361,12 +360,52 @@ impl Mosquitto {
         let mut m = Mosquitto {
             child: None,
             port,
+            tls_port: None,
             conf,
             log: dir.join("mosquitto.log"),
             dir: dir.to_path_buf(),
         };
         m.launch();
         m
+    }
+
+    /// The same, plus a TLS listener on a second free loopback port that presents
+    /// `pki`'s server certificate (for 127.0.0.1).
+    pub fn start_tls(dir: &Path, pki: &TestPki) -> Mosquitto {
+        let tls_port = free_port();
+        let mut m = Self::start(
+            dir,
+            &format!(
+                // Mosquitto started as root reads the key after dropping to its own
+                // user, which cannot enter the private temp dir; keep it as it is.
+                "{}listener {tls_port} 127.0.0.1\ncertfile {}\nkeyfile {}\n",
+                if rustix::process::geteuid().is_root() {
+                    "user root\n"
+                } else {
+                    ""
+                },
+                pki.server_cert.display(),
+                pki.server_key.display()
+            ),
+        );
+        m.tls_port = Some(tls_port);
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "mosquitto's TLS listener did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m
+    }
+
+    /// `mqtts://127.0.0.1:PORT` of the TLS listener.
+    pub fn tls_url(&self) -> String {
+        format!(
+            "mqtts://127.0.0.1:{}",
+            self.tls_port.expect("started with start_tls")
+        )
     }
 
     fn launch(&mut self) {
@@ -422,4 +461,115 @@ impl Drop for Mosquitto {
         }
         dump_log_if_panicking("mosquitto", &self.log);
     }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A throwaway certificate authority and a server certificate it signed for 127.0.0.1,
+/// made with the `openssl` command (P-256 keys, valid for two days).
+pub struct TestPki {
+    pub ca_cert: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+impl TestPki {
+    /// Writes `<name>-ca.pem`, `<name>-server.pem` and `<name>-server.key` into `dir`.
+    pub fn generate(dir: &Path, name: &str) -> TestPki {
+        let p = |f: &str| dir.join(format!("{name}-{f}"));
+        let ext = p("server.ext");
+        std::fs::write(
+            &ext,
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        )
+        .unwrap();
+        let s = |path: PathBuf| path.display().to_string();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            dir,
+            &[
+                &["req", "-x509"][..],
+                &ec[..],
+                &[
+                    "-keyout",
+                    &s(p("ca.key")),
+                    "-out",
+                    &s(p("ca.pem")),
+                    "-days",
+                    "2",
+                    "-subj",
+                    &format!("/CN=metalbus test CA {name}"),
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign,cRLSign",
+                ][..],
+            ]
+            .concat(),
+        );
+        openssl(
+            dir,
+            &[
+                &["req"][..],
+                &ec[..],
+                &[
+                    "-keyout",
+                    &s(p("server.key")),
+                    "-out",
+                    &s(p("server.csr")),
+                    "-subj",
+                    "/CN=127.0.0.1",
+                ][..],
+            ]
+            .concat(),
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &s(p("server.csr")),
+                "-CA",
+                &s(p("ca.pem")),
+                "-CAkey",
+                &s(p("ca.key")),
+                "-CAcreateserial",
+                "-out",
+                &s(p("server.pem")),
+                "-days",
+                "2",
+                "-extfile",
+                &s(ext),
+            ],
+        );
+        TestPki {
+            ca_cert: p("ca.pem"),
+            server_cert: p("server.pem"),
+            server_key: p("server.key"),
+        }
+    }
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is not installed (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
