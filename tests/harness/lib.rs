@@ -35,7 +35,14 @@ pub fn bin(name: &str) -> PathBuf {
     );
     let built = std::fs::metadata(&path).and_then(|m| m.modified()).unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for dir in ["protocol/src", "agent/src", "controller/src"] {
+    // The agent does not link the controller, so cargo leaves it alone when only the
+    // controller changed.
+    let sources: &[&str] = if name == "metalbus-agent" {
+        &["protocol/src", "agent/src"]
+    } else {
+        &["protocol/src", "agent/src", "controller/src"]
+    };
+    for dir in sources {
         if let Some(newer) = newer_than(&root.join(dir), built) {
             panic!(
                 "{} is older than {}: run `cargo test --workspace` (or `cargo build --workspace`) so the tests use the current code",
@@ -100,38 +107,32 @@ pub fn steps_dir(dir: &std::path::Path, extra: &[(&str, &str)]) -> PathBuf {
 
 /// Whether any process has `marker` in its command line.
 pub fn process_with(marker: &str) -> bool {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(Result::ok)
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .chars()
-                .all(|c| c.is_ascii_digit())
-        })
-        .any(|e| {
-            std::fs::read(e.path().join("cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains(marker))
-                .unwrap_or(false)
-        })
+    any_process(|pid| {
+        std::fs::read(pid.join("cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
+    })
 }
 
 /// Whether any process has `marker` (e.g. `MB_COMMAND_ID=c-…`) in its environment.
 pub fn process_with_env(marker: &str) -> bool {
+    any_process(|pid| {
+        std::fs::read(pid.join("environ"))
+            .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes()))
+    })
+}
+
+/// Whether `test` holds for any `/proc/<pid>` directory.
+fn any_process(test: impl Fn(&Path) -> bool) -> bool {
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(Result::ok)
         .filter(|e| {
             e.file_name()
                 .to_string_lossy()
-                .chars()
+                .bytes()
                 .all(|c| c.is_ascii_digit())
         })
-        .any(|e| {
-            std::fs::read(e.path().join("environ"))
-                .map(|env| env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes()))
-                .unwrap_or(false)
-        })
+        .any(|e| test(&e.path()))
 }
 
 /// What `nproc` prints: the CPUs this process may run on.

@@ -1,8 +1,6 @@
 //! The engine's handling of what agents say: status (birth, Will, clean stop), inventory,
 //! metrics, and reports (acks and job events).
 
-use std::collections::BTreeMap;
-
 use metalbus_protocol::controller::Progress;
 use metalbus_protocol::inventory::Inventory;
 use metalbus_protocol::lifecycle::NodeState;
@@ -35,37 +33,13 @@ impl Engine {
         let Some(before) = self.nodes.get(id).cloned() else {
             let name = self.unique_name(&b.hostname, id);
             let node = NodeRecord {
-                id: id.clone(),
-                name: name.clone(),
-                state: NodeState::Discovered,
-                version: 1,
-                created_at: now,
-                updated_at: now,
-                state_changed_at: now,
-                online: true,
-                offline_reason: None,
                 conn: b.conn,
                 session: Some(b.session),
                 hostname: Some(b.hostname),
                 agent_version: Some(b.agent_version),
                 boot_id: b.boot_id,
                 metrics_interval_s: Some(b.metrics_interval_s),
-                install_attempts: 0,
-                last_install_error: None,
-                recovery_attempts: 0,
-                plan: None,
-                progress: None,
-                labels: BTreeMap::new(),
-                group: None,
-                control_plane: false,
-                after_deprovision: None,
-                job: None,
-                history_len: 0,
-                inventory_at: None,
-                last_progress_at: None,
-                report_session: None,
-                last_applied_seq: 0,
-                old_sessions: Vec::new(),
+                ..NodeRecord::discovered(id.clone(), name.clone(), now)
             };
             info!(node = %id, %name, "new node discovered");
             self.names.insert(name, id.clone());

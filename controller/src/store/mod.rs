@@ -440,43 +440,16 @@ impl WriteTx<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use metalbus_protocol::lifecycle::NodeState;
     use metalbus_protocol::Timestamp;
 
     pub(crate) fn record(id: &str, name: &str) -> NodeRecord {
         let t = Timestamp::from_unix_millis(1_000);
         NodeRecord {
-            id: NodeId::new(id).unwrap(),
-            name: name.into(),
-            state: NodeState::Discovered,
-            version: 1,
-            created_at: t,
-            updated_at: t,
-            state_changed_at: t,
-            online: true,
-            offline_reason: None,
             conn: 1,
             session: Some("s".into()),
             hostname: Some(name.into()),
-            agent_version: None,
-            boot_id: None,
             metrics_interval_s: Some(15),
-            install_attempts: 0,
-            last_install_error: None,
-            recovery_attempts: 0,
-            plan: None,
-            progress: None,
-            labels: Default::default(),
-            group: None,
-            control_plane: false,
-            after_deprovision: None,
-            job: None,
-            history_len: 0,
-            inventory_at: None,
-            last_progress_at: None,
-            report_session: None,
-            last_applied_seq: 0,
-            old_sessions: Vec::new(),
+            ..NodeRecord::discovered(NodeId::new(id).unwrap(), name.into(), t)
         }
     }
 

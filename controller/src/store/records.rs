@@ -91,6 +91,44 @@ pub struct NodeRecord {
 }
 
 impl NodeRecord {
+    /// A node seen for the first time at `now`: `discovered`, online, and nothing else
+    /// known yet (the caller fills in what its birth said).
+    pub fn discovered(id: NodeId, name: String, now: Timestamp) -> Self {
+        NodeRecord {
+            id,
+            name,
+            state: NodeState::Discovered,
+            version: 1,
+            created_at: now,
+            updated_at: now,
+            state_changed_at: now,
+            online: true,
+            offline_reason: None,
+            conn: 0,
+            session: None,
+            hostname: None,
+            agent_version: None,
+            boot_id: None,
+            metrics_interval_s: None,
+            install_attempts: 0,
+            last_install_error: None,
+            recovery_attempts: 0,
+            plan: None,
+            progress: None,
+            labels: BTreeMap::new(),
+            group: None,
+            control_plane: false,
+            after_deprovision: None,
+            job: None,
+            history_len: 0,
+            inventory_at: None,
+            last_progress_at: None,
+            report_session: None,
+            last_applied_seq: 0,
+            old_sessions: Vec::new(),
+        }
+    }
+
     /// The part the state machine works on.
     pub fn lifecycle(&self) -> Lifecycle {
         Lifecycle {
