@@ -194,10 +194,40 @@ async fn a_flaky_step_is_retried_until_it_installs() {
         "install_attempts seen: {seen:?}"
     );
     assert!(!seen.contains(&3));
-    let retries = ctl.log_text().matches("InstallRetry").count();
+    // Two InstallRetry warnings, in the log and as events (newest first).
     assert_eq!(
-        retries, 2,
-        "two InstallRetry warnings in the controller log"
+        ctl.log_text().matches("install will be sent again").count(),
+        2,
+        "two retries in the controller log"
+    );
+    let (status, warnings) = api
+        .get("/api/v1/nodes/flaky-1/events?type=Warning")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{warnings}");
+    let retries: Vec<&str> = warnings["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["reason"] == "InstallRetry")
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(retries.len(), 2, "{warnings}");
+    assert!(
+        retries[0].starts_with("install attempt 2/3 failed"),
+        "{retries:?}"
+    );
+    assert!(
+        retries[1].starts_with("install attempt 1/3 failed"),
+        "{retries:?}"
+    );
+    assert!(
+        warnings["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["type"] == "Warning"),
+        "{warnings}"
     );
     assert_eq!(
         std::fs::read_to_string(tmp.path().join("flaky.count"))

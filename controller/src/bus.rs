@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use metalbus_agent::link::{self, Backoff, Endpoint};
 use metalbus_protocol::controller::ControllerStatus;
-use metalbus_protocol::topic::{NodeTopic, Topics};
+use metalbus_protocol::topic::{NodeTopic, Topic, Topics};
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Packet, QoS, SubscribeFilter};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
@@ -190,6 +190,15 @@ impl Ingest {
     fn reject(&mut self, r: Rejection) {
         self.telemetry.count_reject(r.reason.as_str());
         self.rejects.record(&r);
+        // A Warning event on a known node. Never waits: when the engine is busy the
+        // event is skipped (the reject is still counted and answered).
+        if let Ok(Topic::Node(id, _)) = self.topics.parse(&r.reject.topic) {
+            let _ = self.engine.try_send(Input::Rejected {
+                id,
+                reason: r.reason.as_str(),
+                error: r.reject.error.clone(),
+            });
+        }
         if let Some(topic) = r.reply_topic {
             self.publish
                 .push(Outbound::event(topic, &r.reject, Delivery::AtMostOnce));

@@ -32,6 +32,27 @@ pub struct ControllerConfig {
     pub lifecycle: Lifecycle,
     /// Install plans by name; never empty (the built-in `demo` plan when none is set).
     pub plans: BTreeMap<String, PlanConfig>,
+    pub events: EventRetention,
+}
+
+/// `[events]`: how many node events are kept, and how long.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventRetention {
+    /// Most events kept per node; the oldest go first.
+    pub max_per_node: u32,
+    /// Events not repeated for this long are dropped.
+    #[serde(with = "duration")]
+    pub max_age: Duration,
+}
+
+impl Default for EventRetention {
+    fn default() -> Self {
+        Self {
+            max_per_node: 200,
+            max_age: Duration::from_secs(14 * 24 * 3600),
+        }
+    }
 }
 
 /// `[lifecycle]`: retry and activation policy.
@@ -161,6 +182,14 @@ impl ControllerConfig {
     /// Checks what parses but cannot work.
     pub fn check(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
+            self.events.max_per_node >= 1,
+            "events.max_per_node must be at least 1"
+        );
+        anyhow::ensure!(
+            self.events.max_age >= Duration::from_secs(60),
+            "events.max_age must be at least 1m"
+        );
+        anyhow::ensure!(
             self.broker_ca.is_none() || self.broker.is_some(),
             "broker.ca_file (--broker-ca) is for an external mqtts:// broker; set broker.url (--broker) too"
         );
@@ -212,6 +241,7 @@ impl Default for ControllerConfig {
             local_agent: false,
             lifecycle: Lifecycle::default(),
             plans: demo_plans(),
+            events: EventRetention::default(),
         }
     }
 }
@@ -230,6 +260,7 @@ pub struct ControllerFile {
     pub broker: BrokerSection,
     pub lifecycle: Option<Lifecycle>,
     pub plans: Option<BTreeMap<String, PlanConfig>>,
+    pub events: Option<EventRetention>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -275,6 +306,7 @@ impl ControllerFile {
         set(&mut cfg.http_listen, self.http.listen);
         set(&mut cfg.lifecycle, self.lifecycle);
         set(&mut cfg.plans, self.plans.filter(|p| !p.is_empty()));
+        set(&mut cfg.events, self.events);
         Ok(())
     }
 }

@@ -100,6 +100,7 @@ impl ServeArgs {
             },
             lifecycle: None,
             plans: None,
+            events: None,
         }
         .apply(&mut cfg)?;
         cfg.local_agent = self.local_agent;

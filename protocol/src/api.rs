@@ -269,6 +269,115 @@ pub struct History {
     pub total: u64,
 }
 
+/// Normal or Warning, as in Kubernetes events (DESIGN section 7.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        }
+    }
+}
+
+impl std::str::FromStr for EventType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "Normal" => Ok(EventType::Normal),
+            "Warning" => Ok(EventType::Warning),
+            _ => Err(format!("unknown event type {s:?}; use Normal or Warning")),
+        }
+    }
+}
+
+/// Who saw what an event tells: the controller itself, or the node's agent (a report).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventSource {
+    Controller,
+    Agent,
+}
+
+impl EventSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventSource::Controller => "controller",
+            EventSource::Agent => "agent",
+        }
+    }
+}
+
+impl std::str::FromStr for EventSource {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "controller" => Ok(EventSource::Controller),
+            "agent" => Ok(EventSource::Agent),
+            _ => Err(format!(
+                "unknown event source {s:?}; use controller or agent"
+            )),
+        }
+    }
+}
+
+/// One node event (DESIGN section 7.5, seed 004's fields). A repeat of the same
+/// (type, reason, message, source) bumps `count` and `last_timestamp` instead of adding
+/// an entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEvent {
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    pub reason: String,
+    pub message: String,
+    pub source: EventSource,
+    pub first_timestamp: Timestamp,
+    pub last_timestamp: Timestamp,
+    pub count: u64,
+}
+
+impl NodeEvent {
+    /// A first occurrence at `at`.
+    pub fn new(
+        kind: EventType,
+        reason: &str,
+        message: impl Into<String>,
+        source: EventSource,
+        at: Timestamp,
+    ) -> Self {
+        NodeEvent {
+            kind,
+            reason: reason.to_string(),
+            message: message.into(),
+            source,
+            first_timestamp: at,
+            last_timestamp: at,
+            count: 1,
+        }
+    }
+
+    /// Whether `other` is a repeat of this event.
+    pub fn same_as(&self, other: &NodeEvent) -> bool {
+        self.kind == other.kind
+            && self.reason == other.reason
+            && self.message == other.message
+            && self.source == other.source
+    }
+}
+
+/// `GET /nodes/{node}/events`: newest first (by `last_timestamp`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Events {
+    pub data: Vec<NodeEvent>,
+}
+
 /// One configured install plan (`GET /plans`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlanView {

@@ -39,6 +39,12 @@ impl Timestamp {
         Timestamp(self.0.saturating_add(ms))
     }
 
+    /// `d` earlier (saturating).
+    pub fn minus(self, d: std::time::Duration) -> Timestamp {
+        let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        Timestamp(self.0.saturating_sub(ms))
+    }
+
     /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`.
     pub fn parse(input: &str) -> Result<Self, TimestampError> {
         parse_rfc3339(input.as_bytes()).ok_or_else(|| TimestampError {

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod auth;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod lifecycle;
 pub mod nodes;
@@ -55,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route("/nodes/:node/unmanage", post(lifecycle::unmanage))
         .route("/nodes/:node/retry", post(lifecycle::retry))
         .route("/nodes/:node/history", get(lifecycle::history))
+        .route("/nodes/:node/events", get(events::list))
         .route("/plans", get(admin::plans))
         .route("/operations/:id", get(admin::operation))
         .route("/tokens", post(admin::create))

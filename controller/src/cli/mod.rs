@@ -7,7 +7,9 @@ pub mod render;
 use std::time::SystemTime;
 
 use clap::{Args, Subcommand, ValueEnum};
-use metalbus_protocol::api::{Changed, Data, History, NodeView, RetryResponse, TokenCreated};
+use metalbus_protocol::api::{
+    Changed, Data, Events, History, NodeView, RetryResponse, TokenCreated,
+};
 use metalbus_protocol::lifecycle::NodeState;
 use metalbus_protocol::Timestamp;
 
@@ -105,6 +107,24 @@ pub enum NodesCommand {
         limit: u32,
         #[arg(long, default_value_t = 0)]
         offset: u64,
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// A node's events (online, offline, install progress, warnings), newest first;
+    /// repeats are counted, not listed again.
+    Events {
+        node: String,
+        /// Only Normal or only Warning events.
+        #[arg(long = "type", value_name = "TYPE")]
+        kind: Option<String>,
+        /// Only events from `controller` or `agent`.
+        #[arg(long)]
+        source: Option<String>,
+        /// Only events seen within this long (e.g. 30m, 1h, 7d) or since an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
     },
@@ -240,6 +260,26 @@ pub async fn nodes(args: ClientArgs, cmd: NodesCommand) -> Result<String, Client
                 .send(Method::PATCH, &node_path(&node, "/state"), &[], Some(body))
                 .await?;
             Ok(changed(c, output))
+        }
+        NodesCommand::Events {
+            node,
+            kind,
+            source,
+            since,
+            limit,
+            output,
+        } => {
+            let mut q = vec![("limit", limit.to_string())];
+            q.extend(kind.map(|k| ("type", k)));
+            q.extend(source.map(|s| ("source", s)));
+            q.extend(since.map(|s| ("since", s)));
+            let e: Events = api
+                .send(Method::GET, &node_path(&node, "/events"), &q, None)
+                .await?;
+            Ok(match output {
+                Output::Table => render::events(&e, now),
+                Output::Json => json(&e),
+            })
         }
         NodesCommand::History {
             node,

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use metalbus_protocol::api::{History, NodeView};
+use metalbus_protocol::api::{Events, History, NodeView};
 use metalbus_protocol::Timestamp;
 
 /// Agent-supplied text with control characters replaced, so a hostile hostname cannot
@@ -194,6 +194,34 @@ pub fn history(h: &History, now: Timestamp) -> String {
     let mut out = table(&rows);
     let _ = writeln!(out, "{} of {} entries", h.data.len(), h.total);
     out
+}
+
+/// Node events, newest first.
+pub fn events(e: &Events, now: Timestamp) -> String {
+    if e.data.is_empty() {
+        return "no events\n".into();
+    }
+    let mut rows = vec![
+        ["LAST SEEN", "TYPE", "REASON", "COUNT", "SOURCE", "MESSAGE"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for ev in &e.data {
+        let first = if ev.count > 1 {
+            format!(" (first {})", ago(Some(ev.first_timestamp), now))
+        } else {
+            String::new()
+        };
+        rows.push(vec![
+            ago(Some(ev.last_timestamp), now),
+            ev.kind.as_str().to_string(),
+            ev.reason.clone(),
+            ev.count.to_string(),
+            ev.source.as_str().to_string(),
+            format!("{}{first}", ev.message),
+        ]);
+    }
+    table(&rows)
 }
 
 fn list(items: &[String]) -> String {

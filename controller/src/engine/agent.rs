@@ -1,14 +1,16 @@
 //! The engine's handling of what agents say: status (birth, Will, clean stop), inventory,
 //! metrics, and reports (acks and job events).
 
+use metalbus_protocol::api::{EventSource, EventType};
 use metalbus_protocol::controller::Progress;
 use metalbus_protocol::inventory::Inventory;
 use metalbus_protocol::lifecycle::NodeState;
 use metalbus_protocol::machine::Event;
 use metalbus_protocol::metrics::MetricsSample;
 use metalbus_protocol::report::{JobStatus, Report, ReportBody};
-use metalbus_protocol::status::{Birth, Offline, Status};
+use metalbus_protocol::status::{Birth, Offline, OfflineReason, Status};
 use metalbus_protocol::{is_valid_node_name, NodeId, Timestamp};
+use serde_json::Value;
 use tracing::{debug, error, info, warn};
 
 use super::ops::Ctx;
@@ -42,6 +44,14 @@ impl Engine {
                 ..NodeRecord::discovered(id.clone(), name.clone(), now)
             };
             info!(node = %id, %name, "new node discovered");
+            batch.event(
+                id,
+                EventType::Normal,
+                "NodeOnline",
+                "agent connected",
+                EventSource::Controller,
+                now,
+            );
             self.names.insert(name, id.clone());
             self.nodes.insert(id.clone(), node);
             batch.nodes.insert(id.clone(), None);
@@ -69,6 +79,14 @@ impl Engine {
         after.metrics_interval_s = Some(b.metrics_interval_s);
         if !before.online {
             info!(node = %id, conn = after.conn, "node online");
+            batch.event(
+                id,
+                EventType::Normal,
+                "NodeOnline",
+                "agent connected",
+                EventSource::Controller,
+                now,
+            );
         }
         // A new boot of an installed host (a `reboot_after` plan) activates it.
         let rebooted = before.state == NodeState::Installed
@@ -106,6 +124,18 @@ impl Engine {
         after.conn = off.conn;
         if before.online {
             info!(node = %id, reason = off.reason.as_str(), conn = off.conn, "node offline");
+            let (kind, message) = match off.reason {
+                OfflineReason::Shutdown => (EventType::Normal, "agent stopped cleanly"),
+                OfflineReason::Lost => (EventType::Warning, "agent connection lost"),
+            };
+            batch.event(
+                id,
+                kind,
+                "NodeOffline",
+                message,
+                EventSource::Controller,
+                now,
+            );
         }
         self.replace(before, after, now, batch);
     }
@@ -131,18 +161,31 @@ impl Engine {
             return;
         };
         self.touch(id, now);
-        let unchanged = match batch.inventories.get(id) {
-            Some(pending) => pending.inventory == inv,
+        let previous = match batch.inventories.get(id) {
+            Some(pending) => Some(pending.inventory.clone()),
             None => match self.store.inventory(id) {
-                Ok(stored) => stored.is_some_and(|s| s.inventory == inv),
+                Ok(stored) => stored.map(|s| s.inventory),
                 Err(e) => {
                     error!(node = %id, error = %e, "reading stored inventory failed");
-                    false
+                    None
                 }
             },
         };
-        if unchanged {
+        if previous.as_ref() == Some(&inv) {
             return;
+        }
+        if let Some(old) = &previous {
+            let changed = changed_sections(old, &inv);
+            if !changed.is_empty() {
+                batch.event(
+                    id,
+                    EventType::Normal,
+                    "InventoryChanged",
+                    format!("inventory changed: {}", changed.join(", ")),
+                    EventSource::Agent,
+                    now,
+                );
+            }
         }
         batch.inventories.insert(
             id.clone(),
@@ -265,6 +308,14 @@ impl Engine {
                     // The agent will never run it: the same as a failed attempt.
                     let why = reason.unwrap_or_else(|| "no reason given".into());
                     warn!(node = %id, command = %command_id, reason = %why, "agent refused the job");
+                    batch.event(
+                        id,
+                        EventType::Warning,
+                        "CommandRejected",
+                        format!("agent refused command {command_id}: {why}"),
+                        EventSource::Agent,
+                        now,
+                    );
                     let event = Event::Job {
                         command_id: command_id.clone(),
                         job: job.kind,
@@ -380,4 +431,23 @@ impl Engine {
         .find(|n| free(n))
         .unwrap_or_else(|| id.to_string())
     }
+}
+
+/// Inventory keys that are not hardware facts.
+const IGNORED_INVENTORY_KEYS: &[&str] = &["node_id"];
+
+/// The top-level inventory sections that differ, by their JSON names.
+fn changed_sections(old: &Inventory, new: &Inventory) -> Vec<String> {
+    let (Ok(Value::Object(a)), Ok(Value::Object(b))) =
+        (serde_json::to_value(old), serde_json::to_value(new))
+    else {
+        return Vec::new();
+    };
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| !IGNORED_INVENTORY_KEYS.contains(&k.as_str()) && a.get(*k) != b.get(*k))
+        .cloned()
+        .collect()
 }

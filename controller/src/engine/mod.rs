@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use metalbus_protocol::api::{EventSource, EventType, NodeEvent};
 use metalbus_protocol::controller::{NodeStateMessage, Summary};
 use metalbus_protocol::inventory::Inventory;
 use metalbus_protocol::lifecycle::NodeState;
@@ -34,7 +35,7 @@ use metalbus_protocol::topic::{NodeTopic, Topics};
 use metalbus_protocol::{NodeId, Timestamp};
 use redb::Durability;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{error, info};
+use tracing::{debug, error, info};
 
 use crate::clock::Clock;
 use crate::config::ControllerConfig;
@@ -52,6 +53,8 @@ const MAX_EARLY_INVENTORIES: usize = 1_000;
 const MAX_RETRY_INPUTS: usize = 10_000;
 /// Reports kept per node while waiting for a gap to fill.
 const MAX_HELD_REPORTS: usize = 1024;
+/// How often events past their `max_age` are swept out.
+const EVENT_PRUNE: Duration = Duration::from_secs(3600);
 /// Most inputs applied in one transaction.
 const MAX_BATCH: usize = 512;
 
@@ -79,6 +82,13 @@ pub enum Input {
     Call(Box<Call>),
     /// The broker connection is (re)established: publish every retained message again.
     Resync,
+    /// Ingest refused a message on this node's topics; recorded as a Warning event if
+    /// the node is known.
+    Rejected {
+        id: NodeId,
+        reason: &'static str,
+        error: String,
+    },
 }
 
 impl Input {
@@ -98,7 +108,7 @@ impl Input {
                 id: id.clone(),
                 report: report.clone(),
             }),
-            Input::Metrics { .. } | Input::Call(_) | Input::Resync => None,
+            Input::Metrics { .. } | Input::Call(_) | Input::Resync | Input::Rejected { .. } => None,
         }
     }
 }
@@ -151,6 +161,8 @@ struct Batch {
     /// Audit entries with their per-node number.
     audits: Vec<(u64, AuditEntry)>,
     commands: Vec<CommandRecord>,
+    /// Node events (DESIGN section 7.5), repeats within the batch already merged.
+    events: Vec<(NodeId, NodeEvent)>,
     /// Published after the commit.
     outbound: Vec<Outbound>,
     /// API answers, sent after the commit.
@@ -169,6 +181,35 @@ impl Batch {
             && self.inventories.is_empty()
             && self.audits.is_empty()
             && self.commands.is_empty()
+            && self.events.is_empty()
+    }
+
+    /// Records an event for `id` at `now`; a repeat of one already in this batch bumps
+    /// its count.
+    fn event(
+        &mut self,
+        id: &NodeId,
+        kind: EventType,
+        reason: &str,
+        message: impl Into<String>,
+        source: EventSource,
+        now: Timestamp,
+    ) {
+        let event = NodeEvent::new(kind, reason, message, source, now);
+        debug!(node = %id, kind = kind.as_str(), reason, message = %event.message, "event");
+        self.durable = true;
+        let repeat = self
+            .events
+            .iter_mut()
+            .rev()
+            .find(|(n, e)| n == id && e.same_as(&event));
+        match repeat {
+            Some((_, e)) => {
+                e.count += 1;
+                e.last_timestamp = now;
+            }
+            None => self.events.push((id.clone(), event)),
+        }
     }
 }
 
@@ -233,6 +274,7 @@ impl Engine {
     pub async fn run(mut self, mut rx: mpsc::Receiver<Input>) {
         let mut flush = tokio::time::interval(HEARTBEAT_FLUSH);
         let mut durable = tokio::time::interval(self.cfg.metrics_flush);
+        let mut prune = tokio::time::interval(EVENT_PRUNE);
         loop {
             let next_timer = self.next_timer_in();
             tokio::select! {
@@ -259,6 +301,7 @@ impl Engine {
                     self.flush_heartbeats(Durability::None);
                 }
                 _ = durable.tick() => self.flush_heartbeats(Durability::Immediate),
+                _ = prune.tick() => self.prune_events(),
             }
         }
         if !self.retry.is_empty() {
@@ -310,6 +353,18 @@ impl Engine {
                 }
                 Input::Call(call) => self.on_call(*call, now, &mut batch),
                 Input::Resync => resync = true,
+                Input::Rejected { id, reason, error } => {
+                    if self.nodes.contains_key(&id) {
+                        batch.event(
+                            &id,
+                            EventType::Warning,
+                            "MessageRejected",
+                            format!("{reason}: {error}"),
+                            EventSource::Agent,
+                            now,
+                        );
+                    }
+                }
             }
         }
         for (id, reason) in std::mem::take(&mut batch.followups) {
@@ -321,7 +376,7 @@ impl Engine {
             self.run_machine(&id, Event::Fault { reason }, ctx, now, &mut batch);
         }
         if !batch.is_empty() {
-            if let Err(e) = self.commit(&batch) {
+            if let Err(e) = self.commit(&batch, now) {
                 error!(error = %e, inputs = keep.len(), "store commit failed; will retry the batch");
                 // The copy holds the failed changes: replace it with what the store has.
                 self.needs_reload = true;
@@ -401,8 +456,11 @@ impl Engine {
         }
     }
 
-    /// One transaction: nodes, inventories, audit entries and commands together.
-    fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+    /// One transaction: nodes, inventories, audit entries, commands and events together.
+    fn commit(&self, batch: &Batch, now: Timestamp) -> Result<(), StoreError> {
+        let retention = self.cfg.controller.events;
+        let cutoff = now.minus(retention.max_age);
+        let max_events = usize::try_from(retention.max_per_node).unwrap_or(usize::MAX);
         let durability = if batch.durable {
             Durability::Immediate
         } else {
@@ -422,6 +480,9 @@ impl Engine {
             }
             for rec in &batch.commands {
                 tx.put_command(rec)?;
+            }
+            for (id, event) in &batch.events {
+                tx.put_event(id, event, max_events, cutoff)?;
             }
             Ok(())
         })
@@ -446,6 +507,19 @@ impl Engine {
             .nodes
             .entry(before.id.clone())
             .or_insert(Some(before.name));
+    }
+
+    /// Drops events older than `[events] max_age`, also of nodes that no longer add any.
+    fn prune_events(&self) {
+        let cutoff = self.clock.now().minus(self.cfg.controller.events.max_age);
+        match self
+            .store
+            .write(Durability::None, |tx| tx.prune_events(cutoff))
+        {
+            Ok(0) => {}
+            Ok(removed) => info!(removed, "dropped events past their max_age"),
+            Err(e) => error!(error = %e, "pruning old events failed; will try again"),
+        }
     }
 
     fn flush_heartbeats(&mut self, durability: Durability) {

@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use metalbus_protocol::api::{EventSource, EventType};
 use metalbus_protocol::command::{Command, CommandKind, JobKind, Plan};
 use metalbus_protocol::lifecycle::NodeState;
-use metalbus_protocol::machine::{apply, Effect, Event, JobRef, Policy, Refusal, Trigger};
+use metalbus_protocol::machine::{apply, Change, Effect, Event, JobRef, Policy, Refusal, Trigger};
 use metalbus_protocol::topic::NodeTopic;
 use metalbus_protocol::{is_valid_node_name, NodeId, Timestamp};
 use rand::Rng;
@@ -142,6 +143,20 @@ impl Engine {
             Err(refusal) => {
                 self.telemetry.reports_refused.inc();
                 warn!(node = %id, reason = %refusal, "refused");
+                if matches!(
+                    refusal,
+                    Refusal::UnexpectedReport { .. } | Refusal::Inconsistent { .. }
+                ) {
+                    // A report that makes no sense here changes nothing, but is shown.
+                    batch.event(
+                        id,
+                        EventType::Warning,
+                        "MessageRejected",
+                        format!("report refused: {refusal}"),
+                        EventSource::Agent,
+                        now,
+                    );
+                }
                 false
             }
         }
@@ -189,6 +204,13 @@ impl Engine {
                 Delivery::AtLeastOnce,
             ));
             batch.audits.push((after.history_len, entry));
+            if let Some((kind, reason, message)) = transition_event(change, &after, &ctx) {
+                let source = match change.trigger {
+                    Trigger::NodeReport => EventSource::Agent,
+                    _ => EventSource::Controller,
+                };
+                batch.event(id, kind, reason, message, source, now);
+            }
         }
         for effect in out.effects {
             match effect {
@@ -232,6 +254,14 @@ impl Engine {
                 }
                 Effect::Warning { reason, message } => {
                     warn!(node = %id, reason, "{message}");
+                    batch.event(
+                        id,
+                        EventType::Warning,
+                        reason,
+                        message,
+                        EventSource::Controller,
+                        now,
+                    );
                 }
             }
         }
@@ -651,6 +681,43 @@ fn command_kind(job: JobKind) -> CommandKind {
 }
 
 /// Entering a failure state records why: the error and the attempt count.
+/// The event a transition is shown as, if any: (type, reason, message).
+fn transition_event(
+    change: &Change,
+    node: &NodeRecord,
+    ctx: &Ctx,
+) -> Option<(EventType, &'static str, String)> {
+    use NodeState::*;
+    let error = || {
+        ctx.error
+            .clone()
+            .or_else(|| node.last_install_error.clone())
+            .unwrap_or_else(|| "no reason given".into())
+    };
+    let plan = node.plan.as_deref().unwrap_or("default");
+    Some(match (change.from, change.to) {
+        (Pending, Installing) => (
+            EventType::Normal,
+            "InstallStarted",
+            format!("install with plan '{plan}' started"),
+        ),
+        (Installing, Installed) => (
+            EventType::Normal,
+            "InstallCompleted",
+            format!("install with plan '{plan}' completed"),
+        ),
+        (_, InstallFailed) => (EventType::Warning, "InstallFailed", error()),
+        (Deprovisioning, Discovered | Retired) => (
+            EventType::Normal,
+            "DeprovisionCompleted",
+            "deprovisioning completed".into(),
+        ),
+        (_, DeprovisionFailed) => (EventType::Warning, "DeprovisionFailed", error()),
+        (_, Error) => (EventType::Warning, "NodeError", error()),
+        _ => return None,
+    })
+}
+
 fn failure_metadata(node: &NodeRecord, to: NodeState, ctx: &Ctx) -> Option<serde_json::Value> {
     let mut meta = serde_json::Map::new();
     if matches!(to, NodeState::InstallFailed | NodeState::DeprovisionFailed) {

@@ -559,3 +559,112 @@ fn unacknowledged_commands_are_sent_again_until_acked() {
         "not before the next resend_after"
     );
 }
+
+fn events(r: &Rig) -> Vec<metalbus_protocol::api::NodeEvent> {
+    r.store
+        .events(&id("n1"), &crate::store::EventFilter::default(), 100)
+        .unwrap()
+}
+
+fn reasons(r: &Rig) -> Vec<(String, u64)> {
+    events(r).into_iter().map(|e| (e.reason, e.count)).collect()
+}
+
+#[test]
+fn online_offline_and_install_steps_are_events_newest_first() {
+    let mut r = rig();
+    r.engine.apply(vec![birth("n1", 1, "s", "h")]);
+    r.engine
+        .apply(vec![offline("n1", 1, Some("s"), OfflineReason::Lost)]);
+    r.engine.apply(vec![birth("n1", 2, "s", "h")]);
+    let (input, _answer) = call(super::Action::Manage { plan: None });
+    r.engine.apply(vec![input]);
+    let cmd = r.node("n1").job.unwrap().command_id;
+    r.engine.apply(vec![report("o1", 1, &cmd, "started")]);
+    r.engine.apply(vec![report("o1", 2, &cmd, "progress")]);
+    r.engine.apply(vec![report("o1", 3, &cmd, "complete")]);
+    // NodeOnline came twice with the same message: one entry, counted, and it moved to
+    // its newest place (after NodeOffline).
+    assert_eq!(
+        reasons(&r),
+        vec![
+            ("InstallCompleted".to_string(), 1),
+            ("InstallStarted".to_string(), 1),
+            ("NodeOnline".to_string(), 2),
+            ("NodeOffline".to_string(), 1),
+        ]
+    );
+    let all = events(&r);
+    let offline = &all[3];
+    assert_eq!(offline.kind, metalbus_protocol::api::EventType::Warning);
+    assert_eq!(offline.message, "agent connection lost");
+    assert_eq!(all[0].source, metalbus_protocol::api::EventSource::Agent);
+    assert!(all[2].first_timestamp <= all[2].last_timestamp);
+}
+
+#[test]
+fn a_report_for_a_job_never_sent_is_refused_and_shown_as_a_warning() {
+    let mut r = rig();
+    r.engine.apply(vec![birth("n1", 1, "s", "h")]);
+    let before = r.node("n1");
+    r.engine
+        .apply(vec![report("o1", 1, "c-never-sent", "complete")]);
+    let after = r.node("n1");
+    assert_eq!(after.state, NodeState::Discovered);
+    assert_eq!(after.job, before.job);
+    assert_eq!(after.history_len, before.history_len, "no transition");
+    let warning = events(&r)
+        .into_iter()
+        .find(|e| e.reason == "MessageRejected")
+        .expect("a MessageRejected event");
+    assert_eq!(warning.kind, metalbus_protocol::api::EventType::Warning);
+    assert!(
+        warning.message.contains("c-never-sent"),
+        "{}",
+        warning.message
+    );
+    // The report is still receipted: it was applied (as a refusal), not lost.
+    assert_eq!(after.last_applied_seq, 1);
+}
+
+#[test]
+fn a_changed_inventory_names_the_sections_that_changed() {
+    let mut r = rig();
+    r.engine
+        .apply(vec![birth("n1", 1, "s", "h"), inventory("n1", 4)]);
+    assert!(
+        !reasons(&r).iter().any(|(r, _)| r == "InventoryChanged"),
+        "the first inventory is not a change"
+    );
+    r.engine.apply(vec![inventory("n1", 8)]);
+    let changed: Vec<_> = events(&r)
+        .into_iter()
+        .filter(|e| e.reason == "InventoryChanged")
+        .collect();
+    assert_eq!(changed.len(), 1);
+    assert_eq!(changed[0].message, "inventory changed: cpu");
+}
+
+#[test]
+fn rejected_messages_of_known_nodes_collapse_into_one_counted_warning() {
+    let mut r = rig();
+    let rejected = |n: &str| Input::Rejected {
+        id: id(n),
+        reason: "bad_json",
+        error: "not JSON: expected value at line 1 column 1".into(),
+    };
+    r.engine.apply(vec![rejected("n1")]);
+    assert!(events(&r).is_empty(), "no events for unknown nodes");
+    r.engine.apply(vec![birth("n1", 1, "s", "h")]);
+    r.engine.apply(vec![rejected("n1"), rejected("n1")]);
+    r.engine.apply(vec![rejected("n1")]);
+    let warning = events(&r)
+        .into_iter()
+        .find(|e| e.reason == "MessageRejected")
+        .unwrap();
+    assert_eq!(warning.count, 3);
+    assert_eq!(
+        warning.message,
+        "bad_json: not JSON: expected value at line 1 column 1"
+    );
+}

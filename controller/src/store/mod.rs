@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use metalbus_protocol::NodeId;
+use metalbus_protocol::api::{EventSource, EventType, NodeEvent};
+use metalbus_protocol::{NodeId, Timestamp};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -36,6 +37,9 @@ const HEARTBEATS: TableDefinition<&str, &[u8]> = TableDefinition::new("heartbeat
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 /// (node id, n) → [`AuditEntry`], n counting from 1 per node
 const HISTORY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("history");
+/// (node id, n) → [`NodeEvent`]; n grows with each new or repeated event, so key order
+/// is `last_timestamp` order
+const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
 /// command id → [`CommandRecord`]
 const COMMANDS: TableDefinition<&str, &[u8]> = TableDefinition::new("commands");
 /// store-wide facts, e.g. `schema`
@@ -204,6 +208,7 @@ impl Store {
             }
             tryop!("create table", txn.open_table(NAMES));
             tryop!("create table", txn.open_table(HISTORY));
+            tryop!("create table", txn.open_table(EVENTS));
             let mut meta = tryop!("open meta", txn.open_table(META));
             let found = tryop!("read schema", meta.get("schema")).map(|v| v.value().to_vec());
             match found {
@@ -309,6 +314,38 @@ impl Store {
         Ok(out)
     }
 
+    /// A node's events, newest first, that pass `filter`; at most `limit`.
+    pub fn events(
+        &self,
+        id: &NodeId,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<NodeEvent>, StoreError> {
+        let txn = tryop!("begin read", self.db()?.begin_read());
+        let t = tryop!("open events", txn.open_table(EVENTS));
+        let key = id.as_str();
+        let mut out = Vec::new();
+        let range = tryop!("scan events", t.range((key, 0)..=(key, u64::MAX)));
+        for entry in range.rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = tryop!("scan events", entry);
+            let (node, n) = k.value();
+            let ev: NodeEvent = decode("events", &format!("{node}:{n}"), v.value())?;
+            if filter.since.is_some_and(|s| ev.last_timestamp < s) {
+                break; // older ones follow
+            }
+            if filter.kind.is_some_and(|k| ev.kind != k)
+                || filter.source.is_some_and(|s| ev.source != s)
+            {
+                continue;
+            }
+            out.push(ev);
+        }
+        Ok(out)
+    }
+
     fn get<T: DeserializeOwned>(
         &self,
         def: TableDefinition<&str, &[u8]>,
@@ -359,10 +396,25 @@ fn get_json<T: DeserializeOwned>(
     }
 }
 
+/// Stands in for an unreadable stored event: old enough to be dropped.
+fn expired(cutoff: Timestamp) -> NodeEvent {
+    let before = Timestamp::from_unix_millis(cutoff.unix_millis().saturating_sub(1));
+    NodeEvent::new(EventType::Normal, "", "", EventSource::Controller, before)
+}
+
 fn encode(value: &impl Serialize) -> Vec<u8> {
     // Our records are plain data (strings, numbers, maps with string keys): serializing
     // them cannot fail.
     serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// Which events `Store::events` returns.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EventFilter {
+    pub kind: Option<EventType>,
+    pub source: Option<EventSource>,
+    /// Only events seen (last) at or after this.
+    pub since: Option<Timestamp>,
 }
 
 /// The operations allowed inside one write transaction.
@@ -419,6 +471,64 @@ impl WriteTx<'_> {
             t.insert((entry.node_id.as_str(), n), encode(entry).as_slice())
         );
         Ok(())
+    }
+
+    /// Records `event` for `node`. A repeat of one of the node's stored events replaces
+    /// it with `count` bumped, moved to the newest place. Keeps at most `max_per_node`
+    /// events and drops the node's events last seen before `cutoff`.
+    pub fn put_event(
+        &mut self,
+        node: &NodeId,
+        event: &NodeEvent,
+        max_per_node: usize,
+        cutoff: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut t = tryop!("open events", self.txn.open_table(EVENTS));
+        let key = node.as_str();
+        let mut stored: Vec<(u64, NodeEvent)> = Vec::new();
+        for entry in tryop!("scan events", t.range((key, 0)..=(key, u64::MAX))) {
+            let (k, v) = tryop!("scan events", entry);
+            let n = k.value().1;
+            // An unreadable entry is dropped rather than blocking every later event.
+            let ev = serde_json::from_slice(v.value()).ok();
+            stored.push((n, ev.unwrap_or_else(|| expired(cutoff))));
+        }
+        let next = stored.last().map_or(1, |(n, _)| n + 1);
+        let mut record = event.clone();
+        if let Some(i) = stored.iter().position(|(_, old)| old.same_as(event)) {
+            let (n, old) = stored.remove(i);
+            record.first_timestamp = old.first_timestamp;
+            record.count = old.count.saturating_add(event.count);
+            tryop!("write events", t.remove((key, n)));
+        }
+        tryop!(
+            "write events",
+            t.insert((key, next), encode(&record).as_slice())
+        );
+        // Oldest first: drop the aged, then whatever is over the limit.
+        let keep_from = stored.len().saturating_sub(max_per_node.saturating_sub(1));
+        for (i, (n, ev)) in stored.iter().enumerate() {
+            if i < keep_from || ev.last_timestamp < cutoff {
+                tryop!("write events", t.remove((key, *n)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops every event last seen before `cutoff`; returns how many.
+    pub fn prune_events(&mut self, cutoff: Timestamp) -> Result<u64, StoreError> {
+        let mut t = tryop!("open events", self.txn.open_table(EVENTS));
+        let mut removed = 0u64;
+        tryop!(
+            "prune events",
+            t.retain(|_, v| {
+                let keep = serde_json::from_slice::<NodeEvent>(v)
+                    .is_ok_and(|ev| ev.last_timestamp >= cutoff);
+                removed += u64::from(!keep);
+                keep
+            })
+        );
+        Ok(removed)
     }
 
     pub fn put_command(&mut self, rec: &CommandRecord) -> Result<(), StoreError> {
@@ -500,5 +610,96 @@ mod tests {
         }
         let store = Store::open(&path, Arc::new(Telemetry::new())).unwrap();
         assert_eq!(store.nodes().unwrap()[0].id.as_str(), "n1");
+    }
+
+    fn ev(kind: EventType, reason: &str, secs: i64) -> NodeEvent {
+        NodeEvent::new(
+            kind,
+            reason,
+            format!("{reason} happened"),
+            EventSource::Controller,
+            Timestamp::from_unix_millis(secs * 1000),
+        )
+    }
+
+    fn put(store: &Store, e: &NodeEvent, max: usize, cutoff_s: i64) {
+        let node = NodeId::new("n1").unwrap();
+        let cutoff = Timestamp::from_unix_millis(cutoff_s * 1000);
+        store
+            .write(Durability::Immediate, |tx| {
+                tx.put_event(&node, e, max, cutoff)
+            })
+            .unwrap();
+    }
+
+    fn stored(store: &Store, filter: EventFilter) -> Vec<(String, u64)> {
+        store
+            .events(&NodeId::new("n1").unwrap(), &filter, 100)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.reason, e.count))
+            .collect()
+    }
+
+    #[test]
+    fn events_collapse_repeats_keep_a_bounded_newest_set_and_filter() {
+        let store = Store::in_memory(Arc::new(Telemetry::new())).unwrap();
+        let (n, w) = (EventType::Normal, EventType::Warning);
+        put(&store, &ev(n, "A", 10), 3, 0);
+        put(&store, &ev(w, "B", 20), 3, 0);
+        put(&store, &ev(n, "A", 30), 3, 0);
+        // A repeat keeps its first time, counts, and becomes the newest.
+        assert_eq!(
+            stored(&store, EventFilter::default()),
+            vec![("A".into(), 2), ("B".into(), 1)]
+        );
+        let a = &store
+            .events(&NodeId::new("n1").unwrap(), &EventFilter::default(), 1)
+            .unwrap()[0];
+        assert_eq!(a.first_timestamp, Timestamp::from_unix_millis(10_000));
+        assert_eq!(a.last_timestamp, Timestamp::from_unix_millis(30_000));
+        // At most 3 per node: the oldest goes.
+        put(&store, &ev(n, "C", 40), 3, 0);
+        put(&store, &ev(w, "D", 50), 3, 0);
+        assert_eq!(
+            stored(&store, EventFilter::default()),
+            vec![("D".into(), 1), ("C".into(), 1), ("A".into(), 2)]
+        );
+        // Filters: type, source, since.
+        let warnings = EventFilter {
+            kind: Some(w),
+            ..EventFilter::default()
+        };
+        assert_eq!(stored(&store, warnings), vec![("D".into(), 1)]);
+        let from_agents = EventFilter {
+            source: Some(EventSource::Agent),
+            ..EventFilter::default()
+        };
+        assert!(stored(&store, from_agents).is_empty());
+        let recent = EventFilter {
+            since: Some(Timestamp::from_unix_millis(40_000)),
+            ..EventFilter::default()
+        };
+        assert_eq!(
+            stored(&store, recent),
+            vec![("D".into(), 1), ("C".into(), 1)]
+        );
+        // Writing drops the node's events older than the cutoff.
+        put(&store, &ev(n, "E", 60), 10, 45);
+        assert_eq!(
+            stored(&store, EventFilter::default()),
+            vec![("E".into(), 1), ("D".into(), 1)]
+        );
+        // The sweep drops them for every node.
+        let removed = store
+            .write(Durability::Immediate, |tx| {
+                tx.prune_events(Timestamp::from_unix_millis(55_000))
+            })
+            .unwrap();
+        assert_eq!(removed, 1);
+        assert_eq!(
+            stored(&store, EventFilter::default()),
+            vec![("E".into(), 1)]
+        );
     }
 }

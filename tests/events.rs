@@ -1,0 +1,170 @@
+//! Node events end to end (DESIGN section 7.5): a real agent's life (online, install,
+//! offline, back) shows as events newest first; garbage on the node's topics collapses
+//! into one counted `MessageRejected` warning; filters and the CLI read them.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use metalbus_e2e::{bin, eventually, steps_dir, AgentProc, Controller, Watcher};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn reasons(api: &metalbus_e2e::Api, query: &str) -> Vec<(String, u64)> {
+    let (status, body) = api
+        .get(&format!("/api/v1/nodes/ev-1/events{query}"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["reason"].as_str().unwrap().to_string(),
+                e["count"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_life_is_told_by_its_events() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("controller.toml");
+    std::fs::write(
+        &config,
+        r#"
+[plans.quick]
+default = true
+steps = [ { name = "q", script = "demo-step", args = { seconds = "0.3" }, timeout_s = 30 } ]
+"#,
+    )
+    .unwrap();
+    let ctl = Controller::start(tmp.path(), &["--config", config.to_str().unwrap()]).await;
+    let api = ctl.api();
+    let steps = steps_dir(tmp.path(), &[]);
+    let steps_arg = ["--steps-dir", steps.to_str().unwrap()];
+    let mut agent = AgentProc::start_with(tmp.path(), &ctl.broker_url(), "ev-1", &steps_arg);
+    api.wait_state("ev-1", "discovered", WAIT).await;
+    api.post("/api/v1/nodes/ev-1/manage", None).await.unwrap();
+    api.wait_state("ev-1", "active", WAIT).await;
+
+    // The agent dies and comes back: NodeOffline, then NodeOnline a second time.
+    agent.kill9();
+    eventually(WAIT, "the node to go offline", || {
+        let api = api.clone();
+        async move {
+            let n = api.node("ev-1").await?;
+            if n["online"] == false {
+                Ok(())
+            } else {
+                Err(n.to_string())
+            }
+        }
+    })
+    .await;
+    let _agent = AgentProc::start_with(tmp.path(), &ctl.broker_url(), "ev-1", &steps_arg);
+    eventually(WAIT, "NodeOnline counted twice", || {
+        let api = api.clone();
+        async move {
+            let r = reasons(&api, "").await;
+            if r.first() == Some(&("NodeOnline".to_string(), 2)) {
+                Ok(r)
+            } else {
+                Err(format!("{r:?}"))
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        reasons(&api, "").await,
+        vec![
+            ("NodeOnline".to_string(), 2),
+            ("NodeOffline".to_string(), 1),
+            ("InstallCompleted".to_string(), 1),
+            ("InstallStarted".to_string(), 1),
+        ],
+        "newest first; the repeat moved up with its count"
+    );
+
+    // Garbage on the node's topic, three times: one Warning, counted.
+    let raw = Watcher::start(ctl.mqtt_port, "metalbus/v1/nodes/ev-1/rejects").await;
+    for _ in 0..3 {
+        raw.publish("metalbus/v1/nodes/ev-1/inventory", b"{not json".to_vec())
+            .await;
+    }
+    eventually(WAIT, "three rejects collapsed into one event", || {
+        let api = api.clone();
+        async move {
+            let r = reasons(&api, "?type=Warning").await;
+            if r.contains(&("MessageRejected".to_string(), 3)) {
+                Ok(())
+            } else {
+                Err(format!("{r:?}"))
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        reasons(&api, "?type=Warning").await,
+        vec![
+            ("MessageRejected".to_string(), 3),
+            ("NodeOffline".to_string(), 1)
+        ]
+    );
+    assert_eq!(
+        reasons(&api, "?source=agent&since=1h").await,
+        vec![
+            ("MessageRejected".to_string(), 3),
+            ("InstallCompleted".to_string(), 1),
+            ("InstallStarted".to_string(), 1),
+        ]
+    );
+    assert!(
+        reasons(&api, "?since=2000-01-01T00:00:00Z&limit=1")
+            .await
+            .len()
+            == 1
+    );
+    for bad in ["?type=Error", "?since=yesterday", "?limit=0", "?colour=red"] {
+        let (status, body) = api
+            .get(&format!("/api/v1/nodes/ev-1/events{bad}"))
+            .await
+            .unwrap();
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(body["errorCode"], "Primus.00002", "{bad}: {body}");
+    }
+    let (status, _) = api.get("/api/v1/nodes/nope/events").await.unwrap();
+    assert_eq!(status, 404);
+
+    // The CLI: a table, and JSON with the filter.
+    let cli = |args: &[&str]| {
+        let out = Command::new(bin("metalbus"))
+            .args(["nodes", "events", "ev-1", "--api", &ctl.api_base()])
+            .args(args)
+            .current_dir(tmp.path())
+            .env_remove("METALBUS_TOKEN")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let table = cli(&[]);
+    assert!(table.starts_with("LAST SEEN"), "{table}");
+    let rejected = table
+        .lines()
+        .find(|l| l.contains("MessageRejected"))
+        .unwrap();
+    assert!(
+        rejected.contains("Warning") && rejected.contains(" 3 ") && rejected.contains("agent"),
+        "{rejected}"
+    );
+    let json: Value = serde_json::from_str(&cli(&["--type", "Normal", "-o", "json"])).unwrap();
+    let data = json["data"].as_array().unwrap();
+    assert_eq!(data.len(), 3, "{json}");
+    assert!(data.iter().all(|e| e["type"] == "Normal"), "{json}");
+}
