@@ -168,3 +168,58 @@ steps = [ { name = "q", script = "demo-step", args = { seconds = "0.3" }, timeou
     assert_eq!(data.len(), 3, "{json}");
     assert!(data.iter().all(|e| e["type"] == "Normal"), "{json}");
 }
+
+/// An agent that hangs with its TCP connection open sends no Will; three silent metrics
+/// intervals make its node offline all the same, and its first word makes it online.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_agent_is_offline_after_three_intervals_and_back_when_heard() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctl = Controller::start(tmp.path(), &[]).await;
+    let api = ctl.api();
+    // The harness's agents publish metrics every second.
+    let agent = AgentProc::start(tmp.path(), &ctl.broker_url(), "ev-1");
+    api.wait_state("ev-1", "discovered", WAIT).await;
+    let online = |want: bool| {
+        let api = api.clone();
+        move || {
+            let api = api.clone();
+            async move {
+                let n = api.node("ev-1").await?;
+                if n["online"] == want {
+                    Ok(n)
+                } else {
+                    Err(n.to_string())
+                }
+            }
+        }
+    };
+    agent.freeze();
+    let frozen = std::time::Instant::now();
+    let n = eventually(WAIT, "the frozen agent's node offline", online(false)).await;
+    let took = frozen.elapsed();
+    assert_eq!(n["offline_reason"], "stale", "{n}");
+    println!("frozen agent seen offline after {took:?}");
+    assert!(
+        took >= Duration::from_secs(2),
+        "not before 3 intervals of silence: {took:?}"
+    );
+    let (_, body) = api.get("/api/v1/nodes/ev-1/events").await.unwrap();
+    let first = &body["data"][0];
+    assert_eq!(
+        (&first["reason"], &first["type"], &first["message"]),
+        (
+            &Value::from("NodeOffline"),
+            &Value::from("Warning"),
+            &Value::from("nothing heard from the agent for 3s")
+        ),
+        "{body}"
+    );
+    agent.thaw();
+    eventually(WAIT, "the thawed agent's node online", online(true)).await;
+    let (_, body) = api.get("/api/v1/nodes/ev-1/events").await.unwrap();
+    assert_eq!(body["data"][0]["reason"], "NodeOnline", "{body}");
+    assert_eq!(
+        body["data"][0]["message"], "agent heard from again",
+        "{body}"
+    );
+}

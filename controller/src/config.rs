@@ -10,6 +10,7 @@ use anyhow::Context;
 use metalbus_agent::config::{duration, LogFormat};
 use metalbus_agent::link::BrokerUrl;
 use metalbus_protocol::command::{Plan, Step};
+use metalbus_protocol::lifecycle::NodeState;
 use serde::Deserialize;
 
 /// The controller's settings, fully resolved.
@@ -72,6 +73,56 @@ pub struct Lifecycle {
     /// Unacknowledged commands are published again this often (DESIGN section 4).
     #[serde(with = "duration")]
     pub resend_after: Duration,
+    /// Recovery attempts for a stuck node before it moves to its failure state.
+    pub max_recovery_attempts: u32,
+    /// How long a node may stay in a state without progress (DESIGN 7.3).
+    pub timeouts: Timeouts,
+}
+
+/// `[lifecycle.timeouts]`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// A pre-registered node whose agent never appears goes to `error`.
+    #[serde(with = "duration")]
+    pub registered: Duration,
+    /// The install command sent, the job not started.
+    #[serde(with = "duration")]
+    pub pending: Duration,
+    /// Without a job report (any report resets it).
+    #[serde(with = "duration")]
+    pub installing: Duration,
+    #[serde(with = "duration")]
+    pub deprovisioning: Duration,
+    #[serde(with = "duration")]
+    pub migrating: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        let min = |m: u64| Duration::from_secs(m * 60);
+        Self {
+            registered: min(15),
+            pending: min(10),
+            installing: min(60),
+            deprovisioning: min(30),
+            migrating: min(60),
+        }
+    }
+}
+
+impl Timeouts {
+    /// The timeout of `state`, if it has one.
+    pub fn of(&self, state: NodeState) -> Option<Duration> {
+        match state {
+            NodeState::Registered => Some(self.registered),
+            NodeState::Pending => Some(self.pending),
+            NodeState::Installing => Some(self.installing),
+            NodeState::Deprovisioning => Some(self.deprovisioning),
+            NodeState::Migrating => Some(self.migrating),
+            _ => None,
+        }
+    }
 }
 
 impl Default for Lifecycle {
@@ -83,6 +134,8 @@ impl Default for Lifecycle {
             deprovision_plan: None,
             command_ttl: Duration::from_secs(3600),
             resend_after: Duration::from_secs(5),
+            max_recovery_attempts: 3,
+            timeouts: Timeouts::default(),
         }
     }
 }
@@ -181,6 +234,19 @@ impl ControllerConfig {
 
     /// Checks what parses but cannot work.
     pub fn check(&self) -> anyhow::Result<()> {
+        let t = &self.lifecycle.timeouts;
+        for (name, d) in [
+            ("registered", t.registered),
+            ("pending", t.pending),
+            ("installing", t.installing),
+            ("deprovisioning", t.deprovisioning),
+            ("migrating", t.migrating),
+        ] {
+            anyhow::ensure!(
+                d >= Duration::from_secs(1),
+                "lifecycle.timeouts.{name} must be at least 1s"
+            );
+        }
         anyhow::ensure!(
             self.events.max_per_node >= 1,
             "events.max_per_node must be at least 1"
@@ -362,6 +428,50 @@ steps = []
         let err = cfg.pick_plan(Some("nope")).unwrap_err();
         assert_eq!(err, "unknown plan 'nope'; configured plans: other, ubuntu");
         assert!(cfg.deprovision_plan().steps.is_empty());
+    }
+
+    #[test]
+    fn timeouts_and_event_retention_parse_and_are_checked() {
+        let file: ControllerFile = toml::from_str(
+            r#"
+[lifecycle]
+max_recovery_attempts = 1
+[lifecycle.timeouts]
+installing = "3s"
+registered = "2m"
+[events]
+max_per_node = 10
+"#,
+        )
+        .unwrap();
+        let mut cfg = ControllerConfig::default();
+        file.apply(&mut cfg).unwrap();
+        cfg.check().unwrap();
+        let t = cfg.lifecycle.timeouts;
+        assert_eq!(t.of(NodeState::Installing), Some(Duration::from_secs(3)));
+        assert_eq!(t.of(NodeState::Registered), Some(Duration::from_secs(120)));
+        assert_eq!(
+            t.of(NodeState::Pending),
+            Some(Duration::from_secs(600)),
+            "default"
+        );
+        assert_eq!(t.of(NodeState::Active), None);
+        assert_eq!(cfg.lifecycle.max_recovery_attempts, 1);
+        assert_eq!(cfg.events.max_per_node, 10);
+        assert_eq!(cfg.events.max_age, Duration::from_secs(14 * 24 * 3600));
+
+        let mut zero = ControllerConfig::default();
+        zero.lifecycle.timeouts.pending = Duration::ZERO;
+        let err = zero.check().unwrap_err().to_string();
+        assert_eq!(err, "lifecycle.timeouts.pending must be at least 1s");
+        let unknown = toml::from_str::<ControllerFile>(
+            "[lifecycle.timeouts]
+installed = \"1m\"\n",
+        );
+        assert!(unknown
+            .unwrap_err()
+            .to_string()
+            .contains("unknown field `installed`"));
     }
 
     #[test]

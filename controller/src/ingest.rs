@@ -8,7 +8,7 @@ use metalbus_protocol::controller::Reject;
 use metalbus_protocol::inventory::Inventory;
 use metalbus_protocol::metrics::MetricsSample;
 use metalbus_protocol::report::Report;
-use metalbus_protocol::status::Status;
+use metalbus_protocol::status::{OfflineReason, Status};
 use metalbus_protocol::topic::{NodeTopic, Topic, TopicError, Topics};
 use metalbus_protocol::MAX_PAYLOAD_BYTES;
 use serde::de::DeserializeOwned;
@@ -138,6 +138,13 @@ pub fn decode(topics: &Topics, topic: &str, payload: &[u8]) -> Result<Option<Inp
     let (input, claimed) = match kind {
         NodeTopic::Status => {
             let status: Status = typed(value).map_err(bad)?;
+            if let Status::Offline(off) = &status {
+                if off.reason == OfflineReason::Stale {
+                    return Err(invalid(
+                        "offline reason \"stale\" is the controller's verdict; agents send lost or shutdown".into(),
+                    ));
+                }
+            }
             let claimed = status.node_id().cloned();
             (
                 Input::Status {

@@ -42,6 +42,8 @@ pub struct Telemetry {
     pub reports_duplicate: Counter,
     pub reports_held_back: Counter,
     pub commands_resent: Counter,
+    pub stuck_states: Family<StateLabel, Counter>,
+    pub recovery_attempts: Family<StateLabel, Counter>,
     pub transitions: Family<TransitionLabels, Counter>,
     pub nodes: Family<StateLabel, Gauge>,
     pub nodes_online: Gauge,
@@ -61,6 +63,8 @@ impl Telemetry {
         let reports_duplicate = Counter::default();
         let reports_held_back = Counter::default();
         let commands_resent = Counter::default();
+        let stuck_states = Family::<StateLabel, Counter>::default();
+        let recovery_attempts = Family::<StateLabel, Counter>::default();
         let transitions = Family::<TransitionLabels, Counter>::default();
         let nodes = Family::<StateLabel, Gauge>::default();
         let nodes_online = Gauge::default();
@@ -108,6 +112,16 @@ impl Telemetry {
             commands_resent.clone(),
         );
         registry.register(
+            "metalbus_stuck_states",
+            "Nodes found past their state's timeout without progress, by state",
+            stuck_states.clone(),
+        );
+        registry.register(
+            "metalbus_recovery_attempts",
+            "Recovery attempts for stuck nodes (the job cancelled and sent again), by state",
+            recovery_attempts.clone(),
+        );
+        registry.register(
             "metalbus_state_transitions",
             "Committed state transitions",
             transitions.clone(),
@@ -143,6 +157,8 @@ impl Telemetry {
             reports_duplicate,
             reports_held_back,
             commands_resent,
+            stuck_states,
+            recovery_attempts,
             transitions,
             nodes,
             nodes_online,

@@ -275,6 +275,8 @@ pub struct Policy {
     /// The plan being installed reboots the host when done: activation then waits for
     /// the agent's next birth.
     pub reboot_after: bool,
+    /// Recovery attempts for a stuck node before it moves to its failure state.
+    pub max_recovery_attempts: u32,
 }
 
 impl Default for Policy {
@@ -283,6 +285,7 @@ impl Default for Policy {
             max_install_attempts: 3,
             auto_activate: true,
             reboot_after: false,
+            max_recovery_attempts: 3,
         }
     }
 }
@@ -322,8 +325,10 @@ pub enum Event {
     /// An unknown agent matched this pre-registered node.
     AgentMatched,
     DiscoveryTimeout,
-    /// Stuck past `max_recovery_attempts`.
-    StuckPastRecovery,
+    /// The state's timeout passed without progress (DESIGN 7.3): a recovery attempt
+    /// (the job is cancelled and sent again), or past `max_recovery_attempts` the
+    /// failure state.
+    Stuck,
     /// Something needs an operator.
     Fault {
         reason: String,
@@ -353,6 +358,8 @@ pub enum Effect {
         reason: &'static str,
         message: String,
     },
+    /// A stuck node's recovery attempt `attempt` of `max` was made.
+    Recovery { attempt: u32, max: u32 },
 }
 
 /// The result of [`apply`].
@@ -421,6 +428,10 @@ impl Run {
         );
         self.node.state = to;
         self.changes.push(Change { from, to, trigger });
+        // Each state with a timeout gets its own recovery attempts.
+        if matches!(to, Pending | Installing | Deprovisioning | Migrating) {
+            self.node.recovery_attempts = 0;
+        }
     }
 
     fn effect(&mut self, e: Effect) {
@@ -552,15 +563,28 @@ pub fn apply(node: &Lifecycle, event: Event, policy: &Policy) -> Result<Outcome,
             Registered => run.go(Error, Trigger::System, false),
             _ => return Err(invalid(Error, false)),
         },
-        Event::StuckPastRecovery => {
-            let to = match state {
-                Pending | Installing => InstallFailed,
-                Deprovisioning => DeprovisionFailed,
-                Registered | Migrating => Error,
+        Event::Stuck => {
+            let (failed, resend) = match state {
+                Pending | Installing => (InstallFailed, Some(JobKind::Install)),
+                Deprovisioning => (DeprovisionFailed, Some(JobKind::Deprovision)),
+                // No migration job yet: nothing to send again, only to count.
+                Migrating => (Error, None),
                 _ => return Err(invalid(Error, false)),
             };
-            run.cancel_job();
-            run.go(to, Trigger::System, false);
+            if node.recovery_attempts < policy.max_recovery_attempts {
+                run.node.recovery_attempts += 1;
+                if let Some(kind) = resend {
+                    run.cancel_job();
+                    run.effect(Effect::SendJob(kind));
+                }
+                run.effect(Effect::Recovery {
+                    attempt: run.node.recovery_attempts,
+                    max: policy.max_recovery_attempts,
+                });
+            } else {
+                run.cancel_job();
+                run.go(failed, Trigger::System, false);
+            }
         }
         Event::Fault { .. } => {
             if state == Retired || state == Error {

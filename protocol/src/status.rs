@@ -12,6 +12,9 @@ pub enum OfflineReason {
     Lost,
     /// The agent stopped cleanly (SIGTERM).
     Shutdown,
+    /// The controller's verdict, never an agent's: nothing heard from the agent for 3 ×
+    /// its metrics interval (DESIGN 7.3). Refused in an agent's status.
+    Stale,
 }
 
 impl OfflineReason {
@@ -19,6 +22,7 @@ impl OfflineReason {
         match self {
             OfflineReason::Lost => "lost",
             OfflineReason::Shutdown => "shutdown",
+            OfflineReason::Stale => "stale",
         }
     }
 }

@@ -34,43 +34,22 @@ pub fn bin(name: &str) -> PathBuf {
         path.display()
     );
     let built = std::fs::metadata(&path).and_then(|m| m.modified()).unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    // The agent does not link the controller, so cargo leaves it alone when only the
-    // controller changed.
-    let sources: &[&str] = if name == "metalbus-agent" {
-        &["protocol/src", "agent/src"]
-    } else {
-        &["protocol/src", "agent/src", "controller/src"]
-    };
-    for dir in sources {
-        if let Some(newer) = newer_than(&root.join(dir), built) {
+    // Cargo's dep-info next to the binary lists exactly the sources it was built from.
+    let deps = std::fs::read_to_string(dir.join(format!("{name}.d"))).unwrap_or_default();
+    let sources = deps.split_once(": ").map_or("", |(_, list)| list);
+    for source in sources.split_whitespace().map(Path::new) {
+        let newer = std::fs::metadata(source)
+            .and_then(|m| m.modified())
+            .is_ok_and(|m| m > built);
+        if newer {
             panic!(
                 "{} is older than {}: run `cargo test --workspace` (or `cargo build --workspace`) so the tests use the current code",
                 path.display(),
-                newer.display()
+                source.display()
             );
         }
     }
     path
-}
-
-/// A file under `dir` modified after `t`, if any.
-fn newer_than(dir: &Path, t: std::time::SystemTime) -> Option<PathBuf> {
-    for entry in std::fs::read_dir(dir).ok()?.filter_map(Result::ok) {
-        let p = entry.path();
-        if p.is_dir() {
-            if let Some(found) = newer_than(&p, t) {
-                return Some(found);
-            }
-        } else if entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .is_ok_and(|m| m > t)
-        {
-            return Some(p);
-        }
-    }
-    None
 }
 
 /// reqwest is built without a bundled TLS provider; install ring once per process.

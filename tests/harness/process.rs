@@ -255,6 +255,16 @@ impl AgentProc {
         wait_exit(&mut child, Duration::from_secs(10))
     }
 
+    /// SIGSTOP: the agent hangs with its connection open, so no Will fires.
+    pub fn freeze(&self) {
+        signal(self.child.as_ref().unwrap(), Signal::STOP);
+    }
+
+    /// SIGCONT after [`AgentProc::freeze`].
+    pub fn thaw(&self) {
+        signal(self.child.as_ref().unwrap(), Signal::CONT);
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -126,7 +126,10 @@ impl Engine {
             info!(node = %id, reason = off.reason.as_str(), conn = off.conn, "node offline");
             let (kind, message) = match off.reason {
                 OfflineReason::Shutdown => (EventType::Normal, "agent stopped cleanly"),
-                OfflineReason::Lost => (EventType::Warning, "agent connection lost"),
+                // Refused at ingest; a Will cannot say it.
+                OfflineReason::Lost | OfflineReason::Stale => {
+                    (EventType::Warning, "agent connection lost")
+                }
             };
             batch.event(
                 id,

@@ -9,12 +9,14 @@
 //!
 //! - `agent.rs`: what agents say (status, inventory, metrics, reports).
 //! - `ops.rs`: the state machine, API calls, commands and timers.
+//! - `reconcile.rs`: state timeouts and recovery, discovery timeouts, heartbeat staleness.
 //!
 //! Metrics samples only refresh the heartbeat; those are flushed every second with cheap
 //! durability and made durable every `metrics_flush` (DESIGN section 4).
 
 mod agent;
 mod ops;
+mod reconcile;
 
 pub use ops::{Action, Call, CallError, NodeUpdate, Reply};
 
@@ -145,6 +147,10 @@ pub struct Engine {
     held: HashMap<NodeId, BTreeMap<u64, Report>>,
     /// Commands not yet acknowledged: id → (node, next resend, expiry).
     unacked: BTreeMap<String, (NodeId, Timestamp, Timestamp)>,
+    /// When the reconciler looks at the nodes next.
+    reconcile_at: Timestamp,
+    /// When this engine started: no node is stale before a full window after it.
+    started_at: Timestamp,
 }
 
 /// Where an API call's answer goes.
@@ -163,6 +169,9 @@ struct Batch {
     commands: Vec<CommandRecord>,
     /// Node events (DESIGN section 7.5), repeats within the batch already merged.
     events: Vec<(NodeId, NodeEvent)>,
+    /// Stuck nodes found and recovery attempts made, by state; counted after the commit.
+    stuck: Vec<NodeState>,
+    recoveries: Vec<NodeState>,
     /// Published after the commit.
     outbound: Vec<Outbound>,
     /// API answers, sent after the commit.
@@ -238,6 +247,8 @@ impl Engine {
             timers: BinaryHeap::new(),
             held: HashMap::new(),
             unacked: BTreeMap::new(),
+            reconcile_at: Timestamp::from_unix_millis(0),
+            started_at: Timestamp::from_unix_millis(0),
         };
         engine.reload()?;
         for id in engine.nodes.keys() {
@@ -246,6 +257,7 @@ impl Engine {
             }
         }
         let now = engine.clock.now();
+        engine.started_at = now;
         engine.rearm_resends(now);
         for rec in engine.store.unacked_commands()? {
             engine.unacked.insert(
@@ -295,7 +307,8 @@ impl Engine {
                     None => break,
                 },
                 _ = flush.tick() => {
-                    if !self.retry.is_empty() || self.resends_due(self.clock.now()) {
+                    let now = self.clock.now();
+                    if !self.retry.is_empty() || self.resends_due(now) || now >= self.reconcile_at {
                         self.apply(Vec::new());
                     }
                     self.flush_heartbeats(Durability::None);
@@ -341,6 +354,7 @@ impl Engine {
         let mut resync = false;
         self.fire_timers(now, &mut batch);
         self.resend_commands(now, &mut batch);
+        self.reconcile(now, &mut batch);
         for input in inputs {
             match input {
                 Input::Status { id, status } => self.on_status(&id, status, now, &mut batch),
@@ -399,6 +413,18 @@ impl Engine {
                 self.keep_for_retry(keep);
                 return;
             }
+        }
+        for state in &batch.stuck {
+            self.telemetry
+                .stuck_states
+                .get_or_create(&state_label(*state))
+                .inc();
+        }
+        for state in &batch.recoveries {
+            self.telemetry
+                .recovery_attempts
+                .get_or_create(&state_label(*state))
+                .inc();
         }
         for (_, entry) in &batch.audits {
             info!(node = %entry.node_id, from = %entry.from_state, to = %entry.to_state, triggered_by = %entry.triggered_by, "transition");
@@ -605,6 +631,12 @@ impl Engine {
         self.telemetry
             .nodes_online
             .set(i64::try_from(summary.online).unwrap_or(i64::MAX));
+    }
+}
+
+fn state_label(state: NodeState) -> StateLabel {
+    StateLabel {
+        state: state.as_str().into(),
     }
 }
 

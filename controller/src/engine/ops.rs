@@ -112,6 +112,9 @@ pub(super) struct Ctx {
     pub error: Option<String>,
     /// `manage` sets the node's plan with the transition.
     pub plan: Option<String>,
+    /// Why the system moved the node (`StuckState`, `DiscoveryTimeout`), for the audit
+    /// metadata and the event.
+    pub reason: Option<&'static str>,
 }
 
 impl Engine {
@@ -126,6 +129,7 @@ impl Engine {
             max_install_attempts: lc.max_install_attempts,
             auto_activate: lc.auto_activate,
             reboot_after,
+            max_recovery_attempts: lc.max_recovery_attempts,
         }
     }
 
@@ -142,6 +146,10 @@ impl Engine {
             Ok(()) => true,
             Err(refusal) => {
                 self.telemetry.reports_refused.inc();
+                if self.superseded(id, &refusal) {
+                    debug!(node = %id, reason = %refusal, "late report of a superseded command");
+                    return false;
+                }
                 warn!(node = %id, reason = %refusal, "refused");
                 if matches!(
                     refusal,
@@ -160,6 +168,15 @@ impl Engine {
                 false
             }
         }
+    }
+
+    /// Whether `refusal` is about a report for a command the controller sent this node
+    /// and has since replaced (a cancelled job's `failed`, say): late, not wrong.
+    fn superseded(&self, id: &NodeId, refusal: &Refusal) -> bool {
+        let Refusal::UnexpectedReport { command_id, .. } = refusal else {
+            return false;
+        };
+        matches!(self.store.command(command_id), Ok(Some(c)) if c.node_id == *id)
     }
 
     /// Applies `event` to node `id`: transitions with their audit entries, then effects.
@@ -234,6 +251,8 @@ impl Engine {
                     });
                 }
                 Effect::Cancel { command_id } => {
+                    // A cancelled job's command is never sent again.
+                    self.unacked.remove(&command_id);
                     self.command(
                         &after,
                         CommandKind::Cancel,
@@ -251,6 +270,23 @@ impl Engine {
                     );
                     info!(node = %id, attempt, retry_in = ?backoff, "install will be sent again");
                     self.timers.push(Reverse((due, id.clone())));
+                }
+                Effect::Recovery { attempt, max } => {
+                    after.recovered_at = Some(now);
+                    batch.recoveries.push(after.state);
+                    let what = match &after.job {
+                        Some(job) => format!("{} sent again as {}", job.kind, job.command_id),
+                        None => "nothing to send again".into(),
+                    };
+                    info!(node = %id, state = %after.state, attempt, max, "recovery attempt");
+                    batch.event(
+                        id,
+                        EventType::Normal,
+                        "RecoveryAttempt",
+                        format!("{what} (recovery attempt {attempt}/{max})"),
+                        EventSource::Controller,
+                        now,
+                    );
                 }
                 Effect::Warning { reason, message } => {
                     warn!(node = %id, reason, "{message}");
@@ -713,7 +749,13 @@ fn transition_event(
             "deprovisioning completed".into(),
         ),
         (_, DeprovisionFailed) => (EventType::Warning, "DeprovisionFailed", error()),
-        (_, Error) => (EventType::Warning, "NodeError", error()),
+        (_, Error) => (
+            EventType::Warning,
+            ctx.reason
+                .filter(|r| *r == "DiscoveryTimeout")
+                .unwrap_or("NodeError"),
+            error(),
+        ),
         _ => return None,
     })
 }
@@ -727,6 +769,11 @@ fn failure_metadata(node: &NodeRecord, to: NodeState, ctx: &Ctx) -> Option<serde
             .or_else(|| node.last_install_error.clone());
         meta.insert("error".into(), error.into());
         meta.insert("attempt".into(), node.install_attempts.into());
+    }
+    if let Some(reason) = ctx.reason {
+        meta.insert("reason".into(), reason.into());
+        meta.insert("error".into(), ctx.error.clone().into());
+        meta.insert("recovery_attempts".into(), node.recovery_attempts.into());
     }
     if ctx.force {
         meta.insert("force".into(), true.into());

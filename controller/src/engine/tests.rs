@@ -24,10 +24,30 @@ struct Rig {
 }
 
 fn rig() -> Rig {
+    rig_with(crate::config::ControllerConfig::default())
+}
+
+fn rig_with(cfg: crate::config::ControllerConfig) -> Rig {
     let telemetry = Arc::new(Telemetry::new());
     let store = Store::in_memory(telemetry.clone()).unwrap();
-    let (publish, out) = PublishQueue::new();
     let clock = Arc::new(FakeClock::at(1_700_000_000_000));
+    let (engine, out) = engine_on(&store, &clock, telemetry, cfg);
+    Rig {
+        engine,
+        out,
+        clock,
+        store,
+    }
+}
+
+/// An engine over `store`: a fresh one, or the one a restarted controller builds.
+fn engine_on(
+    store: &Store,
+    clock: &Arc<FakeClock>,
+    telemetry: Arc<Telemetry>,
+    cfg: crate::config::ControllerConfig,
+) -> (Engine, UnboundedReceiver<Outbound>) {
+    let (publish, out) = PublishQueue::new();
     let engine = Engine::new(
         store.clone(),
         publish,
@@ -36,16 +56,11 @@ fn rig() -> Rig {
         EngineConfig {
             topics: Topics::default(),
             metrics_flush: Duration::from_secs(10),
-            controller: Arc::new(crate::config::ControllerConfig::default()),
+            controller: Arc::new(cfg),
         },
     )
     .unwrap();
-    Rig {
-        engine,
-        out,
-        clock,
-        store,
-    }
+    (engine, out)
 }
 
 impl Rig {
@@ -667,4 +682,239 @@ fn rejected_messages_of_known_nodes_collapse_into_one_counted_warning() {
         warning.message,
         "bad_json: not JSON: expected value at line 1 column 1"
     );
+}
+
+/// Timeouts short enough to read: installing 60 s, pending 30 s.
+fn short_timeouts() -> crate::config::ControllerConfig {
+    let mut cfg = crate::config::ControllerConfig::default();
+    cfg.lifecycle.timeouts.installing = Duration::from_secs(60);
+    cfg.lifecycle.timeouts.pending = Duration::from_secs(30);
+    cfg
+}
+
+fn metric(r: &Rig, name: &str) -> f64 {
+    r.engine
+        .telemetry
+        .render()
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Manage n1 and report `started`: the node is installing, with its command id.
+fn installing(r: &mut Rig) -> String {
+    r.engine.apply(vec![birth("n1", 1, "s", "h")]);
+    let (input, _answer) = call(super::Action::Manage { plan: None });
+    r.engine.apply(vec![input]);
+    let cmd = r.node("n1").job.unwrap().command_id;
+    r.engine
+        .apply(vec![ack("o1", 1, &cmd), report("o1", 2, &cmd, "started")]);
+    assert_eq!(r.node("n1").state, NodeState::Installing);
+    r.published();
+    cmd
+}
+
+fn ack(session: &str, seq: u64, command: &str) -> Input {
+    let r: metalbus_protocol::report::Report = serde_json::from_value(serde_json::json!({
+        "session": session, "seq": seq, "ts": "2026-01-01T00:00:00Z",
+        "kind": "ack", "command_id": command, "accepted": true
+    }))
+    .unwrap();
+    Input::Report {
+        id: id("n1"),
+        report: Box::new(r),
+    }
+}
+
+#[test]
+fn a_stuck_install_is_recovered_three_times_then_fails_with_the_reason() {
+    let mut r = rig_with(short_timeouts());
+    let mut cmd = installing(&mut r);
+    for attempt in 1..=3u32 {
+        r.clock.advance_ms(59_000);
+        r.engine.apply(vec![]);
+        assert_eq!(
+            r.node("n1").recovery_attempts,
+            attempt - 1,
+            "not before 60 s"
+        );
+        r.clock.advance_ms(1_000);
+        r.engine.apply(vec![]);
+        let n = r.node("n1");
+        assert_eq!(n.state, NodeState::Installing);
+        assert_eq!(n.recovery_attempts, attempt);
+        // The stuck job is cancelled and a new install sent.
+        let sent = commands(&r.published());
+        let kinds: Vec<&str> = sent.iter().map(|c| c["kind"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["cancel", "install"], "attempt {attempt}");
+        assert_eq!(sent[0]["target"], cmd.as_str());
+        cmd = sent[1]["command_id"].as_str().unwrap().to_string();
+        assert_eq!(n.job.unwrap().command_id, cmd);
+        // The agent acknowledges both, so neither is sent again.
+        let seq = 2 + 2 * u64::from(attempt);
+        let cancel = sent[0]["command_id"].as_str().unwrap();
+        r.engine
+            .apply(vec![ack("o1", seq - 1, cancel), ack("o1", seq, &cmd)]);
+        r.published();
+    }
+    r.clock.advance_ms(60_000);
+    r.engine.apply(vec![]);
+    let n = r.node("n1");
+    assert_eq!(n.state, NodeState::InstallFailed);
+    assert_eq!(n.recovery_attempts, 3);
+    let last = &r.store.history(&id("n1"), 1, 0).unwrap()[0];
+    assert_eq!(
+        last.triggered_by,
+        metalbus_protocol::machine::Trigger::System
+    );
+    let meta = last.metadata.clone().unwrap();
+    assert_eq!(meta["reason"], "StuckState", "{meta}");
+    assert_eq!(meta["recovery_attempts"], 3, "{meta}");
+    assert!(
+        meta["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("stuck in installing"),
+        "{meta}"
+    );
+    // Events and counters agree: 4 detections (one collapsed event), 3 recoveries.
+    let all = events(&r);
+    let stuck = all.iter().find(|e| e.reason == "StuckState").unwrap();
+    assert_eq!(stuck.count, 4);
+    assert_eq!(stuck.message, "no progress in installing for 1m");
+    assert_eq!(
+        all.iter().filter(|e| e.reason == "RecoveryAttempt").count(),
+        3
+    );
+    assert_eq!(all[0].reason, "InstallFailed");
+    assert_eq!(
+        metric(&r, "metalbus_stuck_states_total{state=\"installing\"}"),
+        4.0
+    );
+    assert_eq!(
+        metric(&r, "metalbus_recovery_attempts_total{state=\"installing\"}"),
+        3.0
+    );
+}
+
+#[test]
+fn any_job_report_restarts_the_install_timer() {
+    let mut r = rig_with(short_timeouts());
+    let cmd = installing(&mut r);
+    r.clock.advance_ms(50_000);
+    r.engine.apply(vec![report("o1", 3, &cmd, "progress")]);
+    r.clock.advance_ms(50_000);
+    r.engine.apply(vec![]);
+    assert_eq!(
+        r.node("n1").recovery_attempts,
+        0,
+        "100 s in, 50 s since progress"
+    );
+    r.clock.advance_ms(10_000);
+    r.engine.apply(vec![]);
+    assert_eq!(r.node("n1").recovery_attempts, 1);
+}
+
+#[test]
+fn a_node_stuck_across_a_restart_is_caught_on_time() {
+    let mut r = rig_with(short_timeouts());
+    installing(&mut r);
+    r.clock.advance_ms(60_000);
+    r.engine.apply(vec![]);
+    assert_eq!(r.node("n1").recovery_attempts, 1);
+    // The controller stops 20 s later and comes back 30 s after that.
+    r.clock.advance_ms(50_000);
+    let (mut engine, _out) = engine_on(
+        &r.store,
+        &r.clock,
+        Arc::new(Telemetry::new()),
+        short_timeouts(),
+    );
+    engine.apply(vec![]);
+    assert_eq!(r.node("n1").recovery_attempts, 1, "50 s since the recovery");
+    r.clock.advance_ms(10_000);
+    engine.apply(vec![]);
+    assert_eq!(
+        r.node("n1").recovery_attempts,
+        2,
+        "60 s after the stored recovery time, not 60 s after the restart"
+    );
+}
+
+#[test]
+fn a_stuck_pending_node_is_sent_the_install_again() {
+    let mut r = rig_with(short_timeouts());
+    r.engine.apply(vec![birth("n1", 1, "s", "h")]);
+    let (input, _answer) = call(super::Action::Manage { plan: None });
+    r.engine.apply(vec![input]);
+    r.published();
+    r.clock.advance_ms(30_000);
+    r.engine.apply(vec![]);
+    let n = r.node("n1");
+    assert_eq!((n.state, n.recovery_attempts), (NodeState::Pending, 1));
+    let kinds: Vec<String> = commands(&r.published())
+        .iter()
+        .map(|c| c["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert!(kinds.ends_with(&["install".to_string()]), "{kinds:?}");
+}
+
+#[test]
+fn silence_for_three_metrics_intervals_is_offline_and_a_message_brings_it_back() {
+    let mut r = rig();
+    r.engine.apply(vec![birth("n1", 1, "s", "h")]);
+    r.clock.advance_ms(44_000);
+    r.engine.apply(vec![]);
+    assert!(r.node("n1").online, "15 s interval: not stale before 45 s");
+    r.clock.advance_ms(1_000);
+    r.engine.apply(vec![]);
+    let n = r.node("n1");
+    assert!(!n.online);
+    assert_eq!(n.offline_reason, Some(OfflineReason::Stale));
+    let offline = events(&r).remove(0);
+    assert_eq!(
+        (offline.reason.as_str(), offline.message.as_str()),
+        ("NodeOffline", "nothing heard from the agent for 45s")
+    );
+    // A metrics sample: online again at the next look.
+    let sample: MetricsSample = serde_json::from_str(
+        r#"{"ts":"2026-01-01T00:00:00Z","cpu_percent":1.0,"load":null,"memory":null,"swap":null,
+            "filesystems":null,"network":null,"disk_io":null,"uptime_s":5,"temperatures_c":null}"#,
+    )
+    .unwrap();
+    r.engine.apply(vec![Input::Metrics {
+        id: id("n1"),
+        sample,
+    }]);
+    r.clock.advance_ms(1_000);
+    r.engine.apply(vec![]);
+    let n = r.node("n1");
+    assert!(n.online);
+    assert_eq!(n.offline_reason, None);
+    assert_eq!(events(&r)[0].reason, "NodeOnline");
+}
+
+#[test]
+fn after_a_restart_old_heartbeats_get_a_full_window() {
+    let mut r = rig();
+    r.engine.apply(vec![birth("n1", 1, "s", "h")]);
+    r.engine.flush_heartbeats(Durability::Immediate);
+    // The controller was down for 10 minutes.
+    r.clock.advance_ms(600_000);
+    let (mut engine, _out) = engine_on(
+        &r.store,
+        &r.clock,
+        Arc::new(Telemetry::new()),
+        crate::config::ControllerConfig::default(),
+    );
+    engine.apply(vec![]);
+    assert!(
+        r.node("n1").online,
+        "no verdict before the agents could speak"
+    );
+    r.clock.advance_ms(45_000);
+    engine.apply(vec![]);
+    assert!(!r.node("n1").online);
 }

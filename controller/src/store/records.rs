@@ -78,6 +78,9 @@ pub struct NodeRecord {
     /// When the newest job report arrived (any report resets the install timer).
     #[serde(default)]
     pub last_progress_at: Option<Timestamp>,
+    /// When the newest recovery attempt was made; the state's timer restarts from it.
+    #[serde(default)]
+    pub recovered_at: Option<Timestamp>,
 
     /// The agent outbox session whose reports are applied (DESIGN section 4).
     #[serde(default)]
@@ -123,6 +126,7 @@ impl NodeRecord {
             history_len: 0,
             inventory_at: None,
             last_progress_at: None,
+            recovered_at: None,
             report_session: None,
             last_applied_seq: 0,
             old_sessions: Vec::new(),

@@ -53,7 +53,7 @@ fn all_events() -> Vec<(Event, bool)> {
         (Event::Reborn, false),
         (Event::AgentMatched, false),
         (Event::DiscoveryTimeout, false),
-        (Event::StuckPastRecovery, false),
+        (Event::Stuck, false),
         (Event::Fault { reason: "x".into() }, false),
     ];
     for to in NodeState::ALL {
@@ -81,13 +81,14 @@ fn policies() -> Vec<Policy> {
                 max_install_attempts: 3,
                 auto_activate,
                 reboot_after,
+                max_recovery_attempts: 3,
             });
         }
     }
     v
 }
 
-/// Nodes in every state, with and without a job, at and below the attempt limit.
+/// Nodes in every state, with and without a job, at and below the attempt limits.
 fn all_nodes() -> Vec<Lifecycle> {
     let mut v = Vec::new();
     for s in NodeState::ALL {
@@ -99,11 +100,13 @@ fn all_nodes() -> Vec<Lifecycle> {
             ] {
                 let mut plain = node(s);
                 plain.install_attempts = attempts;
+                plain.recovery_attempts = attempts;
                 plain.after_deprovision = after;
                 v.push(plain.clone());
                 for kind in [JobKind::Install, JobKind::Deprovision] {
                     let mut n = with_job(s, kind);
                     n.install_attempts = attempts;
+                    n.recovery_attempts = attempts;
                     n.after_deprovision = after;
                     v.push(n);
                 }
@@ -590,4 +593,84 @@ fn a_refused_install_counts_as_a_failed_attempt() {
         out.effects.last(),
         Some(&Effect::ScheduleInstallRetry { attempt: 1 })
     );
+}
+
+#[test]
+fn a_stuck_node_is_recovered_then_failed_past_the_limit() {
+    let p = policy();
+    for (state, kind, failed) in [
+        (Pending, Some(JobKind::Install), InstallFailed),
+        (Installing, Some(JobKind::Install), InstallFailed),
+        (
+            Deprovisioning,
+            Some(JobKind::Deprovision),
+            DeprovisionFailed,
+        ),
+        (Migrating, None, Error),
+    ] {
+        let mut n = match kind {
+            Some(k) => with_job(state, k),
+            None => node(state),
+        };
+        for attempt in 1..=3 {
+            let out = apply(&n, Event::Stuck, &p).unwrap();
+            assert_eq!(out.node.state, state, "{state}: attempt {attempt}");
+            assert!(out.changes.is_empty());
+            assert_eq!(out.node.recovery_attempts, attempt);
+            let mut expected = Vec::new();
+            if let Some(k) = kind {
+                if let Some(job) = &n.job {
+                    expected.push(Effect::Cancel {
+                        command_id: job.command_id.clone(),
+                    });
+                }
+                expected.push(Effect::SendJob(k));
+            }
+            expected.push(Effect::Recovery { attempt, max: 3 });
+            assert_eq!(out.effects, expected, "{state}: attempt {attempt}");
+            n = out.node;
+            if let Some(k) = kind {
+                // The controller records the new command as the job.
+                n.job = Some(JobRef {
+                    command_id: format!("c-{attempt}"),
+                    kind: k,
+                });
+            }
+        }
+        let out = apply(&n, Event::Stuck, &p).unwrap();
+        assert_eq!(out.node.state, failed, "{state}");
+        assert_eq!(
+            out.changes,
+            vec![Change {
+                from: state,
+                to: failed,
+                trigger: Trigger::System
+            }]
+        );
+        assert_eq!(
+            out.node.recovery_attempts, 3,
+            "kept for the operator to see"
+        );
+        assert_eq!(out.node.job, None, "the stuck job is cancelled");
+    }
+    for state in [
+        Registered,
+        Discovered,
+        InstallFailed,
+        Installed,
+        Active,
+        Error,
+        Retired,
+    ] {
+        assert!(apply(&node(state), Event::Stuck, &p).is_err(), "{state}");
+    }
+}
+
+#[test]
+fn entering_a_timed_state_starts_its_recovery_count_afresh() {
+    let mut n = with_job(Pending, JobKind::Install);
+    n.recovery_attempts = 2;
+    let out = apply(&n, job(JobKind::Install, JobStatus::Started), &policy()).unwrap();
+    assert_eq!(out.node.state, Installing);
+    assert_eq!(out.node.recovery_attempts, 0);
 }

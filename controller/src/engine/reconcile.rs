@@ -1,0 +1,195 @@
+//! The reconciler (DESIGN 7.3): per-state timeouts with recovery attempts, the
+//! discovery timeout of pre-registered nodes, and heartbeat staleness.
+//!
+//! It runs at most once a second, from the engine's tick, over the in-memory nodes. No
+//! timer lives only in memory: each deadline is derived from stored timestamps
+//! (`state_changed_at`, `last_progress_at`, `recovered_at`, the heartbeat), so a node
+//! stuck across a controller restart is still caught on time.
+
+use std::time::Duration;
+
+use metalbus_protocol::api::{EventSource, EventType};
+use metalbus_protocol::lifecycle::NodeState;
+use metalbus_protocol::machine::Event;
+use metalbus_protocol::status::OfflineReason;
+use metalbus_protocol::{NodeId, Timestamp};
+use tracing::{info, warn};
+
+use super::ops::Ctx;
+use super::{Batch, Engine};
+use crate::store::NodeRecord;
+
+/// How often the reconciler looks at every node.
+pub(super) const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+/// A node is offline when nothing was heard from it for this many metrics intervals.
+const STALE_AFTER_INTERVALS: u32 = 3;
+/// The metrics interval assumed before a node's birth says otherwise.
+const DEFAULT_METRICS_INTERVAL_S: u32 = 15;
+
+/// What the reconciler found about one node.
+enum Finding {
+    Stuck { state: NodeState, timeout: Duration },
+    Stale { silent_for: Duration },
+    Heard,
+}
+
+impl Engine {
+    /// Acts on every node past a deadline, once `RECONCILE_EVERY` has passed.
+    pub(super) fn reconcile(&mut self, now: Timestamp, batch: &mut Batch) {
+        if now < self.reconcile_at {
+            return;
+        }
+        self.reconcile_at = now.plus(RECONCILE_EVERY);
+        let timeouts = self.cfg.controller.lifecycle.timeouts;
+        let mut found: Vec<(NodeId, Finding)> = Vec::new();
+        for n in self.nodes.values() {
+            if let Some(timeout) = timeouts.of(n.state) {
+                if now >= timer_base(n).plus(timeout) {
+                    found.push((
+                        n.id.clone(),
+                        Finding::Stuck {
+                            state: n.state,
+                            timeout,
+                        },
+                    ));
+                }
+            }
+            if n.state == NodeState::Retired {
+                continue;
+            }
+            let interval = n.metrics_interval_s.unwrap_or(DEFAULT_METRICS_INTERVAL_S);
+            let silent_for =
+                Duration::from_secs(u64::from(interval)).saturating_mul(STALE_AFTER_INTERVALS);
+            let heard = self.heartbeats.get(&n.id).map(|h| h.last_seen_at);
+            // After a restart every node gets a full window before it can be stale.
+            let since = heard.map_or(self.started_at, |t| t.max(self.started_at));
+            let fresh = heard.is_some_and(|t| now < t.plus(silent_for));
+            if n.online && now >= since.plus(silent_for) {
+                found.push((n.id.clone(), Finding::Stale { silent_for }));
+            } else if !n.online && n.offline_reason == Some(OfflineReason::Stale) && fresh {
+                found.push((n.id.clone(), Finding::Heard));
+            }
+        }
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        for (id, finding) in found {
+            match finding {
+                Finding::Stuck { state, timeout } => self.on_stuck(&id, state, timeout, now, batch),
+                Finding::Stale { silent_for } => {
+                    self.set_online(&id, false, silent_for, now, batch)
+                }
+                Finding::Heard => self.set_online(&id, true, Duration::ZERO, now, batch),
+            }
+        }
+    }
+
+    fn on_stuck(
+        &mut self,
+        id: &NodeId,
+        state: NodeState,
+        timeout: Duration,
+        now: Timestamp,
+        batch: &mut Batch,
+    ) {
+        let limit = humantime::format_duration(timeout);
+        let (event, ctx) = if state == NodeState::Registered {
+            let error = format!("no agent matched this registration within {limit}");
+            warn!(node = %id, "{error}");
+            let ctx = Ctx {
+                error: Some(error),
+                reason: Some("DiscoveryTimeout"),
+                ..Ctx::default()
+            };
+            (Event::DiscoveryTimeout, ctx)
+        } else {
+            let max = self.cfg.controller.lifecycle.max_recovery_attempts;
+            warn!(node = %id, %state, timeout = %limit, "node stuck");
+            batch.stuck.push(state);
+            batch.event(
+                id,
+                EventType::Warning,
+                "StuckState",
+                format!("no progress in {state} for {limit}"),
+                EventSource::Controller,
+                now,
+            );
+            let ctx = Ctx {
+                error: Some(format!(
+                    "stuck in {state}: no progress for {limit}, {max} recovery attempts made"
+                )),
+                reason: Some("StuckState"),
+                ..Ctx::default()
+            };
+            (Event::Stuck, ctx)
+        };
+        if !self.run_machine(id, event, ctx, now, batch) {
+            // Never refire every second for a node the machine will not move: wait a
+            // full timeout again.
+            self.restart_timer(id, now, batch);
+        }
+    }
+
+    fn restart_timer(&mut self, id: &NodeId, now: Timestamp, batch: &mut Batch) {
+        if let Some(before) = self.nodes.get(id).cloned() {
+            let mut after = before.clone();
+            after.recovered_at = Some(now);
+            self.replace(before, after, now, batch);
+        }
+    }
+
+    /// Marks a node offline for silence (or online again when heard from), with its
+    /// event.
+    fn set_online(
+        &mut self,
+        id: &NodeId,
+        online: bool,
+        silent_for: Duration,
+        now: Timestamp,
+        batch: &mut Batch,
+    ) {
+        let Some(before) = self.nodes.get(id).cloned() else {
+            return;
+        };
+        let mut after = before.clone();
+        after.online = online;
+        if online {
+            after.offline_reason = None;
+            info!(node = %id, "node heard from again");
+            batch.event(
+                id,
+                EventType::Normal,
+                "NodeOnline",
+                "agent heard from again",
+                EventSource::Controller,
+                now,
+            );
+        } else {
+            after.offline_reason = Some(OfflineReason::Stale);
+            let silent = humantime::format_duration(silent_for);
+            warn!(node = %id, silent_for = %silent, "node offline: nothing heard");
+            batch.event(
+                id,
+                EventType::Warning,
+                "NodeOffline",
+                format!("nothing heard from the agent for {silent}"),
+                EventSource::Controller,
+                now,
+            );
+        }
+        self.replace(before, after, now, batch);
+    }
+}
+
+/// Where the node's state timer starts: the last state change, the last recovery
+/// attempt, and while installing the last job report, whichever is newest.
+fn timer_base(n: &NodeRecord) -> Timestamp {
+    let mut base = n.state_changed_at;
+    if let Some(t) = n.recovered_at {
+        base = base.max(t);
+    }
+    if n.state == NodeState::Installing {
+        if let Some(t) = n.last_progress_at {
+            base = base.max(t);
+        }
+    }
+    base
+}
