@@ -13,8 +13,11 @@ use metalbus_e2e::{eventually, process_with, steps_dir, AgentProc, Api, Controll
 use metalbus_protocol::Timestamp;
 use serde_json::{json, Value};
 
-/// Hangs without a word of progress; leaves a grandchild too.
-const HANG: &str = "#!/bin/sh\nsleep 300.5151 &\nsleep 300.5152\n";
+/// A step that hangs without a word of progress and leaves a grandchild too; `tag`
+/// tells one test's processes from another's.
+fn hang(tag: &str) -> String {
+    format!("#!/bin/sh\nsleep 300.{tag}1 &\nsleep 300.{tag}2\n")
+}
 
 async fn controller(dir: &std::path::Path, installing: &str) -> Controller {
     let config = dir.join("controller.toml");
@@ -37,8 +40,8 @@ steps = [ {{ name = "hang", script = "hang-step", timeout_s = 300 }} ]
     Controller::start(dir, &["--config", config.to_str().unwrap()]).await
 }
 
-fn agent(dir: &std::path::Path, ctl: &Controller, id: &str) -> AgentProc {
-    let steps = steps_dir(dir, &[("hang-step", HANG)]);
+fn agent(dir: &std::path::Path, ctl: &Controller, id: &str, tag: &str) -> AgentProc {
+    let steps = steps_dir(dir, &[("hang-step", &hang(tag))]);
     AgentProc::start_with(
         dir,
         &ctl.broker_url(),
@@ -68,9 +71,27 @@ fn counter(text: &str, name: &str) -> u64 {
         .map_or(0, |v| v as u64)
 }
 
-/// A detection may come up to one reconciler tick (1 s) after its deadline, plus the
-/// new job's `started` report and scheduling on a busy machine.
-const TICK_SLACK_MS: i64 = 2_000;
+/// The last detection, measured from the job's own last report, may come up to one
+/// reconciler tick (1 s) after its deadline, plus scheduling on a busy machine.
+const TICK_SLACK_MS: i64 = 1_500;
+/// The earlier ones are measured from the recovery attempt, so they also include the
+/// agent starting the new job.
+const START_SLACK_MS: i64 = 4_000;
+
+/// Checks the lateness of every detection: never early; the last within a tick.
+fn check_on_time(lateness: &[i64]) {
+    let (last, earlier) = lateness.split_last().unwrap();
+    for late in earlier {
+        assert!(
+            (0..=START_SLACK_MS).contains(late),
+            "a detection {late} ms after its deadline: {lateness:?}"
+        );
+    }
+    assert!(
+        (0..=TICK_SLACK_MS).contains(last),
+        "the last detection {last} ms after its deadline: {lateness:?}"
+    );
+}
 
 /// Milliseconds from `deadline` to `at` (negative: early).
 fn late_ms(at: Timestamp, deadline: Timestamp) -> i64 {
@@ -130,18 +151,22 @@ async fn check_failed_after_recoveries(api: &Api, node: &str, timeout: Duration)
     }
     assert_eq!(evs[0]["reason"], "InstallFailed", "{evs:?}");
 
-    // Each detection came one timeout after the previous attempt (its new job reports
-    // `started` within milliseconds, then nothing), within a reconciler tick.
+    // Each detection came one timeout after the previous attempt, whose new job
+    // reports `started` within milliseconds when the agent is connected, within a
+    // reconciler tick. The last job's own report time is on the node: after a restart
+    // the agent may still have been reconnecting when that job was sent.
     let mut times: Vec<Timestamp> = recoveries
         .iter()
         .map(|r| ts(&r["last_timestamp"]))
         .collect();
     times.reverse();
-    times.push(ts(&last["created_at"]));
-    times
+    let mut late: Vec<i64> = times
         .windows(2)
         .map(|w| late_ms(w[1], w[0].plus(timeout)))
-        .collect()
+        .collect();
+    let last_base = times[2].max(ts(&failed["last_progress_at"]));
+    late.push(late_ms(ts(&last["created_at"]), last_base.plus(timeout)));
+    late
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,7 +175,7 @@ async fn a_hung_install_is_recovered_three_times_then_install_failed() {
     let ctl = controller(tmp.path(), "3s").await;
     let api = ctl.api();
     let before = api.get_text("/metrics").await.unwrap();
-    let _agent = agent(tmp.path(), &ctl, "stuck-1");
+    let _agent = agent(tmp.path(), &ctl, "stuck-1", "6161");
     api.wait_state("stuck-1", "discovered", Duration::from_secs(30))
         .await;
     let started = Instant::now();
@@ -164,12 +189,7 @@ async fn a_hung_install_is_recovered_three_times_then_install_failed() {
         "stuck install: install_failed after {:.1} s; detections late by {lateness:?} ms",
         started.elapsed().as_secs_f64()
     );
-    for late in &lateness {
-        assert!(
-            (0..=TICK_SLACK_MS).contains(late),
-            "a detection {late} ms after its deadline: {lateness:?}"
-        );
-    }
+    check_on_time(&lateness);
 
     // The counters moved by the same amounts as the events.
     let after = api.get_text("/metrics").await.unwrap();
@@ -185,7 +205,7 @@ async fn a_hung_install_is_recovered_three_times_then_install_failed() {
 
     // Every hung step was cancelled with its grandchild.
     eventually(Duration::from_secs(10), "the hung steps to be gone", || {
-        let left = process_with("300.5151") || process_with("300.5152");
+        let left = process_with("300.61611") || process_with("300.61612");
         async move {
             if left {
                 Err("still running".to_string())
@@ -203,17 +223,17 @@ async fn a_node_stuck_across_a_controller_restart_is_still_caught_on_time() {
     let timeout = Duration::from_secs(4);
     let mut ctl = controller(tmp.path(), "4s").await;
     let api = ctl.api();
-    let _agent = agent(tmp.path(), &ctl, "stuck-2");
+    let _agent = agent(tmp.path(), &ctl, "stuck-2", "7171");
     api.wait_state("stuck-2", "discovered", Duration::from_secs(30))
         .await;
     api.post("/api/v1/nodes/stuck-2/manage", None)
         .await
         .unwrap();
 
-    // Right after the second recovery attempt has reached the agent (its new install is
+    // Right after the third recovery attempt has reached the agent (its new install is
     // acknowledged, so the job's timer runs from about now), the controller dies, and
-    // stays down for 3 s of the 4 s until the next deadline.
-    eventually(Duration::from_secs(30), "two recovery attempts", || {
+    // stays down for 3 s of the 4 s until the final deadline.
+    eventually(Duration::from_secs(30), "three recovery attempts", || {
         let api = api.clone();
         async move {
             let n = api.node("stuck-2").await?;
@@ -222,7 +242,7 @@ async fn a_node_stuck_across_a_controller_restart_is_still_caught_on_time() {
                 .unwrap_or_default()
                 .to_string();
             let (_, op) = api.get(&format!("/api/v1/operations/{job}")).await?;
-            if n["recovery_attempts"] == 2 && op["data"]["status"] == "accepted" {
+            if n["recovery_attempts"] == 3 && op["data"]["status"] == "accepted" {
                 Ok(())
             } else {
                 Err(format!("{n} {op}"))
@@ -235,14 +255,9 @@ async fn a_node_stuck_across_a_controller_restart_is_still_caught_on_time() {
     ctl.restart().await;
     let api = ctl.api();
 
-    // Timers re-armed from the restart would make the next detection over 3 s late;
+    // A timer re-armed from the restart would make the final detection over 3 s late;
     // derived from the stored timestamps, it is on time.
     let lateness = check_failed_after_recoveries(&api, "stuck-2", timeout).await;
     println!("stuck across a restart: detections late by {lateness:?} ms");
-    for late in &lateness {
-        assert!(
-            (0..=TICK_SLACK_MS).contains(late),
-            "a detection {late} ms after its deadline: {lateness:?}"
-        );
-    }
+    check_on_time(&lateness);
 }

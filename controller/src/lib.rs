@@ -5,7 +5,8 @@
 //! - [`broker`]: the embedded rumqttd broker.
 //! - [`bus`]: the controller's MQTT client (subscribe, ingest, publish).
 //! - [`ingest`]: pure decoding and refusal of agent messages.
-//! - [`engine`]: the one writer of node data.
+//! - [`engine`]: the one writer of node data; [`matching`]: which registration a new
+//!   agent claims.
 //! - [`store`]: redb tables and records.
 //! - [`api`]: the HTTP API; [`cli`]: the operator CLI.
 //! - [`publish`], [`telemetry`], [`clock`], [`config`]: plumbing.
@@ -19,6 +20,7 @@ pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod ingest;
+pub mod matching;
 pub mod publish;
 pub mod reject_log;
 pub mod serve;

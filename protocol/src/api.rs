@@ -180,6 +180,8 @@ pub struct NodeView {
     /// The job the node runs (or was last sent).
     pub job: Option<crate::machine::JobRef>,
     pub progress: Option<Progress>,
+    /// When a job last reported (the `installing` timeout runs from it).
+    pub last_progress_at: Option<Timestamp>,
     pub labels: BTreeMap<String, String>,
     pub group: Option<String>,
     pub control_plane: bool,
@@ -192,8 +194,85 @@ pub struct NodeView {
     /// The agent outbox session whose reports are applied, and the newest one applied.
     pub report_session: Option<String>,
     pub last_applied_seq: u64,
+    /// For a pre-registered node: what its agent is matched by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration: Option<MatchHints>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+}
+
+/// What a pre-registered node's agent is matched by (DESIGN section 8): MAC, then IP,
+/// then hostname prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct MatchHints {
+    /// Lower-case, colon-separated.
+    pub mac: Option<String>,
+    pub ip: Option<std::net::IpAddr>,
+    /// Matches the agent's hostname, or one that continues it after `-` or `.`
+    /// (`my-node` matches `my-node-k8s-worker`, not `my-nodes`).
+    pub hostname: Option<String>,
+}
+
+/// `POST /nodes`: pre-register a node by any of MAC, IP and hostname.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    pub name: String,
+    pub mac: Option<String>,
+    pub ip: Option<String>,
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub group: Option<String>,
+}
+
+impl RegisterRequest {
+    /// The hints, checked: a MAC of six hex pairs (`:` or `-`), an IPv4 or IPv6 address,
+    /// a hostname of letters, digits, `-` and `.`; at least one of them.
+    pub fn hints(&self) -> Result<MatchHints, String> {
+        let mac = match self.mac.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(m) => Some(normalize_mac(m).ok_or_else(|| {
+                format!("mac {m:?} must be six hex pairs like aa:bb:cc:dd:ee:ff")
+            })?),
+        };
+        let ip = match self.ip.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(i) => Some(
+                i.parse()
+                    .map_err(|_| format!("ip {i:?} is not an IPv4 or IPv6 address"))?,
+            ),
+        };
+        let hostname = match self.hostname.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(h) => {
+                let ok = h.len() <= 253
+                    && h.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+                    && !h.starts_with(['-', '.']);
+                if !ok {
+                    return Err(format!(
+                        "hostname {h:?} must be letters, digits, '-' and '.', not starting with '-' or '.'"
+                    ));
+                }
+                Some(h.to_ascii_lowercase())
+            }
+        };
+        if mac.is_none() && ip.is_none() && hostname.is_none() {
+            return Err("give at least one of mac, ip and hostname to match the agent by".into());
+        }
+        Ok(MatchHints { mac, ip, hostname })
+    }
+}
+
+/// `AA-BB-CC-DD-EE-FF` or `aa:bb:cc:dd:ee:ff` → `aa:bb:cc:dd:ee:ff`.
+fn normalize_mac(m: &str) -> Option<String> {
+    let parts: Vec<&str> = m.split([':', '-']).collect();
+    let ok = parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()));
+    ok.then(|| parts.join(":").to_ascii_lowercase())
 }
 
 /// `{"data": ..., "message": "..."}`: the answer to a change.

@@ -6,7 +6,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::{Extension, Json};
 use metalbus_protocol::api::{
-    Changed, Data, History, ManageRequest, NodeUpdateRequest, NodeView, RetryResponse, StateChange,
+    Changed, Data, History, ManageRequest, NodeUpdateRequest, NodeView, RegisterRequest,
+    RetryResponse, StateChange,
 };
 use metalbus_protocol::lifecycle::NodeState;
 use serde::Deserialize;
@@ -17,7 +18,7 @@ use super::error::ApiError;
 use super::extract::{ApiJson, Checked, OptionalJson};
 use super::nodes::view_of;
 use super::AppState;
-use crate::engine::{Action, Call, Input, NodeUpdate, Reply};
+use crate::engine::{Action, Call, Input, NodeUpdate, Registration, Reply};
 use crate::store::Role;
 
 /// The caller must have at least `role`.
@@ -183,6 +184,31 @@ pub async fn retry(
         previous_state: reply.before,
         current_state: reply.node.state,
     }))
+}
+
+/// `POST /nodes`: pre-register a node (201); its agent claims it on arrival by MAC,
+/// IP or hostname prefix (DESIGN section 8).
+pub async fn register(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<RegisterRequest>,
+) -> Result<(StatusCode, Json<Data<NodeView>>), ApiError> {
+    require(&caller, Role::Operator)?;
+    let hints = body.hints().map_err(ApiError::BadRequest)?;
+    let reg = Registration {
+        name: body.name.clone(),
+        hints,
+        labels: body.labels,
+        group: body.group,
+    };
+    let reply = call(&state, body.name, Action::Register(reg), &caller, &headers).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Data {
+            data: view_of(&state, reply.node)?,
+        }),
+    ))
 }
 
 /// `PATCH /nodes/{node}`: name, labels, group, control_plane.

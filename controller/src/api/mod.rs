@@ -44,7 +44,7 @@ pub struct AppState {
 /// Every route. `/api/v1/*` needs a bearer token; health and metrics do not.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
-        .route("/nodes", get(nodes::list))
+        .route("/nodes", get(nodes::list).post(lifecycle::register))
         .route(
             "/nodes/:node",
             get(nodes::get)

@@ -60,6 +60,28 @@ pub enum NodesCommand {
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
     },
+    /// Pre-register a node before its agent runs: the first new agent that matches
+    /// (by MAC, then IP, then hostname prefix) takes its name, labels and group.
+    Register {
+        /// The node's name.
+        name: String,
+        /// A MAC address of one of its NICs (aa:bb:cc:dd:ee:ff).
+        #[arg(long)]
+        mac: Option<String>,
+        /// One of its IP addresses.
+        #[arg(long)]
+        ip: Option<String>,
+        /// Its hostname, or a prefix of it (`web` matches `web-01`, not `webby`).
+        #[arg(long)]
+        hostname: Option<String>,
+        /// A label, KEY=VALUE; repeat for more.
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Output,
+    },
     /// Install a discovered node with a plan (the default plan if none is named).
     Manage {
         node: String,
@@ -206,6 +228,31 @@ pub async fn nodes(args: ClientArgs, cmd: NodesCommand) -> Result<String, Client
                 Output::Json => json(&n),
             })
         }
+        NodesCommand::Register {
+            name,
+            mac,
+            ip,
+            hostname,
+            labels,
+            group,
+            output,
+        } => {
+            let labels: std::collections::BTreeMap<String, String> = labels.into_iter().collect();
+            let body = serde_json::json!({
+                "name": name, "mac": mac, "ip": ip, "hostname": hostname,
+                "labels": labels, "group": group,
+            });
+            let d: Data<NodeView> = api
+                .send(Method::POST, "/api/v1/nodes", &[], Some(body))
+                .await?;
+            Ok(match output {
+                Output::Table => format!(
+                    "{}: registered as {} (state {}); waiting for its agent\n",
+                    d.data.name, d.data.id, d.data.state
+                ),
+                Output::Json => json(&d.data),
+            })
+        }
         NodesCommand::Manage { node, plan, output } => {
             let body = serde_json::json!({ "plan": plan });
             let c: Changed<NodeView> = api
@@ -297,6 +344,12 @@ pub async fn nodes(args: ClientArgs, cmd: NodesCommand) -> Result<String, Client
             })
         }
     }
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("label {s:?} must be KEY=VALUE"))
 }
 
 fn json(v: &impl serde::Serialize) -> String {

@@ -1,6 +1,8 @@
 //! The engine's handling of what agents say: status (birth, Will, clean stop), inventory,
 //! metrics, and reports (acks and job events).
 
+use std::collections::HashSet;
+
 use metalbus_protocol::api::{EventSource, EventType};
 use metalbus_protocol::controller::Progress;
 use metalbus_protocol::inventory::Inventory;
@@ -15,6 +17,7 @@ use tracing::{debug, error, info, warn};
 
 use super::ops::Ctx;
 use super::{Batch, Engine, MAX_EARLY_INVENTORIES, MAX_HELD_REPORTS};
+use crate::matching::{self, AgentFacts, Candidate, MatchedBy};
 use crate::store::{CommandStatus, Heartbeat, NodeRecord, StoredInventory};
 
 impl Engine {
@@ -33,33 +36,16 @@ impl Engine {
 
     pub(super) fn on_birth(&mut self, id: &NodeId, b: Birth, now: Timestamp, batch: &mut Batch) {
         let Some(before) = self.nodes.get(id).cloned() else {
-            let name = self.unique_name(&b.hostname, id);
-            let node = NodeRecord {
-                conn: b.conn,
-                session: Some(b.session),
-                hostname: Some(b.hostname),
-                agent_version: Some(b.agent_version),
-                boot_id: b.boot_id,
-                metrics_interval_s: Some(b.metrics_interval_s),
-                ..NodeRecord::discovered(id.clone(), name.clone(), now)
-            };
-            info!(node = %id, %name, "new node discovered");
-            batch.event(
-                id,
-                EventType::Normal,
-                "NodeOnline",
-                "agent connected",
-                EventSource::Controller,
-                now,
-            );
-            self.names.insert(name, id.clone());
-            self.nodes.insert(id.clone(), node);
-            batch.nodes.insert(id.clone(), None);
-            batch.durable = true;
-            self.touch(id, now);
-            if let Some(inv) = self.early_inventory.remove(id) {
-                batch.used_early.push((id.clone(), inv.clone()));
-                self.on_inventory(id, inv, now, batch);
+            // An unknown agent. With registrations to match, wait (briefly) for its
+            // inventory: MACs and IPs match before hostnames.
+            let waiting = self.has_registrations()
+                && !self.early_inventory.contains_key(id)
+                && self.pending_births.len() < MAX_EARLY_INVENTORIES;
+            if waiting {
+                debug!(node = %id, "new agent; waiting for its inventory to match registrations");
+                self.pending_births.insert(id.clone(), (b, now));
+            } else {
+                self.create_node(id, b, now, batch);
             }
             return;
         };
@@ -97,6 +83,108 @@ impl Engine {
         if rebooted {
             self.run_machine(id, Event::Reborn, Default::default(), now, batch);
         }
+    }
+
+    /// A node for an agent seen for the first time: the registration it matches (by
+    /// MAC, IP, then hostname), or a new `discovered` node.
+    pub(super) fn create_node(&mut self, id: &NodeId, b: Birth, now: Timestamp, batch: &mut Batch) {
+        let facts = AgentFacts::new(&b.hostname, self.early_inventory.get(id));
+        let matched = self.match_registration(&facts);
+        let from_birth = |node: NodeRecord| NodeRecord {
+            conn: b.conn,
+            session: Some(b.session.clone()),
+            hostname: Some(b.hostname.clone()),
+            agent_version: Some(b.agent_version.clone()),
+            boot_id: b.boot_id.clone(),
+            metrics_interval_s: Some(b.metrics_interval_s),
+            ..node
+        };
+        let name = match &matched {
+            Some((reg_id, by)) => {
+                // The registration becomes this node: its name, labels and group carry
+                // over, the agent's id stays, and the record is gone as a node of its own.
+                let Some(reg) = self.nodes.remove(reg_id) else {
+                    return;
+                };
+                self.names.remove(&reg.name);
+                batch.deleted.push((reg_id.clone(), reg.name.clone()));
+                let node = from_birth(NodeRecord {
+                    state: NodeState::Registered,
+                    labels: reg.labels,
+                    group: reg.group,
+                    control_plane: reg.control_plane,
+                    ..NodeRecord::discovered(id.clone(), reg.name.clone(), now)
+                });
+                info!(node = %id, name = %reg.name, registration = %reg_id, by = by.as_str(), "new agent matched a registration");
+                batch.event(
+                    id,
+                    EventType::Normal,
+                    "NodeMatched",
+                    format!("matched registration {reg_id} by {}", by.as_str()),
+                    EventSource::Controller,
+                    now,
+                );
+                self.nodes.insert(id.clone(), node);
+                reg.name
+            }
+            None => {
+                let name = self.unique_name(&b.hostname, id);
+                info!(node = %id, %name, "new node discovered");
+                self.nodes.insert(
+                    id.clone(),
+                    from_birth(NodeRecord::discovered(id.clone(), name.clone(), now)),
+                );
+                name
+            }
+        };
+        self.names.insert(name, id.clone());
+        batch.nodes.insert(id.clone(), None);
+        batch.durable = true;
+        batch.event(
+            id,
+            EventType::Normal,
+            "NodeOnline",
+            "agent connected",
+            EventSource::Controller,
+            now,
+        );
+        if let Some((reg_id, by)) = matched {
+            let ctx = Ctx {
+                comment: Some(format!("matched registration {reg_id} by {}", by.as_str())),
+                ..Ctx::default()
+            };
+            self.run_machine(id, Event::AgentMatched, ctx, now, batch);
+        }
+        self.touch(id, now);
+        if let Some(inv) = self.early_inventory.remove(id) {
+            batch.used_early.push((id.clone(), inv.clone()));
+            self.on_inventory(id, inv, now, batch);
+        }
+    }
+
+    /// Whether any pre-registered node waits for its agent.
+    pub(super) fn has_registrations(&self) -> bool {
+        self.nodes
+            .values()
+            .any(|n| n.state == NodeState::Registered)
+    }
+
+    fn match_registration(&self, facts: &AgentFacts) -> Option<(NodeId, MatchedBy)> {
+        let candidates: Vec<Candidate<'_>> = self
+            .nodes
+            .values()
+            .filter(|n| n.state == NodeState::Registered)
+            .filter_map(|n| {
+                Some(Candidate {
+                    id: &n.id,
+                    hints: n.registration.as_ref()?,
+                    registered_at: n.created_at,
+                })
+            })
+            .collect();
+        // A claimed record leaves `registered` at once (this engine is the only
+        // writer), so none is claimed twice, however many agents arrive together.
+        matching::pick(&candidates, facts, &HashSet::new())
     }
 
     pub(super) fn on_offline(
@@ -156,6 +244,11 @@ impl Engine {
         batch: &mut Batch,
     ) {
         let Some(before) = self.nodes.get(id).cloned() else {
+            if let Some((birth, _)) = self.pending_births.remove(id) {
+                self.early_inventory.insert(id.clone(), inv);
+                self.create_node(id, birth, now, batch);
+                return;
+            }
             if self.early_inventory.len() >= MAX_EARLY_INVENTORIES {
                 debug!(node = %id, "too many early inventories; dropping one");
                 return;

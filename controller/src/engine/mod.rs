@@ -18,7 +18,7 @@ mod agent;
 mod ops;
 mod reconcile;
 
-pub use ops::{Action, Call, CallError, NodeUpdate, Reply};
+pub use ops::{Action, Call, CallError, NodeUpdate, Registration, Reply};
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
@@ -32,7 +32,7 @@ use metalbus_protocol::lifecycle::NodeState;
 use metalbus_protocol::machine::Event;
 use metalbus_protocol::metrics::MetricsSample;
 use metalbus_protocol::report::Report;
-use metalbus_protocol::status::Status;
+use metalbus_protocol::status::{Birth, Status};
 use metalbus_protocol::topic::{NodeTopic, Topics};
 use metalbus_protocol::{NodeId, Timestamp};
 use redb::Durability;
@@ -151,6 +151,9 @@ pub struct Engine {
     reconcile_at: Timestamp,
     /// When this engine started: no node is stale before a full window after it.
     started_at: Timestamp,
+    /// Births of unknown agents waiting (briefly) for their inventory, so that they can
+    /// be matched to registrations by MAC and IP.
+    pending_births: HashMap<NodeId, (Birth, Timestamp)>,
 }
 
 /// Where an API call's answer goes.
@@ -161,6 +164,9 @@ type ReplyTo = oneshot::Sender<Result<Reply, CallError>>;
 struct Batch {
     /// Changed nodes and the name each had before (None if new).
     nodes: BTreeMap<NodeId, Option<String>>,
+    /// Nodes that are gone (a registration a new agent claimed), with their names;
+    /// deleted before the changed nodes are written.
+    deleted: Vec<(NodeId, String)>,
     inventories: BTreeMap<NodeId, StoredInventory>,
     /// Early inventories this batch used; put back if the commit fails.
     used_early: Vec<(NodeId, Inventory)>,
@@ -187,6 +193,7 @@ struct Batch {
 impl Batch {
     fn is_empty(&self) -> bool {
         self.nodes.is_empty()
+            && self.deleted.is_empty()
             && self.inventories.is_empty()
             && self.audits.is_empty()
             && self.commands.is_empty()
@@ -249,6 +256,7 @@ impl Engine {
             unacked: BTreeMap::new(),
             reconcile_at: Timestamp::from_unix_millis(0),
             started_at: Timestamp::from_unix_millis(0),
+            pending_births: HashMap::new(),
         };
         engine.reload()?;
         for id in engine.nodes.keys() {
@@ -493,6 +501,9 @@ impl Engine {
             Durability::None
         };
         self.store.write(durability, |tx| {
+            for (id, name) in &batch.deleted {
+                tx.delete_node(id, name)?;
+            }
             for (id, old_name) in &batch.nodes {
                 if let Some(node) = self.nodes.get(id) {
                     tx.put_node(node, old_name.as_deref())?;

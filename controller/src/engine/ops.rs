@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use metalbus_protocol::api::{EventSource, EventType};
+use metalbus_protocol::api::{EventSource, EventType, MatchHints};
 use metalbus_protocol::command::{Command, CommandKind, JobKind, Plan};
 use metalbus_protocol::lifecycle::NodeState;
 use metalbus_protocol::machine::{apply, Change, Effect, Event, JobRef, Policy, Refusal, Trigger};
@@ -50,6 +50,17 @@ pub enum Action {
     },
     Retry,
     Update(NodeUpdate),
+    /// `POST /nodes`: a `registered` node for an agent not seen yet.
+    Register(Registration),
+}
+
+/// A pre-registration (DESIGN section 8).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Registration {
+    pub name: String,
+    pub hints: MatchHints,
+    pub labels: BTreeMap<String, String>,
+    pub group: Option<String>,
 }
 
 /// `PATCH /nodes/{node}`.
@@ -548,6 +559,9 @@ impl Engine {
         now: Timestamp,
         batch: &mut Batch,
     ) -> Result<Done, CallError> {
+        if let Action::Register(reg) = &call.action {
+            return self.register(reg, call.user.as_deref(), now, batch);
+        }
         let id = self.resolve(&call.key).ok_or(CallError::NotFound)?;
         let node = self.nodes.get(&id).cloned().ok_or(CallError::NotFound)?;
         if let Some(given) = call.if_match {
@@ -600,6 +614,8 @@ impl Engine {
                 self.update_node(&node, update, now, batch)?;
                 return Ok(Done { id, before });
             }
+            // Handled before the node lookup; never reaches here.
+            Action::Register(_) => return Err(CallError::Conflict("node exists".into())),
         };
         self.machine(&id, event, ctx, now, batch)
             .map(|()| Done { id, before })
@@ -624,6 +640,82 @@ impl Engine {
         node.online && fresh && node.inventory_at.is_some()
     }
 
+    /// A new `registered` node; its agent claims it on arrival (`create_node`).
+    fn register(
+        &mut self,
+        reg: &Registration,
+        user: Option<&str>,
+        now: Timestamp,
+        batch: &mut Batch,
+    ) -> Result<Done, CallError> {
+        self.check_name(&reg.name, None)?;
+        check_labels(&reg.labels)?;
+        let group = reg.group.as_deref().map(check_group).transpose()?.flatten();
+        let id = loop {
+            let candidate = format!("reg-{:012x}", rand::thread_rng().gen::<u64>() >> 16);
+            let id = NodeId::new(candidate).map_err(|e| CallError::Store(e.to_string()))?;
+            if !self.nodes.contains_key(&id) && !self.names.contains_key(id.as_str()) {
+                break id;
+            }
+        };
+        let node = NodeRecord {
+            state: NodeState::Registered,
+            online: false,
+            labels: reg.labels.clone(),
+            group,
+            registration: Some(reg.hints.clone()),
+            ..NodeRecord::discovered(id.clone(), reg.name.clone(), now)
+        };
+        let hints = &reg.hints;
+        let by: Vec<String> = [
+            hints.mac.as_ref().map(|m| format!("mac {m}")),
+            hints.ip.map(|i| format!("ip {i}")),
+            hints.hostname.as_ref().map(|h| format!("hostname {h}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        info!(node = %id, name = %reg.name, user = user.unwrap_or("-"), "node registered");
+        batch.event(
+            &id,
+            EventType::Normal,
+            "Registered",
+            format!(
+                "registered by {}; matched by {}",
+                user.unwrap_or("unknown"),
+                by.join(", ")
+            ),
+            EventSource::Controller,
+            now,
+        );
+        self.names.insert(reg.name.clone(), id.clone());
+        self.nodes.insert(id.clone(), node);
+        batch.nodes.insert(id.clone(), None);
+        batch.durable = true;
+        Ok(Done {
+            id,
+            before: NodeState::Registered,
+        })
+    }
+
+    /// A valid name no other node has (as its name or its id).
+    fn check_name(&self, name: &str, this: Option<&NodeId>) -> Result<(), CallError> {
+        if !is_valid_node_name(name) {
+            return Err(CallError::BadRequest(format!(
+                "name {name:?} must be 1 to 64 of A-Z, a-z, 0-9, '.', '_', '-', starting with a letter or digit"
+            )));
+        }
+        let other = |id: &NodeId| Some(id) != this;
+        let taken = self.names.get(name).is_some_and(other)
+            || self.nodes.keys().any(|id| id.as_str() == name && other(id));
+        if taken {
+            return Err(CallError::Conflict(format!(
+                "name {name:?} is taken by another node"
+            )));
+        }
+        Ok(())
+    }
+
     fn update_node(
         &mut self,
         node: &NodeRecord,
@@ -633,47 +725,15 @@ impl Engine {
     ) -> Result<(), CallError> {
         let mut after = node.clone();
         if let Some(name) = &update.name {
-            if !is_valid_node_name(name) {
-                return Err(CallError::BadRequest(format!(
-                    "name {name:?} must be 1 to 64 of A-Z, a-z, 0-9, '.', '_', '-', starting with a letter or digit"
-                )));
-            }
-            let taken = self.names.get(name).is_some_and(|other| other != &node.id)
-                || self
-                    .nodes
-                    .keys()
-                    .any(|other| other.as_str() == name && other != &node.id);
-            if taken {
-                return Err(CallError::Conflict(format!(
-                    "name {name:?} is taken by another node"
-                )));
-            }
+            self.check_name(name, Some(&node.id))?;
             after.name = name.clone();
         }
         if let Some(labels) = &update.labels {
-            for (k, v) in labels {
-                let key_ok = !k.is_empty()
-                    && k.len() <= 63
-                    && k.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
-                if !key_ok || v.len() > 256 || v.chars().any(char::is_control) {
-                    return Err(CallError::BadRequest(format!(
-                        "label {k:?}={v:?}: keys are 1 to 63 of letters, digits, '.', '_', '-', '/'; values at most 256 characters"
-                    )));
-                }
-            }
+            check_labels(labels)?;
             after.labels = labels.clone();
         }
         if let Some(group) = &update.group {
-            if group.is_empty() {
-                after.group = None;
-            } else if is_valid_node_name(group) {
-                after.group = Some(group.clone());
-            } else {
-                return Err(CallError::BadRequest(format!(
-                    "group {group:?} must be 1 to 64 of A-Z, a-z, 0-9, '.', '_', '-'"
-                )));
-            }
+            after.group = check_group(group)?;
         }
         if let Some(cp) = update.control_plane {
             after.control_plane = cp;
@@ -717,6 +777,35 @@ fn command_kind(job: JobKind) -> CommandKind {
 }
 
 /// Entering a failure state records why: the error and the attempt count.
+/// Label keys of 1 to 63 safe characters; values up to 256 characters, no controls.
+fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), CallError> {
+    for (k, v) in labels {
+        let key_ok = !k.is_empty()
+            && k.len() <= 63
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
+        if !key_ok || v.len() > 256 || v.chars().any(char::is_control) {
+            return Err(CallError::BadRequest(format!(
+                "label {k:?}={v:?}: keys are 1 to 63 of letters, digits, '.', '_', '-', '/'; values at most 256 characters"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A group name; `""` clears the group.
+fn check_group(group: &str) -> Result<Option<String>, CallError> {
+    if group.is_empty() {
+        Ok(None)
+    } else if is_valid_node_name(group) {
+        Ok(Some(group.to_string()))
+    } else {
+        Err(CallError::BadRequest(format!(
+            "group {group:?} must be 1 to 64 of A-Z, a-z, 0-9, '.', '_', '-'"
+        )))
+    }
+}
+
 /// The event a transition is shown as, if any: (type, reason, message).
 fn transition_event(
     change: &Change,

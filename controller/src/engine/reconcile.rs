@@ -25,6 +25,9 @@ pub(super) const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 const STALE_AFTER_INTERVALS: u32 = 3;
 /// The metrics interval assumed before a node's birth says otherwise.
 const DEFAULT_METRICS_INTERVAL_S: u32 = 15;
+/// How long a new agent's birth waits for its inventory before it is matched to
+/// registrations by hostname alone.
+const INVENTORY_WAIT: Duration = Duration::from_secs(5);
 
 /// What the reconciler found about one node.
 enum Finding {
@@ -40,6 +43,19 @@ impl Engine {
             return;
         }
         self.reconcile_at = now.plus(RECONCILE_EVERY);
+        let mut overdue: Vec<NodeId> = self
+            .pending_births
+            .iter()
+            .filter(|(_, (_, since))| now >= since.plus(INVENTORY_WAIT))
+            .map(|(id, _)| id.clone())
+            .collect();
+        overdue.sort();
+        for id in overdue {
+            if let Some((birth, _)) = self.pending_births.remove(&id) {
+                info!(node = %id, "no inventory from the new agent; matching by hostname");
+                self.create_node(&id, birth, now, batch);
+            }
+        }
         let timeouts = self.cfg.controller.lifecycle.timeouts;
         let mut found: Vec<(NodeId, Finding)> = Vec::new();
         for n in self.nodes.values() {

@@ -918,3 +918,194 @@ fn after_a_restart_old_heartbeats_get_a_full_window() {
     engine.apply(vec![]);
     assert!(!r.node("n1").online);
 }
+
+fn register(
+    name: &str,
+    mac: Option<&str>,
+    hostname: Option<&str>,
+) -> (
+    Input,
+    tokio::sync::oneshot::Receiver<Result<super::Reply, super::CallError>>,
+) {
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    let reg = super::Registration {
+        name: name.into(),
+        hints: metalbus_protocol::api::MatchHints {
+            mac: mac.map(String::from),
+            ip: None,
+            hostname: hostname.map(String::from),
+        },
+        labels: [("rack".to_string(), "r1".to_string())].into(),
+        group: Some("workers".into()),
+    };
+    let call = super::Call {
+        key: name.into(),
+        action: super::Action::Register(reg),
+        user: Some("ops".into()),
+        if_match: None,
+        reply,
+    };
+    (Input::Call(Box::new(call)), rx)
+}
+
+fn inventory_with_mac(node: &str, mac: &str) -> Input {
+    let mut inv = Inventory::default();
+    inv.nics.push(metalbus_protocol::inventory::Nic {
+        name: "eno1".into(),
+        mac: Some(mac.into()),
+        speed_mbps: None,
+        carrier: None,
+        driver: None,
+        mtu: None,
+        ipv4: vec![],
+        ipv6: vec![],
+    });
+    Input::Inventory {
+        id: id(node),
+        inventory: Box::new(inv),
+    }
+}
+
+#[test]
+fn a_registration_is_claimed_by_mac_and_the_agent_keeps_its_id() {
+    let mut r = rig();
+    let (input, mut answer) = register("web-a", Some("aa:bb:cc:00:00:01"), None);
+    r.engine.apply(vec![input]);
+    let reg = answer.try_recv().unwrap().unwrap().node;
+    assert_eq!(reg.state, NodeState::Registered);
+    assert!(reg.id.as_str().starts_with("reg-"), "{}", reg.id);
+    assert!(!reg.online);
+    // The name is taken now.
+    let (input, mut again) = register("web-a", Some("aa:bb:cc:00:00:09"), None);
+    r.engine.apply(vec![input]);
+    assert!(matches!(
+        again.try_recv().unwrap(),
+        Err(super::CallError::Conflict(_))
+    ));
+
+    // The agent's birth waits for its inventory, which names the MAC.
+    r.engine.apply(vec![birth("n1", 1, "s", "some-host")]);
+    assert!(
+        r.store.find_node("n1").unwrap().is_none(),
+        "held for the inventory"
+    );
+    r.engine
+        .apply(vec![inventory_with_mac("n1", "aa:bb:cc:00:00:01")]);
+    let n = r.node("n1");
+    assert_eq!(n.name, "web-a");
+    assert_eq!(n.state, NodeState::Discovered);
+    assert_eq!(n.labels.get("rack").map(String::as_str), Some("r1"));
+    assert_eq!(n.group.as_deref(), Some("workers"));
+    assert!(n.online);
+    assert!(n.inventory_at.is_some(), "the held inventory is stored");
+    // The record is gone as a node of its own; the name leads to the agent's node.
+    assert!(r.store.find_node(reg.id.as_str()).unwrap().is_none());
+    assert_eq!(r.store.find_node("web-a").unwrap().unwrap().id, id("n1"));
+    assert_eq!(r.store.nodes().unwrap().len(), 1);
+    let h = r.store.history(&id("n1"), 10, 0).unwrap();
+    assert_eq!(h.len(), 1);
+    assert_eq!(
+        (h[0].from_state, h[0].to_state, h[0].triggered_by),
+        (
+            NodeState::Registered,
+            NodeState::Discovered,
+            metalbus_protocol::machine::Trigger::System
+        )
+    );
+    assert_eq!(
+        h[0].comment.as_deref(),
+        Some(format!("matched registration {} by mac", reg.id).as_str())
+    );
+    assert!(reasons(&r).iter().any(|(e, _)| e == "NodeMatched"));
+}
+
+#[test]
+fn without_an_inventory_a_new_agent_is_matched_by_hostname_after_a_wait() {
+    let mut r = rig();
+    let (input, _answer) = register("db", None, Some("db"));
+    r.engine.apply(vec![input]);
+    r.engine.apply(vec![birth("n1", 1, "s", "db-primary")]);
+    r.clock.advance_ms(4_000);
+    r.engine.apply(vec![]);
+    assert!(r.store.find_node("n1").unwrap().is_none());
+    r.clock.advance_ms(1_000);
+    r.engine.apply(vec![]);
+    let n = r.node("n1");
+    assert_eq!((n.name.as_str(), n.state), ("db", NodeState::Discovered));
+}
+
+#[test]
+fn an_agent_that_matches_nothing_is_discovered_under_its_hostname() {
+    let mut r = rig();
+    let (input, _answer) = register("db", Some("aa:bb:cc:00:00:01"), Some("db"));
+    r.engine.apply(vec![input]);
+    r.engine.apply(vec![
+        birth("n1", 1, "s", "web-1"),
+        inventory_with_mac("n1", "aa:bb:cc:00:00:02"),
+    ]);
+    let n = r.node("n1");
+    assert_eq!((n.name.as_str(), n.state), ("web-1", NodeState::Discovered));
+    assert_eq!(
+        r.store.find_node("db").unwrap().unwrap().state,
+        NodeState::Registered
+    );
+}
+
+#[test]
+fn ten_agents_at_once_claim_ten_registrations_each_once() {
+    let mut r = rig();
+    let mut inputs = Vec::new();
+    for k in 0..10 {
+        let (input, _answer) = register(&format!("rack1-{k:02}"), None, Some("rack1"));
+        inputs.push(input);
+    }
+    r.engine.apply(inputs);
+    let mut births = Vec::new();
+    for k in 0..10 {
+        births.push(birth(
+            &format!("agent-{k}"),
+            1,
+            "s",
+            &format!("rack1-node{k}"),
+        ));
+        births.push(inventory(&format!("agent-{k}"), 4));
+    }
+    r.engine.apply(births);
+    let nodes = r.store.nodes().unwrap();
+    assert_eq!(nodes.len(), 10, "ten agents, no record left over or shared");
+    let mut names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    names.sort();
+    let expected: Vec<String> = (0..10).map(|k| format!("rack1-{k:02}")).collect();
+    assert_eq!(names, expected);
+    assert!(nodes.iter().all(|n| n.state == NodeState::Discovered));
+}
+
+#[test]
+fn a_registration_never_claimed_times_out_into_error() {
+    let mut r = rig();
+    let (input, mut answer) = register("ghost", None, Some("ghost"));
+    r.engine.apply(vec![input]);
+    let reg = answer.try_recv().unwrap().unwrap().node;
+    r.clock.advance_ms(15 * 60_000 - 1_000);
+    r.engine.apply(vec![]);
+    assert_eq!(
+        r.store.find_node("ghost").unwrap().unwrap().state,
+        NodeState::Registered
+    );
+    r.clock.advance_ms(1_000);
+    r.engine.apply(vec![]);
+    let n = r.store.find_node("ghost").unwrap().unwrap();
+    assert_eq!(n.state, NodeState::Error);
+    let h = r.store.history(&reg.id, 1, 0).unwrap();
+    let meta = h[0].metadata.clone().unwrap();
+    assert_eq!(meta["reason"], "DiscoveryTimeout", "{meta}");
+    let evs = r
+        .store
+        .events(&reg.id, &crate::store::EventFilter::default(), 10)
+        .unwrap();
+    assert_eq!(evs[0].reason, "DiscoveryTimeout");
+    assert_eq!(
+        evs[0].message,
+        "no agent matched this registration within 15m"
+    );
+}

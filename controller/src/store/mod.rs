@@ -446,6 +446,31 @@ impl WriteTx<'_> {
         Ok(())
     }
 
+    /// Removes a node with everything stored under it: its name, inventory,
+    /// heartbeat, history and events.
+    pub fn delete_node(&mut self, id: &NodeId, name: &str) -> Result<(), StoreError> {
+        let key = id.as_str();
+        let mut nodes = tryop!("open nodes", self.txn.open_table(NODES));
+        tryop!("delete node", nodes.remove(key));
+        let mut names = tryop!("open names", self.txn.open_table(NAMES));
+        let owned = tryop!("read names", names.get(name)).is_some_and(|v| v.value() == key);
+        if owned {
+            tryop!("delete name", names.remove(name));
+        }
+        for def in [INVENTORY, HEARTBEATS] {
+            let mut t = tryop!("open table", self.txn.open_table(def));
+            tryop!("delete", t.remove(key));
+        }
+        for def in [HISTORY, EVENTS] {
+            let mut t = tryop!("open table", self.txn.open_table(def));
+            tryop!(
+                "delete",
+                t.retain_in((key, 0)..=(key, u64::MAX), |_, _| false)
+            );
+        }
+        Ok(())
+    }
+
     pub fn put_inventory(&mut self, id: &NodeId, inv: &StoredInventory) -> Result<(), StoreError> {
         let mut t = tryop!("open inventory", self.txn.open_table(INVENTORY));
         tryop!(

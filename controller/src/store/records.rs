@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use metalbus_protocol::api::MatchHints;
 use metalbus_protocol::command::Command;
 use metalbus_protocol::controller::Progress;
 use metalbus_protocol::inventory::Inventory;
@@ -81,6 +82,9 @@ pub struct NodeRecord {
     /// When the newest recovery attempt was made; the state's timer restarts from it.
     #[serde(default)]
     pub recovered_at: Option<Timestamp>,
+    /// A pre-registered node: what its agent will be matched by.
+    #[serde(default)]
+    pub registration: Option<MatchHints>,
 
     /// The agent outbox session whose reports are applied (DESIGN section 4).
     #[serde(default)]
@@ -127,6 +131,7 @@ impl NodeRecord {
             inventory_at: None,
             last_progress_at: None,
             recovered_at: None,
+            registration: None,
             report_session: None,
             last_applied_seq: 0,
             old_sessions: Vec::new(),
