@@ -101,9 +101,11 @@ async fn a_15_second_broker_outage_mid_job_loses_nothing() {
             "{id}: the same history as without the outage"
         );
     }
+    // Snapshots taken after the installs completed, until every report is receipted.
     let stats = eventually(Duration::from_secs(30), "every report receipted", || {
-        let s = sim.stats();
+        let sim = &sim;
         async move {
+            let s = sim.fresh_stats().await;
             if ids.iter().all(|id| s[*id]["pending"] == 0) {
                 Ok(s)
             } else {

@@ -115,10 +115,11 @@ async fn controller_crashes_during_installs_lose_and_repeat_nothing() {
         }
     })
     .await;
-    // ... and every report is receipted.
+    // ... and every report is receipted (in snapshots taken after that).
     let stats = eventually(Duration::from_secs(60), "every outbox empty", || {
-        let stats = sim.stats();
+        let sim = &sim;
         async move {
+            let stats = sim.fresh_stats().await;
             let busy: Vec<String> = stats
                 .as_object()
                 .map(|m| {

@@ -48,7 +48,23 @@ fn dump_log_if_panicking(what: &str, log: &Path) {
     if std::thread::panicking() {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         let tail: Vec<&str> = text.lines().rev().take(80).collect();
-        eprintln!("----- {what} log ({}) -----", log.display());
+        // The temp dir goes with the test; keep the whole log next to the binaries.
+        let kept = std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.parent()?.join("e2e-logs")))
+            .and_then(|dir| {
+                std::fs::create_dir_all(&dir).ok()?;
+                let name = log.file_name()?.to_string_lossy().to_string();
+                let tmp = log.parent()?.file_name()?.to_string_lossy().to_string();
+                let path = dir.join(format!("{tmp}-{name}"));
+                std::fs::copy(log, &path).ok()?;
+                Some(path)
+            });
+        eprintln!(
+            "----- {what} log ({}; kept whole at {}) -----",
+            log.display(),
+            kept.map_or("-".into(), |p| p.display().to_string())
+        );
         for line in tail.iter().rev() {
             eprintln!("{line}");
         }
@@ -324,6 +340,27 @@ impl SimProc {
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Counters written after this call, so they include everything that happened
+    /// before it (the file is rewritten once a second).
+    pub async fn fresh_stats(&self) -> serde_json::Value {
+        let asked = std::time::SystemTime::now();
+        let start = std::time::Instant::now();
+        loop {
+            let newer = std::fs::metadata(&self.stats)
+                .and_then(|m| m.modified())
+                .is_ok_and(|m| m > asked);
+            if newer {
+                return self.stats();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the simulator stopped writing {}",
+                self.stats.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// SIGTERM, and the exit status (the stats file is final afterwards).

@@ -1109,3 +1109,28 @@ fn a_registration_never_claimed_times_out_into_error() {
         "no agent matched this registration within 15m"
     );
 }
+
+#[test]
+fn a_registration_that_timed_out_is_not_claimed() {
+    let mut r = rig();
+    let (input, _answer) = register("late", None, Some("late"));
+    r.engine.apply(vec![input]);
+    r.clock.advance_ms(15 * 60_000);
+    r.engine.apply(vec![]);
+    assert_eq!(
+        r.store.find_node("late").unwrap().unwrap().state,
+        NodeState::Error
+    );
+    // Its agent comes at last: a node of its own, the record untouched for the operator.
+    r.engine
+        .apply(vec![birth("n1", 1, "s", "late-1"), inventory("n1", 2)]);
+    let n = r.node("n1");
+    assert_eq!(
+        (n.name.as_str(), n.state),
+        ("late-1", NodeState::Discovered)
+    );
+    assert_eq!(
+        r.store.find_node("late").unwrap().unwrap().state,
+        NodeState::Error
+    );
+}
