@@ -1134,3 +1134,51 @@ fn a_registration_that_timed_out_is_not_claimed() {
         NodeState::Error
     );
 }
+
+#[test]
+fn a_reboot_after_install_activates_on_the_first_birth_of_a_new_boot() {
+    let mut cfg = crate::config::ControllerConfig::default();
+    for plan in cfg.plans.values_mut() {
+        plan.reboot_after = true;
+    }
+    let mut r = rig_with(cfg);
+    let boot = |n: u64, boot_id: &str| {
+        let mut b = birth("n1", n, "s", "h");
+        if let Input::Status {
+            status: Status::Birth(birth),
+            ..
+        } = &mut b
+        {
+            birth.boot_id = Some(boot_id.into());
+        }
+        b
+    };
+    r.engine.apply(vec![boot(1, "boot-a")]);
+    let (input, _answer) = call(super::Action::Manage { plan: None });
+    r.engine.apply(vec![input]);
+    let cmd = r.node("n1").job.unwrap().command_id;
+    r.engine.apply(vec![
+        ack("o1", 1, &cmd),
+        report("o1", 2, &cmd, "started"),
+        report("o1", 3, &cmd, "complete"),
+    ]);
+    assert_eq!(
+        r.node("n1").state,
+        NodeState::Installed,
+        "waits for the reboot"
+    );
+    // A reconnect of the same boot is not the reboot.
+    r.engine.apply(vec![boot(2, "boot-a")]);
+    assert_eq!(r.node("n1").state, NodeState::Installed);
+    r.engine.apply(vec![boot(3, "boot-b")]);
+    assert_eq!(r.node("n1").state, NodeState::Active);
+    let last = &r.store.history(&id("n1"), 1, 0).unwrap()[0];
+    assert_eq!(
+        (last.from_state, last.to_state, last.triggered_by),
+        (
+            NodeState::Installed,
+            NodeState::Active,
+            metalbus_protocol::machine::Trigger::System
+        )
+    );
+}
