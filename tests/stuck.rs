@@ -71,8 +71,9 @@ fn counter(text: &str, name: &str) -> u64 {
         .map_or(0, |v| v as u64)
 }
 
-/// The last detection, measured from the job's own last report, may come up to one
-/// reconciler tick (1 s) after its deadline, plus scheduling on a busy machine.
+/// The last detection, measured from the job's own last report, must come within one
+/// reconciler tick (1 s) of its deadline, plus scheduling on a busy machine. (The
+/// reconciler wakes on the deadline itself: a few ms late is usual.)
 const TICK_SLACK_MS: i64 = 1_500;
 /// The earlier ones are measured from the recovery attempt, so they also include the
 /// agent starting the new job.

@@ -298,7 +298,7 @@ impl Engine {
         loop {
             let next_timer = self.next_timer_in();
             tokio::select! {
-                _ = tokio::time::sleep(next_timer.unwrap_or(Duration::from_secs(3600))), if next_timer.is_some() => {
+                _ = tokio::time::sleep(next_timer) => {
                     self.apply(Vec::new());
                 }
                 input = rx.recv() => match input {

@@ -431,13 +431,18 @@ impl Engine {
         }
     }
 
-    /// Time until the next timer, if any.
-    pub(super) fn next_timer_in(&self) -> Option<Duration> {
-        let Reverse((due, _)) = self.timers.peek()?;
+    /// Time until the next timer. The reconciler's next pass counts as one: the engine
+    /// wakes for it exactly, rather than on the next 1 s flush tick, which could make a
+    /// detection almost 2 s late.
+    pub(super) fn next_timer_in(&self) -> Duration {
+        let due = match self.timers.peek() {
+            Some(Reverse((due, _))) => (*due).min(self.reconcile_at),
+            None => self.reconcile_at,
+        };
         let ms = due
             .unix_millis()
             .saturating_sub(self.clock.now().unix_millis());
-        Some(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
+        Duration::from_millis(u64::try_from(ms).unwrap_or(0))
     }
 
     /// Nodes waiting for an install resend get one at `due` (after a restart, or after a

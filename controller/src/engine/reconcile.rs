@@ -1,7 +1,8 @@
 //! The reconciler (DESIGN 7.3): per-state timeouts with recovery attempts, the
 //! discovery timeout of pre-registered nodes, and heartbeat staleness.
 //!
-//! It runs at most once a second, from the engine's tick, over the in-memory nodes. No
+//! It runs over the in-memory nodes every second, and on the earliest state deadline
+//! (the engine wakes for `reconcile_at`), so a stuck node is caught on time. No
 //! timer lives only in memory: each deadline is derived from stored timestamps
 //! (`state_changed_at`, `last_progress_at`, `recovered_at`, the heartbeat), so a node
 //! stuck across a controller restart is still caught on time.
@@ -21,6 +22,8 @@ use crate::store::NodeRecord;
 
 /// How often the reconciler looks at every node.
 pub(super) const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+/// The least time between two passes, however close the deadlines.
+const MIN_PASS_GAP: Duration = Duration::from_millis(50);
 /// A node is offline when nothing was heard from it for this many metrics intervals.
 const STALE_AFTER_INTERVALS: u32 = 3;
 /// The metrics interval assumed before a node's birth says otherwise.
@@ -42,7 +45,10 @@ impl Engine {
         if now < self.reconcile_at {
             return;
         }
-        self.reconcile_at = now.plus(RECONCILE_EVERY);
+        // The next pass: in a second, or at the earliest state deadline before that, so
+        // a stuck node is caught on its deadline rather than up to a tick later.
+        // Staleness keeps the 1 s grid: a fleet's heartbeats would wake it constantly.
+        let mut next = now.plus(RECONCILE_EVERY);
         let mut overdue: Vec<NodeId> = self
             .pending_births
             .iter()
@@ -60,7 +66,10 @@ impl Engine {
         let mut found: Vec<(NodeId, Finding)> = Vec::new();
         for n in self.nodes.values() {
             if let Some(timeout) = timeouts.of(n.state) {
-                if now >= timer_base(n).plus(timeout) {
+                let deadline = timer_base(n).plus(timeout);
+                if now < deadline {
+                    next = next.min(deadline.max(now.plus(MIN_PASS_GAP)));
+                } else {
                     found.push((
                         n.id.clone(),
                         Finding::Stuck {
@@ -86,6 +95,7 @@ impl Engine {
                 found.push((n.id.clone(), Finding::Heard));
             }
         }
+        self.reconcile_at = next;
         found.sort_by(|a, b| a.0.cmp(&b.0));
         for (id, finding) in found {
             match finding {

@@ -729,6 +729,25 @@ fn ack(session: &str, seq: u64, command: &str) -> Input {
 }
 
 #[test]
+fn the_engine_wakes_for_the_reconciler_on_the_earliest_state_deadline() {
+    let mut r = rig_with(short_timeouts());
+    installing(&mut r);
+    r.clock.advance_ms(59_700);
+    r.engine.apply(vec![]);
+    assert_eq!(r.node("n1").recovery_attempts, 0);
+    // The deadline is 300 ms away: the engine wakes then, not a whole tick later.
+    assert_eq!(
+        r.engine.next_timer_in(),
+        std::time::Duration::from_millis(300)
+    );
+    r.clock.advance_ms(300);
+    r.engine.apply(vec![]);
+    assert_eq!(r.node("n1").recovery_attempts, 1);
+    // With no deadline within the second, the next look is a second away.
+    assert_eq!(r.engine.next_timer_in(), std::time::Duration::from_secs(1));
+}
+
+#[test]
 fn a_stuck_install_is_recovered_three_times_then_fails_with_the_reason() {
     let mut r = rig_with(short_timeouts());
     let mut cmd = installing(&mut r);
