@@ -44,6 +44,9 @@ pub struct SimConfig {
 /// An invented machine: stable facts from the seed, noisy metrics.
 struct SimHost {
     name: String,
+    /// A locally administered MAC and a 10/8 address, unique per prefix and index.
+    mac: String,
+    ip: std::net::Ipv4Addr,
     boot_id: String,
     threads: u32,
     memory: u64,
@@ -87,12 +90,12 @@ impl Host for SimHost {
             }],
             nics: vec![Nic {
                 name: "eth0".into(),
-                mac: None,
+                mac: Some(self.mac.clone()),
                 speed_mbps: Some(10_000),
                 carrier: Some(true),
                 driver: Some("sim".into()),
                 mtu: Some(1500),
-                ipv4: vec![],
+                ipv4: vec![self.ip],
                 ipv6: vec![],
             }],
             os: OsInfo {
@@ -280,10 +283,19 @@ pub async fn run(cfg: SimConfig, shutdown: watch::Receiver<bool>) -> anyhow::Res
     let mut tasks = Vec::new();
     let mut stats = BTreeMap::new();
     let endpoint = Endpoint::new(cfg.agent.broker.clone(), cfg.agent.broker_ca.as_deref())?;
+    // One byte from the prefix, so that two simulations with different prefixes get
+    // different addresses.
+    let tag = cfg
+        .prefix
+        .bytes()
+        .fold(0u8, |h, b| h.wrapping_mul(31).wrapping_add(b));
     for i in 1..=cfg.nodes {
         let id = NodeId::new(format!("{}-{i:04}", cfg.prefix))?;
+        let [_, _, hi, lo] = u32::try_from(i).unwrap_or(u32::MAX).to_be_bytes();
         let host = Arc::new(SimHost {
             name: id.to_string(),
+            mac: format!("02:4d:42:{tag:02x}:{hi:02x}:{lo:02x}"),
+            ip: std::net::Ipv4Addr::new(10, tag, hi, lo),
             boot_id: format!("{:032x}", rng.gen::<u128>()),
             threads: 2 << rng.gen_range(1..6),
             memory: (8u64 << rng.gen_range(0..5)) * 1024 * 1024 * 1024,

@@ -8,7 +8,8 @@
 //! - [`engine`]: the one writer of node data; [`matching`]: which registration a new
 //!   agent claims.
 //! - [`store`]: redb tables and records.
-//! - [`api`]: the HTTP API; [`cli`]: the operator CLI.
+//! - [`api`]: the HTTP API, with [`live`] behind its event stream; [`cli`]: the
+//!   operator CLI.
 //! - [`publish`], [`telemetry`], [`clock`], [`config`]: plumbing.
 
 pub mod acl;
@@ -20,6 +21,7 @@ pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod ingest;
+pub mod live;
 pub mod matching;
 pub mod publish;
 pub mod reject_log;

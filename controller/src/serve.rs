@@ -109,6 +109,7 @@ pub async fn run(
             controller: Arc::new(cfg.clone()),
         },
     )?;
+    let live = engine.live_feed();
     let engine_task = tokio::spawn(engine.run(engine_rx));
 
     let connected = Arc::new(AtomicBool::new(false));
@@ -139,6 +140,8 @@ pub async fn run(
         engine: api_engine,
         config: Arc::new(cfg.clone()),
         clock: clock.clone(),
+        live,
+        stopping: stop_rx.clone(),
     };
     let mut http_stop = stop_rx.clone();
     let http_task = tokio::spawn(api::serve(http, state, async move {

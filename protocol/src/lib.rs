@@ -17,6 +17,7 @@
 pub mod api;
 pub mod command;
 pub mod controller;
+pub mod fleet;
 pub mod inventory;
 pub mod lifecycle;
 pub mod machine;

@@ -5,8 +5,10 @@ pub mod auth;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod fleet;
 pub mod lifecycle;
 pub mod nodes;
+pub mod stream;
 pub mod views;
 
 use std::future::Future;
@@ -24,6 +26,7 @@ use tokio::net::TcpListener;
 use crate::clock::Clock;
 use crate::config::ControllerConfig;
 use crate::engine::Input;
+use crate::live::LiveFeed;
 use crate::store::Store;
 use crate::telemetry::Telemetry;
 use error::ApiError;
@@ -39,6 +42,10 @@ pub struct AppState {
     pub engine: tokio::sync::mpsc::Sender<Input>,
     pub config: Arc<ControllerConfig>,
     pub clock: Arc<dyn Clock>,
+    /// Committed changes, for the event stream.
+    pub live: LiveFeed,
+    /// Turns true when the controller stops: open event streams end then.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Every route. `/api/v1/*` needs a bearer token; health and metrics do not.
@@ -57,6 +64,10 @@ pub fn router(state: AppState) -> Router {
         .route("/nodes/:node/retry", post(lifecycle::retry))
         .route("/nodes/:node/history", get(lifecycle::history))
         .route("/nodes/:node/events", get(events::list))
+        .route("/nodes/:node/status", get(fleet::status))
+        .route("/nodes/:node/inventory", get(fleet::inventory))
+        .route("/usage", get(fleet::fleet))
+        .route("/events/stream", get(stream::events))
         .route("/plans", get(admin::plans))
         .route("/operations/:id", get(admin::operation))
         .route("/tokens", post(admin::create))

@@ -131,18 +131,7 @@ impl ApiClient {
                 source,
             })?;
         if !(200..300).contains(&status) {
-            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(b) => ClientError::Api {
-                    status,
-                    code: b.error_code,
-                    message: b.error_message,
-                },
-                Err(_) => ClientError::Api {
-                    status,
-                    code: "-".into(),
-                    message: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
-                },
-            });
+            return Err(api_error(status, &bytes));
         }
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
             url,
@@ -151,21 +140,50 @@ impl ApiClient {
     }
 
     /// Every node matching the filters, fetching all pages.
+    /// Opens a long-lived streaming GET (Server-Sent Events): no overall time limit,
+    /// the caller watches for silence instead.
+    pub async fn open_stream(&self, path: &str) -> Result<reqwest::Response, ClientError> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .header("accept", "text/event-stream")
+            .timeout(Duration::from_secs(10 * 365 * 86_400))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let status = resp.status().as_u16();
+        if !(200..300).contains(&status) {
+            let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
+            return Err(api_error(status, &bytes));
+        }
+        Ok(resp)
+    }
+
+    pub fn unreachable(&self, source: reqwest::Error) -> ClientError {
+        ClientError::Unreachable {
+            url: self.base.clone(),
+            source,
+        }
+    }
+
+    pub fn protocol_error(&self, why: String) -> ClientError {
+        ClientError::Protocol {
+            url: self.base.clone(),
+            why,
+        }
+    }
+
+    /// Every node the filters (`(name, value)` query pairs) select, page by page.
     pub async fn all_nodes(
         &self,
-        state: Option<&str>,
-        search: Option<&str>,
+        filters: &[(&str, String)],
     ) -> Result<Vec<NodeView>, ClientError> {
         let mut out = Vec::new();
         let mut page = 1u32;
         loop {
             let mut q = vec![("page", page.to_string()), ("per_page", "100".to_string())];
-            if let Some(s) = state {
-                q.push(("state", s.to_string()));
-            }
-            if let Some(s) = search {
-                q.push(("search", s.to_string()));
-            }
+            q.extend(filters.iter().cloned());
             let p: Page<NodeView> = self.get("/api/v1/nodes", &q).await?;
             out.extend(p.data);
             if u64::from(page) >= p.pagination.pages {
@@ -178,6 +196,22 @@ impl ApiClient {
     pub async fn node(&self, key: &str) -> Result<NodeView, ClientError> {
         let d: Data<NodeView> = self.get(&node_path(key, ""), &[]).await?;
         Ok(d.data)
+    }
+}
+
+/// The API's `{errorCode, errorMessage}`, or the start of whatever else came.
+fn api_error(status: u16, bytes: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(b) => ClientError::Api {
+            status,
+            code: b.error_code,
+            message: b.error_message,
+        },
+        Err(_) => ClientError::Api {
+            status,
+            code: "-".into(),
+            message: String::from_utf8_lossy(bytes).chars().take(200).collect(),
+        },
     }
 }
 

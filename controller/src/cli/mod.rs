@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod render;
+pub mod watch;
 
 use std::time::SystemTime;
 
@@ -43,14 +44,36 @@ pub enum Output {
 
 #[derive(Subcommand, Debug)]
 pub enum NodesCommand {
-    /// List nodes (all pages).
+    /// List nodes (all pages), by name; every filter given must match.
     List {
-        /// Only nodes in this state (e.g. discovered, installing, active).
+        /// Only nodes in this state, or these states separated by commas
+        /// (e.g. installing,pending).
         #[arg(long)]
         state: Option<String>,
-        /// Only nodes whose name, id or hostname contains this text.
+        /// Only nodes in this phase (e.g. Managed, ManagedFailed).
+        #[arg(long)]
+        phase: Option<String>,
+        /// Only online nodes (`--online true`) or offline ones (`--online false`).
+        #[arg(long)]
+        online: Option<bool>,
+        /// Only nodes whose name, hostname, id, a MAC or an IP contains this text.
         #[arg(long)]
         search: Option<String>,
+        /// Only nodes with this label, KEY=VALUE or just KEY; repeat for more.
+        #[arg(long = "label", value_name = "KEY[=VALUE]")]
+        labels: Vec<String>,
+        /// Only nodes in this group.
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Follow state and progress changes live (from the API's event stream), starting
+    /// with the current table; with -o json, one JSON object per line. Runs until
+    /// interrupted.
+    Watch {
+        /// Only these nodes (ids or names); all nodes when none are given.
+        nodes: Vec<String>,
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
     },
@@ -212,15 +235,29 @@ pub async fn nodes(args: ClientArgs, cmd: NodesCommand) -> Result<String, Client
     match cmd {
         NodesCommand::List {
             state,
+            phase,
+            online,
             search,
+            labels,
+            group,
             output,
         } => {
-            let nodes = api.all_nodes(state.as_deref(), search.as_deref()).await?;
+            let mut q: Vec<(&str, String)> = Vec::new();
+            q.extend(state.map(|s| ("state", s)));
+            q.extend(phase.map(|s| ("phase", s)));
+            q.extend(online.map(|o| ("online", o.to_string())));
+            q.extend(search.map(|s| ("search", s)));
+            if !labels.is_empty() {
+                q.push(("label", labels.join(",")));
+            }
+            q.extend(group.map(|s| ("group", s)));
+            let nodes = api.all_nodes(&q).await?;
             Ok(match output {
                 Output::Table => render::node_table(&nodes, now),
                 Output::Json => json(&nodes),
             })
         }
+        NodesCommand::Watch { nodes, output } => watch::run(&api, output, nodes).await,
         NodesCommand::Show { node, output } => {
             let n = api.node(&node).await?;
             Ok(match output {

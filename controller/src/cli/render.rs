@@ -39,8 +39,50 @@ fn online(n: &NodeView) -> String {
     }
 }
 
+/// Whether to colour the output: only on a terminal, and never with `NO_COLOR` set or
+/// `TERM=dumb` (https://no-color.org).
+pub fn colour() -> bool {
+    use std::io::IsTerminal;
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        std::io::stdout().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+            && std::env::var("TERM").map_or(true, |t| t != "dumb")
+    })
+}
+
+/// The ANSI colour a state is shown in: green when done, red when failed, yellow
+/// while work runs, dim when retired.
+pub fn state_colour(state: &str) -> Option<&'static str> {
+    match state {
+        "active" | "installed" => Some("32"),
+        "install_failed" | "deprovision_failed" | "error" => Some("31"),
+        "pending" | "installing" | "deprovisioning" | "migrating" => Some("33"),
+        "discovered" | "registered" => Some("36"),
+        "retired" => Some("2"),
+        _ => None,
+    }
+}
+
+/// `text` in `code` when colour is on.
+pub fn paint(text: &str, code: Option<&str>) -> String {
+    match code {
+        Some(code) if colour() => format!("\x1b[{code}m{text}\x1b[0m"),
+        _ => text.to_string(),
+    }
+}
+
 /// Aligned columns; the last column is not padded.
 pub fn table(rows: &[Vec<String>]) -> String {
+    styled_table(rows, |_, _| None)
+}
+
+/// Aligned columns, each cell (but the header row) coloured by `style(column, text)`;
+/// widths count the text, not the colour codes.
+pub fn styled_table(
+    rows: &[Vec<String>],
+    style: impl Fn(usize, &str) -> Option<&'static str>,
+) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|c| {
@@ -52,14 +94,16 @@ pub fn table(rows: &[Vec<String>]) -> String {
         })
         .collect();
     let mut out = String::new();
-    for row in rows {
+    for (r, row) in rows.iter().enumerate() {
         let mut line = String::new();
         let row: Vec<String> = row.iter().map(|c| clean(c)).collect();
         for (c, cell) in row.iter().enumerate() {
+            let code = if r == 0 { None } else { style(c, cell) };
             if c + 1 == row.len() {
-                line.push_str(cell);
+                line.push_str(&paint(cell, code));
             } else {
-                let _ = write!(line, "{cell:<w$}  ", w = widths[c]);
+                let pad = widths[c].saturating_sub(cell.chars().count());
+                let _ = write!(line, "{}{:pad$}  ", paint(cell, code), "");
             }
         }
         out.push_str(line.trim_end());
@@ -85,7 +129,11 @@ pub fn node_table(nodes: &[NodeView], now: Timestamp) -> String {
             n.id.to_string(),
         ]);
     }
-    let mut out = table(&rows);
+    let mut out = styled_table(&rows, |c, text| match c {
+        1 => state_colour(text),
+        2 if text.starts_with("no") => Some("31"),
+        _ => None,
+    });
     let _ = writeln!(out, "{} node(s)", nodes.len());
     out
 }

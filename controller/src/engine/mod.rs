@@ -41,6 +41,7 @@ use tracing::{debug, error, info};
 
 use crate::clock::Clock;
 use crate::config::ControllerConfig;
+use crate::live::{LiveEvent, LiveFeed};
 use crate::publish::{Outbound, PublishQueue};
 use crate::store::{
     AuditEntry, CommandRecord, Heartbeat, NodeRecord, Store, StoreError, StoredInventory,
@@ -154,6 +155,8 @@ pub struct Engine {
     /// Births of unknown agents waiting (briefly) for their inventory, so that they can
     /// be matched to registrations by MAC and IP.
     pending_births: HashMap<NodeId, (Birth, Timestamp)>,
+    /// Committed changes, for `GET /api/v1/events/stream`.
+    live: LiveFeed,
 }
 
 /// Where an API call's answer goes.
@@ -257,6 +260,7 @@ impl Engine {
             reconcile_at: Timestamp::from_unix_millis(0),
             started_at: Timestamp::from_unix_millis(0),
             pending_births: HashMap::new(),
+            live: LiveFeed::default(),
         };
         engine.reload()?;
         for id in engine.nodes.keys() {
@@ -434,13 +438,28 @@ impl Engine {
                 .get_or_create(&state_label(*state))
                 .inc();
         }
+        for (id, _) in &batch.deleted {
+            self.live.send(LiveEvent::Removed {
+                node_id: id.clone(),
+            });
+        }
         for (_, entry) in &batch.audits {
             info!(node = %entry.node_id, from = %entry.from_state, to = %entry.to_state, triggered_by = %entry.triggered_by, "transition");
             self.telemetry
                 .count_transition(entry.from_state, entry.to_state, entry.triggered_by);
+            self.live.send(LiveEvent::Transition(entry.clone()));
         }
         for id in batch.nodes.keys() {
             self.publish_state(id);
+            if let Some(node) = self.nodes.get(id) {
+                self.live.send(LiveEvent::State(Self::state_message(node)));
+            }
+        }
+        for (id, event) in &batch.events {
+            self.live.send(LiveEvent::Event {
+                node_id: id.clone(),
+                event: event.clone(),
+            });
         }
         for msg in batch.outbound {
             self.publish.push(msg);
@@ -579,7 +598,13 @@ impl Engine {
         }
     }
 
-    fn state_message(&self, node: &NodeRecord) -> NodeStateMessage {
+    /// The feed of committed changes, for the API's event stream.
+    pub fn live_feed(&self) -> LiveFeed {
+        self.live.clone()
+    }
+
+    /// A node's state message, as on its retained `state` topic.
+    pub fn state_message(node: &NodeRecord) -> NodeStateMessage {
         NodeStateMessage {
             id: node.id.clone(),
             name: node.name.clone(),
@@ -598,7 +623,7 @@ impl Engine {
         if let Some(node) = self.nodes.get(id) {
             let topic = self.cfg.topics.node(id, NodeTopic::State);
             self.publish
-                .push(Outbound::retained(topic, &self.state_message(node)));
+                .push(Outbound::retained(topic, &Self::state_message(node)));
         }
     }
 

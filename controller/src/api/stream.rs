@@ -1,0 +1,59 @@
+//! `GET /api/v1/events/stream`: Server-Sent Events of what the controller commits, for
+//! `metalbus nodes watch` and dashboards.
+//!
+//! The stream opens with one `state` event per node (the current state), then `ready`,
+//! then every committed change as it commits: `state`, `transition`, `event` and
+//! `removed`. The reader subscribes before the snapshot is read, so a change that
+//! commits in between is seen (possibly twice: states are idempotent), never missed.
+//! A reader too slow to keep up gets `lagged` with the number of changes it missed.
+
+use std::convert::Infallible;
+
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::stream::{self, Stream, StreamExt};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::engine::Engine;
+
+fn sse(name: &str, body: &impl serde::Serialize) -> Event {
+    Event::default()
+        .event(name)
+        .data(serde_json::to_string(body).unwrap_or_default())
+}
+
+/// The stream: snapshot, `ready`, then live changes until the controller stops.
+pub async fn events(
+    State(state): State<AppState>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let rx = state.live.subscribe();
+    let mut nodes = state.store.nodes()?;
+    nodes.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
+    let mut snapshot: Vec<Event> = nodes
+        .iter()
+        .map(|n| sse("state", &Engine::state_message(n)))
+        .collect();
+    snapshot.push(sse("ready", &serde_json::json!({ "nodes": nodes.len() })));
+
+    let live = stream::unfold(rx, |mut rx| async move {
+        let event = match rx.recv().await {
+            Ok(ev) => sse(ev.name(), &*ev),
+            Err(RecvError::Lagged(missed)) => {
+                sse("lagged", &serde_json::json!({ "missed": missed }))
+            }
+            Err(RecvError::Closed) => return None,
+        };
+        Some((event, rx))
+    });
+    let mut stopping = state.stopping.clone();
+    let stop = async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    };
+    let all = stream::iter(snapshot)
+        .chain(live)
+        .take_until(stop)
+        .map(Ok::<_, Infallible>);
+    Ok(Sse::new(all).keep_alive(KeepAlive::default()))
+}
