@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
-use metalbus_e2e::{bin, eventually, Api, Controller, SimProc};
+use metalbus_e2e::{bin, eventually, run_tool, Api, Controller, SimProc};
 use metalbus_protocol::Timestamp;
 use serde_json::{json, Value};
 
@@ -296,6 +296,111 @@ async fn a_150_node_fleet_pages_and_filters_exactly() {
         .iter()
         .filter(|n| n["online"] == false)
         .all(|n| n["cpu_percentage"].is_null()));
+
+    prometheus_agrees_with_the_history(&api).await;
+}
+
+/// A scrape of `/metrics`, parsed by the Prometheus project's own OpenMetrics parser,
+/// has every series of DESIGN section 10, and its transition counter equals the number
+/// of audit entries.
+async fn prometheus_agrees_with_the_history(api: &Api) {
+    let mut history_entries = 0;
+    let mut from_discovered = 0;
+    for n in api.nodes().await.unwrap() {
+        let id = n["id"].as_str().unwrap();
+        let (status, h) = api
+            .get(&format!("/api/v1/nodes/{id}/history?limit=200"))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{h}");
+        history_entries += h["total"].as_u64().unwrap();
+        from_discovered += h["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["from_state"] == "discovered")
+            .count() as u64;
+    }
+    assert!(history_entries >= 30, "{history_entries} entries");
+    let text = api.get_text("/metrics").await.unwrap();
+    let parsed = run_tool("openmetrics_to_json.py", text.as_bytes()).unwrap();
+    let families: Value = serde_json::from_str(&parsed).unwrap();
+    for name in [
+        "metalbus_state_transitions",
+        "metalbus_stuck_states",
+        "metalbus_recovery_attempts",
+        "metalbus_state_duration_seconds",
+        "metalbus_nodes",
+        "metalbus_nodes_online",
+        "metalbus_ingest_messages",
+        "metalbus_ingest_rejected",
+        "metalbus_commands",
+        "metalbus_store_commit_seconds",
+    ] {
+        assert!(families.get(name).is_some(), "{name} missing from:\n{text}");
+    }
+    let sum = |family: &str, sample: &str, labels: &[(&str, &str)]| -> f64 {
+        families[family]["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s[0] == sample && labels.iter().all(|(k, v)| s[1][k] == *v))
+            .map(|s| s[2].as_f64().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        sum(
+            "metalbus_state_transitions",
+            "metalbus_state_transitions_total",
+            &[]
+        ),
+        history_entries as f64,
+        "transitions counted vs audit entries"
+    );
+    assert_eq!(
+        families["metalbus_state_duration_seconds"]["type"],
+        "histogram"
+    );
+    assert_eq!(
+        sum(
+            "metalbus_state_duration_seconds",
+            "metalbus_state_duration_seconds_count",
+            &[("state", "discovered")]
+        ),
+        from_discovered as f64,
+        "one observation per state left"
+    );
+    assert_eq!(sum("metalbus_nodes", "metalbus_nodes", &[]), 150.0);
+    assert_eq!(
+        sum("metalbus_nodes_online", "metalbus_nodes_online", &[]),
+        120.0
+    );
+    for result in ["sent", "accepted", "succeeded"] {
+        assert_eq!(
+            sum(
+                "metalbus_commands",
+                "metalbus_commands_total",
+                &[("kind", "install"), ("result", result)]
+            ),
+            10.0,
+            "install commands {result}"
+        );
+    }
+    assert_eq!(
+        sum(
+            "metalbus_stuck_states",
+            "metalbus_stuck_states_total",
+            &[("state", "installing")]
+        ),
+        0.0
+    );
+    assert!(
+        sum(
+            "metalbus_store_commit_seconds",
+            "metalbus_store_commit_seconds_count",
+            &[]
+        ) > 0.0
+    );
 }
 
 /// Reads a child's stdout lines on a thread, each with the wall-clock time it came.

@@ -30,6 +30,17 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
+    pub const ALL: [RejectReason; 8] = [
+        RejectReason::BadTopic,
+        RejectReason::BadNodeId,
+        RejectReason::TooLarge,
+        RejectReason::BadJson,
+        RejectReason::BadPayload,
+        RejectReason::InvalidValue,
+        RejectReason::NodeIdMismatch,
+        RejectReason::Unsupported,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RejectReason::BadTopic => "bad_topic",

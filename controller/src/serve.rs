@@ -65,6 +65,16 @@ pub async fn run(
     let topics = Topics::new(cfg.prefix.clone())?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let telemetry = Arc::new(Telemetry::new());
+    // Every label value known up front is exported at 0, so a series exists (and
+    // `rate()` works) before its first event.
+    telemetry.start_at_zero(
+        &crate::ingest::RejectReason::ALL.map(crate::ingest::RejectReason::as_str),
+        &metalbus_protocol::lifecycle::NodeState::ALL
+            .into_iter()
+            .filter(|s| cfg.lifecycle.timeouts.of(*s).is_some())
+            .map(metalbus_protocol::lifecycle::NodeState::as_str)
+            .collect::<Vec<_>>(),
+    );
 
     prepare_data_dir(&cfg.data_dir)?;
     let store = Store::open(&cfg.data_dir.join("metalbus.redb"), telemetry.clone())

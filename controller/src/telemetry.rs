@@ -31,6 +31,33 @@ pub struct StateLabel {
     pub state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommandLabels {
+    pub kind: String,
+    pub result: String,
+}
+
+/// Buckets for how long nodes stay in a state: from a second to a month.
+fn state_duration_histogram() -> Histogram {
+    Histogram::new([
+        1.0,
+        5.0,
+        15.0,
+        30.0,
+        60.0,
+        300.0,
+        900.0,
+        1800.0,
+        3600.0,
+        14_400.0,
+        43_200.0,
+        86_400.0,
+        259_200.0,
+        604_800.0,
+        2_592_000.0,
+    ])
+}
+
 /// Every series, registered once.
 pub struct Telemetry {
     registry: Registry,
@@ -45,6 +72,10 @@ pub struct Telemetry {
     pub stuck_states: Family<StateLabel, Counter>,
     pub recovery_attempts: Family<StateLabel, Counter>,
     pub transitions: Family<TransitionLabels, Counter>,
+    /// Time spent in a state, observed when a node leaves it.
+    pub state_duration: Family<StateLabel, Histogram, fn() -> Histogram>,
+    /// Commands by kind and what became of them (sent, accepted, ..., expired).
+    pub commands: Family<CommandLabels, Counter>,
     pub nodes: Family<StateLabel, Gauge>,
     pub nodes_online: Gauge,
     pub store_commit_seconds: Histogram,
@@ -66,6 +97,9 @@ impl Telemetry {
         let stuck_states = Family::<StateLabel, Counter>::default();
         let recovery_attempts = Family::<StateLabel, Counter>::default();
         let transitions = Family::<TransitionLabels, Counter>::default();
+        let state_duration: Family<StateLabel, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(state_duration_histogram);
+        let commands = Family::<CommandLabels, Counter>::default();
         let nodes = Family::<StateLabel, Gauge>::default();
         let nodes_online = Gauge::default();
         let store_commit_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
@@ -126,6 +160,16 @@ impl Telemetry {
             "Committed state transitions",
             transitions.clone(),
         );
+        registry.register(
+            "metalbus_state_duration_seconds",
+            "Time nodes spent in a state, observed when they leave it",
+            state_duration.clone(),
+        );
+        registry.register(
+            "metalbus_commands",
+            "Commands to agents by kind, and each status they reached (sent, accepted, rejected, succeeded, failed, expired)",
+            commands.clone(),
+        );
         registry.register("metalbus_nodes", "Nodes by state", nodes.clone());
         registry.register(
             "metalbus_nodes_online",
@@ -160,6 +204,8 @@ impl Telemetry {
             stuck_states,
             recovery_attempts,
             transitions,
+            state_duration,
+            commands,
             nodes,
             nodes_online,
             store_commit_seconds,
@@ -206,6 +252,39 @@ impl Telemetry {
             .get()
     }
 
+    /// Creates the series of every known reason and timed state at 0.
+    pub fn start_at_zero(&self, reject_reasons: &[&str], timed_states: &[&str]) {
+        for reason in reject_reasons {
+            let _ = self.ingest_rejected.get_or_create(&ReasonLabel {
+                reason: (*reason).into(),
+            });
+        }
+        for state in timed_states {
+            let label = StateLabel {
+                state: (*state).into(),
+            };
+            let _ = self.stuck_states.get_or_create(&label);
+            let _ = self.recovery_attempts.get_or_create(&label);
+        }
+    }
+
+    pub fn observe_state_duration(&self, state: &str, seconds: f64) {
+        self.state_duration
+            .get_or_create(&StateLabel {
+                state: state.into(),
+            })
+            .observe(seconds.max(0.0));
+    }
+
+    pub fn count_command(&self, kind: &str, result: &str) {
+        self.commands
+            .get_or_create(&CommandLabels {
+                kind: kind.into(),
+                result: result.into(),
+            })
+            .inc();
+    }
+
     pub fn observe_commit(&self, took: Duration) {
         self.store_commit_seconds.observe(took.as_secs_f64());
     }
@@ -237,6 +316,8 @@ mod tests {
         t.count_reject("bad_json");
         t.count_message("status");
         t.observe_commit(Duration::from_millis(2));
+        t.observe_state_duration("installing", 20.0);
+        t.count_command("install", "sent");
         let text = t.render();
         assert!(
             text.contains("metalbus_ingest_rejected_total{reason=\"bad_json\"} 2"),
@@ -244,6 +325,18 @@ mod tests {
         );
         assert!(text.contains("metalbus_ingest_messages_total{kind=\"status\"} 1"));
         assert!(text.contains("metalbus_store_commit_seconds_count 1"));
+        assert!(
+            text.contains(
+                "metalbus_state_duration_seconds_bucket{le=\"30.0\",state=\"installing\"} 1"
+            ) || text.contains(
+                "metalbus_state_duration_seconds_bucket{state=\"installing\",le=\"30.0\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("metalbus_commands_total{kind=\"install\",result=\"sent\"} 1"),
+            "{text}"
+        );
         assert_eq!(t.rejected("bad_json"), 2);
     }
 }

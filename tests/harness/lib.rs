@@ -138,3 +138,41 @@ where
         }
     }
 }
+
+/// Runs `tests/tools/{script}` (a reference validator) on `input`; its stdout, or
+/// why it failed. The Python comes from `METALBUS_TEST_PYTHON`, else `target/ci-venv`
+/// (made by `.ci/run`; see tests/tools/README.md).
+pub fn run_tool(script: &str, input: &[u8]) -> Result<String, String> {
+    use std::io::Write;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let python = std::env::var_os("METALBUS_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/ci-venv/bin/python"));
+    let mut child = std::process::Command::new(&python)
+        .arg(root.join("tests/tools").join(script))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            format!(
+                "cannot run {}: {e}; install the test tools (tests/tools/README.md)",
+                python.display()
+            )
+        })?;
+    let mut stdin = child.stdin.take().ok_or("no stdin")?;
+    stdin.write_all(input).map_err(|e| e.to_string())?;
+    drop(stdin);
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("ModuleNotFoundError") {
+        return Err(format!(
+            "{script} needs its Python modules; install the test tools (tests/tools/README.md): {stderr}"
+        ));
+    }
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!("{script} failed: {stderr}"))
+    }
+}

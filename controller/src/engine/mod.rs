@@ -44,7 +44,8 @@ use crate::config::ControllerConfig;
 use crate::live::{LiveEvent, LiveFeed};
 use crate::publish::{Outbound, PublishQueue};
 use crate::store::{
-    AuditEntry, CommandRecord, Heartbeat, NodeRecord, Store, StoreError, StoredInventory,
+    AuditEntry, CommandRecord, CommandStatus, Heartbeat, NodeRecord, Store, StoreError,
+    StoredInventory,
 };
 use crate::telemetry::{StateLabel, Telemetry};
 
@@ -181,6 +182,10 @@ struct Batch {
     /// Stuck nodes found and recovery attempts made, by state; counted after the commit.
     stuck: Vec<NodeState>,
     recoveries: Vec<NodeState>,
+    /// Seconds spent in each state left in this batch; observed after the commit.
+    durations: Vec<(NodeState, f64)>,
+    /// Commands sent and status changes, (kind, status); counted after the commit.
+    command_results: Vec<(String, CommandStatus)>,
     /// Published after the commit.
     outbound: Vec<Outbound>,
     /// API answers, sent after the commit.
@@ -431,6 +436,13 @@ impl Engine {
                 .stuck_states
                 .get_or_create(&state_label(*state))
                 .inc();
+        }
+        for (state, seconds) in &batch.durations {
+            self.telemetry
+                .observe_state_duration(state.as_str(), *seconds);
+        }
+        for (kind, status) in &batch.command_results {
+            self.telemetry.count_command(kind, status.as_str());
         }
         for state in &batch.recoveries {
             self.telemetry

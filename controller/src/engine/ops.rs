@@ -210,6 +210,8 @@ impl Engine {
         }
         for change in &out.changes {
             after.history_len += 1;
+            let stayed = now.unix_millis() - after.state_changed_at.unix_millis();
+            batch.durations.push((change.from, stayed as f64 / 1000.0));
             after.state_changed_at = now;
             after.progress = None;
             let metadata = failure_metadata(&after, change.to, &ctx);
@@ -371,6 +373,9 @@ impl Engine {
                 command.expires_at,
             ),
         );
+        batch
+            .command_results
+            .push((kind.to_string(), CommandStatus::Sent));
         batch.commands.push(CommandRecord {
             node_id: node.id.clone(),
             command,
@@ -412,6 +417,9 @@ impl Engine {
             return;
         }
         rec.status = status;
+        batch
+            .command_results
+            .push((rec.command.kind.to_string(), status));
         rec.reason = reason.or(rec.reason);
         rec.updated_at = now;
         batch.commands.push(rec);
