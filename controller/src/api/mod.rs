@@ -7,6 +7,7 @@ pub mod events;
 pub mod extract;
 pub mod lifecycle;
 pub mod nodes;
+pub mod operations;
 pub mod views;
 
 use std::future::Future;
@@ -55,6 +56,9 @@ pub fn router(state: AppState) -> Router {
         .route("/nodes/:node/manage", post(lifecycle::manage))
         .route("/nodes/:node/unmanage", post(lifecycle::unmanage))
         .route("/nodes/:node/retry", post(lifecycle::retry))
+        .route("/nodes/:node/reboot", post(operations::reboot))
+        .route("/nodes/:node/poweroff", post(operations::poweroff))
+        .route("/nodes/:node/wake", post(operations::wake))
         .route("/nodes/:node/history", get(lifecycle::history))
         .route("/nodes/:node/events", get(events::list))
         .route("/plans", get(admin::plans))

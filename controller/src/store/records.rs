@@ -178,6 +178,20 @@ pub enum CommandStatus {
     Expired,
 }
 
+impl CommandStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandStatus::Queued => "queued",
+            CommandStatus::Sent => "sent",
+            CommandStatus::Accepted => "accepted",
+            CommandStatus::Rejected => "rejected",
+            CommandStatus::Succeeded => "succeeded",
+            CommandStatus::Failed => "failed",
+            CommandStatus::Expired => "expired",
+        }
+    }
+}
+
 /// A command the controller sent, and what became of it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommandRecord {
