@@ -42,6 +42,20 @@ pub struct AgentConfig {
     /// Root under which `/sys`, `/proc` and `/etc` are read.
     pub root: PathBuf,
     pub log_format: LogFormat,
+    /// What the agent runs for a `reboot` command: a program and its arguments (no
+    /// shell). Empty: reboot commands are refused.
+    pub reboot_command: Vec<String>,
+    /// What the agent runs for a `poweroff` command; empty refuses them.
+    pub poweroff_command: Vec<String>,
+}
+
+/// The default power actions.
+pub fn default_reboot_command() -> Vec<String> {
+    vec!["systemctl".into(), "reboot".into()]
+}
+
+pub fn default_poweroff_command() -> Vec<String> {
+    vec!["systemctl".into(), "poweroff".into()]
 }
 
 impl Default for AgentConfig {
@@ -61,6 +75,8 @@ impl Default for AgentConfig {
             prefix: metalbus_protocol::DEFAULT_PREFIX.into(),
             root: PathBuf::from("/"),
             log_format: LogFormat::Text,
+            reboot_command: default_reboot_command(),
+            poweroff_command: default_poweroff_command(),
         }
     }
 }
@@ -81,6 +97,8 @@ pub struct AgentFile {
     pub prefix: Option<String>,
     pub root: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
+    pub reboot_command: Option<Vec<String>>,
+    pub poweroff_command: Option<Vec<String>>,
 }
 
 impl AgentFile {
@@ -110,6 +128,8 @@ impl AgentFile {
         set(&mut cfg.prefix, self.prefix);
         set(&mut cfg.root, self.root);
         set(&mut cfg.log_format, self.log_format);
+        set(&mut cfg.reboot_command, self.reboot_command);
+        set(&mut cfg.poweroff_command, self.poweroff_command);
         Ok(())
     }
 }
@@ -132,6 +152,14 @@ pub fn check(cfg: &AgentConfig) -> anyhow::Result<()> {
         anyhow::bail!("resend_after must be at least 100ms");
     }
     metalbus_protocol::topic::Topics::new(cfg.prefix.clone())?;
+    for (key, argv) in [
+        ("reboot_command", &cfg.reboot_command),
+        ("poweroff_command", &cfg.poweroff_command),
+    ] {
+        if argv.first().is_some_and(|p| p.trim().is_empty()) {
+            anyhow::bail!("{key} must start with a program name (or be [] to refuse the command)");
+        }
+    }
     Ok(())
 }
 
@@ -209,6 +237,37 @@ mod tests {
             .unwrap();
         check(&cfg).unwrap();
         assert_eq!(cfg.state_dir, PathBuf::from("/var/lib/metalbus-agent"));
+    }
+
+    #[test]
+    fn power_commands_default_to_systemctl_and_take_an_argv() {
+        let cfg = AgentConfig::default();
+        assert_eq!(cfg.reboot_command, ["systemctl", "reboot"]);
+        assert_eq!(cfg.poweroff_command, ["systemctl", "poweroff"]);
+        let file: AgentFile = toml::from_str(
+            r#"reboot_command = ["/usr/local/bin/reboot-host", "--now", "two words"]
+               poweroff_command = []"#,
+        )
+        .unwrap();
+        let mut cfg = AgentConfig::default();
+        file.apply(&mut cfg).unwrap();
+        check(&cfg).unwrap();
+        assert_eq!(
+            cfg.reboot_command,
+            ["/usr/local/bin/reboot-host", "--now", "two words"]
+        );
+        assert!(cfg.poweroff_command.is_empty(), "[] disables poweroff");
+        // A shell string is not an argv: refused by type, with the key named.
+        let err = toml::from_str::<AgentFile>(r#"reboot_command = "systemctl reboot""#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("reboot_command"), "{err}");
+        let err = toml::from_str::<AgentFile>(r#"reboot_cmd = ["x"]"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("reboot_cmd"), "{err}");
+        cfg.reboot_command = vec![" ".into()];
+        assert!(check(&cfg).is_err());
     }
 
     #[test]

@@ -11,13 +11,16 @@
 //! reconnect and after `resend_after` without progress, and removed only when the
 //! controller's receipt covers them (DESIGN section 4). A repeated command id is acked
 //! again and never run twice.
+//!
+//! `reboot` and `poweroff` run the configured action ([`crate::power`]) once the receipt
+//! for their ack is in, in a task of their own, and report `complete` or `failed`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
-use metalbus_protocol::command::{Command, CommandKind};
+use metalbus_protocol::command::{Command, CommandKind, JobKind};
 use metalbus_protocol::controller::Receipt;
 use metalbus_protocol::inventory::Inventory;
 use metalbus_protocol::metrics::{MetricsSample, OutboxStats};
@@ -34,7 +37,8 @@ use crate::config::{self, AgentConfig};
 use crate::host::{Host, RealHost};
 use crate::jobs::{self, Ack, JobEvent, JobRunner, Jobs};
 use crate::link::{self, Backoff, Endpoint};
-use crate::outbox::{AgentStore, Queued, RunningJob};
+use crate::outbox::{AgentStore, PendingPower, Queued, RunningJob, StartedIn};
+use crate::power::{self, PowerDone};
 use crate::sampler::{Collected, Sampler};
 
 /// How often the inventory is read again to catch changes (a NIC, a disk).
@@ -75,6 +79,16 @@ pub struct Agent {
     jobs: Box<dyn Jobs>,
     job_events: Option<mpsc::UnboundedReceiver<JobEvent>>,
     stats: Arc<DeliveryStats>,
+    /// The accepted power action not finished yet (mirrors the store).
+    power: Option<PendingPower>,
+    power_done: mpsc::UnboundedSender<PowerDone>,
+    power_results: Option<mpsc::UnboundedReceiver<PowerDone>>,
+}
+
+/// What the agent's own tasks report back: job events and finished power actions.
+struct Results {
+    jobs: mpsc::UnboundedReceiver<JobEvent>,
+    power: mpsc::UnboundedReceiver<PowerDone>,
 }
 
 /// How one connection ended.
@@ -132,6 +146,7 @@ impl Agent {
     ) -> anyhow::Result<Agent> {
         let topics = Topics::new(cfg.prefix.clone())?;
         let store = AgentStore::open(&cfg.state_dir)?;
+        let (power_done, power_results) = mpsc::unbounded_channel();
         let mut agent = Agent {
             cfg,
             endpoint,
@@ -142,8 +157,12 @@ impl Agent {
             jobs,
             job_events: Some(job_events),
             stats: Arc::new(DeliveryStats::default()),
+            power: None,
+            power_done,
+            power_results: Some(power_results),
         };
         agent.recover_interrupted_job()?;
+        agent.recover_power()?;
         Ok(agent)
     }
 
@@ -178,12 +197,124 @@ impl Agent {
         self.store.set_job(None)
     }
 
+    /// A power action recorded before this start. Not started yet: it waits for its
+    /// ack's receipt as before. Started in another boot: the host went down as asked.
+    /// Started in this boot (or the boot cannot be told): the agent died while it ran;
+    /// it is reported failed and never run again.
+    fn recover_power(&mut self) -> anyhow::Result<()> {
+        let Some(p) = self.store.power()? else {
+            return Ok(());
+        };
+        let Some(started) = &p.started else {
+            info!(command = %p.command_id, kind = %p.kind, "a power action waits for its ack's receipt");
+            self.power = Some(p);
+            return Ok(());
+        };
+        let now = self.host.boot_id();
+        let result = match (&started.boot_id, &now) {
+            (Some(then), Some(now)) if then != now => Ok(()),
+            (Some(_), Some(_)) => Err(format!(
+                "the agent restarted while the {} action ran, in the same boot; it is not run again",
+                p.kind
+            )),
+            _ => Err(format!(
+                "the agent restarted after starting the {} action and cannot read the boot id to tell whether it happened; it is not run again",
+                p.kind
+            )),
+        };
+        info!(command = %p.command_id, kind = %p.kind, ok = result.is_ok(), "power action found after a restart");
+        self.queue(power_report(&p.command_id, p.kind, result), 0);
+        self.store.set_power(None)
+    }
+
+    /// Starts the pending power action once the receipt for its ack is in.
+    fn maybe_start_power(&mut self) {
+        let Some(p) = self.power.as_ref().filter(|p| p.started.is_none()) else {
+            return;
+        };
+        match blocking(|| self.store.receipted(p.ack_seq)) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                error!(error = %e, "cannot read the outbox");
+                return;
+            }
+        }
+        let mut started = p.clone();
+        started.started = Some(StartedIn {
+            boot_id: self.host.boot_id(),
+        });
+        // Recorded before it runs: whatever happens next, it never runs twice.
+        if let Err(e) = blocking(|| self.store.set_power(Some(&started))) {
+            error!(error = %e, command = %started.command_id, "cannot record the power action; not running it");
+            return;
+        }
+        let argv = match started.kind {
+            JobKind::Poweroff => self.cfg.poweroff_command.clone(),
+            _ => self.cfg.reboot_command.clone(),
+        };
+        power::spawn(
+            self.node_id.to_string(),
+            started.command_id.clone(),
+            started.kind,
+            argv,
+            self.power_done.clone(),
+        );
+        self.power = Some(started);
+    }
+
+    /// The action ended: report it and forget it.
+    fn on_power_done(&mut self, done: PowerDone, sent_upto: u64) {
+        self.queue(
+            power_report(&done.command_id, done.kind, done.result),
+            sent_upto,
+        );
+        if let Err(e) = blocking(|| self.store.set_power(None)) {
+            error!(error = %e, "cannot clear the power action");
+        }
+        self.power = None;
+    }
+
+    /// The ack for a `reboot` or `poweroff` command.
+    fn power_ack(&self, cmd: &Command, kind: JobKind) -> Ack {
+        let no = |reason: String| Ack {
+            accepted: false,
+            reason: Some(reason),
+        };
+        if let Err(e) = cmd.validate() {
+            return no(e.to_string());
+        }
+        if cmd.expires_at < Timestamp::from(SystemTime::now()) {
+            return no("command expired".into());
+        }
+        let argv = match kind {
+            JobKind::Poweroff => &self.cfg.poweroff_command,
+            _ => &self.cfg.reboot_command,
+        };
+        if argv.is_empty() {
+            return no(format!(
+                "{kind} is disabled on this agent ({kind}_command = [])"
+            ));
+        }
+        if let Some(p) = &self.power {
+            return no(format!(
+                "a {} ({}) is already under way",
+                p.kind, p.command_id
+            ));
+        }
+        Ack {
+            accepted: true,
+            reason: None,
+        }
+    }
+
     /// Runs until `shutdown` turns true. Returns `Ok` after a clean stop.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let mut backoff = Backoff::default();
-        let Some(mut job_events) = self.job_events.take() else {
+        let (Some(jobs), Some(power)) = (self.job_events.take(), self.power_results.take()) else {
             anyhow::bail!("the agent is already running");
         };
+        let mut results = Results { jobs, power };
         info!(node = %self.node_id, broker = %self.cfg.broker, session = self.store.session(), "agent starting");
         loop {
             if *shutdown.borrow() {
@@ -198,7 +329,7 @@ impl Agent {
                     &mut eventloop,
                     &mut shutdown,
                     &mut backoff,
-                    &mut job_events,
+                    &mut results,
                 )
                 .await
             {
@@ -254,7 +385,7 @@ impl Agent {
         eventloop: &mut EventLoop,
         shutdown: &mut watch::Receiver<bool>,
         backoff: &mut Backoff,
-        job_events: &mut mpsc::UnboundedReceiver<JobEvent>,
+        results: &mut Results,
     ) -> SessionEnd {
         let mut connected = false;
         let mut flight = Flight::default();
@@ -309,18 +440,29 @@ impl Agent {
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) if p.topic == receipts => {
                         self.on_receipt(&p.payload, &mut delivery);
+                        self.maybe_start_power();
                     }
                     Ok(Event::Outgoing(Outgoing::Publish(_))) => flight.sent += 1,
                     Ok(ev) => debug!(?ev, "mqtt"),
                     Err(e) => return SessionEnd::Lost(e.to_string()),
                 },
-                Some(event) = job_events.recv() => {
+                Some(event) = results.jobs.recv() => {
                     self.on_job_event(event, delivery.sent_upto);
                     if connected {
                         self.send_backlog(client, &mut flight, &mut delivery);
                     }
                 }
-                _ = outbox_tick.tick(), if connected => self.send_backlog(client, &mut flight, &mut delivery),
+                Some(done) = results.power.recv() => {
+                    self.on_power_done(done, delivery.sent_upto);
+                    if connected {
+                        self.send_backlog(client, &mut flight, &mut delivery);
+                    }
+                }
+                _ = outbox_tick.tick(), if connected => {
+                    self.send_backlog(client, &mut flight, &mut delivery);
+                    // After a restart the ack may have been receipted already.
+                    self.maybe_start_power();
+                }
                 _ = metrics_tick.tick(), if connected => sampler.metrics(),
                 _ = inventory_tick.tick(), if connected => sampler.inventory(),
                 Some(result) = collected.recv() => match result {
@@ -433,22 +575,27 @@ impl Agent {
         );
     }
 
-    /// Stores a report in the outbox (it is sent from there).
-    fn queue(&mut self, body: ReportBody, sent_upto: u64) {
+    /// Stores a report in the outbox (it is sent from there); returns its number.
+    fn queue(&mut self, body: ReportBody, sent_upto: u64) -> Option<u64> {
         let now = Timestamp::from(SystemTime::now());
         let node_id = self.node_id.clone();
         match blocking(|| self.store.queue(body, now, &node_id, sent_upto)) {
             Ok(Queued::New(seq)) => {
                 self.stats.last_seq.store(seq, Ordering::Relaxed);
+                Some(seq)
             }
-            Ok(Queued::Merged(_)) => {}
+            Ok(Queued::Merged(seq)) => Some(seq),
             Ok(Queued::Dropped) => {
                 warn!(
                     dropped = self.store.dropped,
                     "outbox full; progress report dropped"
-                )
+                );
+                None
             }
-            Err(e) => error!(error = %e, "cannot store a report; it is lost"),
+            Err(e) => {
+                error!(error = %e, "cannot store a report; it is lost");
+                None
+            }
         }
     }
 
@@ -519,12 +666,11 @@ impl Agent {
                     reason: None,
                 }
             }
-            CommandKind::Reboot | CommandKind::Poweroff => Ack {
+            CommandKind::Reboot => self.power_ack(&cmd, JobKind::Reboot),
+            CommandKind::Poweroff => self.power_ack(&cmd, JobKind::Poweroff),
+            CommandKind::Wake => Ack {
                 accepted: false,
-                reason: Some(format!(
-                    "{} is not supported by this agent version",
-                    cmd.kind
-                )),
+                reason: Some("wake is sent by the controller, not run by agents".into()),
             },
         };
         if !ack.accepted {
@@ -533,11 +679,25 @@ impl Agent {
         if let Err(e) = blocking(|| self.store.remember(&cmd.command_id, &ack)) {
             error!(error = %e, "cannot remember the command id");
         }
-        self.ack(&cmd.command_id, ack, d.sent_upto);
+        let accepted = ack.accepted;
+        let ack_seq = self.ack(&cmd.command_id, ack, d.sent_upto);
+        if let (true, Some(kind), Some(ack_seq)) = (accepted, cmd.kind.power(), ack_seq) {
+            let pending = PendingPower {
+                command_id: cmd.command_id.clone(),
+                kind,
+                ack_seq,
+                started: None,
+            };
+            info!(command = %cmd.command_id, %kind, "power action accepted; it runs once the ack is receipted");
+            if let Err(e) = blocking(|| self.store.set_power(Some(&pending))) {
+                error!(error = %e, "cannot record the power action");
+            }
+            self.power = Some(pending);
+        }
         self.send_backlog(client, flight, d);
     }
 
-    fn ack(&mut self, command_id: &str, ack: Ack, sent_upto: u64) {
+    fn ack(&mut self, command_id: &str, ack: Ack, sent_upto: u64) -> Option<u64> {
         self.queue(
             ReportBody::Ack {
                 command_id: command_id.to_string(),
@@ -545,7 +705,7 @@ impl Agent {
                 reason: ack.reason,
             },
             sent_upto,
-        );
+        )
     }
 
     fn publish_birth(&self, conn: u64, client: &AsyncClient, flight: &mut Flight) {
@@ -669,6 +829,23 @@ impl Agent {
             }
         }
         link::disconnect(client, eventloop, Duration::from_secs(1)).await;
+    }
+}
+
+/// The `job` report that ends a power action.
+fn power_report(command_id: &str, kind: JobKind, result: Result<(), String>) -> ReportBody {
+    let (status, error) = match result {
+        Ok(()) => (JobStatus::Complete, None),
+        Err(e) => (JobStatus::Failed, Some(e)),
+    };
+    ReportBody::Job {
+        command_id: command_id.to_string(),
+        job: kind,
+        status,
+        progress: None,
+        step: None,
+        message: None,
+        error,
     }
 }
 

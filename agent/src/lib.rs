@@ -11,6 +11,7 @@
 //! - [`config`]: settings; [`outbox`]: what survives restarts (conn, session, the
 //!   report outbox, remembered commands, the running job); [`host`]: the machine's facts,
 //!   or a simulated machine's.
+//! - [`power`]: the reboot and poweroff actions, run from the agent's own config.
 //! - [`logging`]: log set-up and the shutdown signal, shared by both daemons.
 
 pub mod collectors;
@@ -21,5 +22,6 @@ pub mod jobs;
 pub mod link;
 pub mod logging;
 pub mod outbox;
+pub mod power;
 pub mod sampler;
 pub mod simulate;

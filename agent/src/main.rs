@@ -76,6 +76,13 @@ struct RunArgs {
     /// Log format [default: text]
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// Program and arguments run for a reboot command (no shell), e.g.
+    /// `--reboot-command /usr/local/sbin/reboot-host --now` [default: systemctl reboot]
+    #[arg(long, value_name = "ARGV", num_args = 1..)]
+    reboot_command: Option<Vec<String>>,
+    /// Program and arguments run for a poweroff command [default: systemctl poweroff]
+    #[arg(long, value_name = "ARGV", num_args = 1..)]
+    poweroff_command: Option<Vec<String>>,
 }
 
 #[derive(clap::Args)]
@@ -129,6 +136,9 @@ fn simulate(args: SimArgs) -> anyhow::Result<()> {
         metrics_interval: args.metrics_interval,
         resend_after: args.resend_after,
         prefix: args.topic_prefix,
+        // Virtual agents must never power off the machine that runs them.
+        reboot_command: Vec::new(),
+        poweroff_command: Vec::new(),
         ..AgentConfig::default()
     };
     metalbus_agent::config::check(&agent)?;
@@ -180,6 +190,8 @@ impl RunArgs {
             prefix: self.prefix,
             root: self.root,
             log_format: self.log_format,
+            reboot_command: self.reboot_command,
+            poweroff_command: self.poweroff_command,
         }
         .apply(&mut cfg)?;
         Ok(cfg)

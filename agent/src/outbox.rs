@@ -9,6 +9,9 @@
 //! - The ids of the last 1,000 commands, with the ack given, so a repeated command is
 //!   acked again and never run twice.
 //! - The running job, so a restart during a job reports it `failed`.
+//! - The pending power action (`reboot`, `poweroff`): acked and waiting for the receipt
+//!   of its ack, or started (with the boot id it started in), so it runs at most once
+//!   and a restart knows what became of it.
 //!
 //! Every change commits with `Durability::Immediate`.
 
@@ -56,6 +59,24 @@ pub enum Queued {
 pub struct RunningJob {
     pub command_id: String,
     pub job: JobKind,
+}
+
+/// A power action the agent has accepted, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingPower {
+    pub command_id: String,
+    /// `reboot` or `poweroff`.
+    pub kind: JobKind,
+    /// The ack's report number: the action starts once a receipt covers it.
+    pub ack_seq: u64,
+    /// Set (durably) just before the action starts, with the boot id of that moment:
+    /// never started twice; a restart in a new boot means it worked.
+    pub started: Option<StartedIn>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartedIn {
+    pub boot_id: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -338,6 +359,50 @@ impl AgentStore {
         }
         db!(txn.commit(), "commit");
         Ok(())
+    }
+
+    /// Records the pending power action (or none).
+    pub fn set_power(&mut self, power: Option<&PendingPower>) -> anyhow::Result<()> {
+        let txn = db!(self.db.begin_write(), "begin");
+        {
+            let mut t = db!(txn.open_table(JOB), "job");
+            match power {
+                Some(p) => {
+                    db!(
+                        t.insert("power", serde_json::to_vec(p)?.as_slice()),
+                        "write power action"
+                    );
+                }
+                None => {
+                    db!(t.remove("power"), "clear power action");
+                }
+            }
+        }
+        db!(txn.commit(), "commit");
+        Ok(())
+    }
+
+    /// The pending power action, if any.
+    pub fn power(&self) -> anyhow::Result<Option<PendingPower>> {
+        let txn = db!(self.db.begin_read(), "begin");
+        let t = db!(txn.open_table(JOB), "job");
+        let found = db!(t.get("power"), "read power action");
+        Ok(match found {
+            Some(v) => Some(serde_json::from_slice(v.value())?),
+            None => None,
+        })
+    }
+
+    /// Whether a receipt has covered report `seq` (it has left the outbox).
+    pub fn receipted(&self, seq: u64) -> anyhow::Result<bool> {
+        let txn = db!(self.db.begin_read(), "begin");
+        let outbox = db!(txn.open_table(OUTBOX), "outbox");
+        let present = db!(outbox.get(seq), "read report").is_some();
+        let counter = {
+            let c = db!(txn.open_table(COUNTERS), "counters");
+            db!(c.get("seq"), "read seq").map_or(0, |v| v.value())
+        };
+        Ok(!present && seq <= counter)
     }
 
     /// The job recorded as running.

@@ -199,7 +199,8 @@ impl Jobs for SimJobs {
         let id = cmd.command_id.clone();
         let (n, every) = match job {
             JobKind::Install => (self.progress_events, self.every),
-            JobKind::Deprovision => (2, self.every),
+            // `job()` gives only plan jobs; power actions never reach the job runner.
+            JobKind::Deprovision | JobKind::Reboot | JobKind::Poweroff => (2, self.every),
         };
         let slot = self.running.clone();
         let _ = events.send(SimJobs::event(&id, job, JobStatus::Started, Some(0)));

@@ -34,6 +34,24 @@ pub struct ControllerConfig {
     /// Install plans by name; never empty (the built-in `demo` plan when none is set).
     pub plans: BTreeMap<String, PlanConfig>,
     pub events: EventRetention,
+    pub wake: Wake,
+}
+
+/// `[wake]`: where Wake-on-LAN packets go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Wake {
+    /// The one address magic packets are sent to (UDP, broadcast allowed); typically
+    /// the broadcast address of the nodes' network, port 9.
+    pub broadcast: SocketAddr,
+}
+
+impl Default for Wake {
+    fn default() -> Self {
+        Self {
+            broadcast: SocketAddr::from(([255, 255, 255, 255], 9)),
+        }
+    }
 }
 
 /// `[events]`: how many node events are kept, and how long.
@@ -308,6 +326,7 @@ impl Default for ControllerConfig {
             lifecycle: Lifecycle::default(),
             plans: demo_plans(),
             events: EventRetention::default(),
+            wake: Wake::default(),
         }
     }
 }
@@ -327,6 +346,7 @@ pub struct ControllerFile {
     pub lifecycle: Option<Lifecycle>,
     pub plans: Option<BTreeMap<String, PlanConfig>>,
     pub events: Option<EventRetention>,
+    pub wake: Option<Wake>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -373,6 +393,7 @@ impl ControllerFile {
         set(&mut cfg.lifecycle, self.lifecycle);
         set(&mut cfg.plans, self.plans.filter(|p| !p.is_empty()));
         set(&mut cfg.events, self.events);
+        set(&mut cfg.wake, self.wake);
         Ok(())
     }
 }
@@ -487,6 +508,35 @@ installed = \"1m\"\n",
         let err =
             toml::from_str::<ControllerFile>("[lifecycle]\nretry_backof = \"1s\"\n").unwrap_err();
         assert!(err.to_string().contains("retry_backof"), "{err}");
+    }
+
+    #[test]
+    fn the_wake_address_defaults_to_broadcast_port_9_and_is_checked() {
+        assert_eq!(
+            ControllerConfig::default().wake.broadcast.to_string(),
+            "255.255.255.255:9"
+        );
+        let file: ControllerFile =
+            toml::from_str("[wake]\nbroadcast = \"10.0.255.255:7\"\n").unwrap();
+        let mut cfg = ControllerConfig::default();
+        file.apply(&mut cfg).unwrap();
+        assert_eq!(cfg.wake.broadcast.to_string(), "10.0.255.255:7");
+        let file: ControllerFile = toml::from_str("[wake]\n").unwrap();
+        let mut cfg = ControllerConfig::default();
+        file.apply(&mut cfg).unwrap();
+        assert_eq!(
+            cfg.wake.broadcast.port(),
+            9,
+            "an empty section keeps the default"
+        );
+        let err = toml::from_str::<ControllerFile>("[wake]\nbroadcast = \"10.0.255.255\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid socket address"), "{err}");
+        let err = toml::from_str::<ControllerFile>("[wake]\nbroadcst = \"1.2.3.4:9\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("broadcst"), "{err}");
     }
 
     #[test]

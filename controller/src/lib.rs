@@ -28,3 +28,4 @@ pub mod reject_log;
 pub mod serve;
 pub mod store;
 pub mod telemetry;
+pub mod wake;

@@ -101,6 +101,7 @@ impl ServeArgs {
             lifecycle: None,
             plans: None,
             events: None,
+            wake: None,
         }
         .apply(&mut cfg)?;
         cfg.local_agent = self.local_agent;

@@ -166,6 +166,9 @@ pub async fn run(
             steps_dir: install_steps(&state_dir)?,
             state_dir,
             prefix: cfg.prefix.clone(),
+            // The demo agent shares the controller's host: it never reboots it.
+            reboot_command: Vec::new(),
+            poweroff_command: Vec::new(),
             ..AgentConfig::default()
         };
         let agent = Agent::prepare(agent_cfg).context("starting the local agent")?;

@@ -497,6 +497,18 @@ pub struct Operation {
     pub expires_at: Timestamp,
 }
 
+/// `POST /nodes/{node}/reboot`, `/poweroff`, `/wake` (202): the operation started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationStarted {
+    /// The node's id.
+    pub id: NodeId,
+    /// For `GET /operations/{id}`.
+    pub operation_id: String,
+    /// The operation's status when the call returned (`sent` for reboot and poweroff;
+    /// `succeeded` or `failed` for a wake, which is over by then).
+    pub status: String,
+}
+
 /// `GET /healthz`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {

@@ -21,6 +21,9 @@ pub enum CommandKind {
     RefreshInventory,
     /// Publish birth and inventory again.
     Rebirth,
+    /// A Wake-on-LAN packet the controller sends itself. Never published to an agent
+    /// (an agent refuses one); it exists so a wake is an operation like the others.
+    Wake,
 }
 
 impl CommandKind {
@@ -33,6 +36,7 @@ impl CommandKind {
             CommandKind::Cancel => "cancel",
             CommandKind::RefreshInventory => "refresh_inventory",
             CommandKind::Rebirth => "rebirth",
+            CommandKind::Wake => "wake",
         }
     }
 
@@ -44,6 +48,15 @@ impl CommandKind {
             _ => None,
         }
     }
+
+    /// The power action a command asks the agent to run, for `reboot` and `poweroff`.
+    pub fn power(self) -> Option<JobKind> {
+        match self {
+            CommandKind::Reboot => Some(JobKind::Reboot),
+            CommandKind::Poweroff => Some(JobKind::Poweroff),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for CommandKind {
@@ -52,12 +65,15 @@ impl fmt::Display for CommandKind {
     }
 }
 
-/// The two kinds of job an agent runs.
+/// What a `job` report is about: a plan the agent runs (`install`, `deprovision`), or
+/// the power action it runs for a `reboot` or `poweroff` command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobKind {
     Install,
     Deprovision,
+    Reboot,
+    Poweroff,
 }
 
 impl JobKind {
@@ -65,7 +81,14 @@ impl JobKind {
         match self {
             JobKind::Install => "install",
             JobKind::Deprovision => "deprovision",
+            JobKind::Reboot => "reboot",
+            JobKind::Poweroff => "poweroff",
         }
+    }
+
+    /// A power action (`reboot`, `poweroff`), not a plan.
+    pub fn is_power(self) -> bool {
+        matches!(self, JobKind::Reboot | JobKind::Poweroff)
     }
 }
 

@@ -139,6 +139,8 @@ mod tests {
             r#"{"session":"5f0c","seq":14,"ts":"2026-01-01T00:00:00Z","kind":"job","command_id":"c-9a","job":"install","status":"started"}"#,
             r#"{"session":"5f0c","seq":15,"ts":"2026-01-01T00:00:00Z","kind":"job","command_id":"c-9a","job":"install","status":"progress","progress":40,"step":"partition","message":"writing GPT"}"#,
             r#"{"session":"5f0c","seq":16,"ts":"2026-01-01T00:00:00Z","kind":"job","command_id":"c-9a","job":"install","status":"failed","step":"image","error":"sha256 mismatch"}"#,
+            r#"{"session":"5f0c","seq":17,"ts":"2026-01-01T00:00:00Z","kind":"job","command_id":"c-9c","job":"reboot","status":"failed","error":"reboot command exited with status 3"}"#,
+            r#"{"session":"5f0c","seq":18,"ts":"2026-01-01T00:00:00Z","kind":"job","command_id":"c-9d","job":"poweroff","status":"complete"}"#,
         ];
         for line in lines {
             let r: Report = serde_json::from_str(line).unwrap();
@@ -157,7 +159,7 @@ mod tests {
             r#"{"session":"s","seq":1,"ts":"2026-01-01T00:00:00Z","kind":"job","command_id":"c","job":"install","status":"exploded"}"#,
             r#"{"session":"s","seq":1,"ts":"2026-01-01T00:00:00Z","kind":"dance","command_id":"c"}"#,
             r#"{"session":"s","ts":"2026-01-01T00:00:00Z","kind":"ack","command_id":"c","accepted":true}"#,
-            r#"{"session":"s","seq":1,"ts":"2026-01-01T00:00:00Z","kind":"job","command_id":"c","job":"reboot","status":"started"}"#,
+            r#"{"session":"s","seq":1,"ts":"2026-01-01T00:00:00Z","kind":"job","command_id":"c","job":"dance","status":"started"}"#,
         ] {
             assert!(serde_json::from_str::<Report>(bad).is_err(), "{bad}");
         }

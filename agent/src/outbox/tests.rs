@@ -200,3 +200,39 @@ fn the_old_state_file_is_taken_over() {
     assert_eq!(s.next_conn().unwrap(), 42);
     assert!(!dir.path().join("agent-state.json").exists());
 }
+
+#[test]
+fn a_power_action_is_recorded_apart_from_the_job_and_receipts_are_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = AgentStore::open(dir.path()).unwrap();
+    let node = NodeId::new("n1").unwrap();
+    let ack = ReportBody::Ack {
+        command_id: "c-9".into(),
+        accepted: true,
+        reason: None,
+    };
+    let Queued::New(seq) = s
+        .queue(ack, Timestamp::from_unix_millis(0), &node, 0)
+        .unwrap()
+    else {
+        panic!("not queued")
+    };
+    assert!(!s.receipted(seq).unwrap(), "waiting for its receipt");
+    assert!(!s.receipted(seq + 1).unwrap(), "a number not given out yet");
+    let p = PendingPower {
+        command_id: "c-9".into(),
+        kind: JobKind::Reboot,
+        ack_seq: seq,
+        started: None,
+    };
+    s.set_power(Some(&p)).unwrap();
+    s.set_job(None).unwrap();
+    let session = s.session().to_string();
+    s.receipt(&session, seq).unwrap();
+    assert!(s.receipted(seq).unwrap());
+    drop(s);
+    let mut s = AgentStore::open(dir.path()).unwrap();
+    assert_eq!(s.power().unwrap(), Some(p), "clearing the job left it");
+    s.set_power(None).unwrap();
+    assert_eq!(s.power().unwrap(), None);
+}

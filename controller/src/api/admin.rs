@@ -28,7 +28,7 @@ pub async fn plans(State(state): State<AppState>) -> Json<Data<Vec<PlanView>>> {
     Json(Data { data })
 }
 
-/// `GET /operations/{id}`: a command's status.
+/// `GET /operations/{id}`: a command's status (a reboot, a wake, an install, ...).
 pub async fn operation(
     State(state): State<AppState>,
     Checked(Path(id)): Checked<Path<String>>,
@@ -37,10 +37,7 @@ pub async fn operation(
         .store
         .command(&id)?
         .ok_or_else(|| ApiError::NotFound(format!("operation {id:?} not found")))?;
-    let status = serde_json::to_value(rec.status)
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_default();
+    let status = rec.status.as_str().to_string();
     Ok(Json(Data {
         data: Operation {
             id: rec.command.command_id.clone(),

@@ -45,7 +45,7 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 }
 
 /// Sends a call to the engine and waits for its answer.
-async fn call(
+pub(super) async fn call(
     state: &AppState,
     key: String,
     action: Action,

@@ -8,6 +8,7 @@ pub mod extract;
 pub mod fleet;
 pub mod lifecycle;
 pub mod nodes;
+pub mod operations;
 pub mod stream;
 pub mod views;
 
@@ -62,6 +63,9 @@ pub fn router(state: AppState) -> Router {
         .route("/nodes/:node/manage", post(lifecycle::manage))
         .route("/nodes/:node/unmanage", post(lifecycle::unmanage))
         .route("/nodes/:node/retry", post(lifecycle::retry))
+        .route("/nodes/:node/reboot", post(operations::reboot))
+        .route("/nodes/:node/poweroff", post(operations::poweroff))
+        .route("/nodes/:node/wake", post(operations::wake))
         .route("/nodes/:node/history", get(lifecycle::history))
         .route("/nodes/:node/events", get(events::list))
         .route("/nodes/:node/status", get(fleet::status))

@@ -24,16 +24,25 @@ pub enum ClientError {
     },
     #[error("unexpected answer from {url}: {why}")]
     Protocol { url: String, why: String },
+    /// `--wait`: the operation ended `failed`, `rejected` or `expired`.
+    #[error("{0}")]
+    OperationFailed(String),
+    /// `--wait`: no final status within the timeout.
+    #[error("{0}")]
+    WaitTimedOut(String),
 }
 
 impl ClientError {
-    /// 2 usage, 3 not found, 4 refused by the API, 5 API unreachable, 1 anything else.
+    /// 2 usage, 3 not found, 4 refused by the API, 5 API unreachable, 6 the awaited
+    /// operation failed, 7 waiting for it timed out, 1 anything else.
     pub fn exit_code(&self) -> u8 {
         match self {
             ClientError::Usage(_) => 2,
             ClientError::Api { status: 404, .. } => 3,
             ClientError::Api { status, .. } if *status < 500 => 4,
             ClientError::Unreachable { .. } => 5,
+            ClientError::OperationFailed(_) => 6,
+            ClientError::WaitTimedOut(_) => 7,
             ClientError::Api { .. } | ClientError::Protocol { .. } => 1,
         }
     }
@@ -264,6 +273,8 @@ mod tests {
         assert_eq!(api(401).exit_code(), 4);
         assert_eq!(api(409).exit_code(), 4);
         assert_eq!(api(500).exit_code(), 1);
+        assert_eq!(ClientError::OperationFailed("x".into()).exit_code(), 6);
+        assert_eq!(ClientError::WaitTimedOut("x".into()).exit_code(), 7);
     }
 
     #[test]

@@ -9,7 +9,8 @@ use std::time::SystemTime;
 
 use clap::{Args, Subcommand, ValueEnum};
 use metalbus_protocol::api::{
-    Changed, Data, Events, History, NodeView, RetryResponse, TokenCreated,
+    Changed, Data, Events, History, NodeView, Operation, OperationStarted, RetryResponse,
+    TokenCreated,
 };
 use metalbus_protocol::lifecycle::NodeState;
 use metalbus_protocol::Timestamp;
@@ -145,6 +146,12 @@ pub enum NodesCommand {
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
     },
+    /// Reboot a node: its agent runs its `reboot_command`. Prints the operation id.
+    Reboot(OperationArgs),
+    /// Power a node off: its agent runs its `poweroff_command`.
+    Poweroff(OperationArgs),
+    /// Send Wake-on-LAN packets to a node's MAC addresses.
+    Wake(OperationArgs),
     /// A node's state changes, newest first.
     History {
         node: String,
@@ -173,6 +180,20 @@ pub enum NodesCommand {
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
     },
+}
+
+/// `nodes reboot|poweroff|wake NODE`.
+#[derive(Args, Debug)]
+pub struct OperationArgs {
+    node: String,
+    /// Wait until the operation succeeds or fails (exit 6 when it fails or expires).
+    #[arg(long)]
+    wait: bool,
+    /// Give up waiting after this long, e.g. 30s or 5m (exit 7).
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+    timeout: std::time::Duration,
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    output: Output,
 }
 
 #[derive(Subcommand, Debug)]
@@ -365,6 +386,9 @@ pub async fn nodes(args: ClientArgs, cmd: NodesCommand) -> Result<String, Client
                 Output::Json => json(&e),
             })
         }
+        NodesCommand::Reboot(args) => operation(&api, "reboot", args).await,
+        NodesCommand::Poweroff(args) => operation(&api, "poweroff", args).await,
+        NodesCommand::Wake(args) => operation(&api, "wake", args).await,
         NodesCommand::History {
             node,
             limit,
@@ -381,6 +405,75 @@ pub async fn nodes(args: ClientArgs, cmd: NodesCommand) -> Result<String, Client
             })
         }
     }
+}
+
+/// Starts `what` (reboot, poweroff, wake) on a node; with `--wait`, polls the operation
+/// until it reaches a final status.
+async fn operation(
+    api: &ApiClient,
+    what: &str,
+    args: OperationArgs,
+) -> Result<String, ClientError> {
+    let started: Data<OperationStarted> = api
+        .send(
+            Method::POST,
+            &node_path(&args.node, &format!("/{what}")),
+            &[],
+            None,
+        )
+        .await?;
+    let started = started.data;
+    if !args.wait {
+        return Ok(match args.output {
+            Output::Table => format!(
+                "{}: {what} operation {} {}\n",
+                args.node, started.operation_id, started.status
+            ),
+            Output::Json => json(&started),
+        });
+    }
+    let path = format!("/api/v1/operations/{}", started.operation_id);
+    let deadline = std::time::Instant::now() + args.timeout;
+    loop {
+        let op: Data<Operation> = api.send(Method::GET, &path, &[], None).await?;
+        let op = op.data;
+        let line = || {
+            format!(
+                "{}: {what} operation {} {}{}",
+                args.node,
+                op.id,
+                op.status,
+                op.reason
+                    .as_deref()
+                    .map(|r| format!(": {}", render::clean(r)))
+                    .unwrap_or_default()
+            )
+        };
+        match op.status.as_str() {
+            "succeeded" => {
+                return Ok(match args.output {
+                    Output::Table => format!("{}\n", line()),
+                    Output::Json => json(&op),
+                })
+            }
+            "failed" | "rejected" | "expired" => {
+                return Err(ClientError::OperationFailed(line()));
+            }
+            _ => {}
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(ClientError::WaitTimedOut(format!(
+                "{} after waiting {}",
+                line(),
+                humantime::format_duration(args.timeout)
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e}; write it like 30s or 5m"))
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 
 use metalbus_protocol::api::{EventSource, EventType};
+use metalbus_protocol::command::JobKind;
 use metalbus_protocol::controller::Progress;
 use metalbus_protocol::inventory::Inventory;
 use metalbus_protocol::lifecycle::NodeState;
@@ -400,6 +401,20 @@ impl Engine {
                 };
                 self.update_command(&command_id, status, reason.clone(), now, batch);
                 let current = node.job.as_ref().filter(|j| j.command_id == command_id);
+                if !accepted && current.is_none() {
+                    if let Some(kind) = self.power_command(id, &command_id) {
+                        let why = reason.clone().unwrap_or_else(|| "no reason given".into());
+                        warn!(node = %id, command = %command_id, reason = %why, "agent refused the {kind}");
+                        batch.event(
+                            id,
+                            EventType::Warning,
+                            "CommandRejected",
+                            format!("agent refused {kind} command {command_id}: {why}"),
+                            EventSource::Agent,
+                            now,
+                        );
+                    }
+                }
                 if let (false, Some(job)) = (accepted, current) {
                     // The agent will never run it: the same as a failed attempt.
                     let why = reason.unwrap_or_else(|| "no reason given".into());
@@ -420,6 +435,15 @@ impl Engine {
                     };
                     self.run_machine(id, event, Default::default(), now, batch);
                 }
+            }
+            ReportBody::Job {
+                command_id,
+                job,
+                status,
+                error,
+                ..
+            } if job.is_power() => {
+                self.on_power_report(id, &command_id, job, status, error, now, batch);
             }
             ReportBody::Job {
                 command_id,
@@ -474,6 +498,88 @@ impl Engine {
                     self.replace(before, after, now, batch);
                 }
             }
+        }
+    }
+
+    /// The kind of `command_id` if it is a `reboot` or `poweroff` sent to node `id`.
+    fn power_command(&self, id: &NodeId, command_id: &str) -> Option<JobKind> {
+        match self.store.command(command_id) {
+            Ok(Some(rec)) if rec.node_id == *id => rec.command.kind.power(),
+            _ => None,
+        }
+    }
+
+    /// The end of a power action: the operation `succeeded` (the action exited 0) or
+    /// `failed`. Power actions never touch the lifecycle state.
+    #[allow(clippy::too_many_arguments)]
+    fn on_power_report(
+        &mut self,
+        id: &NodeId,
+        command_id: &str,
+        job: JobKind,
+        status: JobStatus,
+        error: Option<String>,
+        now: Timestamp,
+        batch: &mut Batch,
+    ) {
+        if self.power_command(id, command_id) != Some(job) {
+            self.telemetry.reports_refused.inc();
+            warn!(node = %id, command = %command_id, %job, "power report for a command this node was not sent");
+            batch.event(
+                id,
+                EventType::Warning,
+                "MessageRejected",
+                format!("report refused: no {job} command {command_id} was sent to this node"),
+                EventSource::Agent,
+                now,
+            );
+            return;
+        }
+        let name = match job {
+            JobKind::Poweroff => "Poweroff",
+            _ => "Reboot",
+        };
+        match status {
+            JobStatus::Complete => {
+                info!(node = %id, command = %command_id, %job, "power action done");
+                self.update_command(command_id, CommandStatus::Succeeded, None, now, batch);
+                batch.event(
+                    id,
+                    EventType::Normal,
+                    if job == JobKind::Poweroff {
+                        "PoweroffCompleted"
+                    } else {
+                        "RebootCompleted"
+                    },
+                    format!("{job} action ran (operation {command_id})"),
+                    EventSource::Agent,
+                    now,
+                );
+            }
+            JobStatus::Failed => {
+                let why = error.unwrap_or_else(|| "no reason given".into());
+                warn!(node = %id, command = %command_id, %job, error = %why, "power action failed");
+                self.update_command(
+                    command_id,
+                    CommandStatus::Failed,
+                    Some(why.clone()),
+                    now,
+                    batch,
+                );
+                batch.event(
+                    id,
+                    EventType::Warning,
+                    if job == JobKind::Poweroff {
+                        "PoweroffFailed"
+                    } else {
+                        "RebootFailed"
+                    },
+                    format!("{name} failed (operation {command_id}): {why}"),
+                    EventSource::Agent,
+                    now,
+                );
+            }
+            JobStatus::Started | JobStatus::Progress => {}
         }
     }
 

@@ -18,7 +18,7 @@ mod agent;
 mod ops;
 mod reconcile;
 
-pub use ops::{Action, Call, CallError, NodeUpdate, Registration, Reply};
+pub use ops::{Action, Call, CallError, NodeUpdate, PowerAction, Registration, Reply};
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};

@@ -52,6 +52,34 @@ pub enum Action {
     Update(NodeUpdate),
     /// `POST /nodes`: a `registered` node for an agent not seen yet.
     Register(Registration),
+    /// `POST .../reboot` and `.../poweroff`: a command to the node's agent.
+    Power(PowerAction),
+    /// `POST .../wake`: records a wake operation (`queued`); the API sends the packets
+    /// to `macs` and reports with [`Action::WakeSent`].
+    Wake {
+        macs: Vec<String>,
+    },
+    /// The wake packets of `operation_id` went out (`error: None`) or could not.
+    WakeSent {
+        operation_id: String,
+        error: Option<String>,
+    },
+}
+
+/// What `POST .../reboot` and `.../poweroff` ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerAction {
+    Reboot,
+    Poweroff,
+}
+
+impl PowerAction {
+    pub fn command(self) -> CommandKind {
+        match self {
+            PowerAction::Reboot => CommandKind::Reboot,
+            PowerAction::Poweroff => CommandKind::Poweroff,
+        }
+    }
 }
 
 /// A pre-registration (DESIGN section 8).
@@ -78,6 +106,8 @@ pub struct NodeUpdate {
 pub struct Reply {
     pub node: NodeRecord,
     pub before: NodeState,
+    /// The operation a call started (reboot, poweroff, wake), and its status.
+    pub operation: Option<(String, CommandStatus)>,
 }
 
 /// Why a call failed.
@@ -111,6 +141,7 @@ impl fmt::Display for CallError {
 pub(super) struct Done {
     id: NodeId,
     before: NodeState,
+    operation: Option<(String, CommandStatus)>,
 }
 
 /// Who and why, for the audit entries of one event.
@@ -255,6 +286,8 @@ impl Engine {
                             }
                         },
                         JobKind::Deprovision => self.cfg.controller.deprovision_plan(),
+                        // The machine sends plans only; power actions are operator calls.
+                        JobKind::Reboot | JobKind::Poweroff => continue,
                     };
                     let cmd =
                         self.command(&after, command_kind(kind), Some(plan), None, now, batch);
@@ -625,14 +658,189 @@ impl Engine {
             }
             Action::Update(update) => {
                 self.update_node(&node, update, now, batch)?;
-                return Ok(Done { id, before });
+                return Ok(Done {
+                    id,
+                    before,
+                    operation: None,
+                });
+            }
+            Action::Power(power) => {
+                let op = self.power(&node, *power, call.user.as_deref(), now, batch)?;
+                return Ok(Done {
+                    id,
+                    before,
+                    operation: Some((op, CommandStatus::Sent)),
+                });
+            }
+            Action::Wake { macs } => {
+                let op = self.wake(&node, macs, call.user.as_deref(), now, batch)?;
+                return Ok(Done {
+                    id,
+                    before,
+                    operation: Some((op, CommandStatus::Queued)),
+                });
+            }
+            Action::WakeSent {
+                operation_id,
+                error,
+            } => {
+                let status = self.wake_sent(&node, operation_id, error.clone(), now, batch)?;
+                return Ok(Done {
+                    id,
+                    before,
+                    operation: Some((operation_id.clone(), status)),
+                });
             }
             // Handled before the node lookup; never reaches here.
             Action::Register(_) => return Err(CallError::Conflict("node exists".into())),
         };
         self.machine(&id, event, ctx, now, batch)
-            .map(|()| Done { id, before })
+            .map(|()| Done {
+                id,
+                before,
+                operation: None,
+            })
             .map_err(CallError::Refused)
+    }
+
+    /// Whether `node` has an agent to send an operation to; the refusal otherwise.
+    fn check_operable(node: &NodeRecord, what: &str) -> Result<(), CallError> {
+        match node.state {
+            NodeState::Retired => Err(CallError::BadRequest(format!(
+                "node {} is retired; it cannot be sent a {what}",
+                node.name
+            ))),
+            NodeState::Registered => Err(CallError::BadRequest(format!(
+                "node {} is registered but its agent has not connected yet; there is no agent to {what} it",
+                node.name
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// A `reboot` or `poweroff` command for the node's agent: stored, published, and
+    /// resent until acked or expired like every command. Returns its id.
+    fn power(
+        &mut self,
+        node: &NodeRecord,
+        power: PowerAction,
+        user: Option<&str>,
+        now: Timestamp,
+        batch: &mut Batch,
+    ) -> Result<String, CallError> {
+        let kind = power.command();
+        Self::check_operable(node, kind.as_str())?;
+        let op = self.command(node, kind, None, None, now, batch);
+        let reason = match power {
+            PowerAction::Reboot => "RebootRequested",
+            PowerAction::Poweroff => "PoweroffRequested",
+        };
+        batch.event(
+            &node.id,
+            EventType::Normal,
+            reason,
+            format!(
+                "{kind} requested by {} (operation {op})",
+                user.unwrap_or("unknown")
+            ),
+            EventSource::Controller,
+            now,
+        );
+        Ok(op)
+    }
+
+    /// A wake operation, `queued` until the API has sent the packets. It is never
+    /// published (a wake goes to the NIC, not the agent).
+    fn wake(
+        &mut self,
+        node: &NodeRecord,
+        macs: &[String],
+        user: Option<&str>,
+        now: Timestamp,
+        batch: &mut Batch,
+    ) -> Result<String, CallError> {
+        if node.state == NodeState::Retired {
+            return Err(CallError::BadRequest(format!(
+                "node {} is retired; it cannot be woken",
+                node.name
+            )));
+        }
+        if macs.is_empty() {
+            return Err(CallError::BadRequest(format!(
+                "node {} has no known MAC address to wake (no inventory yet, or no NIC with a MAC)",
+                node.name
+            )));
+        }
+        let id = format!("c-{:016x}", rand::thread_rng().gen::<u64>());
+        let ttl = self.cfg.controller.lifecycle.command_ttl;
+        batch.commands.push(CommandRecord {
+            node_id: node.id.clone(),
+            command: Command {
+                command_id: id.clone(),
+                kind: CommandKind::Wake,
+                issued_at: now,
+                expires_at: now.plus(ttl),
+                plan: None,
+                target: None,
+            },
+            status: CommandStatus::Queued,
+            reason: None,
+            created_at: now,
+            updated_at: now,
+        });
+        batch.durable = true;
+        info!(node = %node.id, operation = %id, macs = %macs.join(","), "wake requested");
+        batch.event(
+            &node.id,
+            EventType::Normal,
+            "WakeRequested",
+            format!(
+                "wake-on-LAN to {} requested by {} (operation {id})",
+                macs.join(", "),
+                user.unwrap_or("unknown")
+            ),
+            EventSource::Controller,
+            now,
+        );
+        Ok(id)
+    }
+
+    /// The result of sending a wake's packets: `succeeded`, or `failed` with the error.
+    fn wake_sent(
+        &mut self,
+        node: &NodeRecord,
+        operation_id: &str,
+        error: Option<String>,
+        now: Timestamp,
+        batch: &mut Batch,
+    ) -> Result<CommandStatus, CallError> {
+        let known = matches!(
+            self.store.command(operation_id),
+            Ok(Some(rec)) if rec.node_id == node.id && rec.command.kind == CommandKind::Wake
+        );
+        if !known {
+            return Err(CallError::BadRequest(format!(
+                "operation {operation_id} is not a wake of node {}",
+                node.name
+            )));
+        }
+        let status = match &error {
+            None => CommandStatus::Succeeded,
+            Some(e) => {
+                warn!(node = %node.id, operation = %operation_id, error = %e, "wake failed");
+                batch.event(
+                    &node.id,
+                    EventType::Warning,
+                    "WakeFailed",
+                    format!("wake-on-LAN failed (operation {operation_id}): {e}"),
+                    EventSource::Controller,
+                    now,
+                );
+                CommandStatus::Failed
+            }
+        };
+        self.update_command(operation_id, status, error, now, batch);
+        Ok(status)
     }
 
     /// A node by id, else by name.
@@ -708,6 +916,7 @@ impl Engine {
         Ok(Done {
             id,
             before: NodeState::Registered,
+            operation: None,
         })
     }
 
@@ -768,6 +977,7 @@ impl Engine {
         Ok(Reply {
             node,
             before: done.before,
+            operation: done.operation,
         })
     }
 }
@@ -786,6 +996,8 @@ fn command_kind(job: JobKind) -> CommandKind {
     match job {
         JobKind::Install => CommandKind::Install,
         JobKind::Deprovision => CommandKind::Deprovision,
+        JobKind::Reboot => CommandKind::Reboot,
+        JobKind::Poweroff => CommandKind::Poweroff,
     }
 }
 

@@ -1201,3 +1201,185 @@ fn a_reboot_after_install_activates_on_the_first_birth_of_a_new_boot() {
         )
     );
 }
+
+fn power_report(seq: u64, command: &str, job: &str, status: &str, error: Option<&str>) -> Input {
+    let r: metalbus_protocol::report::Report = serde_json::from_value(serde_json::json!({
+        "session": "s", "seq": seq, "ts": "2026-01-01T00:00:00Z",
+        "kind": "job", "command_id": command, "job": job, "status": status, "error": error
+    }))
+    .unwrap();
+    Input::Report {
+        id: id("n1"),
+        report: Box::new(r),
+    }
+}
+
+#[test]
+fn a_reboot_is_a_command_resent_until_acked_and_ends_with_its_report() {
+    use crate::store::CommandStatus;
+    let mut r = rig();
+    r.engine.apply(vec![birth("n1", 1, "s", "h")]);
+    r.published();
+    let (input, mut answer) = call(super::Action::Power(super::PowerAction::Reboot));
+    r.engine.apply(vec![input]);
+    let reply = answer.try_recv().unwrap().unwrap();
+    let (op, status) = reply.operation.unwrap();
+    assert_eq!(status, CommandStatus::Sent);
+    assert_eq!(reply.node.state, NodeState::Discovered, "no state change");
+    let sent = commands(&r.published());
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0]["kind"], "reboot");
+    assert_eq!(sent[0]["command_id"], op.as_str());
+    assert!(reasons(&r).contains(&("RebootRequested".to_string(), 1)));
+
+    // Unacked: the next birth sends it again, with the same id.
+    r.engine.apply(vec![birth("n1", 2, "s", "h")]);
+    assert_eq!(commands(&r.published())[0]["command_id"], op.as_str());
+
+    r.engine.apply(vec![ack("s", 1, &op)]);
+    assert_eq!(
+        r.store.command(&op).unwrap().unwrap().status,
+        CommandStatus::Accepted
+    );
+    r.engine
+        .apply(vec![power_report(2, &op, "reboot", "complete", None)]);
+    let rec = r.store.command(&op).unwrap().unwrap();
+    assert_eq!(rec.status, CommandStatus::Succeeded);
+    assert!(reasons(&r).contains(&("RebootCompleted".to_string(), 1)));
+    assert_eq!(r.node("n1").state, NodeState::Discovered);
+    assert_eq!(r.node("n1").last_applied_seq, 2);
+
+    // A poweroff whose action fails ends `failed` with the agent's error.
+    let (input, mut answer) = call(super::Action::Power(super::PowerAction::Poweroff));
+    r.engine.apply(vec![input]);
+    let (off, _) = answer.try_recv().unwrap().unwrap().operation.unwrap();
+    r.engine.apply(vec![
+        ack("s", 3, &off),
+        power_report(4, &off, "poweroff", "failed", Some("exited with status 3")),
+    ]);
+    let rec = r.store.command(&off).unwrap().unwrap();
+    assert_eq!(rec.status, CommandStatus::Failed);
+    assert_eq!(rec.reason.as_deref(), Some("exited with status 3"));
+    assert!(reasons(&r).contains(&("PoweroffFailed".to_string(), 1)));
+
+    // A power report for a command of another kind is refused and shown.
+    r.engine
+        .apply(vec![power_report(5, &op, "poweroff", "failed", Some("x"))]);
+    assert_eq!(
+        r.store.command(&op).unwrap().unwrap().status,
+        CommandStatus::Succeeded
+    );
+    assert!(reasons(&r)
+        .iter()
+        .any(|(reason, _)| reason == "MessageRejected"));
+}
+
+#[test]
+fn operations_are_refused_for_retired_and_registered_nodes_and_unknown_ones() {
+    let mut r = rig();
+    r.engine.apply(vec![birth("n1", 1, "s", "h")]);
+    let (input, _a) = call(super::Action::Delete { force: true });
+    r.engine.apply(vec![input]);
+    assert_eq!(r.node("n1").state, NodeState::Retired);
+    r.published();
+    let (input, mut answer) = call(super::Action::Power(super::PowerAction::Reboot));
+    r.engine.apply(vec![input]);
+    let err = answer.try_recv().unwrap().unwrap_err();
+    assert!(
+        matches!(&err, super::CallError::BadRequest(m) if m.contains("retired")),
+        "{err:?}"
+    );
+    assert!(commands(&r.published()).is_empty(), "nothing sent");
+
+    let (reply, mut answer) = tokio::sync::oneshot::channel();
+    r.engine.apply(vec![Input::Call(Box::new(super::Call {
+        key: "nope".into(),
+        action: super::Action::Power(super::PowerAction::Poweroff),
+        user: None,
+        if_match: None,
+        reply,
+    }))]);
+    assert_eq!(
+        answer.try_recv().unwrap().unwrap_err(),
+        super::CallError::NotFound
+    );
+
+    let reg = super::Registration {
+        name: "later".into(),
+        hints: metalbus_protocol::api::MatchHints {
+            hostname: Some("later".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (reply, mut answer) = tokio::sync::oneshot::channel();
+    r.engine.apply(vec![Input::Call(Box::new(super::Call {
+        key: "later".into(),
+        action: super::Action::Register(reg),
+        user: None,
+        if_match: None,
+        reply,
+    }))]);
+    answer.try_recv().unwrap().unwrap();
+    let (reply, mut answer) = tokio::sync::oneshot::channel();
+    r.engine.apply(vec![Input::Call(Box::new(super::Call {
+        key: "later".into(),
+        action: super::Action::Power(super::PowerAction::Reboot),
+        user: None,
+        if_match: None,
+        reply,
+    }))]);
+    let err = answer.try_recv().unwrap().unwrap_err();
+    assert!(
+        matches!(&err, super::CallError::BadRequest(m) if m.contains("agent has not connected")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_wake_is_recorded_queued_then_succeeded_and_never_published() {
+    use crate::store::CommandStatus;
+    let mut r = rig();
+    r.engine.apply(vec![birth("n1", 1, "s", "h")]);
+    r.published();
+    let (input, mut answer) = call(super::Action::Wake { macs: vec![] });
+    r.engine.apply(vec![input]);
+    let err = answer.try_recv().unwrap().unwrap_err();
+    assert!(
+        matches!(&err, super::CallError::BadRequest(m) if m.contains("no known MAC")),
+        "{err:?}"
+    );
+    let macs = vec!["52:54:00:12:34:56".to_string()];
+    let (input, mut answer) = call(super::Action::Wake { macs });
+    r.engine.apply(vec![input]);
+    let (op, status) = answer.try_recv().unwrap().unwrap().operation.unwrap();
+    assert_eq!(status, CommandStatus::Queued);
+    let rec = r.store.command(&op).unwrap().unwrap();
+    assert_eq!(
+        rec.command.kind,
+        metalbus_protocol::command::CommandKind::Wake
+    );
+    assert_eq!(rec.status, CommandStatus::Queued);
+    let (input, mut answer) = call(super::Action::WakeSent {
+        operation_id: op.clone(),
+        error: None,
+    });
+    r.engine.apply(vec![input]);
+    let (_, status) = answer.try_recv().unwrap().unwrap().operation.unwrap();
+    assert_eq!(status, CommandStatus::Succeeded);
+    assert_eq!(
+        r.store.command(&op).unwrap().unwrap().status,
+        CommandStatus::Succeeded
+    );
+    // Never an agent command, not even on the next birth.
+    r.engine.apply(vec![birth("n1", 2, "s", "h")]);
+    assert!(commands(&r.published()).is_empty());
+    assert!(reasons(&r).contains(&("WakeRequested".to_string(), 1)));
+
+    let (input, mut answer) = call(super::Action::WakeSent {
+        operation_id: "c-not-a-wake".into(),
+        error: None,
+    });
+    r.engine.apply(vec![input]);
+    assert!(answer.try_recv().unwrap().is_err());
+}

@@ -1,0 +1,113 @@
+//! Power operations: `POST /nodes/{node}/reboot`, `/poweroff` and `/wake` (202, with an
+//! operation id for `GET /operations/{id}`).
+//!
+//! Reboot and poweroff are commands to the node's agent, through the engine like every
+//! change. A wake is a Wake-on-LAN packet the controller sends itself: the engine records
+//! the operation (`queued`), this handler sends the packets to `[wake] broadcast`, and
+//! the engine records the outcome (`succeeded` or `failed`).
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::{Extension, Json};
+use metalbus_protocol::api::{Data, OperationStarted};
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::extract::Checked;
+use super::lifecycle::{call, require};
+use super::AppState;
+use crate::engine::{Action, PowerAction, Reply};
+use crate::store::Role;
+use crate::wake;
+
+type Accepted = (StatusCode, Json<Data<OperationStarted>>);
+
+fn accepted(reply: Reply) -> Result<Accepted, ApiError> {
+    let (operation_id, status) = reply
+        .operation
+        .ok_or_else(|| ApiError::Internal("the engine started no operation".into()))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Data {
+            data: OperationStarted {
+                id: reply.node.id,
+                operation_id,
+                status: status.as_str().to_string(),
+            },
+        }),
+    ))
+}
+
+async fn power(
+    state: AppState,
+    caller: Caller,
+    key: String,
+    headers: HeaderMap,
+    action: PowerAction,
+) -> Result<Accepted, ApiError> {
+    require(&caller, Role::Operator)?;
+    let reply = call(&state, key, Action::Power(action), &caller, &headers).await?;
+    accepted(reply)
+}
+
+/// `POST /nodes/{node}/reboot` (operator): the agent runs its `reboot_command`.
+pub async fn reboot(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Checked(Path(key)): Checked<Path<String>>,
+    headers: HeaderMap,
+) -> Result<Accepted, ApiError> {
+    power(state, caller, key, headers, PowerAction::Reboot).await
+}
+
+/// `POST /nodes/{node}/poweroff` (operator): the agent runs its `poweroff_command`.
+pub async fn poweroff(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Checked(Path(key)): Checked<Path<String>>,
+    headers: HeaderMap,
+) -> Result<Accepted, ApiError> {
+    power(state, caller, key, headers, PowerAction::Poweroff).await
+}
+
+/// `POST /nodes/{node}/wake` (operator): magic packets for the node's MACs.
+pub async fn wake(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Checked(Path(key)): Checked<Path<String>>,
+    headers: HeaderMap,
+) -> Result<Accepted, ApiError> {
+    require(&caller, Role::Operator)?;
+    let node = state.store.find_node(&key)?.ok_or(ApiError::NodeNotFound)?;
+    let macs = state
+        .store
+        .inventory(&node.id)?
+        .map(|i| wake::macs_of(&i.inventory))
+        .unwrap_or_default();
+    // The engine refuses a retired node, or one without a MAC, before anything is sent.
+    let reply = call(
+        &state,
+        node.id.to_string(),
+        Action::Wake { macs: macs.clone() },
+        &caller,
+        &headers,
+    )
+    .await?;
+    let Some((operation_id, _)) = reply.operation.clone() else {
+        return Err(ApiError::Internal("the engine started no operation".into()));
+    };
+    let error = wake::send(state.config.wake.broadcast, &macs).await.err();
+    let done = Action::WakeSent {
+        operation_id,
+        error,
+    };
+    let reply = call(
+        &state,
+        node.id.to_string(),
+        done,
+        &caller,
+        &HeaderMap::new(),
+    )
+    .await?;
+    accepted(reply)
+}
