@@ -6,6 +6,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod lifecycle;
+pub mod metrics;
 pub mod nodes;
 pub mod views;
 
@@ -57,6 +58,7 @@ pub fn router(state: AppState) -> Router {
         .route("/nodes/:node/retry", post(lifecycle::retry))
         .route("/nodes/:node/history", get(lifecycle::history))
         .route("/nodes/:node/events", get(events::list))
+        .route("/nodes/:node/metrics", get(metrics::get))
         .route("/plans", get(admin::plans))
         .route("/operations/:id", get(admin::operation))
         .route("/tokens", post(admin::create))
