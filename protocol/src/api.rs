@@ -516,6 +516,160 @@ pub struct Health {
     pub version: String,
 }
 
+/// The window of `GET /nodes/{node}/metrics?period=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum MetricsPeriod {
+    #[serde(rename = "5m")]
+    FiveMinutes,
+    #[default]
+    #[serde(rename = "1h")]
+    OneHour,
+    #[serde(rename = "6h")]
+    SixHours,
+    #[serde(rename = "24h")]
+    OneDay,
+    #[serde(rename = "7d")]
+    SevenDays,
+}
+
+impl MetricsPeriod {
+    pub const ALL: [MetricsPeriod; 5] = [
+        MetricsPeriod::FiveMinutes,
+        MetricsPeriod::OneHour,
+        MetricsPeriod::SixHours,
+        MetricsPeriod::OneDay,
+        MetricsPeriod::SevenDays,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricsPeriod::FiveMinutes => "5m",
+            MetricsPeriod::OneHour => "1h",
+            MetricsPeriod::SixHours => "6h",
+            MetricsPeriod::OneDay => "24h",
+            MetricsPeriod::SevenDays => "7d",
+        }
+    }
+
+    pub fn seconds(self) -> u64 {
+        match self {
+            MetricsPeriod::FiveMinutes => 300,
+            MetricsPeriod::OneHour => 3600,
+            MetricsPeriod::SixHours => 6 * 3600,
+            MetricsPeriod::OneDay => 24 * 3600,
+            MetricsPeriod::SevenDays => 7 * 24 * 3600,
+        }
+    }
+
+    /// Whether the window is read from one-minute rollups rather than samples.
+    pub fn uses_rollups(self) -> bool {
+        self.seconds() > 3600
+    }
+}
+
+impl std::str::FromStr for MetricsPeriod {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        MetricsPeriod::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "period must be one of 5m, 1h, 6h, 24h, 7d; got {:?}",
+                    s.chars().take(32).collect::<String>()
+                )
+            })
+    }
+}
+
+impl std::fmt::Display for MetricsPeriod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One point of a series: a sample, or the mean of the samples in a step.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SeriesPoint {
+    pub timestamp: Timestamp,
+    pub value: f64,
+}
+
+/// A percentage over the window (seed 004 names). `current_percentage` is the newest
+/// sample's, whatever the window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct PercentMetrics {
+    pub current_percentage: Option<f64>,
+    pub average_percentage: Option<f64>,
+    pub peak_percentage: Option<f64>,
+    pub series: Vec<SeriesPoint>,
+}
+
+/// `cpu`: percentages, and the newest sample's busy share in logical CPUs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct CpuMetrics {
+    #[serde(flatten)]
+    pub usage: PercentMetrics,
+    pub cores_used: Option<f64>,
+    /// Logical CPUs (threads) from the inventory: what `cpu_percent` is a share of.
+    pub cores_total: Option<u32>,
+}
+
+/// `memory` (GiB) and `storage` (GB): percentages, and the newest sample's amounts.
+/// For storage, `total_gb` is the usable space (used + available), the percentage's base.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct SpaceMetrics {
+    #[serde(flatten)]
+    pub usage: PercentMetrics,
+    pub used_gb: Option<f64>,
+    pub total_gb: Option<f64>,
+}
+
+/// One point of the network series.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct NetworkPoint {
+    pub timestamp: Timestamp,
+    pub in_mbps: f64,
+    pub out_mbps: f64,
+}
+
+/// `network`: Mbit/s received (`in`) and sent (`out`) over the physical NICs.
+/// `in_mbps` and `out_mbps` are the newest sample's (seed 004 names).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct NetworkMetrics {
+    pub in_mbps: Option<f64>,
+    pub out_mbps: Option<f64>,
+    pub average_in_mbps: Option<f64>,
+    pub average_out_mbps: Option<f64>,
+    pub peak_in_mbps: Option<f64>,
+    pub peak_out_mbps: Option<f64>,
+    pub series: Vec<NetworkPoint>,
+}
+
+/// `GET /nodes/{node}/metrics?period=&metric=`: `{"data": …}`. With `metric`, only that
+/// resource is present.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeMetrics {
+    pub node_id: NodeId,
+    pub period: MetricsPeriod,
+    /// The window: `to` is the controller's clock when asked.
+    pub from: Timestamp,
+    pub to: Timestamp,
+    /// Seconds each series point stands for; `null` when each point is one sample.
+    pub step_s: Option<u64>,
+    /// When the newest sample (the `current` values) was taken on the node.
+    pub sampled_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuMetrics>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<SpaceMetrics>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<SpaceMetrics>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkMetrics>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@ pub mod events;
 pub mod extract;
 pub mod fleet;
 pub mod lifecycle;
+pub mod metrics;
 pub mod nodes;
 pub mod operations;
 pub mod stream;
@@ -72,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .route("/nodes/:node/inventory", get(fleet::inventory))
         .route("/usage", get(fleet::fleet))
         .route("/events/stream", get(stream::events))
+        .route("/nodes/:node/metrics", get(metrics::get))
         .route("/plans", get(admin::plans))
         .route("/operations/:id", get(admin::operation))
         .route("/tokens", post(admin::create))

@@ -1,6 +1,7 @@
 //! The operator CLI (`metalbus nodes ...`). It talks to the HTTP API only, never to the
 //! store (DESIGN section 1).
 
+pub mod chart;
 pub mod client;
 pub mod render;
 pub mod watch;
@@ -9,8 +10,8 @@ use std::time::SystemTime;
 
 use clap::{Args, Subcommand, ValueEnum};
 use metalbus_protocol::api::{
-    Changed, Data, Events, History, NodeView, Operation, OperationStarted, RetryResponse,
-    TokenCreated,
+    Changed, Data, Events, History, MetricsPeriod, NodeMetrics, NodeView, Operation,
+    OperationStarted, RetryResponse, TokenCreated,
 };
 use metalbus_protocol::lifecycle::NodeState;
 use metalbus_protocol::Timestamp;
@@ -177,6 +178,16 @@ pub enum NodesCommand {
         since: Option<String>,
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// A node's cpu, memory, storage and network over a period: current, average and
+    /// peak, with a sparkline.
+    Metrics {
+        node: String,
+        /// 5m, 1h, 6h, 24h or 7d.
+        #[arg(long, default_value = "1h", value_parser = parse_period)]
+        period: MetricsPeriod,
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
     },
@@ -389,6 +400,20 @@ pub async fn nodes(args: ClientArgs, cmd: NodesCommand) -> Result<String, Client
         NodesCommand::Reboot(args) => operation(&api, "reboot", args).await,
         NodesCommand::Poweroff(args) => operation(&api, "poweroff", args).await,
         NodesCommand::Wake(args) => operation(&api, "wake", args).await,
+        NodesCommand::Metrics {
+            node,
+            period,
+            output,
+        } => {
+            let q = [("period", period.to_string())];
+            let m: Data<NodeMetrics> = api
+                .send(Method::GET, &node_path(&node, "/metrics"), &q, None)
+                .await?;
+            Ok(match output {
+                Output::Table => chart::metrics(&m.data, now),
+                Output::Json => json(&m),
+            })
+        }
         NodesCommand::History {
             node,
             limit,
@@ -480,6 +505,10 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("label {s:?} must be KEY=VALUE"))
+}
+
+fn parse_period(s: &str) -> Result<MetricsPeriod, String> {
+    s.parse()
 }
 
 fn json(v: &impl serde::Serialize) -> String {

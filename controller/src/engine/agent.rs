@@ -588,6 +588,7 @@ impl Engine {
             debug!(node = %id, "metrics for an unknown node; waiting for its birth");
             return;
         }
+        self.history.record(id, &sample, now);
         self.heartbeats.insert(
             id.clone(),
             Heartbeat {

@@ -11,10 +11,15 @@
 //! - `ops.rs`: the state machine, API calls, commands and timers.
 //! - `reconcile.rs`: state timeouts and recovery, discovery timeouts, heartbeat staleness.
 //!
-//! Metrics samples only refresh the heartbeat; those are flushed every second with cheap
-//! durability and made durable every `metrics_flush` (DESIGN section 4).
+//! - `metrics.rs`: metrics history (samples and one-minute rollups), buffered in memory.
+//!
+//! Metrics samples never cause a transaction of their own: they refresh the heartbeat and
+//! go into the metrics history buffer; both are written every second with cheap
+//! durability, in one transaction, and made durable every `metrics_flush` (DESIGN
+//! section 4).
 
 mod agent;
+mod metrics;
 mod ops;
 mod reconcile;
 
@@ -137,6 +142,8 @@ pub struct Engine {
     names: HashMap<String, NodeId>,
     heartbeats: HashMap<NodeId, Heartbeat>,
     dirty_heartbeats: HashSet<NodeId>,
+    /// Metrics history waiting for the next heartbeat flush.
+    history: metrics::History,
     early_inventory: HashMap<NodeId, Inventory>,
     last_summary: Option<Summary>,
     /// Inputs whose commit failed, applied again before the next batch.
@@ -255,6 +262,7 @@ impl Engine {
             names: HashMap::new(),
             heartbeats: HashMap::new(),
             dirty_heartbeats: HashSet::new(),
+            history: metrics::History::default(),
             early_inventory: HashMap::new(),
             last_summary: None,
             retry: Vec::new(),
@@ -273,6 +281,7 @@ impl Engine {
                 engine.heartbeats.insert(id.clone(), hb);
             }
         }
+        engine.restore_history()?;
         let now = engine.clock.now();
         engine.started_at = now;
         engine.rearm_resends(now);
@@ -331,7 +340,10 @@ impl Engine {
                     self.flush_heartbeats(Durability::None);
                 }
                 _ = durable.tick() => self.flush_heartbeats(Durability::Immediate),
-                _ = prune.tick() => self.prune_events(),
+                _ = prune.tick() => {
+                    self.prune_events();
+                    self.prune_history();
+                }
             }
         }
         if !self.retry.is_empty() {
@@ -590,9 +602,12 @@ impl Engine {
         }
     }
 
+    /// Writes the heartbeats and the metrics history that changed, in one transaction.
     fn flush_heartbeats(&mut self, durability: Durability) {
+        let now = self.clock.now();
         let dirty: Vec<NodeId> = self.dirty_heartbeats.drain().collect();
-        if dirty.is_empty() && matches!(durability, Durability::None) {
+        let history = self.history.take(now);
+        if dirty.is_empty() && history.is_empty() && matches!(durability, Durability::None) {
             return;
         }
         // An Immediate commit, even an empty one, also makes earlier cheap commits durable.
@@ -602,11 +617,12 @@ impl Engine {
                     tx.put_heartbeat(id, hb)?;
                 }
             }
-            Ok(())
+            history.write(tx, |id| self.nodes.contains_key(id), now)
         });
         if let Err(e) = result {
             error!(error = %e, count = dirty.len(), "heartbeat flush failed; will retry");
             self.dirty_heartbeats.extend(dirty);
+            self.history.put_back(history);
         }
     }
 

@@ -84,6 +84,12 @@ macro_rules! tryop {
     };
 }
 
+mod metrics;
+
+pub use metrics::{
+    key_ms, mbps, Agg, Point, Resource, Rollup, MINUTE_MS, MIN_SPACING_MS, RAW_KEEP, ROLLUP_KEEP,
+};
+
 /// Opens the database again after an I/O error (redb refuses every operation after one,
 /// until the database is closed and re-opened).
 type Opener = Box<dyn Fn() -> Result<Database, StoreError> + Send + Sync>;
@@ -209,6 +215,8 @@ impl Store {
             tryop!("create table", txn.open_table(NAMES));
             tryop!("create table", txn.open_table(HISTORY));
             tryop!("create table", txn.open_table(EVENTS));
+            tryop!("create table", txn.open_table(metrics::METRICS_RAW));
+            tryop!("create table", txn.open_table(metrics::METRICS_1M));
             let mut meta = tryop!("open meta", txn.open_table(META));
             let found = tryop!("read schema", meta.get("schema")).map(|v| v.value().to_vec());
             match found {
@@ -447,7 +455,7 @@ impl WriteTx<'_> {
     }
 
     /// Removes a node with everything stored under it: its name, inventory,
-    /// heartbeat, history and events.
+    /// heartbeat, history, events and metrics history.
     pub fn delete_node(&mut self, id: &NodeId, name: &str) -> Result<(), StoreError> {
         let key = id.as_str();
         let mut nodes = tryop!("open nodes", self.txn.open_table(NODES));
@@ -468,7 +476,7 @@ impl WriteTx<'_> {
                 t.retain_in((key, 0)..=(key, u64::MAX), |_, _| false)
             );
         }
-        Ok(())
+        self.delete_metrics(id)
     }
 
     pub fn put_inventory(&mut self, id: &NodeId, inv: &StoredInventory) -> Result<(), StoreError> {
