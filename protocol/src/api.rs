@@ -60,6 +60,7 @@ impl ErrorCode {
 
 /// Every error body: `{"errorCode":"Primus.00005","errorMessage":"node not found"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     #[serde(rename = "errorCode")]
     pub error_code: String,
@@ -78,12 +79,14 @@ impl ErrorBody {
 
 /// `{"data": ...}`, the envelope of single-object responses (seed 004).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Data<T> {
     pub data: T,
 }
 
 /// The `pagination` block of list responses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Pagination {
     pub page: u32,
     pub per_page: u32,
@@ -114,6 +117,7 @@ impl Pagination {
 
 /// `{"data":[...],"pagination":{...}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Page<T> {
     pub data: Vec<T>,
     pub pagination: Pagination,
@@ -121,6 +125,7 @@ pub struct Page<T> {
 
 /// Hardware summary of a node, from its inventory (seed 004 names).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Specs {
     pub cpu_cores: Option<u32>,
     pub cpu_threads: Option<u32>,
@@ -136,6 +141,7 @@ pub struct Specs {
 
 /// Latest load of a node, from its newest metrics sample (seed 004 names).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UsageView {
     pub cpu_percentage: Option<f64>,
     pub memory_percentage: Option<f64>,
@@ -149,18 +155,21 @@ pub struct UsageView {
 
 /// `status.clusterStatus.phase`, kept for seed 000's front end.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeStatusBlock {
     #[serde(rename = "clusterStatus")]
     pub cluster_status: ClusterStatus,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClusterStatus {
     pub phase: Phase,
 }
 
 /// One node as the API shows it (`GET /api/v1/nodes/{node}` and list entries).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeView {
     pub id: NodeId,
     pub name: String,
@@ -204,9 +213,11 @@ pub struct NodeView {
 /// What a pre-registered node's agent is matched by (DESIGN section 8): MAC, then IP,
 /// then hostname prefix.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MatchHints {
     /// Lower-case, colon-separated.
     pub mac: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = "ip"))]
     pub ip: Option<std::net::IpAddr>,
     /// Matches the agent's hostname, or one that continues it after `-` or `.`
     /// (`my-node` matches `my-node-k8s-worker`, not `my-nodes`).
@@ -215,6 +226,7 @@ pub struct MatchHints {
 
 /// `POST /nodes`: pre-register a node by any of MAC, IP and hostname.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     pub name: String,
@@ -277,6 +289,7 @@ fn normalize_mac(m: &str) -> Option<String> {
 
 /// `{"data": ..., "message": "..."}`: the answer to a change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Changed<T> {
     pub data: T,
     pub message: String,
@@ -284,6 +297,7 @@ pub struct Changed<T> {
 
 /// `POST /nodes/{node}/manage`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ManageRequest {
     pub plan: Option<String>,
@@ -291,6 +305,7 @@ pub struct ManageRequest {
 
 /// `PATCH /nodes/{node}/state`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StateChange {
     pub state: NodeState,
@@ -302,6 +317,7 @@ pub struct StateChange {
 
 /// `PATCH /nodes/{node}`: only the fields present change. `group: ""` clears the group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NodeUpdateRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -316,6 +332,7 @@ pub struct NodeUpdateRequest {
 
 /// `POST /nodes/{node}/retry` (seed 000's shape, plus the states).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RetryResponse {
     pub message: String,
@@ -328,6 +345,7 @@ pub struct RetryResponse {
 
 /// One audit entry (DESIGN section 7.4); also the payload of `{p}/events/transitions`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEntry {
     /// `{node_id}:{n}`, n counting from 1 per node.
     pub id: String,
@@ -343,6 +361,7 @@ pub struct AuditEntry {
 
 /// `GET /nodes/{node}/history`: newest first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct History {
     pub data: Vec<AuditEntry>,
     pub total: u64,
@@ -350,6 +369,7 @@ pub struct History {
 
 /// Normal or Warning, as in Kubernetes events (DESIGN section 7.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum EventType {
     Normal,
     Warning,
@@ -378,6 +398,7 @@ impl std::str::FromStr for EventType {
 
 /// Who saw what an event tells: the controller itself, or the node's agent (a report).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum EventSource {
     Controller,
@@ -411,6 +432,7 @@ impl std::str::FromStr for EventSource {
 /// (type, reason, message, source) bumps `count` and `last_timestamp` instead of adding
 /// an entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeEvent {
     #[serde(rename = "type")]
     pub kind: EventType,
@@ -453,12 +475,14 @@ impl NodeEvent {
 
 /// `GET /nodes/{node}/events`: newest first (by `last_timestamp`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Events {
     pub data: Vec<NodeEvent>,
 }
 
 /// One configured install plan (`GET /plans`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlanView {
     pub name: String,
     pub default: bool,
@@ -468,6 +492,7 @@ pub struct PlanView {
 
 /// `POST /tokens`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     pub name: String,
@@ -477,6 +502,7 @@ pub struct TokenRequest {
 
 /// The new token, shown once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenCreated {
     pub name: String,
     pub role: String,
@@ -485,6 +511,7 @@ pub struct TokenCreated {
 
 /// `GET /operations/{id}`: a command and what became of it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Operation {
     pub id: String,
     pub node_id: NodeId,
@@ -499,6 +526,7 @@ pub struct Operation {
 
 /// `POST /nodes/{node}/reboot`, `/poweroff`, `/wake` (202): the operation started.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OperationStarted {
     /// The node's id.
     pub id: NodeId,
@@ -511,6 +539,7 @@ pub struct OperationStarted {
 
 /// `GET /healthz`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Health {
     pub status: String,
     pub version: String,
@@ -518,6 +547,7 @@ pub struct Health {
 
 /// The window of `GET /nodes/{node}/metrics?period=`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum MetricsPeriod {
     #[serde(rename = "5m")]
     FiveMinutes,
@@ -591,6 +621,7 @@ impl std::fmt::Display for MetricsPeriod {
 
 /// One point of a series: a sample, or the mean of the samples in a step.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SeriesPoint {
     pub timestamp: Timestamp,
     pub value: f64,
@@ -599,6 +630,7 @@ pub struct SeriesPoint {
 /// A percentage over the window (seed 004 names). `current_percentage` is the newest
 /// sample's, whatever the window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PercentMetrics {
     pub current_percentage: Option<f64>,
     pub average_percentage: Option<f64>,
@@ -608,6 +640,7 @@ pub struct PercentMetrics {
 
 /// `cpu`: percentages, and the newest sample's busy share in logical CPUs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CpuMetrics {
     #[serde(flatten)]
     pub usage: PercentMetrics,
@@ -619,6 +652,7 @@ pub struct CpuMetrics {
 /// `memory` (GiB) and `storage` (GB): percentages, and the newest sample's amounts.
 /// For storage, `total_gb` is the usable space (used + available), the percentage's base.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SpaceMetrics {
     #[serde(flatten)]
     pub usage: PercentMetrics,
@@ -628,6 +662,7 @@ pub struct SpaceMetrics {
 
 /// One point of the network series.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NetworkPoint {
     pub timestamp: Timestamp,
     pub in_mbps: f64,
@@ -637,6 +672,7 @@ pub struct NetworkPoint {
 /// `network`: Mbit/s received (`in`) and sent (`out`) over the physical NICs.
 /// `in_mbps` and `out_mbps` are the newest sample's (seed 004 names).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NetworkMetrics {
     pub in_mbps: Option<f64>,
     pub out_mbps: Option<f64>,
@@ -650,6 +686,7 @@ pub struct NetworkMetrics {
 /// `GET /nodes/{node}/metrics?period=&metric=`: `{"data": …}`. With `metric`, only that
 /// resource is present.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeMetrics {
     pub node_id: NodeId,
     pub period: MetricsPeriod,

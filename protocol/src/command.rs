@@ -10,6 +10,7 @@ use crate::Timestamp;
 
 /// What a command asks the agent to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CommandKind {
     Install,
@@ -68,6 +69,7 @@ impl fmt::Display for CommandKind {
 /// What a `job` report is about: a plan the agent runs (`install`, `deprovision`), or
 /// the power action it runs for a `reboot` or `poweroff` command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum JobKind {
     Install,
@@ -101,6 +103,7 @@ impl fmt::Display for JobKind {
 /// One step of a plan: a script from the agent's `steps_dir`, its arguments (passed as
 /// `MB_ARG_<NAME>`), and how long it may run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Step {
     pub name: String,
@@ -112,6 +115,7 @@ pub struct Step {
 
 /// A named list of steps.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Plan {
     pub name: String,
     pub steps: Vec<Step>,
@@ -189,6 +193,7 @@ impl Plan {
 
 /// One command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Command {
     pub command_id: String,
     pub kind: CommandKind,

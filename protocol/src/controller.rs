@@ -9,6 +9,7 @@ use crate::{NodeId, Timestamp};
 
 /// Progress of a running job, as last reported by the agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Progress {
     pub percent: u8,
     pub step: Option<String>,
@@ -17,6 +18,7 @@ pub struct Progress {
 
 /// The retained `{p}/nodes/{id}/state`: the node's authoritative view.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeStateMessage {
     pub id: NodeId,
     pub name: String,
@@ -33,6 +35,7 @@ pub struct NodeStateMessage {
 
 /// The retained `{p}/summary`: fleet counts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Summary {
     pub total: u64,
     pub online: u64,
@@ -44,6 +47,7 @@ pub struct Summary {
 /// `{p}/nodes/{id}/receipts`: every report of `session` up to `seq` is durably committed
 /// at the controller (cumulative).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Receipt {
     pub session: String,
     pub seq: u64,
@@ -51,6 +55,7 @@ pub struct Receipt {
 
 /// `{p}/nodes/{id}/rejects`: one refused message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Reject {
     pub topic: String,
     pub error: String,
@@ -60,6 +65,7 @@ pub struct Reject {
 
 /// The retained `{p}/controller/status`, with the Will `{"online":false}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ControllerStatus {
     pub online: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]

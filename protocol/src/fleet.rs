@@ -11,6 +11,7 @@ use crate::{NodeId, Timestamp};
 
 /// How a node is doing, in one word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum NodeHealth {
     /// Online, reporting, and not in a failure state.
@@ -42,6 +43,7 @@ impl NodeHealth {
 
 /// What runs on the node, from its inventory and birth.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SystemView {
     pub kernel_version: Option<String>,
     /// os-release's pretty name, e.g. `Debian GNU/Linux 12 (bookworm)`.
@@ -56,6 +58,7 @@ pub struct SystemView {
 
 /// `GET /nodes/{node}/status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeStatusView {
     pub id: NodeId,
     pub name: String,
@@ -76,6 +79,7 @@ pub struct NodeStatusView {
 
 /// `GET /nodes/{node}/inventory`: the newest inventory and when it came.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InventoryView {
     pub node_id: NodeId,
     pub received_at: Timestamp,
@@ -84,6 +88,7 @@ pub struct InventoryView {
 
 /// `GET /usage`: fleet totals, load and counts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FleetUsage {
     pub summary: UsageSummary,
     pub usage: FleetLoad,
@@ -92,6 +97,7 @@ pub struct FleetUsage {
 
 /// Counts and installed capacity of every node but retired ones.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UsageSummary {
     pub total_nodes: u64,
     pub online_nodes: u64,
@@ -107,6 +113,7 @@ pub struct UsageSummary {
 
 /// The load of the reporting nodes, from their newest samples.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FleetLoad {
     pub cpu: CpuLoad,
     pub memory: SpaceLoad,
@@ -115,6 +122,7 @@ pub struct FleetLoad {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CpuLoad {
     /// Busy cores: each node's CPU percentage times its cores.
     pub used_cores: f64,
@@ -125,6 +133,7 @@ pub struct CpuLoad {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SpaceLoad {
     pub used_gb: f64,
     pub total_gb: f64,
@@ -135,6 +144,7 @@ pub struct SpaceLoad {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NetworkLoad {
     pub in_mbps: f64,
     pub out_mbps: f64,
@@ -142,6 +152,7 @@ pub struct NetworkLoad {
 
 /// One node's newest load; null when it is offline or has not reported.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeUsage {
     pub node_id: NodeId,
     pub name: String,

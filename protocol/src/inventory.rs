@@ -12,6 +12,7 @@ use crate::NodeId;
 
 /// The whole inventory of one host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Inventory {
     pub hostname: Option<String>,
     pub system: SystemInfo,
@@ -27,6 +28,7 @@ pub struct Inventory {
 
 /// DMI data: `/sys/class/dmi/id`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SystemInfo {
     pub vendor: Option<String>,
     pub product: Option<String>,
@@ -38,6 +40,7 @@ pub struct SystemInfo {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CpuInfo {
     pub model: Option<String>,
     pub vendor: Option<String>,
@@ -51,6 +54,7 @@ pub struct CpuInfo {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MemoryInfo {
     pub total_bytes: Option<u64>,
     pub swap_bytes: Option<u64>,
@@ -58,6 +62,7 @@ pub struct MemoryInfo {
 
 /// One block device from `/sys/block` (loop, ram and zram excluded).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Disk {
     pub name: String,
     pub model: Option<String>,
@@ -72,6 +77,7 @@ pub struct Disk {
 
 /// One non-virtual network interface.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Nic {
     pub name: String,
     /// Lower-case, colon-separated.
@@ -81,12 +87,15 @@ pub struct Nic {
     pub driver: Option<String>,
     pub mtu: Option<u32>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub ipv4: Vec<Ipv4Addr>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub ipv6: Vec<Ipv6Addr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum BootMode {
     Uefi,
@@ -94,6 +103,7 @@ pub enum BootMode {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OsInfo {
     /// `ID` from os-release, e.g. `debian`.
     pub id: Option<String>,

@@ -18,6 +18,7 @@ use NodeState::*;
 
 /// Who caused a transition (`triggered_by` in the audit log).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
     Admin,
@@ -219,6 +220,7 @@ pub fn admin_targets(from: NodeState, force: bool) -> Vec<NodeState> {
 
 /// What happens after a deprovision job completes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AfterDeprovision {
     /// `unmanage`: the node goes back to `discovered`.
@@ -229,6 +231,7 @@ pub enum AfterDeprovision {
 
 /// The job a node is running (or was last sent).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobRef {
     pub command_id: String,
     pub kind: JobKind,
@@ -236,6 +239,7 @@ pub struct JobRef {
 
 /// The part of a node the state machine reads and writes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Lifecycle {
     pub state: NodeState,
     pub install_attempts: u32,

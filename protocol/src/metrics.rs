@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::{NodeId, Timestamp};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MetricsSample {
     pub ts: Timestamp,
     /// Busy share of all CPUs, 0..=100.
@@ -29,6 +30,7 @@ pub struct MetricsSample {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LoadAverage {
     pub one: f64,
     pub five: f64,
@@ -38,12 +40,14 @@ pub struct LoadAverage {
 /// How many reports wait for a receipt, and how many progress reports were dropped
 /// because the outbox was full (since the agent started).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OutboxStats {
     pub pending: u64,
     pub dropped: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Usage {
     pub used_bytes: u64,
     pub total_bytes: u64,
@@ -57,6 +61,7 @@ impl Usage {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Filesystem {
     pub mount: String,
     pub fs_type: Option<String>,
@@ -71,6 +76,7 @@ pub struct Filesystem {
 
 /// Bytes per second summed over the physical NICs.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NetworkRates {
     pub rx_bytes_per_s: f64,
     pub tx_bytes_per_s: f64,
@@ -78,12 +84,14 @@ pub struct NetworkRates {
 
 /// Bytes per second summed over the disks.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DiskIoRates {
     pub read_bytes_per_s: f64,
     pub write_bytes_per_s: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Temperature {
     pub label: String,
     pub celsius: f64,

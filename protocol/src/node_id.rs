@@ -91,6 +91,26 @@ impl<'de> Deserialize<'de> for NodeId {
     }
 }
 
+/// A node id string in the OpenAPI document, with its rules.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for NodeId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(Self::MAX_LEN))
+            .pattern(Some("^[a-z0-9][a-z0-9._-]*$"))
+            .description(Some(
+                "Node id: lower-case letters, digits, '.', '_' and '-'",
+            ))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for NodeId {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

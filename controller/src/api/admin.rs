@@ -3,6 +3,7 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
+use metalbus_protocol::api::ErrorBody;
 use metalbus_protocol::api::{Data, Operation, PlanView, TokenCreated, TokenRequest};
 
 use super::auth::{create_token, Caller};
@@ -13,6 +14,18 @@ use super::AppState;
 use crate::store::Role;
 
 /// `GET /plans`.
+#[utoipa::path(
+    get,
+    operation_id = "listPlans",
+    path = "/api/v1/plans",
+    tag = "admin",
+    summary = "Configured install plans",
+    responses(
+        (status = 200, body = Data<Vec<PlanView>>),
+        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn plans(State(state): State<AppState>) -> Json<Data<Vec<PlanView>>> {
     let data = state
         .config
@@ -29,6 +42,21 @@ pub async fn plans(State(state): State<AppState>) -> Json<Data<Vec<PlanView>>> {
 }
 
 /// `GET /operations/{id}`: a command's status (a reboot, a wake, an install, ...).
+#[utoipa::path(
+    get,
+    operation_id = "getOperation",
+    path = "/api/v1/operations/{id}",
+    tag = "operations",
+    summary = "What became of a command or operation",
+    params(("id" = String, Path, description = "Operation (command) id")),
+    responses(
+        (status = 200, body = Data<Operation>),
+        (status = 400, description = "Bad request (`Primus.00002`)", body = ErrorBody),
+        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
+        (status = 404, description = "No such node (`Primus.00005`)", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn operation(
     State(state): State<AppState>,
     Checked(Path(id)): Checked<Path<String>>,
@@ -53,6 +81,21 @@ pub async fn operation(
 }
 
 /// `POST /tokens` (admin): a new token with a role; only its hash is kept.
+#[utoipa::path(
+    post,
+    operation_id = "createToken",
+    path = "/api/v1/tokens",
+    tag = "admin",
+    summary = "Create an API token (admin); it is shown once",
+    request_body = TokenRequest,
+    responses(
+        (status = 201, body = Data<TokenCreated>),
+        (status = 400, description = "Bad request (`Primus.00002`)", body = ErrorBody),
+        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
+        (status = 403, description = "The token's role may not do this (`Primus.00004`)", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn create(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

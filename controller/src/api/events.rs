@@ -2,6 +2,7 @@
 
 use axum::extract::{Path, Query, State};
 use axum::Json;
+use metalbus_protocol::api::ErrorBody;
 use metalbus_protocol::api::{EventSource, EventType, Events};
 use metalbus_protocol::Timestamp;
 use serde::Deserialize;
@@ -11,7 +12,8 @@ use super::extract::Checked;
 use super::AppState;
 use crate::store::EventFilter;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// `Normal` or `Warning`.
@@ -25,6 +27,21 @@ pub struct EventsQuery {
 }
 
 /// `GET /nodes/{node}/events?type=&source=&since=&limit=`.
+#[utoipa::path(
+    get,
+    operation_id = "getNodeEvents",
+    path = "/api/v1/nodes/{node}/events",
+    tag = "observability",
+    summary = "Events of a node (DESIGN 7.5), newest first; repeats are counted",
+    params(("node" = String, Path, description = "Node id or name"), EventsQuery),
+    responses(
+        (status = 200, body = Events),
+        (status = 400, description = "Bad request (`Primus.00002`)", body = ErrorBody),
+        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
+        (status = 404, description = "No such node (`Primus.00005`)", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list(
     State(state): State<AppState>,
     Checked(Path(key)): Checked<Path<String>>,

@@ -4,6 +4,7 @@
 use axum::extract::{Path, State};
 use axum::Json;
 use metalbus_protocol::api::Data;
+use metalbus_protocol::api::ErrorBody;
 use metalbus_protocol::fleet::{
     format_uptime, CpuLoad, FleetLoad, FleetUsage, InventoryView, NetworkLoad, NodeHealth,
     NodeStatusView, NodeUsage, SpaceLoad, SystemView, UsageSummary,
@@ -23,6 +24,21 @@ fn round2(x: f64) -> f64 {
 }
 
 /// `GET /api/v1/nodes/{node}/status`: health, last heartbeat, uptime, kernel and OS.
+#[utoipa::path(
+    get,
+    operation_id = "getNodeStatus",
+    path = "/api/v1/nodes/{node}/status",
+    tag = "observability",
+    summary = "Health, last heartbeat, uptime, kernel and OS of a node",
+    params(("node" = String, Path, description = "Node id or name")),
+    responses(
+        (status = 200, body = Data<NodeStatusView>),
+        (status = 400, description = "Bad request (`Primus.00002`)", body = ErrorBody),
+        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
+        (status = 404, description = "No such node (`Primus.00005`)", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn status(
     State(state): State<AppState>,
     Checked(Path(key)): Checked<Path<String>>,
@@ -70,6 +86,21 @@ pub fn status_view(
 }
 
 /// `GET /api/v1/nodes/{node}/inventory`: the newest inventory the agent sent.
+#[utoipa::path(
+    get,
+    operation_id = "getNodeInventory",
+    path = "/api/v1/nodes/{node}/inventory",
+    tag = "nodes",
+    summary = "The newest hardware inventory of a node",
+    params(("node" = String, Path, description = "Node id or name")),
+    responses(
+        (status = 200, body = Data<InventoryView>),
+        (status = 400, description = "Bad request (`Primus.00002`)", body = ErrorBody),
+        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
+        (status = 404, description = "No such node (`Primus.00005`)", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn inventory(
     State(state): State<AppState>,
     Checked(Path(key)): Checked<Path<String>>,
@@ -88,6 +119,19 @@ pub async fn inventory(
 }
 
 /// `GET /api/v1/usage`: fleet totals, load and counts by state.
+#[utoipa::path(
+    get,
+    operation_id = "getUsage",
+    path = "/api/v1/usage",
+    tag = "observability",
+    summary = "Fleet capacity, load and counts by state",
+    responses(
+        (status = 200, body = Data<FleetUsage>),
+        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
+        (status = 500, description = "Internal error (`Primus.00001`)", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn fleet(State(state): State<AppState>) -> Result<Json<Data<FleetUsage>>, ApiError> {
     let store = &state.store;
     let mut rows = Vec::new();

@@ -5,6 +5,7 @@
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::{Extension, Json};
+use metalbus_protocol::api::ErrorBody;
 use metalbus_protocol::api::{
     Changed, Data, History, ManageRequest, NodeUpdateRequest, NodeView, RegisterRequest,
     RetryResponse, StateChange,
@@ -79,6 +80,24 @@ fn transitioned(state: &AppState, reply: Reply) -> Result<Json<Changed<NodeView>
     }))
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "manageNode",
+    path = "/api/v1/nodes/{node}/manage",
+    tag = "lifecycle",
+    summary = "Install a discovered node with a plan (the default plan if none is named)",
+    params(("node" = String, Path, description = "Node id or name"), ("If-Match" = Option<u64>, Header, description = "Refuse (409) unless the node's version is this")),
+    request_body = Option<ManageRequest>,
+    responses(
+        (status = 200, body = Changed<NodeView>),
+        (status = 400, description = "Bad request (`Primus.00002`)", body = ErrorBody),
+        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
+        (status = 403, description = "The token's role may not do this (`Primus.00004`)", body = ErrorBody),
+        (status = 404, description = "No such node (`Primus.00005`)", body = ErrorBody),
+        (status = 409, description = "Conflict or stale version (`Primus.00006`)", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn manage(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -92,6 +111,23 @@ pub async fn manage(
     transitioned(&state, reply)
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "unmanageNode",
+    path = "/api/v1/nodes/{node}/unmanage",
+    tag = "lifecycle",
+    summary = "Deprovision an installed or active node back to discovered",
+    params(("node" = String, Path, description = "Node id or name"), ("If-Match" = Option<u64>, Header, description = "Refuse (409) unless the node's version is this")),
+    responses(
+        (status = 200, body = Changed<NodeView>),
+        (status = 400, description = "Bad request (`Primus.00002`)", body = ErrorBody),
+        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
+        (status = 403, description = "The token's role may not do this (`Primus.00004`)", body = ErrorBody),
+        (status = 404, description = "No such node (`Primus.00005`)", body = ErrorBody),
+        (status = 409, description = "Conflict or stale version (`Primus.00006`)", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn unmanage(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -103,7 +139,8 @@ pub async fn unmanage(
     transitioned(&state, reply)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteQuery {
     #[serde(default)]
@@ -111,6 +148,23 @@ pub struct DeleteQuery {
 }
 
 /// `DELETE /nodes/{node}`: unmanage and retire (202), or retire now with `force=true`.
+#[utoipa::path(
+    delete,
+    operation_id = "retireNode",
+    path = "/api/v1/nodes/{node}",
+    tag = "lifecycle",
+    summary = "Deprovision and retire a node; force=true retires at once (admin)",
+    params(("node" = String, Path, description = "Node id or name"), DeleteQuery),
+    responses(
+        (status = 202, description = "Deprovisioning (or retired, with force)", body = Changed<NodeView>),
+        (status = 400, description = "Bad request (`Primus.00002`)", body = ErrorBody),
+        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
+        (status = 403, description = "The token's role may not do this (`Primus.00004`)", body = ErrorBody),
+        (status = 404, description = "No such node (`Primus.00005`)", body = ErrorBody),
+        (status = 409, description = "Conflict or stale version (`Primus.00006`)", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -143,6 +197,24 @@ pub async fn delete(
 
 /// `PATCH /nodes/{node}/state`. `force` (which resets counters and allows overrides)
 /// needs an admin.
+#[utoipa::path(
+    patch,
+    operation_id = "setNodeState",
+    path = "/api/v1/nodes/{node}/state",
+    tag = "lifecycle",
+    summary = "Move a node to a state (any admin transition; force for overrides)",
+    params(("node" = String, Path, description = "Node id or name"), ("If-Match" = Option<u64>, Header, description = "Refuse (409) unless the node's version is this")),
+    request_body = StateChange,
+    responses(
+        (status = 200, body = Changed<NodeView>),
+        (status = 400, description = "Bad request (`Primus.00002`)", body = ErrorBody),
+        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
+        (status = 403, description = "The token's role may not do this (`Primus.00004`)", body = ErrorBody),
+        (status = 404, description = "No such node (`Primus.00005`)", body = ErrorBody),
+        (status = 409, description = "Conflict or stale version (`Primus.00006`)", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn set_state(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -168,6 +240,23 @@ pub async fn set_state(
 
 /// `POST /nodes/{node}/retry`, seed 000: permission, state, preconditions, cleanup,
 /// reset and transition, then the job is sent again.
+#[utoipa::path(
+    post,
+    operation_id = "retryNode",
+    path = "/api/v1/nodes/{node}/retry",
+    tag = "lifecycle",
+    summary = "Retry a failed install or deprovision",
+    params(("node" = String, Path, description = "Node id or name"), ("If-Match" = Option<u64>, Header, description = "Refuse (409) unless the node's version is this")),
+    responses(
+        (status = 200, body = RetryResponse),
+        (status = 400, description = "Bad request (`Primus.00002`)", body = ErrorBody),
+        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
+        (status = 403, description = "The token's role may not do this (`Primus.00004`)", body = ErrorBody),
+        (status = 404, description = "No such node (`Primus.00005`)", body = ErrorBody),
+        (status = 409, description = "Conflict or stale version (`Primus.00006`)", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn retry(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -188,6 +277,22 @@ pub async fn retry(
 
 /// `POST /nodes`: pre-register a node (201); its agent claims it on arrival by MAC,
 /// IP or hostname prefix (DESIGN section 8).
+#[utoipa::path(
+    post,
+    operation_id = "registerNode",
+    path = "/api/v1/nodes",
+    tag = "nodes",
+    summary = "Pre-register a node (matched to its agent by MAC, IP, then hostname prefix)",
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "Registered, waiting for its agent", body = Data<NodeView>),
+        (status = 400, description = "Bad request (`Primus.00002`)", body = ErrorBody),
+        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
+        (status = 403, description = "The token's role may not do this (`Primus.00004`)", body = ErrorBody),
+        (status = 409, description = "Conflict or stale version (`Primus.00006`)", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn register(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -212,6 +317,24 @@ pub async fn register(
 }
 
 /// `PATCH /nodes/{node}`: name, labels, group, control_plane.
+#[utoipa::path(
+    patch,
+    operation_id = "updateNode",
+    path = "/api/v1/nodes/{node}",
+    tag = "nodes",
+    summary = "Change labels, group, control_plane or name",
+    params(("node" = String, Path, description = "Node id or name"), ("If-Match" = Option<u64>, Header, description = "Refuse (409) unless the node's version is this")),
+    request_body = NodeUpdateRequest,
+    responses(
+        (status = 200, body = Data<NodeView>),
+        (status = 400, description = "Bad request (`Primus.00002`)", body = ErrorBody),
+        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
+        (status = 403, description = "The token's role may not do this (`Primus.00004`)", body = ErrorBody),
+        (status = 404, description = "No such node (`Primus.00005`)", body = ErrorBody),
+        (status = 409, description = "Conflict or stale version (`Primus.00006`)", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn update(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -241,7 +364,8 @@ pub async fn update(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
     limit: Option<u32>,
@@ -249,6 +373,21 @@ pub struct HistoryQuery {
 }
 
 /// `GET /nodes/{node}/history?limit=50&offset=0`, newest first.
+#[utoipa::path(
+    get,
+    operation_id = "getNodeHistory",
+    path = "/api/v1/nodes/{node}/history",
+    tag = "lifecycle",
+    summary = "State transitions of a node, newest first",
+    params(("node" = String, Path, description = "Node id or name"), HistoryQuery),
+    responses(
+        (status = 200, body = History),
+        (status = 400, description = "Bad request (`Primus.00002`)", body = ErrorBody),
+        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
+        (status = 404, description = "No such node (`Primus.00005`)", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn history(
     State(state): State<AppState>,
     Checked(Path(key)): Checked<Path<String>>,

@@ -7,6 +7,7 @@
 //! the samples in each step). Averages and peaks are over every sample of the window,
 //! never over the merged points.
 
+use metalbus_protocol::api::ErrorBody;
 use std::collections::BTreeMap;
 
 use axum::extract::{Path, Query, State};
@@ -30,7 +31,8 @@ pub const MAX_POINTS: u64 = 360;
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 const GB: f64 = 1e9;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsQuery {
     /// `5m`, `1h` (default), `6h`, `24h` or `7d`.
@@ -69,6 +71,21 @@ impl Only {
 }
 
 /// `GET /nodes/{node}/metrics`.
+#[utoipa::path(
+    get,
+    operation_id = "getNodeMetrics",
+    path = "/api/v1/nodes/{node}/metrics",
+    tag = "observability",
+    summary = "Metrics history of a node: current, average, peak and a series per resource",
+    params(("node" = String, Path, description = "Node id or name"), MetricsQuery),
+    responses(
+        (status = 200, body = Data<NodeMetrics>),
+        (status = 400, description = "Bad request (`Primus.00002`)", body = ErrorBody),
+        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
+        (status = 404, description = "No such node (`Primus.00005`)", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn get(
     State(state): State<AppState>,
     Checked(Path(key)): Checked<Path<String>>,

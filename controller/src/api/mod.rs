@@ -9,6 +9,7 @@ pub mod fleet;
 pub mod lifecycle;
 pub mod metrics;
 pub mod nodes;
+pub mod openapi;
 pub mod operations;
 pub mod stream;
 pub mod views;
@@ -20,7 +21,6 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::IntoResponse;
-use axum::routing::{get, patch, post};
 use axum::{middleware, Json, Router};
 use metalbus_protocol::api::Health;
 use tokio::net::TcpListener;
@@ -50,42 +50,64 @@ pub struct AppState {
     pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
-/// Every route. `/api/v1/*` needs a bearer token; health and metrics do not.
+/// Declares a list of routes once: the `(method, path)` table (in OpenAPI's `{param}`
+/// form) and the function that builds the axum router from the same lines, so the two
+/// cannot differ. `openapi::tests` checks the table against the OpenAPI document.
+macro_rules! routes {
+    ($table:ident, $build:ident: $($method:ident $path:literal => $handler:path,)*) => {
+        pub const $table: &[(&str, &str)] = &[$((stringify!($method), $path),)*];
+
+        fn $build() -> Router<AppState> {
+            Router::new()$(.route(&axum_path($path), axum::routing::$method($handler)))*
+        }
+    };
+}
+
+routes!(API_ROUTES, api_routes:
+    get "/api/v1/nodes" => nodes::list,
+    post "/api/v1/nodes" => lifecycle::register,
+    get "/api/v1/nodes/{node}" => nodes::get,
+    patch "/api/v1/nodes/{node}" => lifecycle::update,
+    delete "/api/v1/nodes/{node}" => lifecycle::delete,
+    patch "/api/v1/nodes/{node}/state" => lifecycle::set_state,
+    post "/api/v1/nodes/{node}/manage" => lifecycle::manage,
+    post "/api/v1/nodes/{node}/unmanage" => lifecycle::unmanage,
+    post "/api/v1/nodes/{node}/retry" => lifecycle::retry,
+    post "/api/v1/nodes/{node}/reboot" => operations::reboot,
+    post "/api/v1/nodes/{node}/poweroff" => operations::poweroff,
+    post "/api/v1/nodes/{node}/wake" => operations::wake,
+    get "/api/v1/nodes/{node}/history" => lifecycle::history,
+    get "/api/v1/nodes/{node}/events" => events::list,
+    get "/api/v1/nodes/{node}/metrics" => metrics::get,
+    get "/api/v1/nodes/{node}/status" => fleet::status,
+    get "/api/v1/nodes/{node}/inventory" => fleet::inventory,
+    get "/api/v1/usage" => fleet::fleet,
+    get "/api/v1/events/stream" => stream::events,
+    get "/api/v1/plans" => admin::plans,
+    get "/api/v1/operations/{id}" => admin::operation,
+    post "/api/v1/tokens" => admin::create,
+);
+
+routes!(OPEN_ROUTES, open_routes:
+    get "/healthz" => healthz,
+    get "/readyz" => readyz,
+    get "/metrics" => metrics,
+    get "/api/v1/openapi.json" => openapi::document,
+);
+
+/// `/nodes/{node}` (OpenAPI) as axum 0.7 writes it: `/nodes/:node`.
+fn axum_path(path: &str) -> String {
+    path.replace('{', ":").replace('}', "")
+}
+
+/// Every route. The API needs a bearer token; health, metrics and the OpenAPI document
+/// do not.
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/nodes", get(nodes::list).post(lifecycle::register))
-        .route(
-            "/nodes/:node",
-            get(nodes::get)
-                .patch(lifecycle::update)
-                .delete(lifecycle::delete),
-        )
-        .route("/nodes/:node/state", patch(lifecycle::set_state))
-        .route("/nodes/:node/manage", post(lifecycle::manage))
-        .route("/nodes/:node/unmanage", post(lifecycle::unmanage))
-        .route("/nodes/:node/retry", post(lifecycle::retry))
-        .route("/nodes/:node/reboot", post(operations::reboot))
-        .route("/nodes/:node/poweroff", post(operations::poweroff))
-        .route("/nodes/:node/wake", post(operations::wake))
-        .route("/nodes/:node/history", get(lifecycle::history))
-        .route("/nodes/:node/events", get(events::list))
-        .route("/nodes/:node/status", get(fleet::status))
-        .route("/nodes/:node/inventory", get(fleet::inventory))
-        .route("/usage", get(fleet::fleet))
-        .route("/events/stream", get(stream::events))
-        .route("/nodes/:node/metrics", get(metrics::get))
-        .route("/plans", get(admin::plans))
-        .route("/operations/:id", get(admin::operation))
-        .route("/tokens", post(admin::create))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_token,
-        ));
-    Router::new()
-        .nest("/api/v1", api)
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+    let api = api_routes().route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        auth::require_token,
+    ));
+    api.merge(open_routes())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .with_state(state)
@@ -102,6 +124,16 @@ pub async fn serve(
         .await
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "healthz",
+    path = "/healthz",
+    tag = "health",
+    summary = "Liveness",
+    responses(
+        (status = 200, body = Health),
+    ),
+)]
 async fn healthz() -> Json<Health> {
     Json(Health {
         status: "ok".into(),
@@ -110,6 +142,17 @@ async fn healthz() -> Json<Health> {
 }
 
 /// Ready when the store answers and the broker subscription is live.
+#[utoipa::path(
+    get,
+    operation_id = "readyz",
+    path = "/readyz",
+    tag = "health",
+    summary = "Readiness: the store answers and the broker subscription is live",
+    responses(
+        (status = 200, body = Health),
+        (status = 503, description = "Not ready, and why", body = Health),
+    ),
+)]
 async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, (StatusCode, Json<Health>)> {
     let store_ok = state.store.nodes().is_ok();
     let mqtt_ok = state.mqtt_connected.load(Ordering::SeqCst);
@@ -129,6 +172,16 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, (StatusCo
     }
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "prometheusMetrics",
+    path = "/metrics",
+    tag = "health",
+    summary = "Prometheus metrics (OpenMetrics text)",
+    responses(
+        (status = 200, description = "OpenMetrics text exposition", content_type = "application/openmetrics-text", body = String),
+    ),
+)]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(

@@ -2,6 +2,7 @@
 
 use axum::extract::{Path, Query, State};
 use axum::Json;
+use metalbus_protocol::api::ErrorBody;
 use metalbus_protocol::api::{Data, NodeView, Page, Pagination};
 use metalbus_protocol::inventory::Inventory;
 use metalbus_protocol::lifecycle::{NodeState, Phase};
@@ -13,7 +14,8 @@ use super::views::node_view;
 use super::AppState;
 use crate::store::{NodeRecord, StoreError, StoredInventory};
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     page: Option<u32>,
@@ -138,6 +140,20 @@ impl NodeFilter {
 }
 
 /// `GET /api/v1/nodes`: filters, then a stable order (name, then id), then the page.
+#[utoipa::path(
+    get,
+    operation_id = "listNodes",
+    path = "/api/v1/nodes",
+    tag = "nodes",
+    summary = "List nodes, filtered and paginated",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page of nodes, by name then id", body = Page<NodeView>),
+        (status = 400, description = "Bad request (`Primus.00002`)", body = ErrorBody),
+        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list(
     State(state): State<AppState>,
     Checked(Query(q)): Checked<Query<ListQuery>>,
@@ -179,6 +195,21 @@ pub fn view_of(state: &AppState, node: crate::store::NodeRecord) -> Result<NodeV
 }
 
 /// `GET /api/v1/nodes/{node}`, by id or name.
+#[utoipa::path(
+    get,
+    operation_id = "getNode",
+    path = "/api/v1/nodes/{node}",
+    tag = "nodes",
+    summary = "One node",
+    params(("node" = String, Path, description = "Node id or name")),
+    responses(
+        (status = 200, body = Data<NodeView>),
+        (status = 400, description = "Bad request (`Primus.00002`)", body = ErrorBody),
+        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
+        (status = 404, description = "No such node (`Primus.00005`)", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn get(
     State(state): State<AppState>,
     Checked(Path(key)): Checked<Path<String>>,

@@ -9,6 +9,7 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::{Extension, Json};
+use metalbus_protocol::api::ErrorBody;
 use metalbus_protocol::api::{Data, OperationStarted};
 
 use super::auth::Caller;
@@ -51,6 +52,23 @@ async fn power(
 }
 
 /// `POST /nodes/{node}/reboot` (operator): the agent runs its `reboot_command`.
+#[utoipa::path(
+    post,
+    operation_id = "rebootNode",
+    path = "/api/v1/nodes/{node}/reboot",
+    tag = "operations",
+    summary = "Reboot a node (its agent runs its configured reboot action)",
+    params(("node" = String, Path, description = "Node id or name"), ("If-Match" = Option<u64>, Header, description = "Refuse (409) unless the node's version is this")),
+    responses(
+        (status = 202, description = "Started; follow it at /api/v1/operations/{operation_id}", body = Data<OperationStarted>),
+        (status = 400, description = "Bad request (`Primus.00002`)", body = ErrorBody),
+        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
+        (status = 403, description = "The token's role may not do this (`Primus.00004`)", body = ErrorBody),
+        (status = 404, description = "No such node (`Primus.00005`)", body = ErrorBody),
+        (status = 409, description = "Conflict or stale version (`Primus.00006`)", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn reboot(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -61,6 +79,23 @@ pub async fn reboot(
 }
 
 /// `POST /nodes/{node}/poweroff` (operator): the agent runs its `poweroff_command`.
+#[utoipa::path(
+    post,
+    operation_id = "poweroffNode",
+    path = "/api/v1/nodes/{node}/poweroff",
+    tag = "operations",
+    summary = "Power a node off (its agent runs its configured poweroff action)",
+    params(("node" = String, Path, description = "Node id or name"), ("If-Match" = Option<u64>, Header, description = "Refuse (409) unless the node's version is this")),
+    responses(
+        (status = 202, description = "Started; follow it at /api/v1/operations/{operation_id}", body = Data<OperationStarted>),
+        (status = 400, description = "Bad request (`Primus.00002`)", body = ErrorBody),
+        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
+        (status = 403, description = "The token's role may not do this (`Primus.00004`)", body = ErrorBody),
+        (status = 404, description = "No such node (`Primus.00005`)", body = ErrorBody),
+        (status = 409, description = "Conflict or stale version (`Primus.00006`)", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn poweroff(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -71,6 +106,23 @@ pub async fn poweroff(
 }
 
 /// `POST /nodes/{node}/wake` (operator): magic packets for the node's MACs.
+#[utoipa::path(
+    post,
+    operation_id = "wakeNode",
+    path = "/api/v1/nodes/{node}/wake",
+    tag = "operations",
+    summary = "Send Wake-on-LAN magic packets to the node's MACs",
+    params(("node" = String, Path, description = "Node id or name"), ("If-Match" = Option<u64>, Header, description = "Refuse (409) unless the node's version is this")),
+    responses(
+        (status = 202, description = "Started; follow it at /api/v1/operations/{operation_id}", body = Data<OperationStarted>),
+        (status = 400, description = "Bad request (`Primus.00002`)", body = ErrorBody),
+        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
+        (status = 403, description = "The token's role may not do this (`Primus.00004`)", body = ErrorBody),
+        (status = 404, description = "No such node (`Primus.00005`)", body = ErrorBody),
+        (status = 409, description = "Conflict or stale version (`Primus.00006`)", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn wake(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

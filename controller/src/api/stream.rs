@@ -7,6 +7,7 @@
 //! commits in between is seen (possibly twice: states are idempotent), never missed.
 //! A reader too slow to keep up gets `lagged` with the number of changes it missed.
 
+use metalbus_protocol::api::ErrorBody;
 use std::convert::Infallible;
 
 use axum::extract::State;
@@ -25,6 +26,19 @@ fn sse(name: &str, body: &impl serde::Serialize) -> Event {
 }
 
 /// The stream: snapshot, `ready`, then live changes until the controller stops.
+#[utoipa::path(
+    get,
+    operation_id = "streamEvents",
+    path = "/api/v1/events/stream",
+    tag = "observability",
+    summary = "Server-Sent Events: a state per node, `ready`, then every committed change",
+    responses(
+        (status = 200, description = "`text/event-stream`: events `state`, `ready`, `transition`, `event`, `removed`, `lagged` (docs/PROTOCOL.md)", content_type = "text/event-stream", body = String),
+        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
+        (status = 500, description = "Internal error (`Primus.00001`)", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn events(
     State(state): State<AppState>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {

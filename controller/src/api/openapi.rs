@@ -1,0 +1,158 @@
+//! `GET /api/v1/openapi.json`: the OpenAPI 3.1 document, generated from the handlers'
+//! `#[utoipa::path]` attributes and the API types' schemas, so it cannot drift from
+//! the code. The test below checks that it lists exactly the router's routes.
+
+use std::sync::OnceLock;
+
+use axum::http::header;
+use axum::response::IntoResponse;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{admin, events, fleet, lifecycle, metrics, nodes, operations, stream};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Metalbus API",
+        description = "Operator API of the Metalbus controller: nodes, their lifecycle, events, metrics and operations (DESIGN section 9). Errors are `{\"errorCode\", \"errorMessage\"}` with codes Primus.00001 to Primus.00006.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        nodes::list,
+        lifecycle::register,
+        nodes::get,
+        lifecycle::update,
+        lifecycle::delete,
+        lifecycle::set_state,
+        lifecycle::manage,
+        lifecycle::unmanage,
+        lifecycle::retry,
+        operations::reboot,
+        operations::poweroff,
+        operations::wake,
+        lifecycle::history,
+        events::list,
+        metrics::get,
+        fleet::status,
+        fleet::inventory,
+        fleet::fleet,
+        stream::events,
+        admin::plans,
+        admin::operation,
+        admin::create,
+        super::healthz,
+        super::readyz,
+        super::metrics,
+        document,
+    ),
+    modifiers(&BearerToken),
+    tags(
+        (name = "nodes", description = "Nodes: list, show, register, update, inventory"),
+        (name = "lifecycle", description = "State changes: manage, unmanage, retry, transitions, history"),
+        (name = "operations", description = "Reboot, poweroff, Wake-on-LAN, and their status"),
+        (name = "observability", description = "Events, metrics history, status, fleet usage, the live stream"),
+        (name = "admin", description = "Plans and tokens"),
+        (name = "health", description = "Liveness, readiness, Prometheus metrics, this document (no token)"),
+    )
+)]
+pub struct ApiDoc;
+
+/// Declares the `bearer` scheme the operations refer to.
+struct BearerToken;
+
+impl Modify for BearerToken {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// The document as JSON, built once.
+pub fn json() -> &'static str {
+    static DOC: OnceLock<String> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut doc = ApiDoc::openapi();
+        doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+        doc.to_pretty_json().unwrap_or_default()
+    })
+}
+
+#[utoipa::path(
+    get,
+    operation_id = "openapiDocument",
+    path = "/api/v1/openapi.json",
+    tag = "health",
+    summary = "This document",
+    responses((status = 200, description = "OpenAPI 3.1", content_type = "application/json", body = Object)),
+)]
+pub async fn document() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], json())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    fn documented() -> BTreeSet<(String, String)> {
+        let doc: serde_json::Value = serde_json::from_str(json()).unwrap();
+        let mut out = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in ["get", "post", "put", "patch", "delete"] {
+                if item.get(method).is_some() {
+                    out.insert((method.to_string(), path.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_route_is_documented_and_every_documented_route_is_routed() {
+        let routed: BTreeSet<(String, String)> = super::super::API_ROUTES
+            .iter()
+            .chain(super::super::OPEN_ROUTES)
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        let documented = documented();
+        let undocumented: Vec<_> = routed.difference(&documented).collect();
+        let unrouted: Vec<_> = documented.difference(&routed).collect();
+        assert!(
+            undocumented.is_empty() && unrouted.is_empty(),
+            "routes without documentation: {undocumented:?}; documented but not routed: {unrouted:?}"
+        );
+        assert_eq!(routed.len(), 26);
+    }
+
+    #[test]
+    fn api_operations_need_the_bearer_token_and_open_ones_do_not() {
+        let doc: serde_json::Value = serde_json::from_str(json()).unwrap();
+        assert_eq!(
+            doc["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+        for (method, path) in super::super::API_ROUTES {
+            let op = &doc["paths"][path][method];
+            assert_eq!(
+                op["security"][0]["bearer"],
+                serde_json::json!([]),
+                "{method} {path}"
+            );
+            assert!(
+                op["responses"]["401"].is_object(),
+                "{method} {path}: no 401"
+            );
+        }
+        for (method, path) in super::super::OPEN_ROUTES {
+            assert!(
+                doc["paths"][path][method]["security"].is_null(),
+                "{method} {path}"
+            );
+        }
+    }
+}
