@@ -46,7 +46,10 @@ fn birth(i: usize) -> Input {
         "ts": "2026-01-01T00:00:00Z",
     }))
     .expect("valid birth");
-    Input::Status { id: node(i), status }
+    Input::Status {
+        id: node(i),
+        status,
+    }
 }
 
 fn sample(n: u64) -> MetricsSample {
@@ -165,7 +168,9 @@ async fn scenario(label: &str, nodes: usize, calls: usize, rate: usize) -> Run {
             reply,
         };
         let t = Instant::now();
-        tx.send(Input::Call(Box::new(call))).await.expect("engine running");
+        tx.send(Input::Call(Box::new(call)))
+            .await
+            .expect("engine running");
         let result = answer.await.expect("an answer");
         latencies.push(t.elapsed());
         assert!(result.is_ok(), "manage refused: {result:?}");
