@@ -57,7 +57,7 @@ pub struct Listening {
 /// Runs the controller until `shutdown` resolves. `on_ready` is called once everything
 /// is up (the binary sends sd_notify READY=1 there).
 pub async fn run(
-    cfg: ControllerConfig,
+    mut cfg: ControllerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
@@ -76,6 +76,10 @@ pub async fn run(
             .collect::<Vec<_>>(),
     );
 
+    // Absolute from here on: the local agent runs its steps from a dir under it, and
+    // the logs should name the real place.
+    cfg.data_dir = std::path::absolute(&cfg.data_dir)
+        .with_context(|| format!("resolving the data dir {}", cfg.data_dir.display()))?;
     prepare_data_dir(&cfg.data_dir)?;
     let store = Store::open(&cfg.data_dir.join("metalbus.redb"), telemetry.clone())
         .context("is another metalbus serve running on this data dir?")?;

@@ -109,8 +109,10 @@ impl Controller {
         self.log = self.dir.join(format!("controller-{}.log", self.starts));
         let mut args = vec![
             "serve".to_string(),
+            // Relative to the controller's working dir (`dir`), like the README's default
+            // `./metalbus-data`: nothing may depend on the data dir being absolute.
             "--data-dir".into(),
-            self.data_dir.display().to_string(),
+            "metalbus-data".into(),
             "--mqtt-listen".into(),
             format!("127.0.0.1:{}", self.mqtt_port),
             "--http-listen".into(),

@@ -135,7 +135,9 @@ pub struct JobRunner {
 }
 
 impl JobRunner {
-    /// `events` receives every JobEvent of every job, in order.
+    /// `events` receives every JobEvent of every job, in order. A relative `steps_dir`
+    /// is made absolute now: steps run with `steps_dir` as their working directory,
+    /// where a relative path to the script would no longer lead to it.
     pub fn new(
         node_id: NodeId,
         steps_dir: PathBuf,
@@ -143,7 +145,7 @@ impl JobRunner {
     ) -> Self {
         Self {
             node_id,
-            steps_dir,
+            steps_dir: std::path::absolute(&steps_dir).unwrap_or(steps_dir),
             shared: Arc::new(Shared::new(events)),
         }
     }
