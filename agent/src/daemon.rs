@@ -83,6 +83,9 @@ pub struct Agent {
     power: Option<PendingPower>,
     power_done: mpsc::UnboundedSender<PowerDone>,
     power_results: Option<mpsc::UnboundedReceiver<PowerDone>>,
+    /// The install running now, when its plan reboots the host after it completes
+    /// (`reboot_after`). In memory only: a restart fails a running job anyway.
+    reboot_after: Option<String>,
 }
 
 /// What the agent's own tasks report back: job events and finished power actions.
@@ -160,6 +163,7 @@ impl Agent {
             power: None,
             power_done,
             power_results: Some(power_results),
+            reboot_after: None,
         };
         agent.recover_interrupted_job()?;
         agent.recover_power()?;
@@ -561,7 +565,11 @@ impl Agent {
                 error!(error = %e, "cannot record the running job");
             }
         }
-        self.queue(
+        let ends = matches!(event.status, JobStatus::Complete | JobStatus::Failed);
+        let reboots = event.status == JobStatus::Complete
+            && self.reboot_after.as_deref() == Some(event.command_id.as_str());
+        let command_id = event.command_id.clone();
+        let seq = self.queue(
             ReportBody::Job {
                 command_id: event.command_id,
                 job: event.job,
@@ -573,6 +581,34 @@ impl Agent {
             },
             sent_upto,
         );
+        if ends && self.reboot_after.as_deref() == Some(command_id.as_str()) {
+            self.reboot_after = None;
+        }
+        if let (true, Some(seq)) = (reboots, seq) {
+            self.reboot_after_install(command_id, seq);
+        }
+    }
+
+    /// An install whose plan says `reboot_after` completed: the host reboots once the
+    /// controller's receipt covers the `complete` report (DESIGN section 5), through
+    /// the same once-only path as a `reboot` command, under the install's command id.
+    fn reboot_after_install(&mut self, command_id: String, complete_seq: u64) {
+        if let Some(p) = &self.power {
+            info!(command = %command_id, pending = %p.command_id, kind = %p.kind, "install done; a power action is already under way, so no second reboot");
+            return;
+        }
+        let pending = PendingPower {
+            command_id,
+            kind: JobKind::Reboot,
+            ack_seq: complete_seq,
+            started: None,
+        };
+        info!(command = %pending.command_id, "install done; rebooting once the controller has the report (reboot_after)");
+        if let Err(e) = blocking(|| self.store.set_power(Some(&pending))) {
+            error!(error = %e, "cannot record the reboot after the install; not rebooting");
+            return;
+        }
+        self.power = Some(pending);
     }
 
     /// Stores a report in the outbox (it is sent from there); returns its number.
@@ -646,8 +682,26 @@ impl Agent {
         }
         info!(command = %cmd.command_id, kind = %cmd.kind, "command received");
         let ack = match cmd.kind {
+            CommandKind::Install
+                if cmd.plan.as_ref().is_some_and(|p| p.reboot_after)
+                    && self.cfg.reboot_command.is_empty() =>
+            {
+                Ack {
+                    accepted: false,
+                    reason: Some(
+                        "the plan reboots the host after the install (reboot_after), but reboot is disabled on this agent (reboot_command = [])".into(),
+                    ),
+                }
+            }
             CommandKind::Install | CommandKind::Deprovision | CommandKind::Cancel => {
-                self.jobs.handle(&cmd)
+                let ack = self.jobs.handle(&cmd);
+                if ack.accepted
+                    && cmd.kind == CommandKind::Install
+                    && cmd.plan.as_ref().is_some_and(|p| p.reboot_after)
+                {
+                    self.reboot_after = Some(cmd.command_id.clone());
+                }
+                ack
             }
             CommandKind::Rebirth => {
                 self.publish_birth(conn, client, flight);

@@ -295,12 +295,6 @@ impl ControllerConfig {
             p.plan(name)
                 .validate()
                 .with_context(|| format!("in [plans.{name}]"))?;
-            // The agent cannot reboot hosts yet (reboot lands with the operations work);
-            // accepting the flag would leave every such node in `installed` for good.
-            anyhow::ensure!(
-                !p.reboot_after,
-                "[plans.{name}] reboot_after = true is not supported by this version yet"
-            );
         }
         if let Some(name) = &self.lifecycle.deprovision_plan {
             anyhow::ensure!(

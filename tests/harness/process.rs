@@ -233,12 +233,25 @@ impl AgentProc {
 
     /// The same, with extra flags (e.g. `--steps-dir`).
     pub fn start_with(dir: &Path, broker: &str, node_id: &str, extra: &[&str]) -> AgentProc {
+        Self::start_configured(dir, broker, node_id, Path::new("/dev/null"), extra)
+    }
+
+    /// The same, with an agent config file (for keys no flag sets, e.g.
+    /// `reboot_command = []`).
+    pub fn start_configured(
+        dir: &Path,
+        broker: &str,
+        node_id: &str,
+        config: &Path,
+        extra: &[&str],
+    ) -> AgentProc {
         let state = dir.join(format!("agent-{node_id}"));
         let log = dir.join(format!("agent-{node_id}.log"));
+        let config = config.display().to_string();
         let args: Vec<String> = [
             "run",
             "--config",
-            "/dev/null",
+            &config,
             "--broker",
             broker,
             "--node-id",

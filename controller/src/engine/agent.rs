@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use metalbus_protocol::api::{EventSource, EventType};
-use metalbus_protocol::command::JobKind;
+use metalbus_protocol::command::{CommandKind, JobKind};
 use metalbus_protocol::controller::Progress;
 use metalbus_protocol::inventory::Inventory;
 use metalbus_protocol::lifecycle::NodeState;
@@ -509,6 +509,58 @@ impl Engine {
         }
     }
 
+    /// Whether `command_id` is an install sent to node `id` whose plan reboots the host
+    /// when done (`reboot_after`): its agent reports that reboot under the install's id.
+    fn reboots_after_install(&self, id: &NodeId, command_id: &str) -> bool {
+        match self.store.command(command_id) {
+            Ok(Some(rec)) => {
+                rec.node_id == *id
+                    && rec.command.kind == CommandKind::Install
+                    && rec.command.plan.as_ref().is_some_and(|p| p.reboot_after)
+            }
+            _ => false,
+        }
+    }
+
+    /// The reboot after a `reboot_after` install: an event either way. The install
+    /// itself succeeded; the node becomes `active` on its first birth of a new boot.
+    fn on_reboot_after_install(
+        &mut self,
+        id: &NodeId,
+        command_id: &str,
+        status: JobStatus,
+        error: Option<String>,
+        now: Timestamp,
+        batch: &mut Batch,
+    ) {
+        match status {
+            JobStatus::Complete => {
+                info!(node = %id, command = %command_id, "the host rebooted after its install");
+                batch.event(
+                    id,
+                    EventType::Normal,
+                    "RebootCompleted",
+                    format!("the host rebooted after its install ({command_id})"),
+                    EventSource::Agent,
+                    now,
+                );
+            }
+            JobStatus::Failed => {
+                let why = error.unwrap_or_else(|| "no reason given".into());
+                warn!(node = %id, command = %command_id, error = %why, "the reboot after the install failed");
+                batch.event(
+                    id,
+                    EventType::Warning,
+                    "RebootFailed",
+                    format!("the reboot after the install ({command_id}) failed: {why}; the node stays installed until its agent comes back in a new boot"),
+                    EventSource::Agent,
+                    now,
+                );
+            }
+            JobStatus::Started | JobStatus::Progress => {}
+        }
+    }
+
     /// The end of a power action: the operation `succeeded` (the action exited 0) or
     /// `failed`. Power actions never touch the lifecycle state.
     #[allow(clippy::too_many_arguments)]
@@ -522,6 +574,10 @@ impl Engine {
         now: Timestamp,
         batch: &mut Batch,
     ) {
+        if job == JobKind::Reboot && self.reboots_after_install(id, command_id) {
+            self.on_reboot_after_install(id, command_id, status, error, now, batch);
+            return;
+        }
         if self.power_command(id, command_id) != Some(job) {
             self.telemetry.reports_refused.inc();
             warn!(node = %id, command = %command_id, %job, "power report for a command this node was not sent");
