@@ -12,25 +12,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use metalbus_e2e::{bin, eventually, AgentProc, Api, Controller};
+use metalbus_e2e::{bin, eventually, fixture_root, AgentProc, Api, Controller};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(60);
 
 /// A copy of the agent's VM fixture tree with this host's hostname and eth0 MAC.
 fn host_root(dir: &Path, hostname: &str, mac: &str) -> PathBuf {
-    let fixture = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../agent/tests/fixtures/virtio-vm"
-    );
-    let root = dir.join(format!("root-{hostname}"));
-    let ok = Command::new("cp")
-        .args(["-a", fixture])
-        .arg(&root)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "copying the fixture tree");
+    let root = fixture_root(dir, &format!("root-{hostname}"));
     std::fs::write(
         root.join("proc/sys/kernel/hostname"),
         format!("{hostname}\n"),

@@ -9,10 +9,9 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use metalbus_e2e::{eventually, steps_dir, AgentProc, Api, Controller};
+use metalbus_e2e::{eventually, fixture_root, steps_dir, AgentProc, Api, Controller};
 use metalbus_protocol::Timestamp;
 use serde_json::Value;
 
@@ -34,23 +33,6 @@ steps = [ { name = "image", script = "quick-step", timeout_s = 60 } ]
     )
     .unwrap();
     Controller::start(dir, &["--config", config.to_str().unwrap()]).await
-}
-
-/// A copy of the agent's VM fixture tree: the boot id lives in it.
-fn host_root(dir: &Path) -> PathBuf {
-    let fixture = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../agent/tests/fixtures/virtio-vm"
-    );
-    let root = dir.join("root");
-    let ok = Command::new("cp")
-        .args(["-a", fixture])
-        .arg(&root)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "copying the fixture tree");
-    root
 }
 
 /// The "reboot": one line with the command id in `marker`, and a new boot id.
@@ -110,7 +92,7 @@ async fn the_host_reboots_once_after_its_install_and_is_active_when_back() {
     let tmp = tempfile::tempdir().unwrap();
     let ctl = controller(tmp.path()).await;
     let api = ctl.api();
-    let root = host_root(tmp.path());
+    let root = fixture_root(tmp.path(), "root");
     let marker = tmp.path().join("reboots");
     let reboot = reboot_script(tmp.path(), &root, &marker);
     let mut host = agent(tmp.path(), &ctl, "rb-1", &root, &reboot);

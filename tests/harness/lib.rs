@@ -176,3 +176,21 @@ pub fn run_tool(script: &str, input: &[u8]) -> Result<String, String> {
         Err(format!("{script} failed: {stderr}"))
     }
 }
+
+/// A copy of the agent's VM fixture tree (`agent/tests/fixtures/virtio-vm`) at
+/// `dir/name`, for an agent's `--root`: a host whose files a test may change (hostname,
+/// MAC, boot id).
+pub fn fixture_root(dir: &Path, name: &str) -> PathBuf {
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../agent/tests/fixtures/virtio-vm"
+    );
+    let root = dir.join(name);
+    let ok = std::process::Command::new("cp")
+        .args(["-a", fixture])
+        .arg(&root)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "copying the fixture tree to {}", root.display());
+    root
+}

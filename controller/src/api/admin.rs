@@ -10,6 +10,7 @@ use super::auth::{create_token, Caller};
 use super::error::ApiError;
 use super::extract::{ApiJson, Checked};
 use super::lifecycle::require;
+use super::openapi::ReadErrors;
 use super::AppState;
 use crate::store::Role;
 
@@ -51,9 +52,7 @@ pub async fn plans(State(state): State<AppState>) -> Json<Data<Vec<PlanView>>> {
     params(("id" = String, Path, description = "Operation (command) id")),
     responses(
         (status = 200, body = Data<Operation>),
-        (status = 400, description = "Bad request (`Primus.00002`)", body = ErrorBody),
-        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
-        (status = 404, description = "No such node (`Primus.00005`)", body = ErrorBody),
+        ReadErrors,
     ),
     security(("bearer" = [])),
 )]

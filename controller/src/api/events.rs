@@ -2,13 +2,13 @@
 
 use axum::extract::{Path, Query, State};
 use axum::Json;
-use metalbus_protocol::api::ErrorBody;
 use metalbus_protocol::api::{EventSource, EventType, Events};
 use metalbus_protocol::Timestamp;
 use serde::Deserialize;
 
 use super::error::ApiError;
 use super::extract::Checked;
+use super::openapi::{NodePath, ReadErrors};
 use super::AppState;
 use crate::store::EventFilter;
 
@@ -33,12 +33,10 @@ pub struct EventsQuery {
     path = "/api/v1/nodes/{node}/events",
     tag = "observability",
     summary = "Events of a node (DESIGN 7.5), newest first; repeats are counted",
-    params(("node" = String, Path, description = "Node id or name"), EventsQuery),
+    params(NodePath, EventsQuery),
     responses(
         (status = 200, body = Events),
-        (status = 400, description = "Bad request (`Primus.00002`)", body = ErrorBody),
-        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
-        (status = 404, description = "No such node (`Primus.00005`)", body = ErrorBody),
+        ReadErrors,
     ),
     security(("bearer" = [])),
 )]

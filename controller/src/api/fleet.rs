@@ -13,6 +13,7 @@ use metalbus_protocol::lifecycle::NodeState;
 
 use super::error::ApiError;
 use super::extract::Checked;
+use super::openapi::{NodePath, ReadErrors};
 use super::views::{specs, usage};
 use super::AppState;
 use crate::store::{Heartbeat, NodeRecord, StoredInventory};
@@ -30,12 +31,10 @@ fn round2(x: f64) -> f64 {
     path = "/api/v1/nodes/{node}/status",
     tag = "observability",
     summary = "Health, last heartbeat, uptime, kernel and OS of a node",
-    params(("node" = String, Path, description = "Node id or name")),
+    params(NodePath),
     responses(
         (status = 200, body = Data<NodeStatusView>),
-        (status = 400, description = "Bad request (`Primus.00002`)", body = ErrorBody),
-        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
-        (status = 404, description = "No such node (`Primus.00005`)", body = ErrorBody),
+        ReadErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -92,12 +91,10 @@ pub fn status_view(
     path = "/api/v1/nodes/{node}/inventory",
     tag = "nodes",
     summary = "The newest hardware inventory of a node",
-    params(("node" = String, Path, description = "Node id or name")),
+    params(NodePath),
     responses(
         (status = 200, body = Data<InventoryView>),
-        (status = 400, description = "Bad request (`Primus.00002`)", body = ErrorBody),
-        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
-        (status = 404, description = "No such node (`Primus.00005`)", body = ErrorBody),
+        ReadErrors,
     ),
     security(("bearer" = [])),
 )]

@@ -18,6 +18,7 @@ use super::auth::Caller;
 use super::error::ApiError;
 use super::extract::{ApiJson, Checked, OptionalJson};
 use super::nodes::view_of;
+use super::openapi::{ChangeErrors, IfMatch, NodePath, ReadErrors};
 use super::AppState;
 use crate::engine::{Action, Call, Input, NodeUpdate, Registration, Reply};
 use crate::store::Role;
@@ -86,15 +87,11 @@ fn transitioned(state: &AppState, reply: Reply) -> Result<Json<Changed<NodeView>
     path = "/api/v1/nodes/{node}/manage",
     tag = "lifecycle",
     summary = "Install a discovered node with a plan (the default plan if none is named)",
-    params(("node" = String, Path, description = "Node id or name"), ("If-Match" = Option<u64>, Header, description = "Refuse (409) unless the node's version is this")),
+    params(NodePath, IfMatch),
     request_body = Option<ManageRequest>,
     responses(
         (status = 200, body = Changed<NodeView>),
-        (status = 400, description = "Bad request (`Primus.00002`)", body = ErrorBody),
-        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
-        (status = 403, description = "The token's role may not do this (`Primus.00004`)", body = ErrorBody),
-        (status = 404, description = "No such node (`Primus.00005`)", body = ErrorBody),
-        (status = 409, description = "Conflict or stale version (`Primus.00006`)", body = ErrorBody),
+        ChangeErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -117,14 +114,10 @@ pub async fn manage(
     path = "/api/v1/nodes/{node}/unmanage",
     tag = "lifecycle",
     summary = "Deprovision an installed or active node back to discovered",
-    params(("node" = String, Path, description = "Node id or name"), ("If-Match" = Option<u64>, Header, description = "Refuse (409) unless the node's version is this")),
+    params(NodePath, IfMatch),
     responses(
         (status = 200, body = Changed<NodeView>),
-        (status = 400, description = "Bad request (`Primus.00002`)", body = ErrorBody),
-        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
-        (status = 403, description = "The token's role may not do this (`Primus.00004`)", body = ErrorBody),
-        (status = 404, description = "No such node (`Primus.00005`)", body = ErrorBody),
-        (status = 409, description = "Conflict or stale version (`Primus.00006`)", body = ErrorBody),
+        ChangeErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -154,14 +147,10 @@ pub struct DeleteQuery {
     path = "/api/v1/nodes/{node}",
     tag = "lifecycle",
     summary = "Deprovision and retire a node; force=true retires at once (admin)",
-    params(("node" = String, Path, description = "Node id or name"), DeleteQuery),
+    params(NodePath, DeleteQuery),
     responses(
         (status = 202, description = "Deprovisioning (or retired, with force)", body = Changed<NodeView>),
-        (status = 400, description = "Bad request (`Primus.00002`)", body = ErrorBody),
-        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
-        (status = 403, description = "The token's role may not do this (`Primus.00004`)", body = ErrorBody),
-        (status = 404, description = "No such node (`Primus.00005`)", body = ErrorBody),
-        (status = 409, description = "Conflict or stale version (`Primus.00006`)", body = ErrorBody),
+        ChangeErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -203,15 +192,11 @@ pub async fn delete(
     path = "/api/v1/nodes/{node}/state",
     tag = "lifecycle",
     summary = "Move a node to a state (any admin transition; force for overrides)",
-    params(("node" = String, Path, description = "Node id or name"), ("If-Match" = Option<u64>, Header, description = "Refuse (409) unless the node's version is this")),
+    params(NodePath, IfMatch),
     request_body = StateChange,
     responses(
         (status = 200, body = Changed<NodeView>),
-        (status = 400, description = "Bad request (`Primus.00002`)", body = ErrorBody),
-        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
-        (status = 403, description = "The token's role may not do this (`Primus.00004`)", body = ErrorBody),
-        (status = 404, description = "No such node (`Primus.00005`)", body = ErrorBody),
-        (status = 409, description = "Conflict or stale version (`Primus.00006`)", body = ErrorBody),
+        ChangeErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -246,14 +231,10 @@ pub async fn set_state(
     path = "/api/v1/nodes/{node}/retry",
     tag = "lifecycle",
     summary = "Retry a failed install or deprovision",
-    params(("node" = String, Path, description = "Node id or name"), ("If-Match" = Option<u64>, Header, description = "Refuse (409) unless the node's version is this")),
+    params(NodePath, IfMatch),
     responses(
         (status = 200, body = RetryResponse),
-        (status = 400, description = "Bad request (`Primus.00002`)", body = ErrorBody),
-        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
-        (status = 403, description = "The token's role may not do this (`Primus.00004`)", body = ErrorBody),
-        (status = 404, description = "No such node (`Primus.00005`)", body = ErrorBody),
-        (status = 409, description = "Conflict or stale version (`Primus.00006`)", body = ErrorBody),
+        ChangeErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -323,15 +304,11 @@ pub async fn register(
     path = "/api/v1/nodes/{node}",
     tag = "nodes",
     summary = "Change labels, group, control_plane or name",
-    params(("node" = String, Path, description = "Node id or name"), ("If-Match" = Option<u64>, Header, description = "Refuse (409) unless the node's version is this")),
+    params(NodePath, IfMatch),
     request_body = NodeUpdateRequest,
     responses(
         (status = 200, body = Data<NodeView>),
-        (status = 400, description = "Bad request (`Primus.00002`)", body = ErrorBody),
-        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
-        (status = 403, description = "The token's role may not do this (`Primus.00004`)", body = ErrorBody),
-        (status = 404, description = "No such node (`Primus.00005`)", body = ErrorBody),
-        (status = 409, description = "Conflict or stale version (`Primus.00006`)", body = ErrorBody),
+        ChangeErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -379,12 +356,10 @@ pub struct HistoryQuery {
     path = "/api/v1/nodes/{node}/history",
     tag = "lifecycle",
     summary = "State transitions of a node, newest first",
-    params(("node" = String, Path, description = "Node id or name"), HistoryQuery),
+    params(NodePath, HistoryQuery),
     responses(
         (status = 200, body = History),
-        (status = 400, description = "Bad request (`Primus.00002`)", body = ErrorBody),
-        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
-        (status = 404, description = "No such node (`Primus.00005`)", body = ErrorBody),
+        ReadErrors,
     ),
     security(("bearer" = [])),
 )]

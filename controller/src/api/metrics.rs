@@ -7,7 +7,6 @@
 //! the samples in each step). Averages and peaks are over every sample of the window,
 //! never over the merged points.
 
-use metalbus_protocol::api::ErrorBody;
 use std::collections::BTreeMap;
 
 use axum::extract::{Path, Query, State};
@@ -22,6 +21,7 @@ use serde::Deserialize;
 
 use super::error::ApiError;
 use super::extract::Checked;
+use super::openapi::{NodePath, ReadErrors};
 use super::AppState;
 use crate::store::{key_ms, mbps, Agg, Resource, Rollup, MINUTE_MS};
 
@@ -77,12 +77,10 @@ impl Only {
     path = "/api/v1/nodes/{node}/metrics",
     tag = "observability",
     summary = "Metrics history of a node: current, average, peak and a series per resource",
-    params(("node" = String, Path, description = "Node id or name"), MetricsQuery),
+    params(NodePath, MetricsQuery),
     responses(
         (status = 200, body = Data<NodeMetrics>),
-        (status = 400, description = "Bad request (`Primus.00002`)", body = ErrorBody),
-        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
-        (status = 404, description = "No such node (`Primus.00005`)", body = ErrorBody),
+        ReadErrors,
     ),
     security(("bearer" = [])),
 )]

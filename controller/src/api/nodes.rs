@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use super::error::ApiError;
 pub use super::extract::Checked;
+use super::openapi::{NodePath, ReadErrors};
 use super::views::node_view;
 use super::AppState;
 use crate::store::{NodeRecord, StoreError, StoredInventory};
@@ -201,12 +202,10 @@ pub fn view_of(state: &AppState, node: crate::store::NodeRecord) -> Result<NodeV
     path = "/api/v1/nodes/{node}",
     tag = "nodes",
     summary = "One node",
-    params(("node" = String, Path, description = "Node id or name")),
+    params(NodePath),
     responses(
         (status = 200, body = Data<NodeView>),
-        (status = 400, description = "Bad request (`Primus.00002`)", body = ErrorBody),
-        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
-        (status = 404, description = "No such node (`Primus.00005`)", body = ErrorBody),
+        ReadErrors,
     ),
     security(("bearer" = [])),
 )]

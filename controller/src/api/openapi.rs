@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 
 use axum::http::header;
 use axum::response::IntoResponse;
+use metalbus_protocol::api::ErrorBody;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -57,6 +58,60 @@ use super::{admin, events, fleet, lifecycle, metrics, nodes, operations, stream}
     )
 )]
 pub struct ApiDoc;
+
+/// The errors a read of one node can answer.
+#[derive(utoipa::IntoResponses)]
+pub enum ReadErrors {
+    #[response(status = 400, description = "Bad request (`Primus.00002`)")]
+    BadRequest(ErrorBody),
+    #[response(status = 401, description = "No or bad token (`Primus.00003`)")]
+    Unauthorized(ErrorBody),
+    #[response(status = 404, description = "No such node (`Primus.00005`)")]
+    NotFound(ErrorBody),
+}
+
+/// The errors a change to one node can answer.
+#[derive(utoipa::IntoResponses)]
+pub enum ChangeErrors {
+    #[response(
+        status = 400,
+        description = "Bad request or refused transition (`Primus.00002`)"
+    )]
+    BadRequest(ErrorBody),
+    #[response(status = 401, description = "No or bad token (`Primus.00003`)")]
+    Unauthorized(ErrorBody),
+    #[response(
+        status = 403,
+        description = "The token's role may not do this (`Primus.00004`)"
+    )]
+    Forbidden(ErrorBody),
+    #[response(status = 404, description = "No such node (`Primus.00005`)")]
+    NotFound(ErrorBody),
+    #[response(
+        status = 409,
+        description = "Conflict or stale version (`Primus.00006`)"
+    )]
+    Conflict(ErrorBody),
+}
+
+/// The node a route is about.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct NodePath {
+    /// Node id or name.
+    #[allow(dead_code)]
+    node: String,
+}
+
+/// `If-Match` on a change: refused (409) unless the node's version is this.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct IfMatch {
+    /// Refuse (409) unless the node's `version` is this.
+    #[param(rename = "If-Match")]
+    #[allow(dead_code)]
+    if_match: Option<u64>,
+}
 
 /// Declares the `bearer` scheme the operations refer to.
 struct BearerToken;

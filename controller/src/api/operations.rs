@@ -9,13 +9,13 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::{Extension, Json};
-use metalbus_protocol::api::ErrorBody;
 use metalbus_protocol::api::{Data, OperationStarted};
 
 use super::auth::Caller;
 use super::error::ApiError;
 use super::extract::Checked;
 use super::lifecycle::{call, require};
+use super::openapi::{ChangeErrors, IfMatch, NodePath};
 use super::AppState;
 use crate::engine::{Action, PowerAction, Reply};
 use crate::store::Role;
@@ -58,14 +58,10 @@ async fn power(
     path = "/api/v1/nodes/{node}/reboot",
     tag = "operations",
     summary = "Reboot a node (its agent runs its configured reboot action)",
-    params(("node" = String, Path, description = "Node id or name"), ("If-Match" = Option<u64>, Header, description = "Refuse (409) unless the node's version is this")),
+    params(NodePath, IfMatch),
     responses(
         (status = 202, description = "Started; follow it at /api/v1/operations/{operation_id}", body = Data<OperationStarted>),
-        (status = 400, description = "Bad request (`Primus.00002`)", body = ErrorBody),
-        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
-        (status = 403, description = "The token's role may not do this (`Primus.00004`)", body = ErrorBody),
-        (status = 404, description = "No such node (`Primus.00005`)", body = ErrorBody),
-        (status = 409, description = "Conflict or stale version (`Primus.00006`)", body = ErrorBody),
+        ChangeErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -85,14 +81,10 @@ pub async fn reboot(
     path = "/api/v1/nodes/{node}/poweroff",
     tag = "operations",
     summary = "Power a node off (its agent runs its configured poweroff action)",
-    params(("node" = String, Path, description = "Node id or name"), ("If-Match" = Option<u64>, Header, description = "Refuse (409) unless the node's version is this")),
+    params(NodePath, IfMatch),
     responses(
         (status = 202, description = "Started; follow it at /api/v1/operations/{operation_id}", body = Data<OperationStarted>),
-        (status = 400, description = "Bad request (`Primus.00002`)", body = ErrorBody),
-        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
-        (status = 403, description = "The token's role may not do this (`Primus.00004`)", body = ErrorBody),
-        (status = 404, description = "No such node (`Primus.00005`)", body = ErrorBody),
-        (status = 409, description = "Conflict or stale version (`Primus.00006`)", body = ErrorBody),
+        ChangeErrors,
     ),
     security(("bearer" = [])),
 )]
@@ -112,14 +104,10 @@ pub async fn poweroff(
     path = "/api/v1/nodes/{node}/wake",
     tag = "operations",
     summary = "Send Wake-on-LAN magic packets to the node's MACs",
-    params(("node" = String, Path, description = "Node id or name"), ("If-Match" = Option<u64>, Header, description = "Refuse (409) unless the node's version is this")),
+    params(NodePath, IfMatch),
     responses(
         (status = 202, description = "Started; follow it at /api/v1/operations/{operation_id}", body = Data<OperationStarted>),
-        (status = 400, description = "Bad request (`Primus.00002`)", body = ErrorBody),
-        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
-        (status = 403, description = "The token's role may not do this (`Primus.00004`)", body = ErrorBody),
-        (status = 404, description = "No such node (`Primus.00005`)", body = ErrorBody),
-        (status = 409, description = "Conflict or stale version (`Primus.00006`)", body = ErrorBody),
+        ChangeErrors,
     ),
     security(("bearer" = [])),
 )]
