@@ -231,14 +231,11 @@ async fn known_samples_give_exact_averages_and_peaks_and_survive_kill_9() {
     );
 
     // Bad requests and unknown nodes.
-    for bad in ["?period=2h", "?period=", "?metric=gpu", "?colour=red"] {
-        let (status, body) = api
-            .get(&format!("/api/v1/nodes/{NODE}/metrics{bad}"))
-            .await
-            .unwrap();
-        assert_eq!(status, 400, "{bad}: {body}");
-        assert_eq!(body["errorCode"], "Primus.00002", "{bad}: {body}");
-    }
+    api.expect_bad_requests(
+        &["?period=2h", "?period=", "?metric=gpu", "?colour=red"]
+            .map(|q| format!("/api/v1/nodes/{NODE}/metrics{q}")),
+    )
+    .await;
     let (_, body) = api
         .get(&format!("/api/v1/nodes/{NODE}/metrics?period=2h"))
         .await

@@ -123,6 +123,23 @@ impl Api {
         resp.text().await.map_err(|e| e.to_string())
     }
 
+    /// GETs each `path` and requires a 400 with `Primus.00002` and a message; returns
+    /// the bodies.
+    pub async fn expect_bad_requests(&self, paths: &[String]) -> Vec<Value> {
+        let mut bodies = Vec::new();
+        for path in paths {
+            let (status, body) = self.get(path).await.unwrap_or((0, Value::Null));
+            assert_eq!(status, 400, "{path}: {body}");
+            assert_eq!(body["errorCode"], "Primus.00002", "{path}: {body}");
+            assert!(
+                body["errorMessage"].as_str().is_some_and(|m| !m.is_empty()),
+                "{path}: {body}"
+            );
+            bodies.push(body);
+        }
+        bodies
+    }
+
     /// Every node, across all pages.
     pub async fn nodes(&self) -> Result<Vec<Value>, String> {
         let mut all = Vec::new();

@@ -602,11 +602,7 @@ impl Engine {
                 batch.event(
                     id,
                     EventType::Normal,
-                    if job == JobKind::Poweroff {
-                        "PoweroffCompleted"
-                    } else {
-                        "RebootCompleted"
-                    },
+                    &format!("{name}Completed"),
                     format!("{job} action ran (operation {command_id})"),
                     EventSource::Agent,
                     now,
@@ -625,11 +621,7 @@ impl Engine {
                 batch.event(
                     id,
                     EventType::Warning,
-                    if job == JobKind::Poweroff {
-                        "PoweroffFailed"
-                    } else {
-                        "RebootFailed"
-                    },
+                    &format!("{name}Failed"),
                     format!("{name} failed (operation {command_id}): {why}"),
                     EventSource::Agent,
                     now,
