@@ -6,21 +6,11 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Deserialize;
 
-use crate::link::BrokerUrl;
+pub use metalbus_link::LogFormat;
+use metalbus_link::{duration, BrokerUrl};
 
 /// The default config file; read only when it exists.
 pub const DEFAULT_CONFIG: &str = "/etc/metalbus/agent.toml";
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines (the default).
-    #[default]
-    Text,
-    /// One JSON object per line, for log shippers.
-    Json,
-}
 
 /// The agent's settings, fully resolved.
 #[derive(Debug, Clone, PartialEq)]
@@ -161,30 +151,6 @@ pub fn check(cfg: &AgentConfig) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// serde helpers for durations written like `"500ms"`, `"30s"`, `"15m"`.
-pub mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let raw = String::deserialize(d)?;
-        humantime::parse_duration(&raw).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "invalid duration {raw:?} ({e}); write it like \"500ms\", \"30s\" or \"15m\""
-            ))
-        })
-    }
-
-    pub mod option {
-        use super::*;
-
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-            super::deserialize(d).map(Some)
-        }
-    }
 }
 
 #[cfg(test)]

@@ -62,10 +62,10 @@ struct RunArgs {
     #[arg(long, value_name = "DIR")]
     steps_dir: Option<PathBuf>,
     /// How often to publish metrics, e.g. 15s [default: 15s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = metalbus_link::duration::parse)]
     metrics_interval: Option<Duration>,
     /// Send unreceipted reports again after this long [default: 5s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = metalbus_link::duration::parse)]
     resend_after: Option<Duration>,
     /// MQTT topic prefix [default: metalbus/v1]
     #[arg(long, value_name = "PREFIX")]
@@ -98,7 +98,7 @@ struct SimArgs {
     #[arg(long, value_name = "FILE")]
     broker_ca: Option<PathBuf>,
     /// Metrics interval of every virtual agent.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "15s")]
+    #[arg(long, value_name = "DURATION", value_parser = metalbus_link::duration::parse, default_value = "15s")]
     metrics_interval: Duration,
     /// Seed for the invented hosts.
     #[arg(long, default_value_t = 1)]
@@ -113,10 +113,10 @@ struct SimArgs {
     #[arg(long, default_value_t = 50)]
     progress_events: u32,
     /// Pause between two progress events.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "100ms")]
+    #[arg(long, value_name = "DURATION", value_parser = metalbus_link::duration::parse, default_value = "100ms")]
     progress_every: Duration,
     /// Send unreceipted reports again after this long.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
+    #[arg(long, value_name = "DURATION", value_parser = metalbus_link::duration::parse, default_value = "5s")]
     resend_after: Duration,
     /// Write delivery counters per node (JSON) to this file, every second and at exit.
     #[arg(long, value_name = "FILE")]
@@ -127,8 +127,8 @@ struct SimArgs {
 }
 
 fn simulate(args: SimArgs) -> anyhow::Result<()> {
-    metalbus_agent::logging::init(LogFormat::Text, "info");
-    metalbus_agent::logging::abort_on_panic();
+    metalbus_link::init_logging(LogFormat::Text, "info");
+    metalbus_link::abort_on_panic();
     let agent = AgentConfig {
         broker: args.broker.parse()?,
         broker_ca: args.broker_ca,
@@ -156,7 +156,7 @@ fn simulate(args: SimArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?
         .block_on(async move {
-            let signal = metalbus_agent::logging::shutdown_signal();
+            let signal = metalbus_link::shutdown_signal();
             let (tx, rx) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
                 signal.await;
@@ -164,10 +164,6 @@ fn simulate(args: SimArgs) -> anyhow::Result<()> {
             });
             metalbus_agent::simulate::run(cfg, rx).await
         })
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e}; write it like 500ms, 15s or 2m"))
 }
 
 impl RunArgs {
@@ -226,15 +222,15 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let cfg = args.resolve()?;
-    metalbus_agent::logging::init(cfg.log_format, "info");
-    metalbus_agent::logging::abort_on_panic();
+    metalbus_link::init_logging(cfg.log_format, "info");
+    metalbus_link::abort_on_panic();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let signal = metalbus_agent::logging::shutdown_signal();
+        let signal = metalbus_link::shutdown_signal();
         let agent = Agent::prepare(cfg)?;
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {

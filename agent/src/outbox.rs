@@ -18,7 +18,7 @@
 use std::path::Path;
 
 use anyhow::Context;
-use metalbus_protocol::command::JobKind;
+use metalbus_protocol::command::{CommandId, JobKind, PowerAction};
 use metalbus_protocol::report::{JobStatus, Report, ReportBody};
 use metalbus_protocol::{NodeId, Timestamp};
 use rand::Rng;
@@ -57,16 +57,17 @@ pub enum Queued {
 /// The job that runs now, as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunningJob {
-    pub command_id: String,
+    pub command_id: CommandId,
     pub job: JobKind,
 }
 
 /// A power action the agent has accepted, as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingPower {
-    pub command_id: String,
-    /// `reboot` or `poweroff`.
-    pub kind: JobKind,
+    pub command_id: CommandId,
+    /// `reboot` or `poweroff` (stored under the key `kind`).
+    #[serde(rename = "kind")]
+    pub action: PowerAction,
     /// The ack's report number: the action starts once a receipt covers it.
     pub ack_seq: u64,
     /// Set (durably) just before the action starts, with the boot id of that moment:
@@ -119,6 +120,24 @@ impl AgentStore {
         let legacy: Option<Legacy> = std::fs::read(dir.join(LEGACY))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
+        let store = Self::init(db, legacy.as_ref())?;
+        if legacy.is_some() {
+            let _ = std::fs::remove_file(dir.join(LEGACY));
+        }
+        Ok(store)
+    }
+
+    /// A store that lives in memory only, for tests of the agent's core.
+    pub fn in_memory() -> anyhow::Result<Self> {
+        let db = db!(
+            Database::builder().create_with_backend(redb::backends::InMemoryBackend::new()),
+            "create"
+        );
+        Self::init(db, None)
+    }
+
+    /// Creates the tables, and the session on first use.
+    fn init(db: Database, legacy: Option<&Legacy>) -> anyhow::Result<Self> {
         let txn = db!(db.begin_write(), "begin");
         let session = {
             let mut meta = db!(txn.open_table(META), "meta");
@@ -126,9 +145,7 @@ impl AgentStore {
             match found {
                 Some(s) => s,
                 None => {
-                    let s = legacy
-                        .as_ref()
-                        .map_or_else(new_session, |l| l.session.clone());
+                    let s = legacy.map_or_else(new_session, |l| l.session.clone());
                     db!(meta.insert("session", s.as_str()), "write session");
                     s
                 }
@@ -136,7 +153,7 @@ impl AgentStore {
         };
         {
             let mut c = db!(txn.open_table(COUNTERS), "counters");
-            if let Some(l) = &legacy {
+            if let Some(l) = legacy {
                 let conn = db!(c.get("conn"), "read conn").map_or(0, |v| v.value());
                 db!(c.insert("conn", conn.max(l.conn)), "write conn");
             }
@@ -146,9 +163,6 @@ impl AgentStore {
             db!(txn.open_table(JOB), "job");
         }
         db!(txn.commit(), "commit");
-        if legacy.is_some() {
-            let _ = std::fs::remove_file(dir.join(LEGACY));
-        }
         Ok(Self {
             db,
             session,
@@ -297,10 +311,10 @@ impl AgentStore {
     }
 
     /// The ack given to `command_id`, if it was seen before.
-    pub fn seen(&self, command_id: &str) -> anyhow::Result<Option<Ack>> {
+    pub fn seen(&self, command_id: &CommandId) -> anyhow::Result<Option<Ack>> {
         let txn = db!(self.db.begin_read(), "begin");
         let t = db!(txn.open_table(SEEN), "seen");
-        let found = db!(t.get(command_id), "read");
+        let found = db!(t.get(command_id.as_str()), "read");
         Ok(match found {
             Some(v) => {
                 let s: SeenCommand = serde_json::from_slice(v.value())?;
@@ -314,7 +328,7 @@ impl AgentStore {
     }
 
     /// Remembers `command_id` and its ack; only the newest 1,000 are kept.
-    pub fn remember(&mut self, command_id: &str, ack: &Ack) -> anyhow::Result<()> {
+    pub fn remember(&mut self, command_id: &CommandId, ack: &Ack) -> anyhow::Result<()> {
         let txn = db!(self.db.begin_write(), "begin");
         {
             let mut seen = db!(txn.open_table(SEEN), "seen");
@@ -326,8 +340,11 @@ impl AgentStore {
                 accepted: ack.accepted,
                 reason: ack.reason.clone(),
             })?;
-            db!(seen.insert(command_id, body.as_slice()), "write seen");
-            db!(order.insert(n, command_id), "write order");
+            db!(
+                seen.insert(command_id.as_str(), body.as_slice()),
+                "write seen"
+            );
+            db!(order.insert(n, command_id.as_str()), "write order");
             while db!(order.len(), "count") > REMEMBERED_COMMANDS {
                 let oldest =
                     db!(order.pop_first(), "pop").map(|(k, v)| (k.value(), v.value().to_string()));

@@ -14,7 +14,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use metalbus_protocol::command::JobKind;
+use metalbus_protocol::command::{CommandId, PowerAction};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -27,8 +27,8 @@ const STDERR_TAIL: usize = 4096;
 /// The result of one action, for the daemon to report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PowerDone {
-    pub command_id: String,
-    pub kind: JobKind,
+    pub command_id: CommandId,
+    pub action: PowerAction,
     /// `Err` says what went wrong.
     pub result: Result<(), String>,
 }
@@ -37,25 +37,25 @@ pub struct PowerDone {
 /// `MB_NODE_ID` and `MB_COMMAND_ID`, like step scripts.
 pub fn spawn(
     node_id: String,
-    command_id: String,
-    kind: JobKind,
+    command_id: CommandId,
+    action: PowerAction,
     argv: Vec<String>,
     done: mpsc::UnboundedSender<PowerDone>,
 ) {
     tokio::spawn(async move {
-        info!(command = %command_id, %kind, ?argv, "running the power action");
+        info!(command = %command_id, %action, ?argv, "running the power action");
         let env = [
             ("MB_NODE_ID", node_id.as_str()),
             ("MB_COMMAND_ID", command_id.as_str()),
         ];
-        let result = run(kind, &argv, &env, ACTION_TIMEOUT).await;
+        let result = run(action, &argv, &env, ACTION_TIMEOUT).await;
         match &result {
-            Ok(()) => info!(command = %command_id, %kind, "power action exited 0"),
-            Err(e) => warn!(command = %command_id, %kind, error = %e, "power action failed"),
+            Ok(()) => info!(command = %command_id, %action, "power action exited 0"),
+            Err(e) => warn!(command = %command_id, %action, error = %e, "power action failed"),
         }
         let _ = done.send(PowerDone {
             command_id,
-            kind,
+            action,
             result,
         });
     });
@@ -65,7 +65,7 @@ pub fn spawn(
 /// `timeout`, and says why it failed: it did not start, it was killed, it ran too long,
 /// or it exited non-zero (with the tail of its stderr).
 pub async fn run(
-    kind: JobKind,
+    kind: PowerAction,
     argv: &[String],
     env: &[(&str, &str)],
     timeout: Duration,
@@ -129,7 +129,7 @@ mod tests {
     #[tokio::test]
     async fn exit_0_is_success() {
         let r = run(
-            JobKind::Reboot,
+            PowerAction::Reboot,
             &argv(&["true"]),
             &[],
             Duration::from_secs(10),
@@ -143,7 +143,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let marker = dir.path().join("marker; echo no");
         let r = run(
-            JobKind::Reboot,
+            PowerAction::Reboot,
             &argv(&["touch", marker.to_str().unwrap()]),
             &[],
             Duration::from_secs(10),
@@ -159,7 +159,7 @@ mod tests {
         let out = dir.path().join("env");
         let script = format!("echo \"$MB_NODE_ID $MB_COMMAND_ID\" > '{}'", out.display());
         let r = run(
-            JobKind::Reboot,
+            PowerAction::Reboot,
             &argv(&["sh", "-c", &script]),
             &[("MB_NODE_ID", "n1"), ("MB_COMMAND_ID", "c-1")],
             Duration::from_secs(10),
@@ -172,7 +172,7 @@ mod tests {
     #[tokio::test]
     async fn a_non_zero_exit_fails_with_the_status_and_stderr() {
         let r = run(
-            JobKind::Poweroff,
+            PowerAction::Poweroff,
             &argv(&["sh", "-c", "echo 'cannot power off' >&2; exit 3"]),
             &[],
             Duration::from_secs(10),
@@ -187,7 +187,7 @@ mod tests {
     #[tokio::test]
     async fn a_missing_program_fails_to_start() {
         let r = run(
-            JobKind::Reboot,
+            PowerAction::Reboot,
             &argv(&["/nonexistent/metalbus-reboot"]),
             &[],
             Duration::from_secs(10),
@@ -202,10 +202,10 @@ mod tests {
 
     #[tokio::test]
     async fn an_empty_argv_and_a_hung_action_fail() {
-        let r = run(JobKind::Reboot, &[], &[], Duration::from_secs(10)).await;
+        let r = run(PowerAction::Reboot, &[], &[], Duration::from_secs(10)).await;
         assert_eq!(r, Err("no reboot_command is configured".into()));
         let r = run(
-            JobKind::Reboot,
+            PowerAction::Reboot,
             &argv(&["sleep", "30"]),
             &[],
             Duration::from_millis(200),

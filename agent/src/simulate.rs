@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use metalbus_protocol::command::{Command, CommandKind, JobKind};
+use metalbus_protocol::command::{Command, CommandId, CommandKind, JobKind};
 use metalbus_protocol::inventory::{CpuInfo, Disk, Inventory, MemoryInfo, Nic, OsInfo};
 use metalbus_protocol::metrics::{MetricsSample, Usage};
 use metalbus_protocol::report::JobStatus;
@@ -20,10 +20,11 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::config::AgentConfig;
-use crate::daemon::{Agent, DeliveryStats};
+use crate::core::DeliveryStats;
+use crate::daemon::Agent;
 use crate::host::Host;
 use crate::jobs::{Ack, JobEvent, Jobs};
-use crate::link::Endpoint;
+use metalbus_link::Endpoint;
 
 /// How a simulation runs.
 #[derive(Debug, Clone)]
@@ -132,8 +133,8 @@ impl Host for SimHost {
     }
 }
 
-/// The simulated job that runs now: its command id and task.
-type RunningSim = (String, tokio::task::JoinHandle<()>);
+/// The simulated job that runs now: its command id, kind and task.
+type RunningSim = (CommandId, JobKind, tokio::task::JoinHandle<()>);
 
 /// A job runner that runs nothing: `started`, N `progress` events, `complete`.
 struct SimJobs {
@@ -144,9 +145,14 @@ struct SimJobs {
 }
 
 impl SimJobs {
-    fn event(command_id: &str, job: JobKind, status: JobStatus, progress: Option<u8>) -> JobEvent {
+    fn event(
+        command_id: &CommandId,
+        job: JobKind,
+        status: JobStatus,
+        progress: Option<u8>,
+    ) -> JobEvent {
         JobEvent {
-            command_id: command_id.to_string(),
+            command_id: command_id.clone(),
             job,
             status,
             progress,
@@ -169,11 +175,11 @@ impl Jobs for SimJobs {
             }
         };
         if let CommandKind::Cancel = cmd.kind {
-            if let Some((id, task)) = running.take() {
+            if let Some((id, job, task)) = running.take() {
                 task.abort();
                 let _ = self.events.send(JobEvent {
                     error: Some(format!("cancelled by command {}", cmd.command_id)),
-                    ..SimJobs::event(&id, JobKind::Install, JobStatus::Failed, None)
+                    ..SimJobs::event(&id, job, JobStatus::Failed, None)
                 });
             }
             return Ack {
@@ -187,7 +193,7 @@ impl Jobs for SimJobs {
                 reason: Some(format!("{} is not simulated", cmd.kind)),
             };
         };
-        if let Some((id, task)) = running.as_ref() {
+        if let Some((id, _, task)) = running.as_ref() {
             if !task.is_finished() {
                 return Ack {
                     accepted: false,
@@ -199,8 +205,7 @@ impl Jobs for SimJobs {
         let id = cmd.command_id.clone();
         let (n, every) = match job {
             JobKind::Install => (self.progress_events, self.every),
-            // `job()` gives only plan jobs; power actions never reach the job runner.
-            JobKind::Deprovision | JobKind::Reboot | JobKind::Poweroff => (2, self.every),
+            JobKind::Deprovision => (2, self.every),
         };
         let slot = self.running.clone();
         let _ = events.send(SimJobs::event(&id, job, JobStatus::Started, Some(0)));
@@ -223,20 +228,20 @@ impl Jobs for SimJobs {
                 let _ = events.send(SimJobs::event(&id, job, JobStatus::Complete, Some(100)));
             }
         });
-        *running = Some((id, task));
+        *running = Some((id, job, task));
         Ack {
             accepted: true,
             reason: None,
         }
     }
 
-    fn running(&self) -> Option<String> {
+    fn running(&self) -> Option<CommandId> {
         self.running
             .lock()
             .ok()?
             .as_ref()
-            .filter(|(_, t)| !t.is_finished())
-            .map(|(id, _)| id.clone())
+            .filter(|(_, _, t)| !t.is_finished())
+            .map(|(id, _, _)| id.clone())
     }
 }
 

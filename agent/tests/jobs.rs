@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use metalbus_agent::jobs::{Ack, JobEvent, JobRunner};
-use metalbus_protocol::command::{Command, CommandKind, JobKind, Plan, Step};
+use metalbus_protocol::command::{Command, CommandId, CommandKind, JobKind, Plan, Step};
 use metalbus_protocol::report::JobStatus;
 use metalbus_protocol::{NodeId, Timestamp};
 use tokio::sync::mpsc::{self, error::TryRecvError, UnboundedReceiver};
@@ -37,10 +37,15 @@ fn step(name: &str, script: &str, timeout_s: u64) -> Step {
     }
 }
 
+/// A command id as the agent reads it off the wire: unchecked, so bad ones can be sent.
+fn wire_id(id: &str) -> CommandId {
+    serde_json::from_value(serde_json::Value::from(id)).unwrap()
+}
+
 fn command(id: &str, kind: CommandKind, steps: Vec<Step>) -> Command {
     let now = Timestamp::from(SystemTime::now()).unix_millis();
     Command {
-        command_id: id.into(),
+        command_id: wire_id(id),
         kind,
         issued_at: Timestamp::from_unix_millis(now),
         expires_at: Timestamp::from_unix_millis(now + 600_000),
@@ -55,7 +60,7 @@ fn command(id: &str, kind: CommandKind, steps: Vec<Step>) -> Command {
 
 fn cancel(id: &str, target: Option<&str>) -> Command {
     Command {
-        target: target.map(String::from),
+        target: target.map(|t| CommandId::new(t).unwrap()),
         ..command(id, CommandKind::Cancel, vec![])
     }
 }
@@ -82,7 +87,7 @@ fn refused(reason: &str) -> Ack {
 
 fn event(id: &str, job: JobKind, status: JobStatus) -> JobEvent {
     JobEvent {
-        command_id: id.into(),
+        command_id: CommandId::new(id).unwrap(),
         job,
         status,
         progress: None,
@@ -209,7 +214,7 @@ async fn two_steps_report_mapped_progress_and_get_their_environment() {
     );
     assert_eq!(r.handle(&cmd), accepted());
     assert!(r.busy());
-    assert_eq!(r.running().as_deref(), Some("c-1"));
+    assert_eq!(r.running(), Some(CommandId::new("c-1").unwrap()));
 
     assert_eq!(next(&mut rx).await, started("c-1", JobKind::Install));
     assert_eq!(
@@ -404,7 +409,7 @@ async fn cancel_stops_the_job_and_frees_the_runner() {
             reason: Some("no such job running".into())
         }
     );
-    assert_eq!(r.running().as_deref(), Some("c-5"));
+    assert_eq!(r.running(), Some(CommandId::new("c-5").unwrap()));
 
     assert_eq!(r.handle(&cancel("c-7", Some("c-5"))), accepted());
     // The cancel has already reported and freed the runner when it is acked.
@@ -535,7 +540,7 @@ async fn bad_commands_are_refused_before_anything_runs() {
         refused("a job is already running: c-j")
     );
     assert!(quiet(&mut rx).await, "the refused commands sent no event");
-    assert_eq!(r.running().as_deref(), Some("c-j"));
+    assert_eq!(r.running(), Some(CommandId::new("c-j").unwrap()));
 
     assert_eq!(r.handle(&cancel("c-m", Some("c-j"))), accepted());
     assert_eq!(until_done(&mut rx).await.len(), 1);

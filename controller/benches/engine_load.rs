@@ -16,12 +16,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metalbus::clock::SystemClock;
 use metalbus::config::ControllerConfig;
-use metalbus::engine::{Action, Call, Engine, EngineConfig, Input};
+use metalbus::engine::{Action, Call, Engine, EngineConfig, Input, Outlets};
+use metalbus::live::LiveFeed;
 use metalbus::publish::PublishQueue;
 use metalbus::store::Store;
 use metalbus::telemetry::Telemetry;
+use metalbus_link::SystemClock;
 use metalbus_protocol::metrics::{Filesystem, MetricsSample, NetworkRates, Usage};
 use metalbus_protocol::status::Status;
 use metalbus_protocol::topic::Topics;
@@ -103,11 +104,16 @@ async fn scenario(label: &str, nodes: usize, calls: usize, rate: usize) -> Run {
     let (publish, mut outbound) = PublishQueue::new();
     tokio::spawn(async move { while outbound.recv().await.is_some() {} });
     let config = Arc::new(ControllerConfig::default());
+    let (wake, _wakes) = mpsc::unbounded_channel();
     let engine = Engine::new(
         store,
-        publish,
+        Outlets {
+            publish,
+            wake,
+            live: LiveFeed::default(),
+        },
         telemetry,
-        Arc::new(SystemClock),
+        Arc::new(SystemClock::new()),
         EngineConfig {
             topics: Topics::new(metalbus_protocol::DEFAULT_PREFIX.to_string()).expect("topics"),
             metrics_flush: Duration::from_secs(10),
@@ -116,7 +122,8 @@ async fn scenario(label: &str, nodes: usize, calls: usize, rate: usize) -> Run {
     )
     .expect("engine");
     let (tx, rx) = mpsc::channel(4096);
-    let task = tokio::spawn(engine.run(rx));
+    // As `metalbus serve` runs it: on a thread of its own.
+    let task = engine.spawn(rx).expect("engine thread");
     for i in 0..nodes {
         tx.send(birth(i)).await.expect("engine running");
     }
@@ -182,7 +189,7 @@ async fn scenario(label: &str, nodes: usize, calls: usize, rate: usize) -> Run {
         let _ = f.await;
     }
     drop(tx);
-    let _ = task.await;
+    task.stopped().await;
     latencies.sort();
     Run {
         label: label.to_string(),

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use metalbus_agent::link::MAX_PACKET_BYTES;
+use metalbus_link::MAX_PACKET_BYTES;
 use metalbus_protocol::topic::{NodeTopic, Topics};
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 use tracing::error;

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use metalbus_agent::link::{self, Backoff, Endpoint};
+use metalbus_link::{Backoff, Endpoint};
 use metalbus_protocol::controller::ControllerStatus;
 use metalbus_protocol::topic::{NodeTopic, Topic, Topics};
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Packet, QoS, SubscribeFilter};
@@ -52,9 +52,15 @@ struct Ingest {
     rejects: RejectLog,
 }
 
+/// The retained controller status (a [`ControllerStatus`]). Built as a JSON value,
+/// whose text form cannot fail: an empty retained payload would clear the topic.
 fn controller_status(online: bool) -> Vec<u8> {
-    let version = online.then(|| env!("CARGO_PKG_VERSION").to_string());
-    serde_json::to_vec(&ControllerStatus { online, version }).unwrap_or_default()
+    let mut status = serde_json::Map::new();
+    status.insert("online".into(), online.into());
+    if online {
+        status.insert("version".into(), env!("CARGO_PKG_VERSION").into());
+    }
+    serde_json::Value::Object(status).to_string().into_bytes()
 }
 
 impl Bus {
@@ -195,13 +201,13 @@ impl Ingest {
         if let Ok(Topic::Node(id, _)) = self.topics.parse(&r.reject.topic) {
             let _ = self.engine.try_send(Input::Rejected {
                 id,
-                reason: r.reason.as_str(),
+                reason: r.reason,
                 error: r.reject.error.clone(),
             });
         }
         if let Some(topic) = r.reply_topic {
             self.publish
-                .push(Outbound::event(topic, &r.reject, Delivery::AtMostOnce));
+                .push_all(Outbound::event(topic, &r.reject, Delivery::AtMostOnce));
         }
     }
 }
@@ -290,5 +296,20 @@ async fn stop(client: &AsyncClient, eventloop: &mut EventLoop, topics: &Topics) 
         true,
         controller_status(false),
     );
-    link::disconnect(client, eventloop, Duration::from_secs(2)).await;
+    metalbus_link::disconnect(client, eventloop, Duration::from_secs(2)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_controller_status_is_what_subscribers_parse() {
+        for online in [true, false] {
+            let status: ControllerStatus =
+                serde_json::from_slice(&controller_status(online)).unwrap();
+            assert_eq!(status.online, online);
+            assert_eq!(status.version.is_some(), online);
+        }
+    }
 }

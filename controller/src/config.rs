@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use metalbus_agent::config::{duration, LogFormat};
-use metalbus_agent::link::BrokerUrl;
+use metalbus_link::BrokerUrl;
+use metalbus_link::{duration, LogFormat};
 use metalbus_protocol::command::{Plan, Step};
 use metalbus_protocol::lifecycle::NodeState;
 use serde::Deserialize;

@@ -10,14 +10,13 @@
 //! - [`store`]: redb tables and records.
 //! - [`api`]: the HTTP API, with [`live`] behind its event stream; [`cli`]: the
 //!   operator CLI.
-//! - [`publish`], [`telemetry`], [`clock`], [`config`]: plumbing.
+//! - [`publish`], [`telemetry`], [`config`]: plumbing.
 
 pub mod acl;
 pub mod api;
 pub mod broker;
 pub mod bus;
 pub mod cli;
-pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod ingest;

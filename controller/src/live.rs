@@ -4,8 +4,9 @@
 
 use std::sync::Arc;
 
-use metalbus_protocol::api::{AuditEntry, NodeEvent};
+use metalbus_protocol::api::AuditEntry;
 use metalbus_protocol::controller::NodeStateMessage;
+use metalbus_protocol::event::NodeEvent;
 use metalbus_protocol::NodeId;
 use serde::Serialize;
 use tokio::sync::broadcast;

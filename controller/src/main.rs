@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use metalbus::cli::{self, ClientArgs, NodesCommand, TokensCommand};
 use metalbus::config::{BrokerSection, ControllerConfig, ControllerFile, HttpSection, MqttSection};
-use metalbus_agent::config::LogFormat;
+use metalbus_link::LogFormat;
 
 /// Metalbus: bare-metal host lifecycle. `serve` runs the controller; the other commands
 /// talk to its HTTP API.
@@ -165,10 +165,10 @@ fn client_command(
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let cfg = args.resolve()?;
-    metalbus_agent::logging::init(cfg.log_format, "info,rumqttd=off");
-    metalbus_agent::logging::abort_on_panic();
+    metalbus_link::init_logging(cfg.log_format, "info,rumqttd=off");
+    metalbus_link::abort_on_panic();
     runtime()?.block_on(async move {
-        let signal = metalbus_agent::logging::shutdown_signal();
+        let signal = metalbus_link::shutdown_signal();
         let shutdown = async move {
             signal.await;
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);

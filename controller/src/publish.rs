@@ -21,22 +21,34 @@ pub struct Outbound {
 
 impl Outbound {
     /// A retained QoS 1 JSON message.
-    pub fn retained(topic: String, body: &impl serde::Serialize) -> Self {
-        Self {
-            topic,
-            payload: serde_json::to_vec(body).unwrap_or_default(),
-            delivery: Delivery::AtLeastOnce,
-            retain: true,
-        }
+    pub fn retained(topic: String, body: &impl serde::Serialize) -> Option<Self> {
+        Self::json(topic, body, Delivery::AtLeastOnce, true)
     }
 
     /// A non-retained JSON message.
-    pub fn event(topic: String, body: &impl serde::Serialize, delivery: Delivery) -> Self {
-        Self {
-            topic,
-            payload: serde_json::to_vec(body).unwrap_or_default(),
-            delivery,
-            retain: false,
+    pub fn event(topic: String, body: &impl serde::Serialize, delivery: Delivery) -> Option<Self> {
+        Self::json(topic, body, delivery, false)
+    }
+
+    /// `None` (logged) when `body` does not serialize: never an empty payload, which on a
+    /// retained topic would clear it.
+    fn json(
+        topic: String,
+        body: &impl serde::Serialize,
+        delivery: Delivery,
+        retain: bool,
+    ) -> Option<Self> {
+        match serde_json::to_vec(body) {
+            Ok(payload) => Some(Self {
+                topic,
+                payload,
+                delivery,
+                retain,
+            }),
+            Err(e) => {
+                tracing::error!(%topic, error = %e, "a message did not serialize; not published");
+                None
+            }
         }
     }
 }
@@ -56,5 +68,12 @@ impl PublishQueue {
         // The receiver lives as long as the bus task; after shutdown there is nobody left
         // to tell, so a closed queue is not an error.
         let _ = self.0.send(msg);
+    }
+
+    /// Pushes what there is (`None`: a message that did not serialize).
+    pub fn push_all(&self, msgs: impl IntoIterator<Item = Outbound>) {
+        for msg in msgs {
+            self.push(msg);
+        }
     }
 }

@@ -19,9 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use metalbus_agent::config::AgentConfig;
-use metalbus_agent::daemon::Agent;
-use metalbus_agent::link::{BrokerUrl, Endpoint};
+use metalbus_link::{BrokerUrl, Endpoint};
 use metalbus_protocol::topic::Topics;
 use metalbus_protocol::NodeId;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -30,12 +28,14 @@ use tracing::{info, warn};
 use crate::api::{self, auth, AppState};
 use crate::broker;
 use crate::bus::Bus;
-use crate::clock::{Clock, SystemClock};
 use crate::config::ControllerConfig;
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::{Engine, EngineConfig, Outlets};
+use crate::live::LiveFeed;
 use crate::publish::PublishQueue;
-use crate::store::Store;
+use crate::store::{Store, StoreReader};
 use crate::telemetry::Telemetry;
+use crate::wake;
+use metalbus_link::{Clock, SystemClock};
 
 /// How long start-up waits for the broker subscription before giving up.
 const BROKER_WAIT: Duration = Duration::from_secs(15);
@@ -63,7 +63,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     cfg.check()?;
     let topics = Topics::new(cfg.prefix.clone())?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
     let telemetry = Arc::new(Telemetry::new());
     // Every label value known up front is exported at 0, so a series exists (and
     // `rate()` works) before its first event.
@@ -81,9 +81,9 @@ pub async fn run(
     cfg.data_dir = std::path::absolute(&cfg.data_dir)
         .with_context(|| format!("resolving the data dir {}", cfg.data_dir.display()))?;
     prepare_data_dir(&cfg.data_dir)?;
-    let store = Store::open(&cfg.data_dir.join("metalbus.redb"), telemetry.clone())
+    let mut store = Store::open(&cfg.data_dir.join("metalbus.redb"), telemetry.clone())
         .context("is another metalbus serve running on this data dir?")?;
-    if auth::ensure_admin_token(&store, &cfg.data_dir, clock.now())? {
+    if auth::ensure_admin_token(&mut store, &cfg.data_dir, clock.now())? {
         info!(path = %cfg.data_dir.join("admin.token").display(), "generated the admin token");
     }
 
@@ -112,9 +112,17 @@ pub async fn run(
     let (publish, outbound) = PublishQueue::new();
     let (engine_tx, engine_rx) = mpsc::channel(4096);
     let api_engine = engine_tx.clone();
+    let (wake_tx, wake_rx) = mpsc::unbounded_channel();
+    let live = LiveFeed::default();
+    // The engine takes the store's one write handle; everyone else reads.
+    let reader = store.reader();
     let engine = Engine::new(
-        store.clone(),
-        publish.clone(),
+        store,
+        Outlets {
+            publish: publish.clone(),
+            wake: wake_tx,
+            live: live.clone(),
+        },
         telemetry.clone(),
         clock.clone(),
         EngineConfig {
@@ -123,8 +131,14 @@ pub async fn run(
             controller: Arc::new(cfg.clone()),
         },
     )?;
-    let live = engine.live_feed();
-    let engine_task = tokio::spawn(engine.run(engine_rx));
+    let engine_task = engine
+        .spawn(engine_rx)
+        .context("starting the engine thread")?;
+    tokio::spawn(wake::run(
+        cfg.wake.broadcast,
+        wake_rx,
+        engine_tx.downgrade(),
+    ));
 
     let connected = Arc::new(AtomicBool::new(false));
     let endpoint = Endpoint::new(broker_url.clone(), cfg.broker_ca.as_deref())?;
@@ -148,7 +162,7 @@ pub async fn run(
         .map_err(|_| anyhow::anyhow!("the MQTT client stopped during start-up"))?;
 
     let state = AppState {
-        store: store.clone(),
+        store: reader.clone(),
         telemetry,
         mqtt_connected: connected,
         engine: api_engine,
@@ -163,23 +177,7 @@ pub async fn run(
     }));
 
     let local_agent = if cfg.local_agent {
-        let state_dir = cfg.data_dir.join("local-agent");
-        let agent_cfg = AgentConfig {
-            broker: broker_url.clone(),
-            broker_ca: cfg.broker_ca.clone(),
-            steps_dir: install_steps(&state_dir)?,
-            state_dir,
-            prefix: cfg.prefix.clone(),
-            // The demo agent shares the controller's host: it never reboots it.
-            reboot_command: Vec::new(),
-            poweroff_command: Vec::new(),
-            ..AgentConfig::default()
-        };
-        let agent = Agent::prepare(agent_cfg).context("starting the local agent")?;
-        let id = agent.node_id().clone();
-        info!(node = %id, "running a local agent for this host");
-        let (agent_stop, agent_stop_rx) = watch::channel(false);
-        Some((id, agent_stop, tokio::spawn(agent.run(agent_stop_rx))))
+        Some(local::start(&cfg, &broker_url)?)
     } else {
         None
     };
@@ -197,12 +195,9 @@ pub async fn run(
 
     shutdown.await;
     info!("shutting down");
-    if let Some((id, agent_stop, task)) = local_agent {
-        let _ = agent_stop.send(true);
-        if let Ok(Err(e)) = task.await {
-            warn!(error = %e, "local agent stopped with an error");
-        }
-        wait_offline(&store, &id).await;
+    if let Some(agent) = local_agent {
+        let id = agent.stop().await;
+        wait_offline(&reader, &id).await;
     }
     let _ = stop_tx.send(true);
     match http_task.await {
@@ -211,32 +206,9 @@ pub async fn run(
         Ok(Ok(())) => {}
     }
     let _ = bus_task.await;
-    let _ = engine_task.await;
+    engine_task.stopped().await;
     info!("controller stopped");
     Ok(())
-}
-
-/// The step scripts Metalbus ships, built into the binary so that `--local-agent` can
-/// run the demo plan on a laptop with nothing installed.
-const SHIPPED_STEPS: &[(&str, &str)] = &[
-    ("demo-step", include_str!("../../systemd/steps.d/demo-step")),
-    (
-        "write-image",
-        include_str!("../../systemd/steps.d/write-image"),
-    ),
-];
-
-/// Writes the shipped scripts into `dir/steps.d` (mode 0755) and returns that dir.
-fn install_steps(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
-    let steps = dir.join("steps.d");
-    std::fs::create_dir_all(&steps).with_context(|| format!("creating {}", steps.display()))?;
-    for (name, body) in SHIPPED_STEPS {
-        let path = steps.join(name);
-        std::fs::write(&path, body)
-            .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)))
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(steps)
 }
 
 /// Creates the data dir private (0700). An existing dir keeps its mode: it may be
@@ -259,7 +231,7 @@ fn write_listening(dir: &Path, l: &Listening) -> anyhow::Result<()> {
 }
 
 /// Waits (bounded) until the store shows `id` offline.
-async fn wait_offline(store: &Store, id: &NodeId) {
+async fn wait_offline(store: &StoreReader, id: &NodeId) {
     let deadline = Instant::now() + LOCAL_AGENT_GRACE;
     while Instant::now() < deadline {
         match store.find_node(id.as_str()) {
@@ -278,5 +250,108 @@ fn connect_host(listen: SocketAddr) -> String {
         ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".into(),
         ip if ip.is_unspecified() => "::1".into(),
         ip => ip.to_string(),
+    }
+}
+
+/// `--local-agent`: an agent for this host inside the controller process.
+#[cfg(feature = "local-agent")]
+mod local {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+
+    use anyhow::Context;
+    use metalbus_agent::config::AgentConfig;
+    use metalbus_agent::daemon::Agent;
+    use metalbus_link::BrokerUrl;
+    use metalbus_protocol::NodeId;
+    use tokio::sync::watch;
+    use tracing::{info, warn};
+
+    use crate::config::ControllerConfig;
+
+    /// The running local agent.
+    pub struct LocalAgent {
+        id: NodeId,
+        stop: watch::Sender<bool>,
+        task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    }
+
+    impl LocalAgent {
+        /// Stops it cleanly (its offline status still goes through the engine); returns
+        /// its node id.
+        pub async fn stop(self) -> NodeId {
+            let _ = self.stop.send(true);
+            if let Ok(Err(e)) = self.task.await {
+                warn!(error = %e, "local agent stopped with an error");
+            }
+            self.id
+        }
+    }
+
+    pub fn start(cfg: &ControllerConfig, broker: &BrokerUrl) -> anyhow::Result<LocalAgent> {
+        let state_dir = cfg.data_dir.join("local-agent");
+        let agent_cfg = AgentConfig {
+            broker: broker.clone(),
+            broker_ca: cfg.broker_ca.clone(),
+            steps_dir: install_steps(&state_dir)?,
+            state_dir,
+            prefix: cfg.prefix.clone(),
+            // The demo agent shares the controller's host: it never reboots it.
+            reboot_command: Vec::new(),
+            poweroff_command: Vec::new(),
+            ..AgentConfig::default()
+        };
+        let agent = Agent::prepare(agent_cfg).context("starting the local agent")?;
+        let id = agent.node_id().clone();
+        info!(node = %id, "running a local agent for this host");
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(agent.run(stop_rx));
+        Ok(LocalAgent { id, stop, task })
+    }
+
+    /// The step scripts Metalbus ships, built into the binary so that `--local-agent` can
+    /// run the demo plan on a laptop with nothing installed.
+    const SHIPPED_STEPS: &[(&str, &str)] = &[
+        ("demo-step", include_str!("../../systemd/steps.d/demo-step")),
+        (
+            "write-image",
+            include_str!("../../systemd/steps.d/write-image"),
+        ),
+    ];
+
+    /// Writes the shipped scripts into `dir/steps.d` (mode 0755) and returns that dir.
+    fn install_steps(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+        let steps = dir.join("steps.d");
+        std::fs::create_dir_all(&steps).with_context(|| format!("creating {}", steps.display()))?;
+        for (name, body) in SHIPPED_STEPS {
+            let path = steps.join(name);
+            std::fs::write(&path, body)
+                .and_then(|()| {
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                })
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(steps)
+    }
+}
+
+/// Built without the `local-agent` feature: `--local-agent` is refused.
+#[cfg(not(feature = "local-agent"))]
+mod local {
+    use metalbus_link::BrokerUrl;
+    use metalbus_protocol::NodeId;
+
+    use crate::config::ControllerConfig;
+
+    pub enum LocalAgent {}
+
+    impl LocalAgent {
+        pub async fn stop(self) -> NodeId {
+            match self {}
+        }
+    }
+
+    pub fn start(_: &ControllerConfig, _: &BrokerUrl) -> anyhow::Result<LocalAgent> {
+        anyhow::bail!("this metalbus was built without the local-agent feature; --local-agent is not available")
     }
 }

@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+use metalbus_protocol::command::{CommandKind, CommandStatus};
+use metalbus_protocol::lifecycle::NodeState;
+use metalbus_protocol::machine::Trigger;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -29,6 +32,14 @@ pub struct TransitionLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: String,
+}
+
+impl From<NodeState> for StateLabel {
+    fn from(state: NodeState) -> Self {
+        Self {
+            state: state.as_str().into(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -228,12 +239,7 @@ impl Telemetry {
             .inc();
     }
 
-    pub fn count_transition(
-        &self,
-        from: metalbus_protocol::lifecycle::NodeState,
-        to: metalbus_protocol::lifecycle::NodeState,
-        trigger: metalbus_protocol::machine::Trigger,
-    ) {
+    pub fn count_transition(&self, from: NodeState, to: NodeState, trigger: Trigger) {
         self.transitions
             .get_or_create(&TransitionLabels {
                 from: from.as_str().into(),
@@ -268,19 +274,17 @@ impl Telemetry {
         }
     }
 
-    pub fn observe_state_duration(&self, state: &str, seconds: f64) {
+    pub fn observe_state_duration(&self, state: NodeState, seconds: f64) {
         self.state_duration
-            .get_or_create(&StateLabel {
-                state: state.into(),
-            })
+            .get_or_create(&state.into())
             .observe(seconds.max(0.0));
     }
 
-    pub fn count_command(&self, kind: &str, result: &str) {
+    pub fn count_command(&self, kind: CommandKind, result: CommandStatus) {
         self.commands
             .get_or_create(&CommandLabels {
-                kind: kind.into(),
-                result: result.into(),
+                kind: kind.as_str().into(),
+                result: result.as_str().into(),
             })
             .inc();
     }
@@ -316,8 +320,8 @@ mod tests {
         t.count_reject("bad_json");
         t.count_message("status");
         t.observe_commit(Duration::from_millis(2));
-        t.observe_state_duration("installing", 20.0);
-        t.count_command("install", "sent");
+        t.observe_state_duration(NodeState::Installing, 20.0);
+        t.count_command(CommandKind::Install, CommandStatus::Sent);
         let text = t.render();
         assert!(
             text.contains("metalbus_ingest_rejected_total{reason=\"bad_json\"} 2"),

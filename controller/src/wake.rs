@@ -1,14 +1,23 @@
 //! Wake-on-LAN: the magic packet (6 × `0xFF`, then the MAC 16 times, 102 bytes) and
 //! sending it over UDP to the one configured address (`[wake] broadcast`).
 //!
+//! The engine records a wake and hands a [`WakeRequest`] to the wake task ([`run`]); the
+//! task sends the packets and reports the outcome back to the engine, which records it.
+//!
 //! A node is woken at every MAC of its stored inventory (the agent lists only NICs
 //! that are not virtual), one packet each: which NIC has wake-on-LAN enabled is not
 //! something the inventory can tell (docs/DECISIONS.md §49).
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use metalbus_protocol::command::CommandId;
 use metalbus_protocol::inventory::Inventory;
+use metalbus_protocol::NodeId;
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use crate::engine::Input;
 
 /// Bytes in a magic packet.
 pub const PACKET_LEN: usize = 6 + 16 * 6;
@@ -93,6 +102,37 @@ pub async fn send(target: SocketAddr, macs: &[String]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A wake the engine recorded (`queued`): send its packets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WakeRequest {
+    pub operation_id: CommandId,
+    pub node_id: NodeId,
+    pub macs: Vec<String>,
+}
+
+/// The wake task: sends each request's packets to `target` and tells the engine the
+/// outcome. It holds the engine's sender only weakly, so it never keeps the engine
+/// running at shutdown; it ends when the engine drops the request queue.
+pub async fn run(
+    target: SocketAddr,
+    mut requests: mpsc::UnboundedReceiver<WakeRequest>,
+    engine: mpsc::WeakSender<Input>,
+) {
+    while let Some(req) = requests.recv().await {
+        let error = send(target, &req.macs).await.err();
+        let Some(engine) = engine.upgrade() else {
+            debug!(operation = %req.operation_id, "the engine is gone; wake outcome dropped");
+            return;
+        };
+        let _ = engine
+            .send(Input::WakeSent {
+                operation_id: req.operation_id,
+                error,
+            })
+            .await;
+    }
 }
 
 #[cfg(test)]

@@ -4,10 +4,12 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::Step;
+use crate::command::{CommandId, CommandKind, CommandStatus, Step};
 use crate::controller::Progress;
 use crate::lifecycle::{NodeState, Phase};
 use crate::machine::Trigger;
+use crate::names::names;
+use crate::status::OfflineReason;
 use crate::{NodeId, Timestamp};
 
 /// The API's error codes, from seed 000.
@@ -177,8 +179,8 @@ pub struct NodeView {
     pub phase: Phase,
     pub status: NodeStatusBlock,
     pub online: bool,
-    /// Why the node went offline (`lost` or `shutdown`), when it is offline.
-    pub offline_reason: Option<String>,
+    /// Why the node went offline, when it is offline.
+    pub offline_reason: Option<OfflineReason>,
     pub last_seen_at: Option<Timestamp>,
     pub state_changed_at: Timestamp,
     pub version: u64,
@@ -367,117 +369,18 @@ pub struct History {
     pub total: u64,
 }
 
-/// Normal or Warning, as in Kubernetes events (DESIGN section 7.5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub enum EventType {
-    Normal,
-    Warning,
-}
-
-impl EventType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventType::Normal => "Normal",
-            EventType::Warning => "Warning",
-        }
+names! {
+    /// What an API token may do; each role may do what the ones before it may.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    pub enum Role as "role" {
+        /// Reads everything.
+        Viewer = "viewer",
+        /// Also changes nodes and runs operations.
+        Operator = "operator",
+        /// Also creates tokens and forces transitions.
+        Admin = "admin",
     }
-}
-
-impl std::str::FromStr for EventType {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "Normal" => Ok(EventType::Normal),
-            "Warning" => Ok(EventType::Warning),
-            _ => Err(format!("unknown event type {s:?}; use Normal or Warning")),
-        }
-    }
-}
-
-/// Who saw what an event tells: the controller itself, or the node's agent (a report).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "lowercase")]
-pub enum EventSource {
-    Controller,
-    Agent,
-}
-
-impl EventSource {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventSource::Controller => "controller",
-            EventSource::Agent => "agent",
-        }
-    }
-}
-
-impl std::str::FromStr for EventSource {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "controller" => Ok(EventSource::Controller),
-            "agent" => Ok(EventSource::Agent),
-            _ => Err(format!(
-                "unknown event source {s:?}; use controller or agent"
-            )),
-        }
-    }
-}
-
-/// One node event (DESIGN section 7.5, seed 004's fields). A repeat of the same
-/// (type, reason, message, source) bumps `count` and `last_timestamp` instead of adding
-/// an entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct NodeEvent {
-    #[serde(rename = "type")]
-    pub kind: EventType,
-    pub reason: String,
-    pub message: String,
-    pub source: EventSource,
-    pub first_timestamp: Timestamp,
-    pub last_timestamp: Timestamp,
-    pub count: u64,
-}
-
-impl NodeEvent {
-    /// A first occurrence at `at`.
-    pub fn new(
-        kind: EventType,
-        reason: &str,
-        message: impl Into<String>,
-        source: EventSource,
-        at: Timestamp,
-    ) -> Self {
-        NodeEvent {
-            kind,
-            reason: reason.to_string(),
-            message: message.into(),
-            source,
-            first_timestamp: at,
-            last_timestamp: at,
-            count: 1,
-        }
-    }
-
-    /// Whether `other` is a repeat of this event.
-    pub fn same_as(&self, other: &NodeEvent) -> bool {
-        self.kind == other.kind
-            && self.reason == other.reason
-            && self.message == other.message
-            && self.source == other.source
-    }
-}
-
-/// `GET /nodes/{node}/events`: newest first (by `last_timestamp`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct Events {
-    pub data: Vec<NodeEvent>,
 }
 
 /// One configured install plan (`GET /plans`).
@@ -496,8 +399,7 @@ pub struct PlanView {
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     pub name: String,
-    /// `viewer`, `operator` or `admin`.
-    pub role: String,
+    pub role: Role,
 }
 
 /// The new token, shown once.
@@ -505,7 +407,7 @@ pub struct TokenRequest {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenCreated {
     pub name: String,
-    pub role: String,
+    pub role: Role,
     pub token: String,
 }
 
@@ -513,11 +415,10 @@ pub struct TokenCreated {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Operation {
-    pub id: String,
+    pub id: CommandId,
     pub node_id: NodeId,
-    pub kind: crate::command::CommandKind,
-    /// `queued`, `sent`, `accepted`, `rejected`, `succeeded`, `failed` or `expired`.
-    pub status: String,
+    pub kind: CommandKind,
+    pub status: CommandStatus,
     pub reason: Option<String>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
@@ -531,10 +432,10 @@ pub struct OperationStarted {
     /// The node's id.
     pub id: NodeId,
     /// For `GET /operations/{id}`.
-    pub operation_id: String,
+    pub operation_id: CommandId,
     /// The operation's status when the call returned (`sent` for reboot and poweroff;
     /// `succeeded` or `failed` for a wake, which is over by then).
-    pub status: String,
+    pub status: CommandStatus,
 }
 
 /// `GET /healthz`.
@@ -545,42 +446,21 @@ pub struct Health {
     pub version: String,
 }
 
-/// The window of `GET /nodes/{node}/metrics?period=`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub enum MetricsPeriod {
-    #[serde(rename = "5m")]
-    FiveMinutes,
-    #[default]
-    #[serde(rename = "1h")]
-    OneHour,
-    #[serde(rename = "6h")]
-    SixHours,
-    #[serde(rename = "24h")]
-    OneDay,
-    #[serde(rename = "7d")]
-    SevenDays,
+names! {
+    /// The window of `GET /nodes/{node}/metrics?period=`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    pub enum MetricsPeriod as "period" {
+        FiveMinutes = "5m",
+        #[default]
+        OneHour = "1h",
+        SixHours = "6h",
+        OneDay = "24h",
+        SevenDays = "7d",
+    }
 }
 
 impl MetricsPeriod {
-    pub const ALL: [MetricsPeriod; 5] = [
-        MetricsPeriod::FiveMinutes,
-        MetricsPeriod::OneHour,
-        MetricsPeriod::SixHours,
-        MetricsPeriod::OneDay,
-        MetricsPeriod::SevenDays,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MetricsPeriod::FiveMinutes => "5m",
-            MetricsPeriod::OneHour => "1h",
-            MetricsPeriod::SixHours => "6h",
-            MetricsPeriod::OneDay => "24h",
-            MetricsPeriod::SevenDays => "7d",
-        }
-    }
-
     pub fn seconds(self) -> u64 {
         match self {
             MetricsPeriod::FiveMinutes => 300,
@@ -594,28 +474,6 @@ impl MetricsPeriod {
     /// Whether the window is read from one-minute rollups rather than samples.
     pub fn uses_rollups(self) -> bool {
         self.seconds() > 3600
-    }
-}
-
-impl std::str::FromStr for MetricsPeriod {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        MetricsPeriod::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| {
-                format!(
-                    "period must be one of 5m, 1h, 6h, 24h, 7d; got {:?}",
-                    s.chars().take(32).collect::<String>()
-                )
-            })
-    }
-}
-
-impl std::fmt::Display for MetricsPeriod {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

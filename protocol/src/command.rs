@@ -6,42 +6,31 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::names::names;
 use crate::Timestamp;
 
-/// What a command asks the agent to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "snake_case")]
-pub enum CommandKind {
-    Install,
-    Deprovision,
-    Reboot,
-    Poweroff,
-    /// Stop the running job and its processes.
-    Cancel,
-    RefreshInventory,
-    /// Publish birth and inventory again.
-    Rebirth,
-    /// A Wake-on-LAN packet the controller sends itself. Never published to an agent
-    /// (an agent refuses one); it exists so a wake is an operation like the others.
-    Wake,
+names! {
+    /// What a command asks the agent to do.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    pub enum CommandKind as "command kind" {
+        Install = "install",
+        Deprovision = "deprovision",
+        Reboot = "reboot",
+        Poweroff = "poweroff",
+        /// Stop the running job and its processes.
+        Cancel = "cancel",
+        RefreshInventory = "refresh_inventory",
+        /// Publish birth and inventory again.
+        Rebirth = "rebirth",
+        /// A Wake-on-LAN packet the controller sends itself. Never published to an agent
+        /// (an agent refuses one); it exists so a wake is an operation like the others.
+        Wake = "wake",
+    }
 }
 
 impl CommandKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CommandKind::Install => "install",
-            CommandKind::Deprovision => "deprovision",
-            CommandKind::Reboot => "reboot",
-            CommandKind::Poweroff => "poweroff",
-            CommandKind::Cancel => "cancel",
-            CommandKind::RefreshInventory => "refresh_inventory",
-            CommandKind::Rebirth => "rebirth",
-            CommandKind::Wake => "wake",
-        }
-    }
-
-    /// The job a command starts, for `install` and `deprovision`.
+    /// The plan job a command starts, for `install` and `deprovision`.
     pub fn job(self) -> Option<JobKind> {
         match self {
             CommandKind::Install => Some(JobKind::Install),
@@ -51,52 +40,198 @@ impl CommandKind {
     }
 
     /// The power action a command asks the agent to run, for `reboot` and `poweroff`.
-    pub fn power(self) -> Option<JobKind> {
+    pub fn power(self) -> Option<PowerAction> {
         match self {
-            CommandKind::Reboot => Some(JobKind::Reboot),
-            CommandKind::Poweroff => Some(JobKind::Poweroff),
+            CommandKind::Reboot => Some(PowerAction::Reboot),
+            CommandKind::Poweroff => Some(PowerAction::Poweroff),
             _ => None,
         }
     }
 }
 
-impl fmt::Display for CommandKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+names! {
+    /// A plan job: the agent runs a plan's steps from its `steps_dir`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    pub enum JobKind as "job kind" {
+        Install = "install",
+        Deprovision = "deprovision",
     }
-}
-
-/// What a `job` report is about: a plan the agent runs (`install`, `deprovision`), or
-/// the power action it runs for a `reboot` or `poweroff` command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "snake_case")]
-pub enum JobKind {
-    Install,
-    Deprovision,
-    Reboot,
-    Poweroff,
 }
 
 impl JobKind {
-    pub fn as_str(self) -> &'static str {
+    /// The command that starts this job.
+    pub fn command(self) -> CommandKind {
         match self {
-            JobKind::Install => "install",
-            JobKind::Deprovision => "deprovision",
-            JobKind::Reboot => "reboot",
-            JobKind::Poweroff => "poweroff",
+            JobKind::Install => CommandKind::Install,
+            JobKind::Deprovision => CommandKind::Deprovision,
         }
-    }
-
-    /// A power action (`reboot`, `poweroff`), not a plan.
-    pub fn is_power(self) -> bool {
-        matches!(self, JobKind::Reboot | JobKind::Poweroff)
     }
 }
 
-impl fmt::Display for JobKind {
+names! {
+    /// A power action: the agent runs the program its own config names for it
+    /// (`reboot_command`, `poweroff_command`), never a plan.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    pub enum PowerAction as "power action" {
+        Reboot = "reboot",
+        Poweroff = "poweroff",
+    }
+}
+
+impl PowerAction {
+    /// The command that asks for this action.
+    pub fn command(self) -> CommandKind {
+        match self {
+            PowerAction::Reboot => CommandKind::Reboot,
+            PowerAction::Poweroff => CommandKind::Poweroff,
+        }
+    }
+}
+
+/// What a `job` report is about: a plan job, or a power action (of a `reboot` or
+/// `poweroff` command, or the reboot after a `reboot_after` install).
+///
+/// On the wire both are the report's `job` field (`install`, `deprovision`, `reboot`,
+/// `poweroff`); in code they are different types, so a power action can never be taken
+/// for a plan job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Work {
+    Job(JobKind),
+    Power(PowerAction),
+}
+
+impl Work {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Work::Job(j) => j.as_str(),
+            Work::Power(p) => p.as_str(),
+        }
+    }
+}
+
+impl fmt::Display for Work {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Work {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse()
+            .map(Work::Job)
+            .or_else(|_| s.parse().map(Work::Power))
+            .map_err(|_: String| {
+                let all: Vec<&str> = JobKind::ALL
+                    .iter()
+                    .map(|j| j.as_str())
+                    .chain(PowerAction::ALL.iter().map(|p| p.as_str()))
+                    .collect();
+                crate::names::unknown("job", s, &all)
+            })
+    }
+}
+
+impl Serialize for Work {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Work {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A command's id: what acks, job reports, cancels and operations refer to.
+///
+/// The controller makes ids only through [`CommandId::new`], which checks them.
+/// Deserializing does not check, on purpose: a command or a report that carries a bad id
+/// must still be answerable (refused with a reason, receipted); [`Command::validate`]
+/// refuses the id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(transparent)]
+pub struct CommandId(String);
+
+impl CommandId {
+    pub const MAX_LEN: usize = 64;
+
+    /// Checks `raw`: 1 to 64 of letters, digits, `-` and `_`.
+    pub fn new(raw: impl Into<String>) -> Result<Self, CommandError> {
+        let id = Self(raw.into());
+        if id.is_valid() {
+            Ok(id)
+        } else {
+            Err(CommandError::BadId)
+        }
+    }
+
+    /// The id `c-` and `n` in 16 hex digits: valid by construction (the controller's
+    /// ids are `numbered` with random `n`).
+    pub fn numbered(n: u64) -> Self {
+        Self(format!("c-{n:016x}"))
+    }
+
+    pub fn is_valid(&self) -> bool {
+        !self.0.is_empty()
+            && self.0.len() <= Self::MAX_LEN
+            && self
+                .0
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CommandId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+names! {
+    /// Where a command (an operation) is (`GET /api/v1/operations/{id}`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    pub enum CommandStatus as "command status" {
+        /// Recorded, not sent yet (a wake before its packets went out).
+        Queued = "queued",
+        Sent = "sent",
+        Accepted = "accepted",
+        Rejected = "rejected",
+        Succeeded = "succeeded",
+        Failed = "failed",
+        Expired = "expired",
+    }
+}
+
+impl CommandStatus {
+    /// How far along the status is; a command's status only moves to a higher rank.
+    pub fn rank(self) -> u8 {
+        match self {
+            CommandStatus::Queued => 0,
+            CommandStatus::Sent => 1,
+            CommandStatus::Accepted | CommandStatus::Rejected => 2,
+            CommandStatus::Succeeded | CommandStatus::Failed | CommandStatus::Expired => 3,
+        }
+    }
+
+    /// Whether the command is over, and whether it did what it asked.
+    pub fn outcome(self) -> Option<bool> {
+        match self {
+            CommandStatus::Succeeded => Some(true),
+            CommandStatus::Failed | CommandStatus::Rejected | CommandStatus::Expired => Some(false),
+            CommandStatus::Queued | CommandStatus::Sent | CommandStatus::Accepted => None,
+        }
     }
 }
 
@@ -195,7 +330,7 @@ impl Plan {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Command {
-    pub command_id: String,
+    pub command_id: CommandId,
     pub kind: CommandKind,
     pub issued_at: Timestamp,
     pub expires_at: Timestamp,
@@ -204,7 +339,7 @@ pub struct Command {
     pub plan: Option<Plan>,
     /// For `cancel`: the command whose job to stop (any running job when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<String>,
+    pub target: Option<CommandId>,
 }
 
 /// Why a command is malformed, beyond plain type errors.
@@ -220,13 +355,7 @@ pub enum CommandError {
 
 impl Command {
     pub fn validate(&self) -> Result<(), CommandError> {
-        let id_ok = !self.command_id.is_empty()
-            && self.command_id.len() <= 64
-            && self
-                .command_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
-        if !id_ok {
+        if !self.command_id.is_valid() {
             return Err(CommandError::BadId);
         }
         match (self.kind.job(), &self.plan) {
@@ -313,7 +442,7 @@ mod tests {
         };
         assert!(matches!(plan.validate(), Err(PlanError::BadTimeout { .. })));
         let c = Command {
-            command_id: "bad id!".into(),
+            command_id: CommandId("bad id!".into()),
             kind: CommandKind::Reboot,
             issued_at: Timestamp::from_unix_millis(0),
             expires_at: Timestamp::from_unix_millis(0),
@@ -322,7 +451,7 @@ mod tests {
         };
         assert_eq!(c.validate(), Err(CommandError::BadId));
         let c = Command {
-            command_id: "c-1".into(),
+            command_id: CommandId::new("c-1").unwrap(),
             kind: CommandKind::Install,
             plan: None,
             ..c
@@ -331,5 +460,65 @@ mod tests {
             c.validate(),
             Err(CommandError::MissingPlan { .. })
         ));
+    }
+
+    #[test]
+    fn the_job_field_tells_plan_jobs_from_power_actions() {
+        let cases = [
+            ("install", Work::Job(JobKind::Install)),
+            ("deprovision", Work::Job(JobKind::Deprovision)),
+            ("reboot", Work::Power(PowerAction::Reboot)),
+            ("poweroff", Work::Power(PowerAction::Poweroff)),
+        ];
+        for (text, work) in cases {
+            let json = format!("\"{text}\"");
+            assert_eq!(serde_json::from_str::<Work>(&json).unwrap(), work);
+            assert_eq!(serde_json::to_string(&work).unwrap(), json);
+        }
+        let err = serde_json::from_str::<Work>("\"dance\"").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("use one of: install, deprovision, reboot, poweroff"),
+            "{err}"
+        );
+        for job in JobKind::ALL {
+            assert_eq!(job.command().job(), Some(job));
+        }
+        for power in PowerAction::ALL {
+            assert_eq!(power.command().power(), Some(power));
+        }
+    }
+
+    #[test]
+    fn command_ids_are_checked_when_made_and_not_when_read() {
+        assert!(CommandId::new("c-0123abcd_x").is_ok());
+        for bad in ["", "a b", "x".repeat(65).as_str(), "c/1", "ä"] {
+            assert_eq!(CommandId::new(bad), Err(CommandError::BadId), "{bad:?}");
+        }
+        assert!(CommandId::numbered(u64::MAX).is_valid());
+        assert_eq!(CommandId::numbered(10).as_str(), "c-000000000000000a");
+        let read: CommandId = serde_json::from_str("\"not valid!\"").unwrap();
+        assert!(!read.is_valid());
+    }
+
+    #[test]
+    fn statuses_only_move_forward_and_know_their_outcome() {
+        use CommandStatus::*;
+        assert!(Queued.rank() < Sent.rank() && Sent.rank() < Accepted.rank());
+        assert_eq!(Accepted.rank(), Rejected.rank());
+        assert!(Accepted.rank() < Succeeded.rank());
+        let outcomes: Vec<Option<bool>> = CommandStatus::ALL.map(|s| s.outcome()).to_vec();
+        assert_eq!(
+            outcomes,
+            [
+                None,
+                None,
+                None,
+                Some(false),
+                Some(true),
+                Some(false),
+                Some(false)
+            ]
+        );
     }
 }

@@ -11,17 +11,22 @@
 //!   acks and job events.
 //! - [`lifecycle`]: node states and phases (DESIGN section 7.1); [`machine`]: the
 //!   transition table and the pure function that applies events (DESIGN section 7.2).
-//! - [`api`]: HTTP API bodies and error codes (DESIGN section 9).
+//! - [`api`]: HTTP API bodies, roles and error codes (DESIGN section 9); [`event`]: node
+//!   events and their closed list of reasons (DESIGN section 7.5).
+//! - Every name on the wire (states, phases, kinds, statuses, reasons, roles) is a
+//!   `names!` enum: one list gives serde, `ALL`, `as_str`, `Display` and `FromStr`.
 //! - [`Timestamp`]: RFC 3339 UTC timestamps on the wire.
 
 pub mod api;
 pub mod command;
 pub mod controller;
+pub mod event;
 pub mod fleet;
 pub mod inventory;
 pub mod lifecycle;
 pub mod machine;
 pub mod metrics;
+mod names;
 mod node_id;
 pub mod report;
 pub mod status;

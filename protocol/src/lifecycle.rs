@@ -1,77 +1,46 @@
 //! Node lifecycle vocabulary: states and the phase each maps to (DESIGN section 7.1).
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
-/// Where a node is in its lifecycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "snake_case")]
-pub enum NodeState {
-    Registered,
-    Discovered,
-    Pending,
-    Installing,
-    InstallFailed,
-    Installed,
-    Active,
-    Reprovision,
-    Migrating,
-    Deprovisioning,
-    DeprovisionFailed,
-    Error,
-    Retired,
+use crate::names::names;
+
+names! {
+    /// Where a node is in its lifecycle.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    pub enum NodeState as "state" {
+        Registered = "registered",
+        Discovered = "discovered",
+        Pending = "pending",
+        Installing = "installing",
+        InstallFailed = "install_failed",
+        Installed = "installed",
+        Active = "active",
+        Reprovision = "reprovision",
+        Migrating = "migrating",
+        Deprovisioning = "deprovisioning",
+        DeprovisionFailed = "deprovision_failed",
+        Error = "error",
+        Retired = "retired",
+    }
 }
 
-/// The coarse phase of the retry API's vocabulary (seed 000).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub enum Phase {
-    Unmanaged,
-    Managing,
-    Managed,
-    ManagedFailed,
-    Unmanaging,
-    UnmanagedFailed,
-    Error,
+names! {
+    /// The coarse phase of the retry API's vocabulary (seed 000).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    pub enum Phase as "phase" {
+        Unmanaged = "Unmanaged",
+        Managing = "Managing",
+        Managed = "Managed",
+        ManagedFailed = "ManagedFailed",
+        Unmanaging = "Unmanaging",
+        UnmanagedFailed = "UnmanagedFailed",
+        Error = "Error",
+    }
 }
 
 impl NodeState {
-    pub const ALL: [NodeState; 13] = [
-        NodeState::Registered,
-        NodeState::Discovered,
-        NodeState::Pending,
-        NodeState::Installing,
-        NodeState::InstallFailed,
-        NodeState::Installed,
-        NodeState::Active,
-        NodeState::Reprovision,
-        NodeState::Migrating,
-        NodeState::Deprovisioning,
-        NodeState::DeprovisionFailed,
-        NodeState::Error,
-        NodeState::Retired,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NodeState::Registered => "registered",
-            NodeState::Discovered => "discovered",
-            NodeState::Pending => "pending",
-            NodeState::Installing => "installing",
-            NodeState::InstallFailed => "install_failed",
-            NodeState::Installed => "installed",
-            NodeState::Active => "active",
-            NodeState::Reprovision => "reprovision",
-            NodeState::Migrating => "migrating",
-            NodeState::Deprovisioning => "deprovisioning",
-            NodeState::DeprovisionFailed => "deprovision_failed",
-            NodeState::Error => "error",
-            NodeState::Retired => "retired",
-        }
-    }
-
     pub fn phase(self) -> Phase {
         match self {
             NodeState::Registered | NodeState::Discovered | NodeState::Retired => Phase::Unmanaged,
@@ -82,65 +51,6 @@ impl NodeState {
             NodeState::DeprovisionFailed => Phase::UnmanagedFailed,
             NodeState::Error => Phase::Error,
         }
-    }
-}
-
-impl Phase {
-    pub const ALL: [Phase; 7] = [
-        Phase::Unmanaged,
-        Phase::Managing,
-        Phase::Managed,
-        Phase::ManagedFailed,
-        Phase::Unmanaging,
-        Phase::UnmanagedFailed,
-        Phase::Error,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Unmanaged => "Unmanaged",
-            Phase::Managing => "Managing",
-            Phase::Managed => "Managed",
-            Phase::ManagedFailed => "ManagedFailed",
-            Phase::Unmanaging => "Unmanaging",
-            Phase::UnmanagedFailed => "UnmanagedFailed",
-            Phase::Error => "Error",
-        }
-    }
-}
-
-impl fmt::Display for NodeState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for NodeState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        NodeState::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| {
-                let all: Vec<&str> = NodeState::ALL.iter().map(|s| s.as_str()).collect();
-                format!("unknown state {s:?}; valid states: {}", all.join(", "))
-            })
-    }
-}
-
-impl std::str::FromStr for Phase {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Phase::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| format!("unknown phase {s:?}"))
     }
 }
 

@@ -6,39 +6,24 @@
 //! carry out (send a job, schedule a resend, cancel a job, record a warning), or a
 //! [`Refusal`] that says why not and, for a bad target, which targets are valid.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
-use crate::command::JobKind;
+use crate::command::{CommandId, JobKind};
+use crate::event::EventReason;
 use crate::lifecycle::{NodeState, Phase};
+use crate::names::names;
 use crate::report::JobStatus;
 
 use NodeState::*;
 
-/// Who caused a transition (`triggered_by` in the audit log).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "snake_case")]
-pub enum Trigger {
-    Admin,
-    System,
-    NodeReport,
-}
-
-impl Trigger {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Admin => "admin",
-            Trigger::System => "system",
-            Trigger::NodeReport => "node_report",
-        }
-    }
-}
-
-impl fmt::Display for Trigger {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+names! {
+    /// Who caused a transition (`triggered_by` in the audit log).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    pub enum Trigger as "trigger" {
+        Admin = "admin",
+        System = "system",
+        NodeReport = "node_report",
     }
 }
 
@@ -233,7 +218,7 @@ pub enum AfterDeprovision {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobRef {
-    pub command_id: String,
+    pub command_id: CommandId,
     pub kind: JobKind,
 }
 
@@ -317,7 +302,7 @@ pub enum Event {
     },
     /// A job report from the agent.
     Job {
-        command_id: String,
+        command_id: CommandId,
         job: JobKind,
         status: JobStatus,
         error: Option<String>,
@@ -356,10 +341,10 @@ pub enum Effect {
     /// Send the install again after the backoff for this failed attempt.
     ScheduleInstallRetry { attempt: u32 },
     /// Stop a job on the agent.
-    Cancel { command_id: String },
+    Cancel { command_id: CommandId },
     /// Record a Warning event (e.g. `InstallRetry`).
     Warning {
-        reason: &'static str,
+        reason: EventReason,
         message: String,
     },
     /// A stuck node's recovery attempt `attempt` of `max` was made.
@@ -393,14 +378,14 @@ pub enum Refusal {
     ControlPlane,
     #[error("report for command {command_id} does not match the node's job ({expected})")]
     UnexpectedReport {
-        command_id: String,
+        command_id: CommandId,
         expected: String,
     },
     #[error("a {status} report for a {job} job makes no sense in state {state}")]
     Inconsistent {
         state: NodeState,
         job: JobKind,
-        status: &'static str,
+        status: JobStatus,
     },
 }
 
@@ -659,7 +644,7 @@ fn set_state(run: &mut Run, to: NodeState, force: bool, policy: &Policy) -> Resu
 
 fn on_job(
     run: &mut Run,
-    command_id: &str,
+    command_id: &CommandId,
     job: JobKind,
     status: JobStatus,
     error: Option<String>,
@@ -667,21 +652,17 @@ fn on_job(
 ) -> Result<(), Refusal> {
     let state = run.node.state;
     match &run.node.job {
-        Some(j) if j.command_id == command_id && j.kind == job => {}
+        Some(j) if j.command_id == *command_id && j.kind == job => {}
         other => {
             return Err(Refusal::UnexpectedReport {
-                command_id: command_id.to_string(),
+                command_id: command_id.clone(),
                 expected: other
                     .as_ref()
-                    .map_or_else(|| "none".to_string(), |j| j.command_id.clone()),
+                    .map_or_else(|| "none".to_string(), |j| j.command_id.to_string()),
             })
         }
     }
-    let inconsistent = || Refusal::Inconsistent {
-        state,
-        job,
-        status: status.as_str(),
-    };
+    let inconsistent = || Refusal::Inconsistent { state, job, status };
     match (job, status, state) {
         (JobKind::Install, JobStatus::Started, Pending) => {
             run.go(Installing, Trigger::NodeReport, false);
@@ -702,7 +683,7 @@ fn on_job(
             } else {
                 run.node.job = None;
                 run.effect(Effect::Warning {
-                    reason: "InstallRetry",
+                    reason: EventReason::InstallRetry,
                     message: format!(
                         "install attempt {attempt}/{} failed: {error}",
                         policy.max_install_attempts

@@ -3,27 +3,18 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::JobKind;
+use crate::command::{CommandId, Work};
+use crate::names::names;
 use crate::{NodeId, Timestamp};
 
-/// Where a job is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobStatus {
-    Started,
-    Progress,
-    Complete,
-    Failed,
-}
-
-impl JobStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobStatus::Started => "started",
-            JobStatus::Progress => "progress",
-            JobStatus::Complete => "complete",
-            JobStatus::Failed => "failed",
-        }
+names! {
+    /// Where a job (or a power action) is.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    pub enum JobStatus as "job status" {
+        Started = "started",
+        Progress = "progress",
+        Complete = "complete",
+        Failed = "failed",
     }
 }
 
@@ -33,15 +24,15 @@ impl JobStatus {
 pub enum ReportBody {
     /// The agent took (or refused) a command.
     Ack {
-        command_id: String,
+        command_id: CommandId,
         accepted: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
-    /// A job event.
+    /// A job event: of a plan job, or of a power action.
     Job {
-        command_id: String,
-        job: JobKind,
+        command_id: CommandId,
+        job: Work,
         status: JobStatus,
         /// Overall percent, 0..=100, for `progress`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -120,7 +111,7 @@ impl Report {
         }
     }
 
-    pub fn command_id(&self) -> &str {
+    pub fn command_id(&self) -> &CommandId {
         match &self.body {
             ReportBody::Ack { command_id, .. } | ReportBody::Job { command_id, .. } => command_id,
         }

@@ -2,28 +2,21 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::names::names;
 use crate::{NodeId, Timestamp};
 
-/// Why an agent is offline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OfflineReason {
-    /// The broker published the agent's Last Will: the connection died.
-    Lost,
-    /// The agent stopped cleanly (SIGTERM).
-    Shutdown,
-    /// The controller's verdict, never an agent's: nothing heard from the agent for 3 ×
-    /// its metrics interval (DESIGN 7.3). Refused in an agent's status.
-    Stale,
-}
-
-impl OfflineReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OfflineReason::Lost => "lost",
-            OfflineReason::Shutdown => "shutdown",
-            OfflineReason::Stale => "stale",
-        }
+names! {
+    /// Why an agent is offline.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    pub enum OfflineReason as "offline reason" {
+        /// The broker published the agent's Last Will: the connection died.
+        Lost = "lost",
+        /// The agent stopped cleanly (SIGTERM).
+        Shutdown = "shutdown",
+        /// The controller's verdict, never an agent's: nothing heard from the agent for 3 ×
+        /// its metrics interval (DESIGN 7.3). Refused in an agent's status.
+        Stale = "stale",
     }
 }
 
@@ -78,16 +71,17 @@ impl Status {
         }
     }
 
-    pub fn to_json(&self) -> Vec<u8> {
+    /// The payload, with `online` set. An error rather than an empty payload: an empty
+    /// retained message would clear the topic.
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
         let mut v = match self {
             Status::Birth(b) => serde_json::to_value(b),
             Status::Offline(o) => serde_json::to_value(o),
-        }
-        .unwrap_or_default();
+        }?;
         if let Some(obj) = v.as_object_mut() {
             obj.insert("online".into(), matches!(self, Status::Birth(_)).into());
         }
-        serde_json::to_vec(&v).unwrap_or_default()
+        serde_json::to_vec(&v)
     }
 }
 
@@ -110,8 +104,9 @@ impl<'de> Deserialize<'de> for Status {
 
 impl Serialize for Status {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let bytes = self.to_json().map_err(serde::ser::Error::custom)?;
         let v: serde_json::Value =
-            serde_json::from_slice(&self.to_json()).map_err(serde::ser::Error::custom)?;
+            serde_json::from_slice(&bytes).map_err(serde::ser::Error::custom)?;
         v.serialize(s)
     }
 }
@@ -131,7 +126,7 @@ mod tests {
         };
         assert_eq!((b.conn, b.hostname.as_str()), (7, "r1u7"));
         assert_eq!(b.metrics_interval_s, 15);
-        let again: Status = serde_json::from_slice(&s.to_json()).unwrap();
+        let again: Status = serde_json::from_slice(&s.to_json().unwrap()).unwrap();
         assert_eq!(again, s);
     }
 
@@ -154,7 +149,7 @@ mod tests {
             session: None,
             node_id: None,
         });
-        let v: serde_json::Value = serde_json::from_slice(&stop.to_json()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&stop.to_json().unwrap()).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"online":false,"reason":"shutdown","conn":8})

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use metalbus_protocol::command::{Command, CommandKind, JobKind, Plan};
+use metalbus_protocol::command::{Command, CommandId, CommandKind, JobKind, Plan};
 use metalbus_protocol::report::JobStatus;
 use metalbus_protocol::{NodeId, Timestamp};
 use tokio::sync::mpsc;
@@ -34,7 +34,7 @@ use slot::Shared;
 /// What the runner says about a job, to be turned into a Report by the daemon.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobEvent {
-    pub command_id: String,
+    pub command_id: CommandId,
     pub job: JobKind,
     pub status: JobStatus,
     /// Overall percent, 0..=100: `Some(0)` for `started`, the job's share for
@@ -53,7 +53,7 @@ pub trait Jobs: Send + Sync {
     /// Handles `install`, `deprovision` and `cancel`; returns the ack at once.
     fn handle(&mut self, cmd: &Command) -> Ack;
     /// The command id of the running job, if any.
-    fn running(&self) -> Option<String>;
+    fn running(&self) -> Option<CommandId>;
 }
 
 impl Jobs for JobRunner {
@@ -61,7 +61,7 @@ impl Jobs for JobRunner {
         JobRunner::handle(self, cmd)
     }
 
-    fn running(&self) -> Option<String> {
+    fn running(&self) -> Option<CommandId> {
         JobRunner::running(self)
     }
 }
@@ -70,7 +70,7 @@ impl Jobs for JobRunner {
 /// processes carry `MB_COMMAND_ID` in their environment). Under systemd
 /// (`KillMode=control-group`) nothing is left; this covers agents run by hand. Returns
 /// how many process groups were killed.
-pub fn kill_leftovers(command_id: &str) -> usize {
+pub fn kill_leftovers(command_id: &CommandId) -> usize {
     let marker = format!("MB_COMMAND_ID={command_id}");
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0;
@@ -110,14 +110,14 @@ pub struct Ack {
 }
 
 impl Ack {
-    fn yes() -> Self {
+    pub fn yes() -> Self {
         Self {
             accepted: true,
             reason: None,
         }
     }
 
-    fn no(reason: impl Into<String>) -> Self {
+    pub fn no(reason: impl Into<String>) -> Self {
         Self {
             accepted: false,
             reason: Some(reason.into()),
@@ -156,7 +156,7 @@ impl JobRunner {
     }
 
     /// The command id of the running job, if any.
-    pub fn running(&self) -> Option<String> {
+    pub fn running(&self) -> Option<CommandId> {
         self.shared.running()
     }
 
@@ -183,7 +183,7 @@ impl JobRunner {
 
     fn cancel(&mut self, cmd: &Command) -> Ack {
         let error = format!("cancelled by command {}", cmd.command_id);
-        match self.shared.cancel(cmd.target.as_deref(), error) {
+        match self.shared.cancel(cmd.target.as_ref(), error) {
             Some(job) => {
                 info!(job = %job, by = %cmd.command_id, "job cancelled");
                 Ack::yes()
@@ -198,7 +198,7 @@ impl JobRunner {
     fn start(&mut self, cmd: &Command, job: JobKind, plan: &Plan) -> Ack {
         // The same command again (the controller resends until it sees an ack): it is
         // already running, so acknowledge it again and start nothing.
-        if self.running().as_deref() == Some(cmd.command_id.as_str()) {
+        if self.running().as_ref() == Some(&cmd.command_id) {
             return Ack::yes();
         }
         if let Err(why) = check_plan(&self.steps_dir, plan) {

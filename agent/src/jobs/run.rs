@@ -10,7 +10,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use metalbus_protocol::command::{JobKind, Plan, Step};
+use metalbus_protocol::command::{CommandId, JobKind, Plan, Step};
 use metalbus_protocol::report::JobStatus;
 use metalbus_protocol::NodeId;
 use rustix::process::Pid;
@@ -45,7 +45,7 @@ pub struct Job {
     pub ticket: Ticket,
     pub node_id: NodeId,
     pub steps_dir: PathBuf,
-    pub command_id: String,
+    pub command_id: CommandId,
     pub job: JobKind,
     pub plan: Plan,
 }
@@ -339,7 +339,7 @@ async fn spawn(job: &Job, step: &Step) -> std::io::Result<Child> {
     cmd.env("MB_NODE_ID", job.node_id.as_str())
         .env("MB_JOB", job.job.as_str())
         .env("MB_STEP", &step.name)
-        .env("MB_COMMAND_ID", &job.command_id);
+        .env("MB_COMMAND_ID", job.command_id.as_str());
     for (arg, value) in &step.args {
         cmd.env(arg_var(arg), value);
     }

@@ -6,7 +6,7 @@
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use metalbus_protocol::command::JobKind;
+use metalbus_protocol::command::{CommandId, JobKind};
 use metalbus_protocol::report::JobStatus;
 use rustix::process::{kill_process_group, Pid, Signal};
 use tokio::sync::mpsc;
@@ -22,7 +22,7 @@ pub struct Ticket(u64);
 /// The job that runs now.
 struct Current {
     ticket: Ticket,
-    command_id: String,
+    command_id: CommandId,
     job: JobKind,
     /// The step that runs now, and its process group.
     step: Option<String>,
@@ -58,13 +58,13 @@ impl Shared {
     }
 
     /// The command id of the running job.
-    pub fn running(&self) -> Option<String> {
+    pub fn running(&self) -> Option<CommandId> {
         self.lock().current.as_ref().map(|c| c.command_id.clone())
     }
 
     /// Takes the free slot for a job and sends its `started`, or names the job that
     /// holds the slot.
-    pub fn claim(&self, command_id: &str, job: JobKind) -> Result<Ticket, String> {
+    pub fn claim(&self, command_id: &CommandId, job: JobKind) -> Result<Ticket, CommandId> {
         let mut inner = self.lock();
         if let Some(c) = &inner.current {
             return Err(c.command_id.clone());
@@ -73,13 +73,13 @@ impl Shared {
         let ticket = Ticket(inner.issued);
         inner.current = Some(Current {
             ticket,
-            command_id: command_id.to_string(),
+            command_id: command_id.clone(),
             job,
             step: None,
             group: None,
         });
         let _ = self.events.send(JobEvent {
-            command_id: command_id.to_string(),
+            command_id: command_id.clone(),
             job,
             status: JobStatus::Started,
             progress: Some(0),
@@ -136,12 +136,12 @@ impl Shared {
     /// Stops the running job when `target` is its command id (or `None`): kills the
     /// step's process group, sends `failed` with `error`, frees the slot. Returns the
     /// stopped job's command id; `None` when no such job runs.
-    pub fn cancel(&self, target: Option<&str>, error: String) -> Option<String> {
+    pub fn cancel(&self, target: Option<&CommandId>, error: String) -> Option<CommandId> {
         let mut inner = self.lock();
         let matches = inner
             .current
             .as_ref()
-            .is_some_and(|c| target.is_none_or(|t| t == c.command_id));
+            .is_some_and(|c| target.is_none_or(|t| *t == c.command_id));
         if !matches {
             return None;
         }

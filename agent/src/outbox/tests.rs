@@ -2,6 +2,11 @@
 //! restarts, remembered commands and the running job.
 
 use super::*;
+use metalbus_protocol::command::Work;
+
+fn cid(s: &str) -> CommandId {
+    CommandId::new(s).unwrap()
+}
 
 fn node() -> NodeId {
     NodeId::new("n1").unwrap()
@@ -9,8 +14,8 @@ fn node() -> NodeId {
 
 fn progress(job: &str, pct: u8) -> ReportBody {
     ReportBody::Job {
-        command_id: job.into(),
-        job: JobKind::Install,
+        command_id: cid(job),
+        job: Work::Job(JobKind::Install),
         status: JobStatus::Progress,
         progress: Some(pct),
         step: None,
@@ -21,8 +26,8 @@ fn progress(job: &str, pct: u8) -> ReportBody {
 
 fn event(job: &str, status: JobStatus) -> ReportBody {
     ReportBody::Job {
-        command_id: job.into(),
-        job: JobKind::Install,
+        command_id: cid(job),
+        job: Work::Job(JobKind::Install),
         status,
         progress: None,
         step: None,
@@ -156,19 +161,24 @@ fn the_last_thousand_commands_are_remembered_across_restarts() {
         accepted: false,
         reason: Some("unknown script 'x'".into()),
     };
-    s.remember("first", &no).unwrap();
+    s.remember(&cid("first"), &no).unwrap();
     for i in 0..REMEMBERED_COMMANDS {
-        s.remember(&format!("c-{i}"), &yes).unwrap();
+        s.remember(&cid(&format!("c-{i}")), &yes).unwrap();
     }
     drop(s);
     let s = AgentStore::open(dir.path()).unwrap();
-    assert_eq!(s.seen("first").unwrap(), None, "the oldest is forgotten");
-    assert_eq!(s.seen("c-0").unwrap(), Some(yes.clone()));
     assert_eq!(
-        s.seen(&format!("c-{}", REMEMBERED_COMMANDS - 1)).unwrap(),
+        s.seen(&cid("first")).unwrap(),
+        None,
+        "the oldest is forgotten"
+    );
+    assert_eq!(s.seen(&cid("c-0")).unwrap(), Some(yes.clone()));
+    assert_eq!(
+        s.seen(&cid(&format!("c-{}", REMEMBERED_COMMANDS - 1)))
+            .unwrap(),
         Some(yes)
     );
-    assert_eq!(s.seen("never").unwrap(), None);
+    assert_eq!(s.seen(&cid("never")).unwrap(), None);
 }
 
 #[test]
@@ -176,7 +186,7 @@ fn the_running_job_is_recorded_until_cleared() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = AgentStore::open(dir.path()).unwrap();
     let j = RunningJob {
-        command_id: "c-1".into(),
+        command_id: cid("c-1"),
         job: JobKind::Install,
     };
     s.set_job(Some(&j)).unwrap();
@@ -207,7 +217,7 @@ fn a_power_action_is_recorded_apart_from_the_job_and_receipts_are_seen() {
     let mut s = AgentStore::open(dir.path()).unwrap();
     let node = NodeId::new("n1").unwrap();
     let ack = ReportBody::Ack {
-        command_id: "c-9".into(),
+        command_id: cid("c-9"),
         accepted: true,
         reason: None,
     };
@@ -220,8 +230,8 @@ fn a_power_action_is_recorded_apart_from_the_job_and_receipts_are_seen() {
     assert!(!s.receipted(seq).unwrap(), "waiting for its receipt");
     assert!(!s.receipted(seq + 1).unwrap(), "a number not given out yet");
     let p = PendingPower {
-        command_id: "c-9".into(),
-        kind: JobKind::Reboot,
+        command_id: cid("c-9"),
+        action: PowerAction::Reboot,
         ack_seq: seq,
         started: None,
     };

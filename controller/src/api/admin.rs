@@ -3,16 +3,16 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use metalbus_protocol::api::ErrorBody;
 use metalbus_protocol::api::{Data, Operation, PlanView, TokenCreated, TokenRequest};
+use metalbus_protocol::api::{ErrorBody, Role};
 
-use super::auth::{create_token, Caller};
+use super::auth::{new_token, Caller};
 use super::error::ApiError;
 use super::extract::{ApiJson, Checked};
-use super::lifecycle::require;
+use super::lifecycle::{ask, require};
 use super::openapi::ReadErrors;
 use super::AppState;
-use crate::store::Role;
+use crate::engine::Input;
 
 /// `GET /plans`.
 #[utoipa::path(
@@ -64,13 +64,12 @@ pub async fn operation(
         .store
         .command(&id)?
         .ok_or_else(|| ApiError::NotFound(format!("operation {id:?} not found")))?;
-    let status = rec.status.as_str().to_string();
     Ok(Json(Data {
         data: Operation {
             id: rec.command.command_id.clone(),
             node_id: rec.node_id,
             kind: rec.command.kind,
-            status,
+            status: rec.status,
             reason: rec.reason,
             created_at: rec.created_at,
             updated_at: rec.updated_at,
@@ -101,30 +100,26 @@ pub async fn create(
     ApiJson(req): ApiJson<TokenRequest>,
 ) -> Result<(StatusCode, Json<Data<TokenCreated>>), ApiError> {
     require(&caller, Role::Admin)?;
-    let role = match req.role.as_str() {
-        "viewer" => Role::Viewer,
-        "operator" => Role::Operator,
-        "admin" => Role::Admin,
-        other => {
-            return Err(ApiError::BadRequest(format!(
-                "unknown role {other:?}; use viewer, operator or admin"
-            )))
-        }
-    };
+    let role = req.role;
     let name = req.name.trim();
     if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
         return Err(ApiError::BadRequest(
             "name must be 1 to 64 characters without control characters".into(),
         ));
     }
-    let token = create_token(&state.store, name, role, state.clock.now())
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (token, hash, record) = new_token(name, role, state.clock.now());
+    ask(&state, |reply| Input::Token {
+        hash,
+        record,
+        reply,
+    })
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(Data {
             data: TokenCreated {
                 name: name.to_string(),
-                role: req.role,
+                role,
                 token,
             },
         }),

@@ -12,12 +12,13 @@ use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::Response;
+use metalbus_protocol::api::Role;
 use rand::RngCore;
 use redb::Durability;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::store::{Role, Store, TokenRecord};
+use crate::store::{Store, TokenRecord};
 
 /// Who is calling; put into request extensions by [`require_token`].
 #[derive(Debug, Clone)]
@@ -42,23 +43,20 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Stores a new token's hash and returns the token, which is shown once.
-pub fn create_token(
-    store: &Store,
+/// A new token (shown once), its hash (the store key) and its record.
+pub fn new_token(
     name: &str,
     role: Role,
     now: metalbus_protocol::Timestamp,
-) -> anyhow::Result<String> {
+) -> (String, String, TokenRecord) {
     let token = generate_token();
+    let hash = token_hash(&token);
     let record = TokenRecord {
         name: name.to_string(),
         role,
         created_at: now,
     };
-    store.write(Durability::Immediate, |tx| {
-        tx.put_token(&token_hash(&token), &record)
-    })?;
-    Ok(token)
+    (token, hash, record)
 }
 
 /// On first start (no `admin.token` file), creates an admin token and writes the file
@@ -67,7 +65,7 @@ pub fn create_token(
 /// file's token is registered again: the file, readable only by the controller's user,
 /// is the root of trust.
 pub fn ensure_admin_token(
-    store: &Store,
+    store: &mut Store,
     data_dir: &Path,
     now: metalbus_protocol::Timestamp,
 ) -> anyhow::Result<bool> {
@@ -95,7 +93,8 @@ pub fn ensure_admin_token(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
-    let token = create_token(store, "admin", Role::Admin, now)?;
+    let (token, hash, record) = new_token("admin", Role::Admin, now);
+    store.write(Durability::Immediate, |tx| tx.put_token(&hash, &record))?;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -162,10 +161,10 @@ mod tests {
     fn admin_token_file_is_private_and_made_once() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::in_memory(Default::default()).unwrap();
+        let mut store = Store::in_memory(Default::default()).unwrap();
         let now = metalbus_protocol::Timestamp::from_unix_millis(0);
-        assert!(ensure_admin_token(&store, dir.path(), now).unwrap());
-        assert!(!ensure_admin_token(&store, dir.path(), now).unwrap());
+        assert!(ensure_admin_token(&mut store, dir.path(), now).unwrap());
+        assert!(!ensure_admin_token(&mut store, dir.path(), now).unwrap());
         let path = dir.path().join("admin.token");
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
@@ -174,8 +173,8 @@ mod tests {
         assert_eq!(rec.role, Role::Admin);
 
         // A fresh store with the old file: the file's token is registered again.
-        let fresh = Store::in_memory(Default::default()).unwrap();
-        assert!(!ensure_admin_token(&fresh, dir.path(), now).unwrap());
+        let mut fresh = Store::in_memory(Default::default()).unwrap();
+        assert!(!ensure_admin_token(&mut fresh, dir.path(), now).unwrap());
         assert!(fresh.token(&token_hash(token.trim())).unwrap().is_some());
     }
 }

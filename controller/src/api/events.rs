@@ -2,7 +2,7 @@
 
 use axum::extract::{Path, Query, State};
 use axum::Json;
-use metalbus_protocol::api::{EventSource, EventType, Events};
+use metalbus_protocol::event::{EventSource, EventType, Events};
 use metalbus_protocol::Timestamp;
 use serde::Deserialize;
 

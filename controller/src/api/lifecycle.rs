@@ -5,11 +5,11 @@
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::{Extension, Json};
-use metalbus_protocol::api::ErrorBody;
 use metalbus_protocol::api::{
     Changed, Data, History, ManageRequest, NodeUpdateRequest, NodeView, RegisterRequest,
     RetryResponse, StateChange,
 };
+use metalbus_protocol::api::{ErrorBody, Role};
 use metalbus_protocol::lifecycle::NodeState;
 use serde::Deserialize;
 use tokio::sync::oneshot;
@@ -20,8 +20,7 @@ use super::extract::{ApiJson, Checked, OptionalJson};
 use super::nodes::view_of;
 use super::openapi::{ChangeErrors, IfMatch, NodePath, ReadErrors};
 use super::AppState;
-use crate::engine::{Action, Call, Input, NodeUpdate, Registration, Reply};
-use crate::store::Role;
+use crate::engine::{Action, Call, CallError, Input, NodeUpdate, Registration, Reply};
 
 /// The caller must have at least `role`.
 pub fn require(caller: &Caller, role: Role) -> Result<(), ApiError> {
@@ -46,6 +45,18 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
         .ok_or_else(|| ApiError::BadRequest("If-Match must be the node's version, a number".into()))
 }
 
+/// Sends an input made around a reply channel to the engine, the one writer, and waits
+/// for its answer (given after the commit).
+pub(super) async fn ask<T>(
+    state: &AppState,
+    input: impl FnOnce(oneshot::Sender<Result<T, CallError>>) -> Input,
+) -> Result<T, ApiError> {
+    let gone = || ApiError::Internal("the controller is shutting down".into());
+    let (reply, answer) = oneshot::channel();
+    state.engine.send(input(reply)).await.map_err(|_| gone())?;
+    answer.await.map_err(|_| gone())?.map_err(ApiError::from)
+}
+
 /// Sends a call to the engine and waits for its answer.
 pub(super) async fn call(
     state: &AppState,
@@ -54,23 +65,17 @@ pub(super) async fn call(
     caller: &Caller,
     headers: &HeaderMap,
 ) -> Result<Reply, ApiError> {
-    let (reply, answer) = oneshot::channel();
-    let call = Call {
-        key,
-        action,
-        user: Some(caller.name.clone()),
-        if_match: if_match(headers)?,
-        reply,
-    };
-    state
-        .engine
-        .send(Input::Call(Box::new(call)))
-        .await
-        .map_err(|_| ApiError::Internal("the controller is shutting down".into()))?;
-    answer
-        .await
-        .map_err(|_| ApiError::Internal("the controller is shutting down".into()))?
-        .map_err(ApiError::from)
+    let if_match = if_match(headers)?;
+    ask(state, |reply| {
+        Input::Call(Box::new(Call {
+            key,
+            action,
+            user: Some(caller.name.clone()),
+            if_match,
+            reply,
+        }))
+    })
+    .await
 }
 
 fn transitioned(state: &AppState, reply: Reply) -> Result<Json<Changed<NodeView>>, ApiError> {

@@ -25,18 +25,19 @@ use axum::{middleware, Json, Router};
 use metalbus_protocol::api::Health;
 use tokio::net::TcpListener;
 
-use crate::clock::Clock;
 use crate::config::ControllerConfig;
 use crate::engine::Input;
 use crate::live::LiveFeed;
-use crate::store::Store;
+use crate::store::StoreReader;
 use crate::telemetry::Telemetry;
 use error::ApiError;
+use metalbus_link::Clock;
 
 /// What handlers share.
 #[derive(Clone)]
 pub struct AppState {
-    pub store: Store,
+    /// Reads only: the engine is the one writer.
+    pub store: StoreReader,
     pub telemetry: Arc<Telemetry>,
     /// True while the controller is subscribed to the broker.
     pub mqtt_connected: Arc<AtomicBool>,

@@ -3,13 +3,14 @@
 //!
 //! Reboot and poweroff are commands to the node's agent, through the engine like every
 //! change. A wake is a Wake-on-LAN packet the controller sends itself: the engine records
-//! the operation (`queued`), this handler sends the packets to `[wake] broadcast`, and
-//! the engine records the outcome (`succeeded` or `failed`).
+//! the operation (`queued`), the wake task sends the packets to `[wake] broadcast`, and
+//! the engine records the outcome (`succeeded` or `failed`) and only then answers.
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::{Extension, Json};
 use metalbus_protocol::api::{Data, OperationStarted};
+use metalbus_protocol::command::PowerAction;
 
 use super::auth::Caller;
 use super::error::ApiError;
@@ -17,9 +18,8 @@ use super::extract::Checked;
 use super::lifecycle::{call, require};
 use super::openapi::{ChangeErrors, IfMatch, NodePath};
 use super::AppState;
-use crate::engine::{Action, PowerAction, Reply};
-use crate::store::Role;
-use crate::wake;
+use crate::engine::{Action, Reply};
+use metalbus_protocol::api::Role;
 
 type Accepted = (StatusCode, Json<Data<OperationStarted>>);
 
@@ -33,7 +33,7 @@ fn accepted(reply: Reply) -> Result<Accepted, ApiError> {
             data: OperationStarted {
                 id: reply.node.id,
                 operation_id,
-                status: status.as_str().to_string(),
+                status,
             },
         }),
     ))
@@ -118,36 +118,8 @@ pub async fn wake(
     headers: HeaderMap,
 ) -> Result<Accepted, ApiError> {
     require(&caller, Role::Operator)?;
-    let node = state.store.find_node(&key)?.ok_or(ApiError::NodeNotFound)?;
-    let macs = state
-        .store
-        .inventory(&node.id)?
-        .map(|i| wake::macs_of(&i.inventory))
-        .unwrap_or_default();
-    // The engine refuses a retired node, or one without a MAC, before anything is sent.
-    let reply = call(
-        &state,
-        node.id.to_string(),
-        Action::Wake { macs: macs.clone() },
-        &caller,
-        &headers,
-    )
-    .await?;
-    let Some((operation_id, _)) = reply.operation.clone() else {
-        return Err(ApiError::Internal("the engine started no operation".into()));
-    };
-    let error = wake::send(state.config.wake.broadcast, &macs).await.err();
-    let done = Action::WakeSent {
-        operation_id,
-        error,
-    };
-    let reply = call(
-        &state,
-        node.id.to_string(),
-        done,
-        &caller,
-        &HeaderMap::new(),
-    )
-    .await?;
+    // The engine refuses a retired node, or one without a MAC, before anything is sent,
+    // and answers once the packets went out (or could not).
+    let reply = call(&state, key, Action::Wake, &caller, &headers).await?;
     accepted(reply)
 }

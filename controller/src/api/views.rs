@@ -56,9 +56,7 @@ pub fn node_view(
                 phase: node.state.phase(),
             },
         },
-        offline_reason: (!node.online)
-            .then(|| node.offline_reason.map(|r| r.as_str().to_string()))
-            .flatten(),
+        offline_reason: (!node.online).then_some(node.offline_reason).flatten(),
         last_seen_at: heartbeat.map(|h| h.last_seen_at),
         mac_addresses: inv.map(Inventory::mac_addresses).unwrap_or_default(),
         ip_addresses: inv.map(Inventory::ip_addresses).unwrap_or_default(),

@@ -87,7 +87,7 @@ pub struct ApiClient {
 
 impl ApiClient {
     pub fn new(base: &str, token: String) -> Result<Self, ClientError> {
-        metalbus_agent::link::install_crypto_provider();
+        metalbus_link::install_crypto_provider();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()

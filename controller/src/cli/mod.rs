@@ -10,9 +10,10 @@ use std::time::SystemTime;
 
 use clap::{Args, Subcommand, ValueEnum};
 use metalbus_protocol::api::{
-    Changed, Data, Events, History, MetricsPeriod, NodeMetrics, NodeView, Operation,
-    OperationStarted, RetryResponse, TokenCreated,
+    Changed, Data, History, MetricsPeriod, NodeMetrics, NodeView, Operation, OperationStarted,
+    RetryResponse, Role, TokenCreated, TokenRequest,
 };
+use metalbus_protocol::event::Events;
 use metalbus_protocol::lifecycle::NodeState;
 use metalbus_protocol::Timestamp;
 
@@ -186,7 +187,7 @@ pub enum NodesCommand {
     Metrics {
         node: String,
         /// 5m, 1h, 6h, 24h or 7d.
-        #[arg(long, default_value = "1h", value_parser = parse_period)]
+        #[arg(long, default_value = "1h", value_parser = str::parse::<MetricsPeriod>)]
         period: MetricsPeriod,
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
@@ -201,7 +202,7 @@ pub struct OperationArgs {
     #[arg(long)]
     wait: bool,
     /// Give up waiting after this long, e.g. 30s or 5m (exit 7).
-    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = metalbus_link::duration::parse)]
     timeout: std::time::Duration,
     #[arg(short = 'o', long, value_enum, default_value_t)]
     output: Output,
@@ -214,8 +215,8 @@ pub enum TokensCommand {
         #[arg(long)]
         name: String,
         /// viewer (reads), operator (manage, retry, ...), or admin (everything).
-        #[arg(long)]
-        role: String,
+        #[arg(long, value_parser = str::parse::<Role>)]
+        role: Role,
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
     },
@@ -226,7 +227,8 @@ pub async fn tokens(args: ClientArgs, cmd: TokensCommand) -> Result<String, Clie
     let api = connect(args)?;
     match cmd {
         TokensCommand::Create { name, role, output } => {
-            let body = serde_json::json!({ "name": name, "role": role });
+            let body = serde_json::to_value(TokenRequest { name, role })
+                .map_err(|e| ClientError::Usage(e.to_string()))?;
             let created: Data<TokenCreated> = api
                 .send(Method::POST, "/api/v1/tokens", &[], Some(body))
                 .await?;
@@ -474,17 +476,15 @@ async fn operation(
                     .unwrap_or_default()
             )
         };
-        match op.status.as_str() {
-            "succeeded" => {
+        match op.status.outcome() {
+            Some(true) => {
                 return Ok(match args.output {
                     Output::Table => format!("{}\n", line()),
                     Output::Json => json(&op),
                 })
             }
-            "failed" | "rejected" | "expired" => {
-                return Err(ClientError::OperationFailed(line()));
-            }
-            _ => {}
+            Some(false) => return Err(ClientError::OperationFailed(line())),
+            None => {}
         }
         if std::time::Instant::now() >= deadline {
             return Err(ClientError::WaitTimedOut(format!(
@@ -497,18 +497,10 @@ async fn operation(
     }
 }
 
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e}; write it like 30s or 5m"))
-}
-
 fn parse_label(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("label {s:?} must be KEY=VALUE"))
-}
-
-fn parse_period(s: &str) -> Result<MetricsPeriod, String> {
-    s.parse()
 }
 
 fn json(v: &impl serde::Serialize) -> String {

@@ -2,7 +2,8 @@
 
 use std::fmt::Write;
 
-use metalbus_protocol::api::{Events, History, NodeView};
+use metalbus_protocol::api::{History, NodeView};
+use metalbus_protocol::event::Events;
 use metalbus_protocol::Timestamp;
 
 /// Agent-supplied text with control characters replaced, so a hostile hostname cannot
@@ -32,7 +33,7 @@ fn pct(v: Option<f64>) -> String {
 }
 
 fn online(n: &NodeView) -> String {
-    match (n.online, n.offline_reason.as_deref()) {
+    match (n.online, n.offline_reason) {
         (true, _) => "yes".into(),
         (false, Some(r)) => format!("no ({r})"),
         (false, None) => "no".into(),
@@ -263,7 +264,7 @@ pub fn events(e: &Events, now: Timestamp) -> String {
         rows.push(vec![
             ago(Some(ev.last_timestamp), now),
             ev.kind.as_str().to_string(),
-            ev.reason.clone(),
+            ev.reason.to_string(),
             ev.count.to_string(),
             ev.source.as_str().to_string(),
             format!("{}{first}", ev.message),

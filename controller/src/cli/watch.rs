@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::time::Duration;
 
-use metalbus_protocol::api::{AuditEntry, NodeEvent};
+use metalbus_protocol::api::AuditEntry;
 use metalbus_protocol::controller::NodeStateMessage;
+use metalbus_protocol::event::NodeEvent;
 use metalbus_protocol::{NodeId, Timestamp};
 use serde::Deserialize;
 
@@ -203,7 +204,7 @@ impl Watch {
                     clock(e.event.last_timestamp),
                     clean(&self.name(&e.node_id)),
                     paint("Warning", Some("31")),
-                    clean(&e.event.reason),
+                    e.event.reason,
                     clean(&e.event.message)
                 ))
             }

@@ -1,25 +1,41 @@
 //! The engine's handling of what agents say: status (birth, Will, clean stop), inventory,
 //! metrics, and reports (acks and job events).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
-use metalbus_protocol::api::{EventSource, EventType};
-use metalbus_protocol::command::{CommandKind, JobKind};
+use metalbus_protocol::command::{CommandStatus, Work};
 use metalbus_protocol::controller::Progress;
+use metalbus_protocol::event::{EventReason, EventSource, EventType};
 use metalbus_protocol::inventory::Inventory;
 use metalbus_protocol::lifecycle::NodeState;
 use metalbus_protocol::machine::Event;
 use metalbus_protocol::metrics::MetricsSample;
 use metalbus_protocol::report::{JobStatus, Report, ReportBody};
 use metalbus_protocol::status::{Birth, Offline, OfflineReason, Status};
-use metalbus_protocol::{is_valid_node_name, NodeId, Timestamp};
+use metalbus_protocol::{NodeId, Timestamp};
 use serde_json::Value;
 use tracing::{debug, error, info, warn};
 
-use super::ops::Ctx;
-use super::{Batch, Engine, MAX_EARLY_INVENTORIES, MAX_HELD_REPORTS};
+use super::batch::Batch;
+use super::lifecycle::Ctx;
+use super::operations::PowerReport;
+use super::Engine;
 use crate::matching::{self, AgentFacts, Candidate, MatchedBy};
-use crate::store::{CommandStatus, Heartbeat, NodeRecord, StoredInventory};
+use crate::store::{NodeRecord, StoredInventory};
+
+/// Inventories that arrive before their node's first birth wait here; bounded.
+const MAX_EARLY_INVENTORIES: usize = 1_000;
+/// Reports kept per node while waiting for a gap to fill.
+const MAX_HELD_REPORTS: usize = 1024;
+
+/// New agents on their way in: births of unknown agents waiting (briefly) for their
+/// inventory, so that they can be matched to registrations by MAC and IP, and
+/// inventories that came before their node's birth.
+#[derive(Default)]
+pub(super) struct Arrivals {
+    pub births: HashMap<NodeId, (Birth, Timestamp)>,
+    pub early: HashMap<NodeId, Inventory>,
+}
 
 impl Engine {
     pub(super) fn on_status(
@@ -36,15 +52,15 @@ impl Engine {
     }
 
     pub(super) fn on_birth(&mut self, id: &NodeId, b: Birth, now: Timestamp, batch: &mut Batch) {
-        let Some(before) = self.nodes.get(id).cloned() else {
+        let Some(before) = self.fleet.nodes.get(id).cloned() else {
             // An unknown agent. With registrations to match, wait (briefly) for its
             // inventory: MACs and IPs match before hostnames.
-            let waiting = self.has_registrations()
-                && !self.early_inventory.contains_key(id)
-                && self.pending_births.len() < MAX_EARLY_INVENTORIES;
+            let waiting = self.fleet.has_registrations()
+                && !self.arrivals.early.contains_key(id)
+                && self.arrivals.births.len() < MAX_EARLY_INVENTORIES;
             if waiting {
                 debug!(node = %id, "new agent; waiting for its inventory to match registrations");
-                self.pending_births.insert(id.clone(), (b, now));
+                self.arrivals.births.insert(id.clone(), (b, now));
             } else {
                 self.create_node(id, b, now, batch);
             }
@@ -52,7 +68,7 @@ impl Engine {
         };
         let same_session = before.session.as_deref() == Some(b.session.as_str());
         if same_session && b.conn < before.conn {
-            self.stale(id, "birth", b.conn, before.conn);
+            Self::stale(id, "birth", b.conn, before.conn, batch);
             return;
         }
         let mut after = before.clone();
@@ -66,20 +82,15 @@ impl Engine {
         after.metrics_interval_s = Some(b.metrics_interval_s);
         if !before.online {
             info!(node = %id, conn = after.conn, "node online");
-            batch.event(
-                id,
-                EventType::Normal,
-                "NodeOnline",
-                "agent connected",
-                EventSource::Controller,
-                now,
-            );
+            batch.normal(id, EventReason::NodeOnline, "agent connected", now);
         }
         // A new boot of an installed host (a `reboot_after` plan) activates it.
         let rebooted = before.state == NodeState::Installed
             && (after.boot_id.is_none() || after.boot_id != before.boot_id);
         self.touch(id, now);
-        self.resend_unacked(&after, now, batch);
+        // Its unacked commands go again now.
+        self.commands.resend_now(id, now);
+        self.resend_commands(now, batch);
         self.replace(before, after, now, batch);
         if rebooted {
             self.run_machine(id, Event::Reborn, Default::default(), now, batch);
@@ -89,7 +100,7 @@ impl Engine {
     /// A node for an agent seen for the first time: the registration it matches (by
     /// MAC, IP, then hostname), or a new `discovered` node.
     pub(super) fn create_node(&mut self, id: &NodeId, b: Birth, now: Timestamp, batch: &mut Batch) {
-        let facts = AgentFacts::new(&b.hostname, self.early_inventory.get(id));
+        let facts = AgentFacts::new(&b.hostname, self.arrivals.early.get(id));
         let matched = self.match_registration(&facts);
         let from_birth = |node: NodeRecord| NodeRecord {
             conn: b.conn,
@@ -104,10 +115,10 @@ impl Engine {
             Some((reg_id, by)) => {
                 // The registration becomes this node: its name, labels and group carry
                 // over, the agent's id stays, and the record is gone as a node of its own.
-                let Some(reg) = self.nodes.remove(reg_id) else {
+                let Some(reg) = self.fleet.nodes.remove(reg_id) else {
                     return;
                 };
-                self.names.remove(&reg.name);
+                self.fleet.names.remove(&reg.name);
                 batch.deleted.push((reg_id.clone(), reg.name.clone()));
                 let node = from_birth(NodeRecord {
                     state: NodeState::Registered,
@@ -117,38 +128,29 @@ impl Engine {
                     ..NodeRecord::discovered(id.clone(), reg.name.clone(), now)
                 });
                 info!(node = %id, name = %reg.name, registration = %reg_id, by = by.as_str(), "new agent matched a registration");
-                batch.event(
+                batch.normal(
                     id,
-                    EventType::Normal,
-                    "NodeMatched",
+                    EventReason::NodeMatched,
                     format!("matched registration {reg_id} by {}", by.as_str()),
-                    EventSource::Controller,
                     now,
                 );
-                self.nodes.insert(id.clone(), node);
+                self.fleet.nodes.insert(id.clone(), node);
                 reg.name
             }
             None => {
-                let name = self.unique_name(&b.hostname, id);
+                let name = self.fleet.unique_name(&b.hostname, id);
                 info!(node = %id, %name, "new node discovered");
-                self.nodes.insert(
+                self.fleet.nodes.insert(
                     id.clone(),
                     from_birth(NodeRecord::discovered(id.clone(), name.clone(), now)),
                 );
                 name
             }
         };
-        self.names.insert(name, id.clone());
+        self.fleet.names.insert(name, id.clone());
         batch.nodes.insert(id.clone(), None);
         batch.durable = true;
-        batch.event(
-            id,
-            EventType::Normal,
-            "NodeOnline",
-            "agent connected",
-            EventSource::Controller,
-            now,
-        );
+        batch.normal(id, EventReason::NodeOnline, "agent connected", now);
         if let Some((reg_id, by)) = matched {
             let ctx = Ctx {
                 comment: Some(format!("matched registration {reg_id} by {}", by.as_str())),
@@ -157,21 +159,15 @@ impl Engine {
             self.run_machine(id, Event::AgentMatched, ctx, now, batch);
         }
         self.touch(id, now);
-        if let Some(inv) = self.early_inventory.remove(id) {
+        if let Some(inv) = self.arrivals.early.remove(id) {
             batch.used_early.push((id.clone(), inv.clone()));
             self.on_inventory(id, inv, now, batch);
         }
     }
 
-    /// Whether any pre-registered node waits for its agent.
-    pub(super) fn has_registrations(&self) -> bool {
-        self.nodes
-            .values()
-            .any(|n| n.state == NodeState::Registered)
-    }
-
     fn match_registration(&self, facts: &AgentFacts) -> Option<(NodeId, MatchedBy)> {
         let candidates: Vec<Candidate<'_>> = self
+            .fleet
             .nodes
             .values()
             .filter(|n| n.state == NodeState::Registered)
@@ -195,7 +191,7 @@ impl Engine {
         now: Timestamp,
         batch: &mut Batch,
     ) {
-        let Some(before) = self.nodes.get(id).cloned() else {
+        let Some(before) = self.fleet.nodes.get(id).cloned() else {
             debug!(node = %id, "offline status for an unknown node; ignored");
             return;
         };
@@ -204,7 +200,7 @@ impl Engine {
             _ => false,
         };
         if other_session || off.conn < before.conn {
-            self.stale(id, "offline", off.conn, before.conn);
+            Self::stale(id, "offline", off.conn, before.conn, batch);
             return;
         }
         let mut after = before.clone();
@@ -223,7 +219,7 @@ impl Engine {
             batch.event(
                 id,
                 kind,
-                "NodeOffline",
+                EventReason::NodeOffline,
                 message,
                 EventSource::Controller,
                 now,
@@ -232,8 +228,8 @@ impl Engine {
         self.replace(before, after, now, batch);
     }
 
-    pub(super) fn stale(&self, id: &NodeId, what: &str, got: u64, newest: u64) {
-        self.telemetry.ingest_stale.inc();
+    fn stale(id: &NodeId, what: &str, got: u64, newest: u64, batch: &mut Batch) {
+        batch.counts.stale += 1;
         debug!(node = %id, what, conn = got, newest, "stale status ignored");
     }
 
@@ -244,17 +240,17 @@ impl Engine {
         now: Timestamp,
         batch: &mut Batch,
     ) {
-        let Some(before) = self.nodes.get(id).cloned() else {
-            if let Some((birth, _)) = self.pending_births.remove(id) {
-                self.early_inventory.insert(id.clone(), inv);
+        let Some(before) = self.fleet.nodes.get(id).cloned() else {
+            if let Some((birth, _)) = self.arrivals.births.remove(id) {
+                self.arrivals.early.insert(id.clone(), inv);
                 self.create_node(id, birth, now, batch);
                 return;
             }
-            if self.early_inventory.len() >= MAX_EARLY_INVENTORIES {
+            if self.arrivals.early.len() >= MAX_EARLY_INVENTORIES {
                 debug!(node = %id, "too many early inventories; dropping one");
                 return;
             }
-            self.early_inventory.insert(id.clone(), inv);
+            self.arrivals.early.insert(id.clone(), inv);
             return;
         };
         self.touch(id, now);
@@ -274,12 +270,10 @@ impl Engine {
         if let Some(old) = &previous {
             let changed = changed_sections(old, &inv);
             if !changed.is_empty() {
-                batch.event(
+                batch.agent_normal(
                     id,
-                    EventType::Normal,
-                    "InventoryChanged",
+                    EventReason::InventoryChanged,
                     format!("inventory changed: {}", changed.join(", ")),
-                    EventSource::Agent,
                     now,
                 );
             }
@@ -296,14 +290,11 @@ impl Engine {
         after.inventory_at = Some(now);
         after.version = before.version + 1;
         after.updated_at = now;
-        self.nodes.insert(id.clone(), after);
+        self.fleet.nodes.insert(id.clone(), after);
         batch.durable = true;
         batch.nodes.entry(id.clone()).or_insert(Some(before.name));
     }
 
-    /// An ack or a job event. Both prove the agent alive; a job event also resets the
-    /// install timer. A report that does not fit the node (another command, an
-    /// impossible status) is refused with a warning and changes nothing.
     /// A report from the agent's outbox: applied strictly in `seq` order per session.
     /// A duplicate is dropped (and receipted again); one after a gap waits until the gap
     /// is filled (the agent resends from its oldest unreceipted report).
@@ -314,13 +305,13 @@ impl Engine {
         now: Timestamp,
         batch: &mut Batch,
     ) {
-        let Some(node) = self.nodes.get(id).cloned() else {
+        let Some(node) = self.fleet.nodes.get(id).cloned() else {
             debug!(node = %id, "report from an unknown node; the agent resends it after its birth");
             return;
         };
         self.touch(id, now);
         if node.old_sessions.contains(&report.session) {
-            self.telemetry.reports_duplicate.inc();
+            batch.counts.duplicate += 1;
             debug!(node = %id, session = %report.session, "report of an earlier agent session dropped");
             return;
         }
@@ -330,7 +321,7 @@ impl Engine {
             // session as it finds it: the controller's store may be younger than the
             // agent's outbox.)
             if report.seq != 1 && node.report_session.is_some() {
-                self.hold(id, report);
+                self.hold(id, report, batch);
                 return;
             }
             let mut after = node.clone();
@@ -346,46 +337,43 @@ impl Engine {
             self.replace(node, after, now, batch);
         }
         if report.seq <= last {
-            self.telemetry.reports_duplicate.inc();
+            batch.counts.duplicate += 1;
             batch.receipts.insert(id.clone());
             return;
         }
         if report.seq > last + 1 {
-            self.hold(id, report);
+            self.hold(id, report, batch);
             return;
         }
         let mut next = Some(report);
         while let Some(r) = next {
             let seq = r.seq;
             self.on_report(id, r, now, batch);
-            if let Some(n) = self.nodes.get_mut(id) {
+            if let Some(n) = self.fleet.nodes.get_mut(id) {
                 n.last_applied_seq = seq;
             }
             batch.nodes.entry(id.clone()).or_insert(None);
             batch.durable = true;
             batch.receipts.insert(id.clone());
-            self.telemetry.reports_applied.inc();
+            batch.counts.applied += 1;
             next = self.held.get_mut(id).and_then(|h| h.remove(&(seq + 1)));
         }
     }
 
     /// Keeps a report that came after a gap (bounded; the agent resends anyway).
-    fn hold(&mut self, id: &NodeId, report: Report) {
-        self.telemetry.reports_held_back.inc();
+    fn hold(&mut self, id: &NodeId, report: Report, batch: &mut Batch) {
+        batch.counts.held_back += 1;
         let held = self.held.entry(id.clone()).or_default();
         if held.len() < MAX_HELD_REPORTS {
             held.insert(report.seq, report);
         }
     }
 
-    pub(super) fn on_report(
-        &mut self,
-        id: &NodeId,
-        report: Report,
-        now: Timestamp,
-        batch: &mut Batch,
-    ) {
-        let Some(node) = self.nodes.get(id).cloned() else {
+    /// An ack or a job event. Both prove the agent alive; a job event also resets the
+    /// install timer. A report that does not fit the node (another command, an
+    /// impossible status) is refused with a warning and changes nothing.
+    fn on_report(&mut self, id: &NodeId, report: Report, now: Timestamp, batch: &mut Batch) {
+        let Some(node) = self.fleet.nodes.get(id).cloned() else {
             return;
         };
         match report.body {
@@ -400,54 +388,63 @@ impl Engine {
                     CommandStatus::Rejected
                 };
                 self.update_command(&command_id, status, reason.clone(), now, batch);
-                let current = node.job.as_ref().filter(|j| j.command_id == command_id);
-                if !accepted && current.is_none() {
-                    if let Some(kind) = self.power_command(id, &command_id) {
-                        let why = reason.clone().unwrap_or_else(|| "no reason given".into());
-                        warn!(node = %id, command = %command_id, reason = %why, "agent refused the {kind}");
-                        batch.event(
+                if accepted {
+                    return;
+                }
+                // The agent will never run it.
+                let why = reason.unwrap_or_else(|| "no reason given".into());
+                match node.job.as_ref().filter(|j| j.command_id == command_id) {
+                    Some(job) => {
+                        // The same as a failed attempt.
+                        warn!(node = %id, command = %command_id, reason = %why, "agent refused the job");
+                        batch.agent_warning(
                             id,
-                            EventType::Warning,
-                            "CommandRejected",
-                            format!("agent refused {kind} command {command_id}: {why}"),
-                            EventSource::Agent,
+                            EventReason::CommandRejected,
+                            format!("agent refused command {command_id}: {why}"),
                             now,
                         );
+                        let event = Event::Job {
+                            command_id: command_id.clone(),
+                            job: job.kind,
+                            status: JobStatus::Failed,
+                            error: Some(format!("agent refused the command: {why}")),
+                        };
+                        self.run_machine(id, event, Ctx::default(), now, batch);
                     }
-                }
-                if let (false, Some(job)) = (accepted, current) {
-                    // The agent will never run it: the same as a failed attempt.
-                    let why = reason.unwrap_or_else(|| "no reason given".into());
-                    warn!(node = %id, command = %command_id, reason = %why, "agent refused the job");
-                    batch.event(
-                        id,
-                        EventType::Warning,
-                        "CommandRejected",
-                        format!("agent refused command {command_id}: {why}"),
-                        EventSource::Agent,
-                        now,
-                    );
-                    let event = Event::Job {
-                        command_id: command_id.clone(),
-                        job: job.kind,
-                        status: JobStatus::Failed,
-                        error: Some(format!("agent refused the command: {why}")),
-                    };
-                    self.run_machine(id, event, Default::default(), now, batch);
+                    None => {
+                        let power = self
+                            .sent_to(id, &command_id, batch)
+                            .and_then(|rec| rec.command.kind.power());
+                        if let Some(action) = power {
+                            warn!(node = %id, command = %command_id, reason = %why, "agent refused the {action}");
+                            batch.agent_warning(
+                                id,
+                                EventReason::CommandRejected,
+                                format!("agent refused {action} command {command_id}: {why}"),
+                                now,
+                            );
+                        }
+                    }
                 }
             }
             ReportBody::Job {
                 command_id,
-                job,
+                job: Work::Power(action),
                 status,
                 error,
                 ..
-            } if job.is_power() => {
-                self.on_power_report(id, &command_id, job, status, error, now, batch);
+            } => {
+                let report = PowerReport {
+                    command_id,
+                    action,
+                    status,
+                    error,
+                };
+                self.on_power_report(id, report, now, batch);
             }
             ReportBody::Job {
                 command_id,
-                job,
+                job: Work::Job(job),
                 status,
                 progress,
                 step,
@@ -475,7 +472,7 @@ impl Engine {
                 if !self.run_machine(id, event, ctx, now, batch) {
                     return;
                 }
-                let Some(before) = self.nodes.get(id).cloned() else {
+                let Some(before) = self.fleet.nodes.get(id).cloned() else {
                     return;
                 };
                 let mut after = before.clone();
@@ -491,7 +488,7 @@ impl Engine {
                 if status == JobStatus::Progress {
                     // Progress is transient: no version bump.
                     if after != before {
-                        self.nodes.insert(id.clone(), after);
+                        self.fleet.nodes.insert(id.clone(), after);
                         batch.nodes.entry(id.clone()).or_insert(Some(before.name));
                     }
                 } else {
@@ -501,186 +498,19 @@ impl Engine {
         }
     }
 
-    /// The kind of `command_id` if it is a `reboot` or `poweroff` sent to node `id`.
-    fn power_command(&self, id: &NodeId, command_id: &str) -> Option<JobKind> {
-        match self.store.command(command_id) {
-            Ok(Some(rec)) if rec.node_id == *id => rec.command.kind.power(),
-            _ => None,
-        }
-    }
-
-    /// Whether `command_id` is an install sent to node `id` whose plan reboots the host
-    /// when done (`reboot_after`): its agent reports that reboot under the install's id.
-    fn reboots_after_install(&self, id: &NodeId, command_id: &str) -> bool {
-        match self.store.command(command_id) {
-            Ok(Some(rec)) => {
-                rec.node_id == *id
-                    && rec.command.kind == CommandKind::Install
-                    && rec.command.plan.as_ref().is_some_and(|p| p.reboot_after)
-            }
-            _ => false,
-        }
-    }
-
-    /// The reboot after a `reboot_after` install: an event either way. The install
-    /// itself succeeded; the node becomes `active` on its first birth of a new boot.
-    fn on_reboot_after_install(
-        &mut self,
-        id: &NodeId,
-        command_id: &str,
-        status: JobStatus,
-        error: Option<String>,
-        now: Timestamp,
-        batch: &mut Batch,
-    ) {
-        match status {
-            JobStatus::Complete => {
-                info!(node = %id, command = %command_id, "the host rebooted after its install");
-                batch.event(
-                    id,
-                    EventType::Normal,
-                    "RebootCompleted",
-                    format!("the host rebooted after its install ({command_id})"),
-                    EventSource::Agent,
-                    now,
-                );
-            }
-            JobStatus::Failed => {
-                let why = error.unwrap_or_else(|| "no reason given".into());
-                warn!(node = %id, command = %command_id, error = %why, "the reboot after the install failed");
-                batch.event(
-                    id,
-                    EventType::Warning,
-                    "RebootFailed",
-                    format!("the reboot after the install ({command_id}) failed: {why}; the node stays installed until its agent comes back in a new boot"),
-                    EventSource::Agent,
-                    now,
-                );
-            }
-            JobStatus::Started | JobStatus::Progress => {}
-        }
-    }
-
-    /// The end of a power action: the operation `succeeded` (the action exited 0) or
-    /// `failed`. Power actions never touch the lifecycle state.
-    #[allow(clippy::too_many_arguments)]
-    fn on_power_report(
-        &mut self,
-        id: &NodeId,
-        command_id: &str,
-        job: JobKind,
-        status: JobStatus,
-        error: Option<String>,
-        now: Timestamp,
-        batch: &mut Batch,
-    ) {
-        if job == JobKind::Reboot && self.reboots_after_install(id, command_id) {
-            self.on_reboot_after_install(id, command_id, status, error, now, batch);
-            return;
-        }
-        if self.power_command(id, command_id) != Some(job) {
-            self.telemetry.reports_refused.inc();
-            warn!(node = %id, command = %command_id, %job, "power report for a command this node was not sent");
-            batch.event(
-                id,
-                EventType::Warning,
-                "MessageRejected",
-                format!("report refused: no {job} command {command_id} was sent to this node"),
-                EventSource::Agent,
-                now,
-            );
-            return;
-        }
-        let name = match job {
-            JobKind::Poweroff => "Poweroff",
-            _ => "Reboot",
-        };
-        match status {
-            JobStatus::Complete => {
-                info!(node = %id, command = %command_id, %job, "power action done");
-                self.update_command(command_id, CommandStatus::Succeeded, None, now, batch);
-                batch.event(
-                    id,
-                    EventType::Normal,
-                    &format!("{name}Completed"),
-                    format!("{job} action ran (operation {command_id})"),
-                    EventSource::Agent,
-                    now,
-                );
-            }
-            JobStatus::Failed => {
-                let why = error.unwrap_or_else(|| "no reason given".into());
-                warn!(node = %id, command = %command_id, %job, error = %why, "power action failed");
-                self.update_command(
-                    command_id,
-                    CommandStatus::Failed,
-                    Some(why.clone()),
-                    now,
-                    batch,
-                );
-                batch.event(
-                    id,
-                    EventType::Warning,
-                    &format!("{name}Failed"),
-                    format!("{name} failed (operation {command_id}): {why}"),
-                    EventSource::Agent,
-                    now,
-                );
-            }
-            JobStatus::Started | JobStatus::Progress => {}
-        }
-    }
-
     pub(super) fn on_metrics(&mut self, id: &NodeId, sample: MetricsSample, now: Timestamp) {
-        if !self.nodes.contains_key(id) {
+        if !self.fleet.nodes.contains_key(id) {
             debug!(node = %id, "metrics for an unknown node; waiting for its birth");
             return;
         }
-        self.history.record(id, &sample, now);
-        self.heartbeats.insert(
-            id.clone(),
-            Heartbeat {
-                last_seen_at: now,
-                sample: Some(sample),
-            },
-        );
-        self.dirty_heartbeats.insert(id.clone());
+        self.heartbeats.sample(id, sample, now);
     }
 
     /// Any message from a known node proves it was alive just now.
     pub(super) fn touch(&mut self, id: &NodeId, now: Timestamp) {
-        if !self.nodes.contains_key(id) {
-            return;
+        if self.fleet.nodes.contains_key(id) {
+            self.heartbeats.seen(id, now);
         }
-        let hb = self.heartbeats.entry(id.clone()).or_insert(Heartbeat {
-            last_seen_at: now,
-            sample: None,
-        });
-        hb.last_seen_at = now;
-        self.dirty_heartbeats.insert(id.clone());
-    }
-
-    /// The hostname if it is a free, valid name; else hostname-<id prefix>; else the id,
-    /// then id-2, id-3, ... A name never equals another node's id.
-    pub(super) fn unique_name(&self, hostname: &str, id: &NodeId) -> String {
-        let free = |n: &str| {
-            is_valid_node_name(n)
-                && !self.names.contains_key(n)
-                && !self
-                    .nodes
-                    .keys()
-                    .any(|other| other.as_str() == n && other != id)
-        };
-        let short: String = id.as_str().chars().take(8).collect();
-        [
-            hostname.to_string(),
-            format!("{hostname}-{short}"),
-            id.to_string(),
-        ]
-        .into_iter()
-        .chain((2u64..).map(|k| format!("{id}-{k}")))
-        .find(|n| free(n))
-        .unwrap_or_else(|| id.to_string())
     }
 }
 

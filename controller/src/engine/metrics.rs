@@ -14,7 +14,7 @@ use tracing::{debug, error};
 
 use super::Engine;
 use crate::store::{
-    key_ms, Point, Rollup, Store, StoreError, WriteTx, MINUTE_MS, MIN_SPACING_MS, RAW_KEEP,
+    key_ms, Point, Rollup, StoreError, StoreReader, WriteTx, MINUTE_MS, MIN_SPACING_MS, RAW_KEEP,
     ROLLUP_KEEP,
 };
 
@@ -142,7 +142,12 @@ impl History {
     /// Rebuilds a node's state from the store: its newest sample time, and the minutes
     /// after its newest rollup summed again from stored samples (the open one stays
     /// open, earlier ones wait for the next flush).
-    fn restore(&mut self, store: &Store, id: &NodeId, now: Timestamp) -> Result<(), StoreError> {
+    fn restore(
+        &mut self,
+        store: &StoreReader,
+        id: &NodeId,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
         let (last_raw, last_minute) = store.metrics_ends(id)?;
         let Some(last_raw) = last_raw else {
             return Ok(());
@@ -172,27 +177,26 @@ impl Engine {
     /// After a start: every node's history state, from the store.
     pub(super) fn restore_history(&mut self) -> Result<(), StoreError> {
         let now = self.clock.now();
-        let ids: Vec<NodeId> = self.nodes.keys().cloned().collect();
-        for id in &ids {
-            self.history.restore(&self.store, id, now)?;
+        for id in self.fleet.nodes.keys() {
+            self.heartbeats.history.restore(&self.store, id, now)?;
         }
         Ok(())
     }
 
     /// Drops every node's samples and rollups past their retention, also of nodes that
     /// have gone quiet (each flush prunes only the nodes it writes).
-    pub(super) fn prune_history(&self) {
+    pub(super) fn prune_history(&mut self) {
         let now = self.clock.now();
         let raw_cutoff = key_ms(now.minus(RAW_KEEP).unix_millis());
         let minute_cutoff = key_ms(now.minus(ROLLUP_KEEP).unix_millis()) / MINUTE_MS;
         let result = self.store.write(redb::Durability::None, |tx| {
-            for id in self.nodes.keys() {
+            for id in self.fleet.nodes.keys() {
                 tx.prune_metrics(id, raw_cutoff, minute_cutoff)?;
             }
             Ok(())
         });
         match result {
-            Ok(()) => debug!(nodes = self.nodes.len(), "pruned metrics history"),
+            Ok(()) => debug!(nodes = self.fleet.nodes.len(), "pruned metrics history"),
             Err(e) => error!(error = %e, "pruning metrics history failed; will try again"),
         }
     }

@@ -1,16 +1,24 @@
-//! The engine: the one task that changes node data (STYLE rule 4).
+//! The engine: the one task that changes stored data (STYLE rule 4).
 //!
-//! Ingest and the HTTP API send it [`Input`]s over a channel. It applies a batch of them to
-//! its in-memory copy of the nodes, commits the batch in one redb transaction (group
-//! commit: transitions, their audit entries, counters and commands together, with
-//! `Durability::Immediate`), and only then publishes the resulting MQTT messages and
-//! answers the API. If a commit fails the copy is reloaded from the store and nothing is
-//! published, so the world never sees a change the store does not hold.
+//! Ingest, the HTTP API and the wake task send it [`Input`]s over a channel. It applies a
+//! batch of them to its in-memory copy of the nodes, commits the batch in one redb
+//! transaction (group commit: transitions, their audit entries, events and commands
+//! together, with `Durability::Immediate`), and only then publishes the resulting MQTT
+//! messages, answers the API, hands on its effects (wake requests) and counts what the
+//! batch did. If a commit fails the copy is reloaded from the store and nothing is
+//! published or counted, so the world never sees a change the store does not hold.
 //!
+//! It runs on a thread of its own ([`Engine::spawn`]): a commit's fsync blocks that
+//! thread, never a worker of the async runtime.
+//!
+//! - `batch.rs`: what one batch changed, and the counters it moves.
 //! - `agent.rs`: what agents say (status, inventory, metrics, reports).
-//! - `ops.rs`: the state machine, API calls, commands and timers.
+//! - `lifecycle.rs`: the state machine driver (transitions, audit, effects, retries).
+//! - `commands.rs`: the command lifecycle (ids, unacked, resend, expiry, status rules).
+//! - `calls.rs`: the operator's calls, decided from a node and an action.
+//! - `operations.rs`: reboot, poweroff, wake, and the power reports.
 //! - `reconcile.rs`: state timeouts and recovery, discovery timeouts, heartbeat staleness.
-//!
+//! - `fleet.rs`: the copy of the nodes and the heartbeats.
 //! - `metrics.rs`: metrics history (samples and one-minute rollups), buffered in memory.
 //!
 //! Metrics samples never cause a transaction of their own: they refresh the heartbeat and
@@ -19,49 +27,58 @@
 //! section 4).
 
 mod agent;
+mod batch;
+mod calls;
+mod commands;
+mod fleet;
+mod lifecycle;
 mod metrics;
-mod ops;
+mod operations;
 mod reconcile;
 
-pub use ops::{Action, Call, CallError, NodeUpdate, PowerAction, Registration, Reply};
+pub use calls::{Action, Call, CallError, NodeUpdate, Registration, Reply};
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use metalbus_protocol::api::{EventSource, EventType, NodeEvent};
-use metalbus_protocol::controller::{NodeStateMessage, Summary};
+use metalbus_link::Clock;
+use metalbus_protocol::command::CommandId;
+use metalbus_protocol::controller::{NodeStateMessage, Receipt, Summary};
+use metalbus_protocol::event::EventReason;
 use metalbus_protocol::inventory::Inventory;
 use metalbus_protocol::lifecycle::NodeState;
 use metalbus_protocol::machine::Event;
 use metalbus_protocol::metrics::MetricsSample;
 use metalbus_protocol::report::Report;
-use metalbus_protocol::status::{Birth, Status};
+use metalbus_protocol::status::Status;
 use metalbus_protocol::topic::{NodeTopic, Topics};
 use metalbus_protocol::{NodeId, Timestamp};
 use redb::Durability;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, error, info};
+use tracing::{error, info};
 
-use crate::clock::Clock;
+use agent::Arrivals;
+use batch::{Batch, ReplyTo, TokenReplyTo};
+use calls::Done;
+use commands::{Commands, Ids};
+use fleet::{Fleet, Heartbeats};
+use lifecycle::Ctx;
+use reconcile::Reconciler;
+
 use crate::config::ControllerConfig;
+use crate::ingest::RejectReason;
 use crate::live::{LiveEvent, LiveFeed};
-use crate::publish::{Outbound, PublishQueue};
-use crate::store::{
-    AuditEntry, CommandRecord, CommandStatus, Heartbeat, NodeRecord, Store, StoreError,
-    StoredInventory,
-};
+use crate::publish::{Delivery, Outbound, PublishQueue};
+use crate::store::{NodeRecord, Store, StoreError, TokenRecord};
 use crate::telemetry::{StateLabel, Telemetry};
+use crate::wake::WakeRequest;
 
 /// How long heartbeats may sit in memory before a cheap (non-durable) flush.
 const HEARTBEAT_FLUSH: Duration = Duration::from_secs(1);
-/// Inventories that arrive before their node's first birth wait here; bounded.
-const MAX_EARLY_INVENTORIES: usize = 1_000;
 /// Inputs of failed commits kept for retry; beyond this the oldest are dropped.
 const MAX_RETRY_INPUTS: usize = 10_000;
-/// Reports kept per node while waiting for a gap to fill.
-const MAX_HELD_REPORTS: usize = 1024;
 /// How often events past their `max_age` are swept out.
 const EVENT_PRUNE: Duration = Duration::from_secs(3600);
 /// Most inputs applied in one transaction.
@@ -89,20 +106,32 @@ pub enum Input {
     },
     /// An operator's request from the HTTP API, answered after the commit.
     Call(Box<Call>),
+    /// A new API token to store (only its hash), answered after the commit.
+    Token {
+        hash: String,
+        record: TokenRecord,
+        reply: TokenReplyTo,
+    },
+    /// The wake task sent a wake's packets (`error: None`), or could not.
+    WakeSent {
+        operation_id: CommandId,
+        error: Option<String>,
+    },
     /// The broker connection is (re)established: publish every retained message again.
     Resync,
     /// Ingest refused a message on this node's topics; recorded as a Warning event if
     /// the node is known.
     Rejected {
         id: NodeId,
-        reason: &'static str,
+        reason: RejectReason,
         error: String,
     },
 }
 
 impl Input {
     /// A copy to apply again after a failed commit; `None` for what is not retried
-    /// (metrics, replaced by the next sample; API calls, answered with an error instead).
+    /// (metrics, replaced by the next sample; API calls and tokens, answered with an
+    /// error instead).
     fn retry_copy(&self) -> Option<Input> {
         match self {
             Input::Status { id, status } => Some(Input::Status {
@@ -117,7 +146,18 @@ impl Input {
                 id: id.clone(),
                 report: report.clone(),
             }),
-            Input::Metrics { .. } | Input::Call(_) | Input::Resync | Input::Rejected { .. } => None,
+            Input::WakeSent {
+                operation_id,
+                error,
+            } => Some(Input::WakeSent {
+                operation_id: operation_id.clone(),
+                error: error.clone(),
+            }),
+            Input::Metrics { .. }
+            | Input::Call(_)
+            | Input::Token { .. }
+            | Input::Resync
+            | Input::Rejected { .. } => None,
         }
     }
 }
@@ -132,179 +172,121 @@ pub struct EngineConfig {
     pub controller: Arc<ControllerConfig>,
 }
 
+/// Where the engine's output goes once a batch is committed.
+#[derive(Clone)]
+pub struct Outlets {
+    /// MQTT messages, for the bus.
+    pub publish: PublishQueue,
+    /// Wake-on-LAN requests, for the wake task (which answers with `Input::WakeSent`).
+    pub wake: mpsc::UnboundedSender<WakeRequest>,
+    /// Committed changes, for the API's event stream.
+    pub live: LiveFeed,
+}
+
+/// Inputs waiting for the store to take them again.
+#[derive(Default)]
+struct Retry {
+    inputs: Vec<Input>,
+    /// The copy may hold changes the store refused; reload before applying more.
+    reload: bool,
+}
+
 pub struct Engine {
+    /// The one write handle of the store.
     store: Store,
-    publish: PublishQueue,
+    out: Outlets,
     telemetry: Arc<Telemetry>,
     clock: Arc<dyn Clock>,
     cfg: EngineConfig,
-    nodes: HashMap<NodeId, NodeRecord>,
-    names: HashMap<String, NodeId>,
-    heartbeats: HashMap<NodeId, Heartbeat>,
-    dirty_heartbeats: HashSet<NodeId>,
-    /// Metrics history waiting for the next heartbeat flush.
-    history: metrics::History,
-    early_inventory: HashMap<NodeId, Inventory>,
-    last_summary: Option<Summary>,
-    /// Inputs whose commit failed, applied again before the next batch.
-    retry: Vec<Input>,
-    /// The copy may hold changes the store refused; reload before applying more.
-    needs_reload: bool,
+    ids: Ids,
+    fleet: Fleet,
+    heartbeats: Heartbeats,
+    arrivals: Arrivals,
+    commands: Commands,
     /// Install resends waiting for their backoff: (due, node), earliest first.
-    timers: BinaryHeap<Reverse<(Timestamp, NodeId)>>,
+    install_retries: BinaryHeap<Reverse<(Timestamp, NodeId)>>,
     /// Reports that came after a gap, per node, by seq.
     held: HashMap<NodeId, BTreeMap<u64, Report>>,
-    /// Commands not yet acknowledged: id → (node, next resend, expiry).
-    unacked: BTreeMap<String, (NodeId, Timestamp, Timestamp)>,
-    /// When the reconciler looks at the nodes next.
-    reconcile_at: Timestamp,
-    /// When this engine started: no node is stale before a full window after it.
-    started_at: Timestamp,
-    /// Births of unknown agents waiting (briefly) for their inventory, so that they can
-    /// be matched to registrations by MAC and IP.
-    pending_births: HashMap<NodeId, (Birth, Timestamp)>,
-    /// Committed changes, for `GET /api/v1/events/stream`.
-    live: LiveFeed,
-}
-
-/// Where an API call's answer goes.
-type ReplyTo = oneshot::Sender<Result<Reply, CallError>>;
-
-/// What one batch changed, to be written and then announced.
-#[derive(Default)]
-struct Batch {
-    /// Changed nodes and the name each had before (None if new).
-    nodes: BTreeMap<NodeId, Option<String>>,
-    /// Nodes that are gone (a registration a new agent claimed), with their names;
-    /// deleted before the changed nodes are written.
-    deleted: Vec<(NodeId, String)>,
-    inventories: BTreeMap<NodeId, StoredInventory>,
-    /// Early inventories this batch used; put back if the commit fails.
-    used_early: Vec<(NodeId, Inventory)>,
-    /// Audit entries with their per-node number.
-    audits: Vec<(u64, AuditEntry)>,
-    commands: Vec<CommandRecord>,
-    /// Node events (DESIGN section 7.5), repeats within the batch already merged.
-    events: Vec<(NodeId, NodeEvent)>,
-    /// Stuck nodes found and recovery attempts made, by state; counted after the commit.
-    stuck: Vec<NodeState>,
-    recoveries: Vec<NodeState>,
-    /// Seconds spent in each state left in this batch; observed after the commit.
-    durations: Vec<(NodeState, f64)>,
-    /// Commands sent and status changes, (kind, status); counted after the commit.
-    command_results: Vec<(String, CommandStatus)>,
-    /// Published after the commit.
-    outbound: Vec<Outbound>,
-    /// API answers, sent after the commit.
-    replies: Vec<(ReplyTo, Result<ops::Done, CallError>)>,
-    /// Anything but progress: commit with `Durability::Immediate`.
-    durable: bool,
-    /// Nodes that need an operator, and why; moved to `error` after the inputs.
-    followups: Vec<(NodeId, String)>,
-    /// Nodes whose receipt to publish after the commit.
-    receipts: std::collections::BTreeSet<NodeId>,
-}
-
-impl Batch {
-    fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
-            && self.deleted.is_empty()
-            && self.inventories.is_empty()
-            && self.audits.is_empty()
-            && self.commands.is_empty()
-            && self.events.is_empty()
-    }
-
-    /// Records an event for `id` at `now`; a repeat of one already in this batch bumps
-    /// its count.
-    fn event(
-        &mut self,
-        id: &NodeId,
-        kind: EventType,
-        reason: &str,
-        message: impl Into<String>,
-        source: EventSource,
-        now: Timestamp,
-    ) {
-        let event = NodeEvent::new(kind, reason, message, source, now);
-        debug!(node = %id, kind = kind.as_str(), reason, message = %event.message, "event");
-        self.durable = true;
-        let repeat = self
-            .events
-            .iter_mut()
-            .rev()
-            .find(|(n, e)| n == id && e.same_as(&event));
-        match repeat {
-            Some((_, e)) => {
-                e.count += 1;
-                e.last_timestamp = now;
-            }
-            None => self.events.push((id.clone(), event)),
-        }
-    }
+    /// Wake calls answered once their packets went out.
+    waiting_wakes: HashMap<CommandId, (ReplyTo, Done)>,
+    retry: Retry,
+    reconciler: Reconciler,
+    last_summary: Option<Summary>,
 }
 
 impl Engine {
     pub fn new(
         store: Store,
-        publish: PublishQueue,
+        out: Outlets,
         telemetry: Arc<Telemetry>,
         clock: Arc<dyn Clock>,
         cfg: EngineConfig,
     ) -> Result<Self, StoreError> {
+        let lifecycle = &cfg.controller.lifecycle;
+        let commands = Commands::new(lifecycle.resend_after, lifecycle.command_ttl);
+        let now = clock.now();
         let mut engine = Self {
             store,
-            publish,
+            out,
             telemetry,
             clock,
             cfg,
-            nodes: HashMap::new(),
-            names: HashMap::new(),
-            heartbeats: HashMap::new(),
-            dirty_heartbeats: HashSet::new(),
-            history: metrics::History::default(),
-            early_inventory: HashMap::new(),
-            last_summary: None,
-            retry: Vec::new(),
-            needs_reload: false,
-            timers: BinaryHeap::new(),
+            ids: Ids::new(),
+            fleet: Fleet::default(),
+            heartbeats: Heartbeats::default(),
+            arrivals: Arrivals::default(),
+            commands,
+            install_retries: BinaryHeap::new(),
             held: HashMap::new(),
-            unacked: BTreeMap::new(),
-            reconcile_at: Timestamp::from_unix_millis(0),
-            started_at: Timestamp::from_unix_millis(0),
-            pending_births: HashMap::new(),
-            live: LiveFeed::default(),
+            waiting_wakes: HashMap::new(),
+            retry: Retry::default(),
+            reconciler: Reconciler {
+                next_at: Timestamp::from_unix_millis(0),
+                started_at: now,
+            },
+            last_summary: None,
         };
         engine.reload()?;
-        for id in engine.nodes.keys() {
+        for id in engine.fleet.nodes.keys() {
             if let Some(hb) = engine.store.heartbeat(id)? {
-                engine.heartbeats.insert(id.clone(), hb);
+                engine.heartbeats.latest.insert(id.clone(), hb);
             }
         }
         engine.restore_history()?;
-        let now = engine.clock.now();
-        engine.started_at = now;
-        engine.rearm_resends(now);
-        for rec in engine.store.unacked_commands()? {
-            engine.unacked.insert(
-                rec.command.command_id.clone(),
-                (rec.node_id.clone(), now, rec.command.expires_at),
-            );
-        }
+        engine.rearm_install_retries(now);
+        let sent = engine.store.unacked_commands()?;
+        engine.commands.restore(sent, now);
         Ok(engine)
+    }
+
+    /// The store back, as a stopped controller leaves it (tests restart engines on it).
+    #[cfg(test)]
+    fn into_store(self) -> Store {
+        self.store
     }
 
     /// Replaces the in-memory nodes with what the store holds. Heartbeats are the
     /// engine's own and stay.
     fn reload(&mut self) -> Result<(), StoreError> {
-        let nodes = self.store.nodes()?;
-        self.names = nodes
-            .iter()
-            .map(|n| (n.name.clone(), n.id.clone()))
-            .collect();
-        self.nodes = nodes.into_iter().map(|n| (n.id.clone(), n)).collect();
+        self.fleet = Fleet::of(self.store.nodes()?);
         self.update_gauges();
         Ok(())
+    }
+
+    /// Runs the engine on a thread of its own, with a single-threaded runtime for its
+    /// timers, until every sender of `rx` is gone. The handle resolves when it stopped.
+    pub fn spawn(self, rx: mpsc::Receiver<Input>) -> std::io::Result<EngineHandle> {
+        let (done_tx, done) = oneshot::channel();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()?;
+        std::thread::Builder::new()
+            .name("metalbus-engine".into())
+            .spawn(move || {
+                runtime.block_on(self.run(rx));
+                let _ = done_tx.send(());
+            })?;
+        Ok(EngineHandle { done })
     }
 
     /// Runs until every sender is gone (the bus drops its sender at shutdown), applies
@@ -334,7 +316,10 @@ impl Engine {
                 },
                 _ = flush.tick() => {
                     let now = self.clock.now();
-                    if !self.retry.is_empty() || self.resends_due(now) || now >= self.reconcile_at {
+                    let due = !self.retry.inputs.is_empty()
+                        || self.commands.any_due(now)
+                        || now >= self.reconciler.next_at;
+                    if due {
                         self.apply(Vec::new());
                     }
                     self.flush_heartbeats(Durability::None);
@@ -346,42 +331,42 @@ impl Engine {
                 }
             }
         }
-        if !self.retry.is_empty() {
+        if !self.retry.inputs.is_empty() {
             self.apply(Vec::new());
         }
         self.flush_heartbeats(Durability::Immediate);
-        if !self.retry.is_empty() {
+        if !self.retry.inputs.is_empty() {
             error!(
-                inputs = self.retry.len(),
+                inputs = self.retry.inputs.len(),
                 "stopping with changes the store refused; agents resend on reconnect"
             );
         }
         info!("engine stopped; store flushed");
     }
 
-    /// Applies a batch: mutate the copy, commit once, then publish. If the commit fails
-    /// the copy is reloaded, nothing is published, and the batch's inputs (but metrics,
-    /// which the next sample replaces) are kept and applied again later.
+    /// Applies a batch: mutate the copy, commit once, then announce. If the commit fails
+    /// the copy is reloaded, nothing is published or counted, and the batch's inputs
+    /// (but metrics, which the next sample replaces) are kept and applied again later.
     pub fn apply(&mut self, inputs: Vec<Input>) {
         let now = self.clock.now();
         let mut inputs = inputs;
-        if !self.retry.is_empty() {
-            let mut all = std::mem::take(&mut self.retry);
+        if !self.retry.inputs.is_empty() {
+            let mut all = std::mem::take(&mut self.retry.inputs);
             all.append(&mut inputs);
             inputs = all;
         }
-        if self.needs_reload {
+        if self.retry.reload {
             if let Err(e) = self.reload() {
                 error!(error = %e, "store still unavailable; changes wait");
                 self.keep_for_retry(inputs);
                 return;
             }
-            self.needs_reload = false;
+            self.retry.reload = false;
         }
         let keep: Vec<Input> = inputs.iter().filter_map(Input::retry_copy).collect();
         let mut batch = Batch::default();
         let mut resync = false;
-        self.fire_timers(now, &mut batch);
+        self.fire_install_retries(now, &mut batch);
         self.resend_commands(now, &mut batch);
         self.reconcile(now, &mut batch);
         for input in inputs {
@@ -395,15 +380,26 @@ impl Engine {
                     self.on_sequenced_report(&id, *report, now, &mut batch)
                 }
                 Input::Call(call) => self.on_call(*call, now, &mut batch),
+                Input::Token {
+                    hash,
+                    record,
+                    reply,
+                } => {
+                    batch.tokens.push((hash, record));
+                    batch.token_replies.push(reply);
+                    batch.durable = true;
+                }
+                Input::WakeSent {
+                    operation_id,
+                    error,
+                } => self.on_wake_sent(&operation_id, error, now, &mut batch),
                 Input::Resync => resync = true,
                 Input::Rejected { id, reason, error } => {
-                    if self.nodes.contains_key(&id) {
-                        batch.event(
+                    if self.fleet.nodes.contains_key(&id) {
+                        batch.agent_warning(
                             &id,
-                            EventType::Warning,
-                            "MessageRejected",
-                            format!("{reason}: {error}"),
-                            EventSource::Agent,
+                            EventReason::MessageRejected,
+                            format!("{}: {error}", reason.as_str()),
                             now,
                         );
                     }
@@ -412,58 +408,55 @@ impl Engine {
         }
         for (id, reason) in std::mem::take(&mut batch.followups) {
             error!(node = %id, %reason, "node needs an operator");
-            let ctx = ops::Ctx {
+            let ctx = Ctx {
                 error: Some(reason.clone()),
-                ..ops::Ctx::default()
+                ..Ctx::default()
             };
             self.run_machine(&id, Event::Fault { reason }, ctx, now, &mut batch);
         }
         if !batch.is_empty() {
             if let Err(e) = self.commit(&batch, now) {
-                error!(error = %e, inputs = keep.len(), "store commit failed; will retry the batch");
-                // The copy holds the failed changes: replace it with what the store has.
-                self.needs_reload = true;
-                if self.reload().is_ok() {
-                    self.needs_reload = false;
-                }
-                for (id, inv) in batch.used_early {
-                    self.early_inventory.insert(id, inv);
-                }
-                // Resends that fired in this batch are lost with it: arm them again,
-                // a second later so a failing store is not hammered.
-                self.rearm_resends(Timestamp::from_unix_millis(now.unix_millis() + 1000));
-                for (reply, result) in batch.replies {
-                    let answer = match result {
-                        Ok(_) => Err(CallError::Store(e.to_string())),
-                        Err(refused) => Err(refused),
-                    };
-                    let _ = reply.send(answer);
-                }
-                self.keep_for_retry(keep);
+                self.refused(batch, keep, &e, now);
                 return;
             }
         }
-        for state in &batch.stuck {
-            self.telemetry
-                .stuck_states
-                .get_or_create(&state_label(*state))
-                .inc();
+        self.announce(batch, resync);
+    }
+
+    /// A failed commit: the copy is reloaded, the calls are answered with the error,
+    /// and the inputs wait for the next round.
+    fn refused(&mut self, batch: Batch, keep: Vec<Input>, e: &StoreError, now: Timestamp) {
+        error!(error = %e, inputs = keep.len(), "store commit failed; will retry the batch");
+        // The copy holds the failed changes: replace it with what the store has.
+        self.retry.reload = true;
+        if self.reload().is_ok() {
+            self.retry.reload = false;
         }
-        for (state, seconds) in &batch.durations {
-            self.telemetry
-                .observe_state_duration(state.as_str(), *seconds);
+        for (id, inv) in batch.used_early {
+            self.arrivals.early.insert(id, inv);
         }
-        for (kind, status) in &batch.command_results {
-            self.telemetry.count_command(kind, status.as_str());
+        // Resends that fired in this batch are lost with it: arm them again, a second
+        // later so a failing store is not hammered.
+        self.rearm_install_retries(now.plus(Duration::from_secs(1)));
+        let failed = || CallError::Store(e.to_string());
+        for (reply, result) in batch.replies {
+            let _ = reply.send(Err(result.err().unwrap_or_else(failed)));
         }
-        for state in &batch.recoveries {
-            self.telemetry
-                .recovery_attempts
-                .get_or_create(&state_label(*state))
-                .inc();
+        for (_, reply, _) in batch.parked {
+            let _ = reply.send(Err(failed()));
         }
+        for reply in batch.token_replies {
+            let _ = reply.send(Err(failed()));
+        }
+        self.keep_for_retry(keep);
+    }
+
+    /// After a commit (or when there was nothing to write): count, publish, answer, and
+    /// hand on the effects.
+    fn announce(&mut self, batch: Batch, resync: bool) {
+        batch.counts.record(&self.telemetry);
         for (id, _) in &batch.deleted {
-            self.live.send(LiveEvent::Removed {
+            self.out.live.send(LiveEvent::Removed {
                 node_id: id.clone(),
             });
         }
@@ -471,45 +464,43 @@ impl Engine {
             info!(node = %entry.node_id, from = %entry.from_state, to = %entry.to_state, triggered_by = %entry.triggered_by, "transition");
             self.telemetry
                 .count_transition(entry.from_state, entry.to_state, entry.triggered_by);
-            self.live.send(LiveEvent::Transition(entry.clone()));
+            self.out.live.send(LiveEvent::Transition(entry.clone()));
         }
         for id in batch.nodes.keys() {
             self.publish_state(id);
-            if let Some(node) = self.nodes.get(id) {
-                self.live.send(LiveEvent::State(Self::state_message(node)));
+            if let Some(node) = self.fleet.nodes.get(id) {
+                self.out
+                    .live
+                    .send(LiveEvent::State(Self::state_message(node)));
             }
         }
         for (id, event) in &batch.events {
-            self.live.send(LiveEvent::Event {
+            self.out.live.send(LiveEvent::Event {
                 node_id: id.clone(),
                 event: event.clone(),
             });
         }
         for msg in batch.outbound {
-            self.publish.push(msg);
+            self.out.publish.push(msg);
         }
         // Receipts only for what is now durably committed.
         for id in &batch.receipts {
-            if let Some(n) = self.nodes.get(id) {
-                if let Some(session) = &n.report_session {
-                    let receipt = metalbus_protocol::controller::Receipt {
-                        session: session.clone(),
-                        seq: n.last_applied_seq,
-                    };
-                    let topic = self.cfg.topics.node(id, NodeTopic::Receipts);
-                    self.publish.push(Outbound::event(
-                        topic,
-                        &receipt,
-                        crate::publish::Delivery::AtLeastOnce,
-                    ));
-                }
-            }
+            self.publish_receipt(id);
         }
         for (reply, result) in batch.replies {
             let _ = reply.send(result.and_then(|done| self.reply(done)));
         }
+        for reply in batch.token_replies {
+            let _ = reply.send(Ok(()));
+        }
+        for (op, reply, done) in batch.parked {
+            self.waiting_wakes.insert(op, (reply, done));
+        }
+        for wake in batch.wakes {
+            let _ = self.out.wake.send(wake);
+        }
         if resync {
-            let mut ids: Vec<NodeId> = self.nodes.keys().cloned().collect();
+            let mut ids: Vec<NodeId> = self.fleet.nodes.keys().cloned().collect();
             ids.sort();
             for id in &ids {
                 self.publish_state(id);
@@ -521,20 +512,20 @@ impl Engine {
 
     /// Keeps inputs (but metrics, which the next sample replaces) for the next round.
     fn keep_for_retry(&mut self, inputs: Vec<Input>) {
-        self.retry
-            .extend(inputs.iter().filter_map(Input::retry_copy));
-        if self.retry.len() > MAX_RETRY_INPUTS {
-            let excess = self.retry.len() - MAX_RETRY_INPUTS;
+        let retry = &mut self.retry.inputs;
+        retry.extend(inputs.iter().filter_map(Input::retry_copy));
+        if retry.len() > MAX_RETRY_INPUTS {
+            let excess = retry.len() - MAX_RETRY_INPUTS;
             error!(
                 dropped = excess,
                 "too many changes waiting for the store; dropping the oldest"
             );
-            self.retry.drain(..excess);
+            retry.drain(..excess);
         }
     }
 
-    /// One transaction: nodes, inventories, audit entries, commands and events together.
-    fn commit(&self, batch: &Batch, now: Timestamp) -> Result<(), StoreError> {
+    /// One transaction: nodes, inventories, audit entries, commands, events and tokens.
+    fn commit(&mut self, batch: &Batch, now: Timestamp) -> Result<(), StoreError> {
         let retention = self.cfg.controller.events;
         let cutoff = now.minus(retention.max_age);
         let max_events = usize::try_from(retention.max_per_node).unwrap_or(usize::MAX);
@@ -543,12 +534,13 @@ impl Engine {
         } else {
             Durability::None
         };
+        let nodes = &self.fleet.nodes;
         self.store.write(durability, |tx| {
             for (id, name) in &batch.deleted {
                 tx.delete_node(id, name)?;
             }
             for (id, old_name) in &batch.nodes {
-                if let Some(node) = self.nodes.get(id) {
+                if let Some(node) = nodes.get(id) {
                     tx.put_node(node, old_name.as_deref())?;
                 }
             }
@@ -563,6 +555,9 @@ impl Engine {
             }
             for (id, event) in &batch.events {
                 tx.put_event(id, event, max_events, cutoff)?;
+            }
+            for (hash, token) in &batch.tokens {
+                tx.put_token(hash, token)?;
             }
             Ok(())
         })
@@ -581,7 +576,7 @@ impl Engine {
         }
         after.version = before.version + 1;
         after.updated_at = now;
-        self.nodes.insert(after.id.clone(), after);
+        self.fleet.nodes.insert(after.id.clone(), after);
         batch.durable = true;
         batch
             .nodes
@@ -590,7 +585,7 @@ impl Engine {
     }
 
     /// Drops events older than `[events] max_age`, also of nodes that no longer add any.
-    fn prune_events(&self) {
+    fn prune_events(&mut self) {
         let cutoff = self.clock.now().minus(self.cfg.controller.events.max_age);
         match self
             .store
@@ -605,30 +600,26 @@ impl Engine {
     /// Writes the heartbeats and the metrics history that changed, in one transaction.
     fn flush_heartbeats(&mut self, durability: Durability) {
         let now = self.clock.now();
-        let dirty: Vec<NodeId> = self.dirty_heartbeats.drain().collect();
-        let history = self.history.take(now);
+        let dirty: Vec<NodeId> = self.heartbeats.dirty.drain().collect();
+        let history = self.heartbeats.history.take(now);
         if dirty.is_empty() && history.is_empty() && matches!(durability, Durability::None) {
             return;
         }
+        let (latest, nodes) = (&self.heartbeats.latest, &self.fleet.nodes);
         // An Immediate commit, even an empty one, also makes earlier cheap commits durable.
         let result = self.store.write(durability, |tx| {
             for id in &dirty {
-                if let Some(hb) = self.heartbeats.get(id) {
+                if let Some(hb) = latest.get(id) {
                     tx.put_heartbeat(id, hb)?;
                 }
             }
-            history.write(tx, |id| self.nodes.contains_key(id), now)
+            history.write(tx, |id| nodes.contains_key(id), now)
         });
         if let Err(e) = result {
             error!(error = %e, count = dirty.len(), "heartbeat flush failed; will retry");
-            self.dirty_heartbeats.extend(dirty);
-            self.history.put_back(history);
+            self.heartbeats.dirty.extend(dirty);
+            self.heartbeats.history.put_back(history);
         }
-    }
-
-    /// The feed of committed changes, for the API's event stream.
-    pub fn live_feed(&self) -> LiveFeed {
-        self.live.clone()
     }
 
     /// A node's state message, as on its retained `state` topic.
@@ -648,16 +639,35 @@ impl Engine {
     }
 
     fn publish_state(&self, id: &NodeId) {
-        if let Some(node) = self.nodes.get(id) {
+        if let Some(node) = self.fleet.nodes.get(id) {
             let topic = self.cfg.topics.node(id, NodeTopic::State);
-            self.publish
-                .push(Outbound::retained(topic, &Self::state_message(node)));
+            self.out
+                .publish
+                .push_all(Outbound::retained(topic, &Self::state_message(node)));
         }
+    }
+
+    /// The receipt of everything applied for node `id`.
+    fn publish_receipt(&self, id: &NodeId) {
+        let Some(n) = self.fleet.nodes.get(id) else {
+            return;
+        };
+        let Some(session) = &n.report_session else {
+            return;
+        };
+        let receipt = Receipt {
+            session: session.clone(),
+            seq: n.last_applied_seq,
+        };
+        let topic = self.cfg.topics.node(id, NodeTopic::Receipts);
+        self.out
+            .publish
+            .push_all(Outbound::event(topic, &receipt, Delivery::AtLeastOnce));
     }
 
     fn summary(&self) -> Summary {
         let mut s = Summary::default();
-        for n in self.nodes.values() {
+        for n in self.fleet.nodes.values() {
             s.total += 1;
             if n.online {
                 s.online += 1;
@@ -675,8 +685,9 @@ impl Engine {
         if self.last_summary.as_ref() == Some(&summary) {
             return;
         }
-        self.publish
-            .push(Outbound::retained(self.cfg.topics.summary(), &summary));
+        self.out
+            .publish
+            .push_all(Outbound::retained(self.cfg.topics.summary(), &summary));
         self.last_summary = Some(summary);
         self.update_gauges();
     }
@@ -687,9 +698,7 @@ impl Engine {
             let n = summary.by_state.get(&state).copied().unwrap_or(0);
             self.telemetry
                 .nodes
-                .get_or_create(&StateLabel {
-                    state: state.as_str().into(),
-                })
+                .get_or_create(&StateLabel::from(state))
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
         self.telemetry
@@ -698,9 +707,14 @@ impl Engine {
     }
 }
 
-fn state_label(state: NodeState) -> StateLabel {
-    StateLabel {
-        state: state.as_str().into(),
+/// Resolves once the engine's thread has stopped (its store flushed).
+pub struct EngineHandle {
+    done: oneshot::Receiver<()>,
+}
+
+impl EngineHandle {
+    pub async fn stopped(self) {
+        let _ = self.done.await;
     }
 }
 

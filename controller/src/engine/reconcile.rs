@@ -2,32 +2,30 @@
 //! discovery timeout of pre-registered nodes, and heartbeat staleness.
 //!
 //! It runs over the in-memory nodes every second, and on the earliest state deadline
-//! (the engine wakes for `reconcile_at`), so a stuck node is caught on time. No
+//! (the engine wakes for its next pass), so a stuck node is caught on time. No
 //! timer lives only in memory: each deadline is derived from stored timestamps
 //! (`state_changed_at`, `last_progress_at`, `recovered_at`, the heartbeat), so a node
 //! stuck across a controller restart is still caught on time.
 
 use std::time::Duration;
 
-use metalbus_protocol::api::{EventSource, EventType};
+use metalbus_protocol::event::EventReason;
 use metalbus_protocol::lifecycle::NodeState;
 use metalbus_protocol::machine::Event;
 use metalbus_protocol::status::OfflineReason;
 use metalbus_protocol::{NodeId, Timestamp};
 use tracing::{info, warn};
 
-use super::ops::Ctx;
-use super::{Batch, Engine};
+use super::batch::Batch;
+use super::fleet::silence_limit;
+use super::lifecycle::Ctx;
+use super::Engine;
 use crate::store::NodeRecord;
 
 /// How often the reconciler looks at every node.
 pub(super) const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 /// The least time between two passes, however close the deadlines.
 const MIN_PASS_GAP: Duration = Duration::from_millis(50);
-/// A node is offline when nothing was heard from it for this many metrics intervals.
-const STALE_AFTER_INTERVALS: u32 = 3;
-/// The metrics interval assumed before a node's birth says otherwise.
-const DEFAULT_METRICS_INTERVAL_S: u32 = 15;
 /// How long a new agent's birth waits for its inventory before it is matched to
 /// registrations by hostname alone.
 const INVENTORY_WAIT: Duration = Duration::from_secs(5);
@@ -42,7 +40,7 @@ enum Finding {
 impl Engine {
     /// Acts on every node past a deadline, once `RECONCILE_EVERY` has passed.
     pub(super) fn reconcile(&mut self, now: Timestamp, batch: &mut Batch) {
-        if now < self.reconcile_at {
+        if now < self.reconciler.next_at {
             return;
         }
         // The next pass: in a second, or at the earliest state deadline before that, so
@@ -50,21 +48,22 @@ impl Engine {
         // Staleness keeps the 1 s grid: a fleet's heartbeats would wake it constantly.
         let mut next = now.plus(RECONCILE_EVERY);
         let mut overdue: Vec<NodeId> = self
-            .pending_births
+            .arrivals
+            .births
             .iter()
             .filter(|(_, (_, since))| now >= since.plus(INVENTORY_WAIT))
             .map(|(id, _)| id.clone())
             .collect();
         overdue.sort();
         for id in overdue {
-            if let Some((birth, _)) = self.pending_births.remove(&id) {
+            if let Some((birth, _)) = self.arrivals.births.remove(&id) {
                 info!(node = %id, "no inventory from the new agent; matching by hostname");
                 self.create_node(&id, birth, now, batch);
             }
         }
         let timeouts = self.cfg.controller.lifecycle.timeouts;
         let mut found: Vec<(NodeId, Finding)> = Vec::new();
-        for n in self.nodes.values() {
+        for n in self.fleet.nodes.values() {
             if let Some(timeout) = timeouts.of(n.state) {
                 let deadline = timer_base(n).plus(timeout);
                 if now < deadline {
@@ -82,20 +81,19 @@ impl Engine {
             if n.state == NodeState::Retired {
                 continue;
             }
-            let interval = n.metrics_interval_s.unwrap_or(DEFAULT_METRICS_INTERVAL_S);
-            let silent_for =
-                Duration::from_secs(u64::from(interval)).saturating_mul(STALE_AFTER_INTERVALS);
-            let heard = self.heartbeats.get(&n.id).map(|h| h.last_seen_at);
+            let silent_for = silence_limit(n);
+            let heard = self.heartbeats.last_seen(&n.id);
             // After a restart every node gets a full window before it can be stale.
-            let since = heard.map_or(self.started_at, |t| t.max(self.started_at));
-            let fresh = heard.is_some_and(|t| now < t.plus(silent_for));
+            let started = self.reconciler.started_at;
+            let since = heard.map_or(started, |t| t.max(started));
+            let fresh = self.heartbeats.fresh(n, now);
             if n.online && now >= since.plus(silent_for) {
                 found.push((n.id.clone(), Finding::Stale { silent_for }));
             } else if !n.online && n.offline_reason == Some(OfflineReason::Stale) && fresh {
                 found.push((n.id.clone(), Finding::Heard));
             }
         }
-        self.reconcile_at = next;
+        self.reconciler.next_at = next;
         found.sort_by(|a, b| a.0.cmp(&b.0));
         for (id, finding) in found {
             match finding {
@@ -122,27 +120,25 @@ impl Engine {
             warn!(node = %id, "{error}");
             let ctx = Ctx {
                 error: Some(error),
-                reason: Some("DiscoveryTimeout"),
+                reason: Some(EventReason::DiscoveryTimeout),
                 ..Ctx::default()
             };
             (Event::DiscoveryTimeout, ctx)
         } else {
             let max = self.cfg.controller.lifecycle.max_recovery_attempts;
             warn!(node = %id, %state, timeout = %limit, "node stuck");
-            batch.stuck.push(state);
-            batch.event(
+            batch.counts.stuck.push(state);
+            batch.warning(
                 id,
-                EventType::Warning,
-                "StuckState",
+                EventReason::StuckState,
                 format!("no progress in {state} for {limit}"),
-                EventSource::Controller,
                 now,
             );
             let ctx = Ctx {
                 error: Some(format!(
                     "stuck in {state}: no progress for {limit}, {max} recovery attempts made"
                 )),
-                reason: Some("StuckState"),
+                reason: Some(EventReason::StuckState),
                 ..Ctx::default()
             };
             (Event::Stuck, ctx)
@@ -155,7 +151,7 @@ impl Engine {
     }
 
     fn restart_timer(&mut self, id: &NodeId, now: Timestamp, batch: &mut Batch) {
-        if let Some(before) = self.nodes.get(id).cloned() {
+        if let Some(before) = self.fleet.nodes.get(id).cloned() {
             let mut after = before.clone();
             after.recovered_at = Some(now);
             self.replace(before, after, now, batch);
@@ -172,7 +168,7 @@ impl Engine {
         now: Timestamp,
         batch: &mut Batch,
     ) {
-        let Some(before) = self.nodes.get(id).cloned() else {
+        let Some(before) = self.fleet.nodes.get(id).cloned() else {
             return;
         };
         let mut after = before.clone();
@@ -180,24 +176,15 @@ impl Engine {
         if online {
             after.offline_reason = None;
             info!(node = %id, "node heard from again");
-            batch.event(
-                id,
-                EventType::Normal,
-                "NodeOnline",
-                "agent heard from again",
-                EventSource::Controller,
-                now,
-            );
+            batch.normal(id, EventReason::NodeOnline, "agent heard from again", now);
         } else {
             after.offline_reason = Some(OfflineReason::Stale);
             let silent = humantime::format_duration(silent_for);
             warn!(node = %id, silent_for = %silent, "node offline: nothing heard");
-            batch.event(
+            batch.warning(
                 id,
-                EventType::Warning,
-                "NodeOffline",
+                EventReason::NodeOffline,
                 format!("nothing heard from the agent for {silent}"),
-                EventSource::Controller,
                 now,
             );
         }
@@ -218,4 +205,11 @@ fn timer_base(n: &NodeRecord) -> Timestamp {
         }
     }
     base
+}
+
+/// When the reconciler looks next, and when this engine started: no node is stale
+/// before a full window after that.
+pub(super) struct Reconciler {
+    pub next_at: Timestamp,
+    pub started_at: Timestamp,
 }

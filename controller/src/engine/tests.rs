@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use metalbus_protocol::command::CommandId;
 use metalbus_protocol::inventory::Inventory;
 use metalbus_protocol::metrics::MetricsSample;
 use metalbus_protocol::status::{Birth, Offline, OfflineReason, Status};
@@ -10,17 +11,20 @@ use metalbus_protocol::topic::Topics;
 use metalbus_protocol::{NodeId, Timestamp};
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use metalbus_link::FakeClock;
+
 use super::*;
-use crate::clock::FakeClock;
 use crate::publish::{Outbound, PublishQueue};
-use crate::store::Store;
+use crate::store::{Store, StoreReader};
 use crate::telemetry::Telemetry;
+use crate::wake::WakeRequest;
 
 struct Rig {
     engine: Engine,
     out: UnboundedReceiver<Outbound>,
+    wakes: UnboundedReceiver<WakeRequest>,
     clock: Arc<FakeClock>,
-    store: Store,
+    store: StoreReader,
 }
 
 fn rig() -> Rig {
@@ -31,26 +35,37 @@ fn rig_with(cfg: crate::config::ControllerConfig) -> Rig {
     let telemetry = Arc::new(Telemetry::new());
     let store = Store::in_memory(telemetry.clone()).unwrap();
     let clock = Arc::new(FakeClock::at(1_700_000_000_000));
-    let (engine, out) = engine_on(&store, &clock, telemetry, cfg);
+    let reader = store.reader();
+    let (engine, out, wakes) = engine_on(store, &clock, telemetry, cfg);
     Rig {
         engine,
         out,
+        wakes,
         clock,
-        store,
+        store: reader,
     }
 }
 
 /// An engine over `store`: a fresh one, or the one a restarted controller builds.
 fn engine_on(
-    store: &Store,
+    store: Store,
     clock: &Arc<FakeClock>,
     telemetry: Arc<Telemetry>,
     cfg: crate::config::ControllerConfig,
-) -> (Engine, UnboundedReceiver<Outbound>) {
+) -> (
+    Engine,
+    UnboundedReceiver<Outbound>,
+    UnboundedReceiver<WakeRequest>,
+) {
     let (publish, out) = PublishQueue::new();
+    let (wake, wakes) = tokio::sync::mpsc::unbounded_channel();
     let engine = Engine::new(
-        store.clone(),
-        publish,
+        store,
+        Outlets {
+            publish,
+            wake,
+            live: crate::live::LiveFeed::default(),
+        },
         telemetry,
         clock.clone(),
         EngineConfig {
@@ -60,7 +75,7 @@ fn engine_on(
         },
     )
     .unwrap();
-    (engine, out)
+    (engine, out, wakes)
 }
 
 impl Rig {
@@ -74,6 +89,18 @@ impl Rig {
 
     fn node(&self, id: &str) -> NodeRecord {
         self.store.find_node(id).unwrap().unwrap()
+    }
+
+    /// The controller restarts: a new engine over the same store, with `cfg`.
+    fn restart(self, cfg: crate::config::ControllerConfig) -> Rig {
+        let store = self.engine.into_store();
+        let (engine, out, wakes) = engine_on(store, &self.clock, Arc::new(Telemetry::new()), cfg);
+        Rig {
+            engine,
+            out,
+            wakes,
+            ..self
+        }
     }
 }
 
@@ -314,21 +341,9 @@ fn resync_republishes_every_retained_state() {
 fn a_restarted_engine_sees_the_stored_nodes() {
     let mut r = rig();
     r.engine.apply(vec![birth("n1", 1, "s", "a")]);
-    let (publish, _out) = PublishQueue::new();
-    let again = Engine::new(
-        r.store.clone(),
-        publish,
-        Arc::new(Telemetry::new()),
-        r.clock.clone(),
-        EngineConfig {
-            topics: Topics::default(),
-            metrics_flush: Duration::from_secs(10),
-            controller: Arc::new(crate::config::ControllerConfig::default()),
-        },
-    )
-    .unwrap();
+    let again = r.restart(crate::config::ControllerConfig::default()).engine;
     assert_eq!(again.summary().total, 1);
-    assert!(again.names.contains_key("a"));
+    assert!(again.fleet.names.contains_key("a"));
 }
 
 #[test]
@@ -340,20 +355,14 @@ fn a_failed_commit_publishes_nothing_and_is_retried() {
     let dir = tempfile::tempdir().unwrap();
     let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let opener = FlakyBackend::opener(dir.path().join("m.redb"), failing.clone());
-    let store = Store::from_opener(opener, telemetry.clone()).unwrap();
-    let (publish, mut out) = PublishQueue::new();
-    let mut engine = Engine::new(
-        store.clone(),
-        publish,
+    let writer = Store::from_opener(opener, telemetry.clone()).unwrap();
+    let store = writer.reader();
+    let (mut engine, mut out, _wakes) = engine_on(
+        writer,
+        &Arc::new(FakeClock::at(0)),
         telemetry,
-        Arc::new(FakeClock::at(0)),
-        EngineConfig {
-            topics: Topics::default(),
-            metrics_flush: Duration::from_secs(10),
-            controller: Arc::new(crate::config::ControllerConfig::default()),
-        },
-    )
-    .unwrap();
+        crate::config::ControllerConfig::default(),
+    );
 
     // The inventory arrives first and waits; the birth then fails to commit.
     engine.apply(vec![inventory("n1", 4)]);
@@ -366,7 +375,7 @@ fn a_failed_commit_publishes_nothing_and_is_retried() {
     );
     assert!(store.find_node("n1").is_err() || store.find_node("n1").unwrap().is_none());
     // The copy still holds the refused change until the store can be read again.
-    assert!(engine.needs_reload || engine.nodes.is_empty());
+    assert!(engine.retry.reload || engine.fleet.nodes.is_empty());
 
     // The disk recovers: the next round applies the kept inputs, early inventory too.
     failing.store(false, Ordering::SeqCst);
@@ -443,8 +452,8 @@ fn manage_sends_the_install_and_a_new_birth_resends_it_until_acked() {
     assert_eq!(sent[0]["plan"]["name"], "demo");
     let id = sent[0]["command_id"].as_str().unwrap().to_string();
     assert_eq!(
-        r.store.command(&id).unwrap().unwrap().status,
-        crate::store::CommandStatus::Sent
+        r.store.command(id.as_str()).unwrap().unwrap().status,
+        metalbus_protocol::command::CommandStatus::Sent
     );
     let history = r.store.history(&NodeId::new("n1").unwrap(), 10, 0).unwrap();
     assert_eq!(history.len(), 1);
@@ -469,8 +478,8 @@ fn manage_sends_the_install_and_a_new_birth_resends_it_until_acked() {
     r.engine.apply(vec![birth("n1", 3, "s", "h")]);
     assert!(commands(&r.published()).is_empty());
     assert_eq!(
-        r.store.command(&id).unwrap().unwrap().status,
-        crate::store::CommandStatus::Accepted
+        r.store.command(id.as_str()).unwrap().unwrap().status,
+        metalbus_protocol::command::CommandStatus::Accepted
     );
 }
 
@@ -496,10 +505,10 @@ fn a_stale_if_match_is_refused_and_changes_nothing() {
     assert_eq!(r.node("n1").state, NodeState::Discovered);
 }
 
-fn report(session: &str, seq: u64, command: &str, status: &str) -> Input {
+fn report(session: &str, seq: u64, command: impl std::fmt::Display, status: &str) -> Input {
     let r: metalbus_protocol::report::Report = serde_json::from_value(serde_json::json!({
         "session": session, "seq": seq, "ts": "2026-01-01T00:00:00Z",
-        "kind": "job", "command_id": command, "job": "install", "status": status,
+        "kind": "job", "command_id": command.to_string(), "job": "install", "status": status,
         "progress": 10
     }))
     .unwrap();
@@ -575,14 +584,17 @@ fn unacknowledged_commands_are_sent_again_until_acked() {
     );
 }
 
-fn events(r: &Rig) -> Vec<metalbus_protocol::api::NodeEvent> {
+fn events(r: &Rig) -> Vec<metalbus_protocol::event::NodeEvent> {
     r.store
         .events(&id("n1"), &crate::store::EventFilter::default(), 100)
         .unwrap()
 }
 
 fn reasons(r: &Rig) -> Vec<(String, u64)> {
-    events(r).into_iter().map(|e| (e.reason, e.count)).collect()
+    events(r)
+        .into_iter()
+        .map(|e| (e.reason.to_string(), e.count))
+        .collect()
 }
 
 #[test]
@@ -611,9 +623,9 @@ fn online_offline_and_install_steps_are_events_newest_first() {
     );
     let all = events(&r);
     let offline = &all[3];
-    assert_eq!(offline.kind, metalbus_protocol::api::EventType::Warning);
+    assert_eq!(offline.kind, metalbus_protocol::event::EventType::Warning);
     assert_eq!(offline.message, "agent connection lost");
-    assert_eq!(all[0].source, metalbus_protocol::api::EventSource::Agent);
+    assert_eq!(all[0].source, metalbus_protocol::event::EventSource::Agent);
     assert!(all[2].first_timestamp <= all[2].last_timestamp);
 }
 
@@ -630,9 +642,9 @@ fn a_report_for_a_job_never_sent_is_refused_and_shown_as_a_warning() {
     assert_eq!(after.history_len, before.history_len, "no transition");
     let warning = events(&r)
         .into_iter()
-        .find(|e| e.reason == "MessageRejected")
+        .find(|e| e.reason == EventReason::MessageRejected)
         .expect("a MessageRejected event");
-    assert_eq!(warning.kind, metalbus_protocol::api::EventType::Warning);
+    assert_eq!(warning.kind, metalbus_protocol::event::EventType::Warning);
     assert!(
         warning.message.contains("c-never-sent"),
         "{}",
@@ -654,7 +666,7 @@ fn a_changed_inventory_names_the_sections_that_changed() {
     r.engine.apply(vec![inventory("n1", 8)]);
     let changed: Vec<_> = events(&r)
         .into_iter()
-        .filter(|e| e.reason == "InventoryChanged")
+        .filter(|e| e.reason == EventReason::InventoryChanged)
         .collect();
     assert_eq!(changed.len(), 1);
     assert_eq!(changed[0].message, "inventory changed: cpu");
@@ -665,7 +677,7 @@ fn rejected_messages_of_known_nodes_collapse_into_one_counted_warning() {
     let mut r = rig();
     let rejected = |n: &str| Input::Rejected {
         id: id(n),
-        reason: "bad_json",
+        reason: crate::ingest::RejectReason::BadJson,
         error: "not JSON: expected value at line 1 column 1".into(),
     };
     r.engine.apply(vec![rejected("n1")]);
@@ -675,7 +687,7 @@ fn rejected_messages_of_known_nodes_collapse_into_one_counted_warning() {
     r.engine.apply(vec![rejected("n1")]);
     let warning = events(&r)
         .into_iter()
-        .find(|e| e.reason == "MessageRejected")
+        .find(|e| e.reason == EventReason::MessageRejected)
         .unwrap();
     assert_eq!(warning.count, 3);
     assert_eq!(
@@ -704,7 +716,7 @@ fn metric(r: &Rig, name: &str) -> f64 {
 }
 
 /// Manage n1 and report `started`: the node is installing, with its command id.
-fn installing(r: &mut Rig) -> String {
+fn installing(r: &mut Rig) -> CommandId {
     r.engine.apply(vec![birth("n1", 1, "s", "h")]);
     let (input, _answer) = call(super::Action::Manage { plan: None });
     r.engine.apply(vec![input]);
@@ -716,10 +728,10 @@ fn installing(r: &mut Rig) -> String {
     cmd
 }
 
-fn ack(session: &str, seq: u64, command: &str) -> Input {
+fn ack(session: &str, seq: u64, command: impl std::fmt::Display) -> Input {
     let r: metalbus_protocol::report::Report = serde_json::from_value(serde_json::json!({
         "session": session, "seq": seq, "ts": "2026-01-01T00:00:00Z",
-        "kind": "ack", "command_id": command, "accepted": true
+        "kind": "ack", "command_id": command.to_string(), "accepted": true
     }))
     .unwrap();
     Input::Report {
@@ -769,7 +781,7 @@ fn a_stuck_install_is_recovered_three_times_then_fails_with_the_reason() {
         let kinds: Vec<&str> = sent.iter().map(|c| c["kind"].as_str().unwrap()).collect();
         assert_eq!(kinds, ["cancel", "install"], "attempt {attempt}");
         assert_eq!(sent[0]["target"], cmd.as_str());
-        cmd = sent[1]["command_id"].as_str().unwrap().to_string();
+        cmd = CommandId::new(sent[1]["command_id"].as_str().unwrap()).unwrap();
         assert_eq!(n.job.unwrap().command_id, cmd);
         // The agent acknowledges both, so neither is sent again.
         let seq = 2 + 2 * u64::from(attempt);
@@ -800,14 +812,19 @@ fn a_stuck_install_is_recovered_three_times_then_fails_with_the_reason() {
     );
     // Events and counters agree: 4 detections (one collapsed event), 3 recoveries.
     let all = events(&r);
-    let stuck = all.iter().find(|e| e.reason == "StuckState").unwrap();
+    let stuck = all
+        .iter()
+        .find(|e| e.reason == EventReason::StuckState)
+        .unwrap();
     assert_eq!(stuck.count, 4);
     assert_eq!(stuck.message, "no progress in installing for 1m");
     assert_eq!(
-        all.iter().filter(|e| e.reason == "RecoveryAttempt").count(),
+        all.iter()
+            .filter(|e| e.reason == EventReason::RecoveryAttempt)
+            .count(),
         3
     );
-    assert_eq!(all[0].reason, "InstallFailed");
+    assert_eq!(all[0].reason, EventReason::InstallFailed);
     assert_eq!(
         metric(&r, "metalbus_stuck_states_total{state=\"installing\"}"),
         4.0
@@ -845,16 +862,11 @@ fn a_node_stuck_across_a_restart_is_caught_on_time() {
     assert_eq!(r.node("n1").recovery_attempts, 1);
     // The controller stops 20 s later and comes back 30 s after that.
     r.clock.advance_ms(50_000);
-    let (mut engine, _out) = engine_on(
-        &r.store,
-        &r.clock,
-        Arc::new(Telemetry::new()),
-        short_timeouts(),
-    );
-    engine.apply(vec![]);
+    let mut r = r.restart(short_timeouts());
+    r.engine.apply(vec![]);
     assert_eq!(r.node("n1").recovery_attempts, 1, "50 s since the recovery");
     r.clock.advance_ms(10_000);
-    engine.apply(vec![]);
+    r.engine.apply(vec![]);
     assert_eq!(
         r.node("n1").recovery_attempts,
         2,
@@ -912,7 +924,7 @@ fn silence_for_three_metrics_intervals_is_offline_and_a_message_brings_it_back()
     let n = r.node("n1");
     assert!(n.online);
     assert_eq!(n.offline_reason, None);
-    assert_eq!(events(&r)[0].reason, "NodeOnline");
+    assert_eq!(events(&r)[0].reason, EventReason::NodeOnline);
 }
 
 #[test]
@@ -922,19 +934,14 @@ fn after_a_restart_old_heartbeats_get_a_full_window() {
     r.engine.flush_heartbeats(Durability::Immediate);
     // The controller was down for 10 minutes.
     r.clock.advance_ms(600_000);
-    let (mut engine, _out) = engine_on(
-        &r.store,
-        &r.clock,
-        Arc::new(Telemetry::new()),
-        crate::config::ControllerConfig::default(),
-    );
-    engine.apply(vec![]);
+    let mut r = r.restart(crate::config::ControllerConfig::default());
+    r.engine.apply(vec![]);
     assert!(
         r.node("n1").online,
         "no verdict before the agents could speak"
     );
     r.clock.advance_ms(45_000);
-    engine.apply(vec![]);
+    r.engine.apply(vec![]);
     assert!(!r.node("n1").online);
 }
 
@@ -1122,7 +1129,7 @@ fn a_registration_never_claimed_times_out_into_error() {
         .store
         .events(&reg.id, &crate::store::EventFilter::default(), 10)
         .unwrap();
-    assert_eq!(evs[0].reason, "DiscoveryTimeout");
+    assert_eq!(evs[0].reason, EventReason::DiscoveryTimeout);
     assert_eq!(
         evs[0].message,
         "no agent matched this registration within 15m"
@@ -1202,10 +1209,16 @@ fn a_reboot_after_install_activates_on_the_first_birth_of_a_new_boot() {
     );
 }
 
-fn power_report(seq: u64, command: &str, job: &str, status: &str, error: Option<&str>) -> Input {
+fn power_report(
+    seq: u64,
+    command: impl std::fmt::Display,
+    job: &str,
+    status: &str,
+    error: Option<&str>,
+) -> Input {
     let r: metalbus_protocol::report::Report = serde_json::from_value(serde_json::json!({
         "session": "s", "seq": seq, "ts": "2026-01-01T00:00:00Z",
-        "kind": "job", "command_id": command, "job": job, "status": status, "error": error
+        "kind": "job", "command_id": command.to_string(), "job": job, "status": status, "error": error
     }))
     .unwrap();
     Input::Report {
@@ -1216,11 +1229,13 @@ fn power_report(seq: u64, command: &str, job: &str, status: &str, error: Option<
 
 #[test]
 fn a_reboot_is_a_command_resent_until_acked_and_ends_with_its_report() {
-    use crate::store::CommandStatus;
+    use metalbus_protocol::command::CommandStatus;
     let mut r = rig();
     r.engine.apply(vec![birth("n1", 1, "s", "h")]);
     r.published();
-    let (input, mut answer) = call(super::Action::Power(super::PowerAction::Reboot));
+    let (input, mut answer) = call(super::Action::Power(
+        metalbus_protocol::command::PowerAction::Reboot,
+    ));
     r.engine.apply(vec![input]);
     let reply = answer.try_recv().unwrap().unwrap();
     let (op, status) = reply.operation.unwrap();
@@ -1238,26 +1253,28 @@ fn a_reboot_is_a_command_resent_until_acked_and_ends_with_its_report() {
 
     r.engine.apply(vec![ack("s", 1, &op)]);
     assert_eq!(
-        r.store.command(&op).unwrap().unwrap().status,
+        r.store.command(op.as_str()).unwrap().unwrap().status,
         CommandStatus::Accepted
     );
     r.engine
         .apply(vec![power_report(2, &op, "reboot", "complete", None)]);
-    let rec = r.store.command(&op).unwrap().unwrap();
+    let rec = r.store.command(op.as_str()).unwrap().unwrap();
     assert_eq!(rec.status, CommandStatus::Succeeded);
     assert!(reasons(&r).contains(&("RebootCompleted".to_string(), 1)));
     assert_eq!(r.node("n1").state, NodeState::Discovered);
     assert_eq!(r.node("n1").last_applied_seq, 2);
 
     // A poweroff whose action fails ends `failed` with the agent's error.
-    let (input, mut answer) = call(super::Action::Power(super::PowerAction::Poweroff));
+    let (input, mut answer) = call(super::Action::Power(
+        metalbus_protocol::command::PowerAction::Poweroff,
+    ));
     r.engine.apply(vec![input]);
     let (off, _) = answer.try_recv().unwrap().unwrap().operation.unwrap();
     r.engine.apply(vec![
         ack("s", 3, &off),
         power_report(4, &off, "poweroff", "failed", Some("exited with status 3")),
     ]);
-    let rec = r.store.command(&off).unwrap().unwrap();
+    let rec = r.store.command(off.as_str()).unwrap().unwrap();
     assert_eq!(rec.status, CommandStatus::Failed);
     assert_eq!(rec.reason.as_deref(), Some("exited with status 3"));
     assert!(reasons(&r).contains(&("PoweroffFailed".to_string(), 1)));
@@ -1266,7 +1283,7 @@ fn a_reboot_is_a_command_resent_until_acked_and_ends_with_its_report() {
     r.engine
         .apply(vec![power_report(5, &op, "poweroff", "failed", Some("x"))]);
     assert_eq!(
-        r.store.command(&op).unwrap().unwrap().status,
+        r.store.command(op.as_str()).unwrap().unwrap().status,
         CommandStatus::Succeeded
     );
     assert!(reasons(&r)
@@ -1282,7 +1299,9 @@ fn operations_are_refused_for_retired_and_registered_nodes_and_unknown_ones() {
     r.engine.apply(vec![input]);
     assert_eq!(r.node("n1").state, NodeState::Retired);
     r.published();
-    let (input, mut answer) = call(super::Action::Power(super::PowerAction::Reboot));
+    let (input, mut answer) = call(super::Action::Power(
+        metalbus_protocol::command::PowerAction::Reboot,
+    ));
     r.engine.apply(vec![input]);
     let err = answer.try_recv().unwrap().unwrap_err();
     assert!(
@@ -1294,7 +1313,7 @@ fn operations_are_refused_for_retired_and_registered_nodes_and_unknown_ones() {
     let (reply, mut answer) = tokio::sync::oneshot::channel();
     r.engine.apply(vec![Input::Call(Box::new(super::Call {
         key: "nope".into(),
-        action: super::Action::Power(super::PowerAction::Poweroff),
+        action: super::Action::Power(metalbus_protocol::command::PowerAction::Poweroff),
         user: None,
         if_match: None,
         reply,
@@ -1324,7 +1343,7 @@ fn operations_are_refused_for_retired_and_registered_nodes_and_unknown_ones() {
     let (reply, mut answer) = tokio::sync::oneshot::channel();
     r.engine.apply(vec![Input::Call(Box::new(super::Call {
         key: "later".into(),
-        action: super::Action::Power(super::PowerAction::Reboot),
+        action: super::Action::Power(metalbus_protocol::command::PowerAction::Reboot),
         user: None,
         if_match: None,
         reply,
@@ -1337,49 +1356,73 @@ fn operations_are_refused_for_retired_and_registered_nodes_and_unknown_ones() {
 }
 
 #[test]
-fn a_wake_is_recorded_queued_then_succeeded_and_never_published() {
-    use crate::store::CommandStatus;
+fn a_wake_is_queued_handed_to_the_wake_task_and_answered_with_its_outcome() {
+    use metalbus_protocol::command::{CommandKind, CommandStatus};
+    use tokio::sync::oneshot::error::TryRecvError;
     let mut r = rig();
     r.engine.apply(vec![birth("n1", 1, "s", "h")]);
     r.published();
-    let (input, mut answer) = call(super::Action::Wake { macs: vec![] });
+    // No inventory yet: no MAC to wake.
+    let (input, mut answer) = call(super::Action::Wake);
     r.engine.apply(vec![input]);
     let err = answer.try_recv().unwrap().unwrap_err();
     assert!(
         matches!(&err, super::CallError::BadRequest(m) if m.contains("no known MAC")),
         "{err:?}"
     );
-    let macs = vec!["52:54:00:12:34:56".to_string()];
-    let (input, mut answer) = call(super::Action::Wake { macs });
+    assert!(r.wakes.try_recv().is_err(), "nothing to send");
+
+    r.engine
+        .apply(vec![inventory_with_mac("n1", "52:54:00:12:34:56")]);
+    let (input, mut answer) = call(super::Action::Wake);
     r.engine.apply(vec![input]);
-    let (op, status) = answer.try_recv().unwrap().unwrap().operation.unwrap();
-    assert_eq!(status, CommandStatus::Queued);
-    let rec = r.store.command(&op).unwrap().unwrap();
+    // Recorded `queued` and handed to the wake task; the call waits for the outcome.
+    let request = r.wakes.try_recv().unwrap();
+    assert_eq!(request.node_id, id("n1"));
+    assert_eq!(request.macs, ["52:54:00:12:34:56"]);
+    let op = request.operation_id;
+    assert!(matches!(answer.try_recv(), Err(TryRecvError::Empty)));
+    let rec = r.store.command(op.as_str()).unwrap().unwrap();
     assert_eq!(
-        rec.command.kind,
-        metalbus_protocol::command::CommandKind::Wake
+        (rec.command.kind, rec.status),
+        (CommandKind::Wake, CommandStatus::Queued)
     );
-    assert_eq!(rec.status, CommandStatus::Queued);
-    let (input, mut answer) = call(super::Action::WakeSent {
+    assert!(reasons(&r).contains(&("WakeRequested".to_string(), 1)));
+
+    // The wake task reports the packets sent: the call is answered `succeeded`.
+    r.engine.apply(vec![Input::WakeSent {
         operation_id: op.clone(),
         error: None,
-    });
-    r.engine.apply(vec![input]);
-    let (_, status) = answer.try_recv().unwrap().unwrap().operation.unwrap();
-    assert_eq!(status, CommandStatus::Succeeded);
+    }]);
+    let (answered, status) = answer.try_recv().unwrap().unwrap().operation.unwrap();
+    assert_eq!((answered, status), (op.clone(), CommandStatus::Succeeded));
     assert_eq!(
-        r.store.command(&op).unwrap().unwrap().status,
+        r.store.command(op.as_str()).unwrap().unwrap().status,
         CommandStatus::Succeeded
     );
+
+    // A wake whose packets could not go out ends `failed`, with a Warning.
+    let (input, mut answer) = call(super::Action::Wake);
+    r.engine.apply(vec![input]);
+    let failed = r.wakes.try_recv().unwrap().operation_id;
+    r.engine.apply(vec![Input::WakeSent {
+        operation_id: failed.clone(),
+        error: Some("network unreachable".into()),
+    }]);
+    let (_, status) = answer.try_recv().unwrap().unwrap().operation.unwrap();
+    assert_eq!(status, CommandStatus::Failed);
+    let rec = r.store.command(failed.as_str()).unwrap().unwrap();
+    assert_eq!(rec.reason.as_deref(), Some("network unreachable"));
+    assert!(reasons(&r).contains(&("WakeFailed".to_string(), 1)));
+
     // Never an agent command, not even on the next birth.
     r.engine.apply(vec![birth("n1", 2, "s", "h")]);
     assert!(commands(&r.published()).is_empty());
-    assert!(reasons(&r).contains(&("WakeRequested".to_string(), 1)));
 
-    let (input, mut answer) = call(super::Action::WakeSent {
-        operation_id: "c-not-a-wake".into(),
+    // An outcome for something that is not a wake changes nothing.
+    r.engine.apply(vec![Input::WakeSent {
+        operation_id: CommandId::new("c-not-a-wake").unwrap(),
         error: None,
-    });
-    r.engine.apply(vec![input]);
-    assert!(answer.try_recv().unwrap().is_err());
+    }]);
+    assert!(r.store.command("c-not-a-wake").unwrap().is_none());
 }

@@ -12,7 +12,7 @@ use metalbus_protocol::metrics::MetricsSample;
 use metalbus_protocol::NodeId;
 use redb::{ReadableDatabase, TableDefinition};
 
-use super::{Store, StoreError, WriteTx};
+use super::{StoreError, StoreReader, WriteTx};
 
 /// (node id, unix ms) → the [`Point`]'s values by [`Resource`] index.
 pub(super) const METRICS_RAW: TableDefinition<(&str, u64), [Option<f64>; RESOURCES]> =
@@ -177,7 +177,7 @@ pub fn key_ms(ms: i64) -> u64 {
     u64::try_from(ms).unwrap_or(0)
 }
 
-impl Store {
+impl StoreReader {
     /// A node's samples at or after `from_ms`, oldest first.
     pub fn metric_points(
         &self,
@@ -313,6 +313,7 @@ mod tests {
 
     use super::*;
     use crate::store::tests::record;
+    use crate::store::Store;
     use crate::telemetry::Telemetry;
 
     fn p(cpu: f64, mem: Option<f64>) -> Point {
@@ -363,7 +364,7 @@ mod tests {
 
     #[test]
     fn pruning_keeps_the_window_and_delete_node_removes_everything() {
-        let store = Store::in_memory(Arc::new(Telemetry::new())).unwrap();
+        let mut store = Store::in_memory(Arc::new(Telemetry::new())).unwrap();
         let (a, b) = (record("a", "a"), record("b", "b"));
         store
             .write(Durability::Immediate, |tx| {

@@ -1,7 +1,9 @@
 //! The controller's redb store: tables, typed reads, and write transactions.
 //!
-//! Architecture Invariant: only the engine task writes node data (STYLE rule 4); the HTTP
-//! API reads through [`Store`]'s read methods, each in its own read transaction.
+//! Architecture Invariant: there is one writer, and the types say so. [`Store`] is the
+//! only handle with `write`; it is not `Clone`, and `metalbus serve` gives it to the
+//! engine. Everyone else (the HTTP API, start-up and shutdown checks) holds a
+//! [`StoreReader`], which can only read, each read in its own read transaction.
 
 #[cfg(test)]
 pub(crate) mod flaky;
@@ -12,16 +14,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use metalbus_protocol::api::{EventSource, EventType, NodeEvent};
+use metalbus_protocol::command::CommandStatus;
+use metalbus_protocol::event::{EventSource, EventType, NodeEvent};
 use metalbus_protocol::{NodeId, Timestamp};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-pub use records::{
-    AuditEntry, CommandRecord, CommandStatus, Heartbeat, NodeRecord, Role, StoredInventory,
-    TokenRecord,
-};
+pub use records::{AuditEntry, CommandRecord, Heartbeat, NodeRecord, StoredInventory, TokenRecord};
 
 use crate::telemetry::Telemetry;
 
@@ -70,6 +70,11 @@ pub enum StoreError {
         "the store was written by a newer Metalbus (schema {found}); this build reads schema 1"
     )]
     Schema { found: String },
+    #[error("a {table} record cannot be encoded: {source}")]
+    Encode {
+        table: &'static str,
+        source: serde_json::Error,
+    },
     #[error("the store is unavailable after an I/O error; retrying")]
     Unavailable,
 }
@@ -94,9 +99,15 @@ pub use metrics::{
 /// until the database is closed and re-opened).
 type Opener = Box<dyn Fn() -> Result<Database, StoreError> + Send + Sync>;
 
-/// A handle to the store; cheap to clone.
-#[derive(Clone)]
+/// The write handle: the one writer owns it (not `Clone`). It reads too, through
+/// [`StoreReader`].
 pub struct Store {
+    reader: StoreReader,
+}
+
+/// A read-only handle; cheap to clone.
+#[derive(Clone)]
+pub struct StoreReader {
     inner: Arc<Inner>,
 }
 
@@ -107,6 +118,14 @@ struct Inner {
     /// Set when an operation failed in a way that needs a re-open.
     broken: AtomicBool,
     telemetry: Arc<Telemetry>,
+}
+
+impl std::ops::Deref for Store {
+    type Target = StoreReader;
+
+    fn deref(&self) -> &StoreReader {
+        &self.reader
+    }
 }
 
 impl Store {
@@ -128,7 +147,7 @@ impl Store {
             "create",
             Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())
         );
-        let store = Self::with_db(db, None, telemetry);
+        let mut store = Self::with_db(db, None, telemetry);
         store.init()?;
         Ok(store)
     }
@@ -136,22 +155,83 @@ impl Store {
     /// A store whose database `opener` opens (again, after I/O errors).
     pub fn from_opener(opener: Opener, telemetry: Arc<Telemetry>) -> Result<Self, StoreError> {
         let db = opener()?;
-        let store = Self::with_db(db, Some(opener), telemetry);
+        let mut store = Self::with_db(db, Some(opener), telemetry);
         store.init()?;
         Ok(store)
     }
 
     fn with_db(db: Database, opener: Option<Opener>, telemetry: Arc<Telemetry>) -> Self {
         Self {
-            inner: Arc::new(Inner {
-                db: RwLock::new(Some(Arc::new(db))),
-                opener,
-                broken: AtomicBool::new(false),
-                telemetry,
-            }),
+            reader: StoreReader {
+                inner: Arc::new(Inner {
+                    db: RwLock::new(Some(Arc::new(db))),
+                    opener,
+                    broken: AtomicBool::new(false),
+                    telemetry,
+                }),
+            },
         }
     }
 
+    /// A read-only handle for everyone but the writer.
+    pub fn reader(&self) -> StoreReader {
+        self.reader.clone()
+    }
+
+    fn init(&mut self) -> Result<(), StoreError> {
+        self.write(Durability::Immediate, |tx| {
+            let txn = tx.txn;
+            for def in [NODES, INVENTORY, HEARTBEATS, TOKENS, META, COMMANDS] {
+                tryop!("create table", txn.open_table(def));
+            }
+            tryop!("create table", txn.open_table(NAMES));
+            tryop!("create table", txn.open_table(HISTORY));
+            tryop!("create table", txn.open_table(EVENTS));
+            tryop!("create table", txn.open_table(metrics::METRICS_RAW));
+            tryop!("create table", txn.open_table(metrics::METRICS_1M));
+            let mut meta = tryop!("open meta", txn.open_table(META));
+            let found = tryop!("read schema", meta.get("schema")).map(|v| v.value().to_vec());
+            match found {
+                None => {
+                    tryop!("write schema", meta.insert("schema", SCHEMA_VERSION));
+                }
+                Some(v) if v == SCHEMA_VERSION => {}
+                Some(v) => {
+                    return Err(StoreError::Schema {
+                        found: String::from_utf8_lossy(&v).into_owned(),
+                    })
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Runs `f` in one write transaction and commits it with `durability`.
+    pub fn write<T>(
+        &mut self,
+        durability: Durability,
+        f: impl FnOnce(&mut WriteTx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let reader = &self.reader;
+        let result = (|| {
+            let db = reader.db()?;
+            let mut txn = tryop!("begin write", db.begin_write());
+            tryop!("set durability", txn.set_durability(durability));
+            let out = f(&mut WriteTx { txn: &txn })?;
+            let started = Instant::now();
+            tryop!("commit", txn.commit());
+            reader.inner.telemetry.observe_commit(started.elapsed());
+            Ok(out)
+        })();
+        if let Err(e) = &result {
+            reader.inner.telemetry.store_errors.inc();
+            reader.note(e);
+        }
+        result
+    }
+}
+
+impl StoreReader {
     /// The current database handle, re-opening it first if an I/O error broke it.
     fn db(&self) -> Result<Arc<Database>, StoreError> {
         if self.inner.broken.load(Ordering::SeqCst) {
@@ -204,57 +284,6 @@ impl Store {
                 self.inner.broken.store(true, Ordering::SeqCst);
             }
         }
-    }
-
-    fn init(&self) -> Result<(), StoreError> {
-        self.write(Durability::Immediate, |tx| {
-            let txn = tx.txn;
-            for def in [NODES, INVENTORY, HEARTBEATS, TOKENS, META, COMMANDS] {
-                tryop!("create table", txn.open_table(def));
-            }
-            tryop!("create table", txn.open_table(NAMES));
-            tryop!("create table", txn.open_table(HISTORY));
-            tryop!("create table", txn.open_table(EVENTS));
-            tryop!("create table", txn.open_table(metrics::METRICS_RAW));
-            tryop!("create table", txn.open_table(metrics::METRICS_1M));
-            let mut meta = tryop!("open meta", txn.open_table(META));
-            let found = tryop!("read schema", meta.get("schema")).map(|v| v.value().to_vec());
-            match found {
-                None => {
-                    tryop!("write schema", meta.insert("schema", SCHEMA_VERSION));
-                }
-                Some(v) if v == SCHEMA_VERSION => {}
-                Some(v) => {
-                    return Err(StoreError::Schema {
-                        found: String::from_utf8_lossy(&v).into_owned(),
-                    })
-                }
-            }
-            Ok(())
-        })
-    }
-
-    /// Runs `f` in one write transaction and commits it with `durability`.
-    pub fn write<T>(
-        &self,
-        durability: Durability,
-        f: impl FnOnce(&mut WriteTx<'_>) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let result = (|| {
-            let db = self.db()?;
-            let mut txn = tryop!("begin write", db.begin_write());
-            tryop!("set durability", txn.set_durability(durability));
-            let out = f(&mut WriteTx { txn: &txn })?;
-            let started = Instant::now();
-            tryop!("commit", txn.commit());
-            self.inner.telemetry.observe_commit(started.elapsed());
-            Ok(out)
-        })();
-        if let Err(e) = &result {
-            self.inner.telemetry.store_errors.inc();
-            self.note(e);
-        }
-        result
     }
 
     /// Every node, in id order.
@@ -404,16 +433,10 @@ fn get_json<T: DeserializeOwned>(
     }
 }
 
-/// Stands in for an unreadable stored event: old enough to be dropped.
-fn expired(cutoff: Timestamp) -> NodeEvent {
-    let before = Timestamp::from_unix_millis(cutoff.unix_millis().saturating_sub(1));
-    NodeEvent::new(EventType::Normal, "", "", EventSource::Controller, before)
-}
-
-fn encode(value: &impl Serialize) -> Vec<u8> {
-    // Our records are plain data (strings, numbers, maps with string keys): serializing
-    // them cannot fail.
-    serde_json::to_vec(value).unwrap_or_default()
+/// A record as stored. Our records are plain data, so this does not fail in practice;
+/// if it did, the transaction fails rather than storing an empty value.
+fn encode(table: &'static str, value: &impl Serialize) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|source| StoreError::Encode { table, source })
 }
 
 /// Which events `Store::events` returns.
@@ -441,7 +464,7 @@ impl WriteTx<'_> {
         let mut nodes = tryop!("open nodes", self.txn.open_table(NODES));
         tryop!(
             "write node",
-            nodes.insert(node.id.as_str(), encode(node).as_slice())
+            nodes.insert(node.id.as_str(), encode("nodes", node)?.as_slice())
         );
         let mut names = tryop!("open names", self.txn.open_table(NAMES));
         if let Some(old) = old_name.filter(|o| *o != node.name) {
@@ -483,7 +506,7 @@ impl WriteTx<'_> {
         let mut t = tryop!("open inventory", self.txn.open_table(INVENTORY));
         tryop!(
             "write inventory",
-            t.insert(id.as_str(), encode(inv).as_slice())
+            t.insert(id.as_str(), encode("inventory", inv)?.as_slice())
         );
         Ok(())
     }
@@ -492,7 +515,7 @@ impl WriteTx<'_> {
         let mut t = tryop!("open heartbeats", self.txn.open_table(HEARTBEATS));
         tryop!(
             "write heartbeat",
-            t.insert(id.as_str(), encode(hb).as_slice())
+            t.insert(id.as_str(), encode("heartbeats", hb)?.as_slice())
         );
         Ok(())
     }
@@ -501,7 +524,10 @@ impl WriteTx<'_> {
         let mut t = tryop!("open history", self.txn.open_table(HISTORY));
         tryop!(
             "write history",
-            t.insert((entry.node_id.as_str(), n), encode(entry).as_slice())
+            t.insert(
+                (entry.node_id.as_str(), n),
+                encode("history", entry)?.as_slice()
+            )
         );
         Ok(())
     }
@@ -518,30 +544,34 @@ impl WriteTx<'_> {
     ) -> Result<(), StoreError> {
         let mut t = tryop!("open events", self.txn.open_table(EVENTS));
         let key = node.as_str();
-        let mut stored: Vec<(u64, NodeEvent)> = Vec::new();
+        // An unreadable entry (`None`) is dropped rather than blocking every later event.
+        let mut stored: Vec<(u64, Option<NodeEvent>)> = Vec::new();
         for entry in tryop!("scan events", t.range((key, 0)..=(key, u64::MAX))) {
             let (k, v) = tryop!("scan events", entry);
-            let n = k.value().1;
-            // An unreadable entry is dropped rather than blocking every later event.
-            let ev = serde_json::from_slice(v.value()).ok();
-            stored.push((n, ev.unwrap_or_else(|| expired(cutoff))));
+            stored.push((k.value().1, serde_json::from_slice(v.value()).ok()));
         }
         let next = stored.last().map_or(1, |(n, _)| n + 1);
         let mut record = event.clone();
-        if let Some(i) = stored.iter().position(|(_, old)| old.same_as(event)) {
+        let repeat = stored
+            .iter()
+            .position(|(_, old)| old.as_ref().is_some_and(|o| o.same_as(event)));
+        if let Some(i) = repeat {
             let (n, old) = stored.remove(i);
-            record.first_timestamp = old.first_timestamp;
-            record.count = old.count.saturating_add(event.count);
+            if let Some(old) = old {
+                record.first_timestamp = old.first_timestamp;
+                record.count = old.count.saturating_add(event.count);
+            }
             tryop!("write events", t.remove((key, n)));
         }
         tryop!(
             "write events",
-            t.insert((key, next), encode(&record).as_slice())
+            t.insert((key, next), encode("events", &record)?.as_slice())
         );
         // Oldest first: drop the aged, then whatever is over the limit.
         let keep_from = stored.len().saturating_sub(max_per_node.saturating_sub(1));
         for (i, (n, ev)) in stored.iter().enumerate() {
-            if i < keep_from || ev.last_timestamp < cutoff {
+            let aged = ev.as_ref().is_none_or(|e| e.last_timestamp < cutoff);
+            if i < keep_from || aged {
                 tryop!("write events", t.remove((key, *n)));
             }
         }
@@ -568,14 +598,20 @@ impl WriteTx<'_> {
         let mut t = tryop!("open commands", self.txn.open_table(COMMANDS));
         tryop!(
             "write command",
-            t.insert(rec.command.command_id.as_str(), encode(rec).as_slice())
+            t.insert(
+                rec.command.command_id.as_str(),
+                encode("commands", rec)?.as_slice()
+            )
         );
         Ok(())
     }
 
     pub fn put_token(&mut self, hash: &str, token: &TokenRecord) -> Result<(), StoreError> {
         let mut t = tryop!("open tokens", self.txn.open_table(TOKENS));
-        tryop!("write token", t.insert(hash, encode(token).as_slice()));
+        tryop!(
+            "write token",
+            t.insert(hash, encode("tokens", token)?.as_slice())
+        );
         Ok(())
     }
 }
@@ -583,6 +619,7 @@ impl WriteTx<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use metalbus_protocol::event::EventReason;
     use metalbus_protocol::Timestamp;
 
     pub(crate) fn record(id: &str, name: &str) -> NodeRecord {
@@ -598,7 +635,7 @@ mod tests {
 
     #[test]
     fn nodes_are_found_by_id_or_name_and_renames_move_the_index() {
-        let store = Store::in_memory(Arc::new(Telemetry::new())).unwrap();
+        let mut store = Store::in_memory(Arc::new(Telemetry::new())).unwrap();
         let mut n = record("n1", "alpha");
         store
             .write(Durability::Immediate, |tx| tx.put_node(&n, None))
@@ -617,7 +654,7 @@ mod tests {
 
     #[test]
     fn a_failed_transaction_writes_nothing() {
-        let store = Store::in_memory(Arc::new(Telemetry::new())).unwrap();
+        let mut store = Store::in_memory(Arc::new(Telemetry::new())).unwrap();
         let n = record("n1", "alpha");
         let result: Result<(), StoreError> = store.write(Durability::Immediate, |tx| {
             tx.put_node(&n, None)?;
@@ -634,7 +671,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.redb");
         {
-            let store = Store::open(&path, Arc::new(Telemetry::new())).unwrap();
+            let mut store = Store::open(&path, Arc::new(Telemetry::new())).unwrap();
             store
                 .write(Durability::Immediate, |tx| {
                     tx.put_node(&record("n1", "a"), None)
@@ -645,7 +682,7 @@ mod tests {
         assert_eq!(store.nodes().unwrap()[0].id.as_str(), "n1");
     }
 
-    fn ev(kind: EventType, reason: &str, secs: i64) -> NodeEvent {
+    fn ev(kind: EventType, reason: EventReason, secs: i64) -> NodeEvent {
         NodeEvent::new(
             kind,
             reason,
@@ -655,7 +692,7 @@ mod tests {
         )
     }
 
-    fn put(store: &Store, e: &NodeEvent, max: usize, cutoff_s: i64) {
+    fn put(store: &mut Store, e: &NodeEvent, max: usize, cutoff_s: i64) {
         let node = NodeId::new("n1").unwrap();
         let cutoff = Timestamp::from_unix_millis(cutoff_s * 1000);
         store
@@ -665,7 +702,7 @@ mod tests {
             .unwrap();
     }
 
-    fn stored(store: &Store, filter: EventFilter) -> Vec<(String, u64)> {
+    fn stored(store: &Store, filter: EventFilter) -> Vec<(EventReason, u64)> {
         store
             .events(&NodeId::new("n1").unwrap(), &filter, 100)
             .unwrap()
@@ -676,34 +713,35 @@ mod tests {
 
     #[test]
     fn events_collapse_repeats_keep_a_bounded_newest_set_and_filter() {
-        let store = Store::in_memory(Arc::new(Telemetry::new())).unwrap();
+        let mut store = Store::in_memory(Arc::new(Telemetry::new())).unwrap();
         let (n, w) = (EventType::Normal, EventType::Warning);
-        put(&store, &ev(n, "A", 10), 3, 0);
-        put(&store, &ev(w, "B", 20), 3, 0);
-        put(&store, &ev(n, "A", 30), 3, 0);
+        use EventReason::{
+            InventoryChanged as C, NodeError as E, NodeOffline as B, NodeOnline as A,
+            StuckState as D,
+        };
+        put(&mut store, &ev(n, A, 10), 3, 0);
+        put(&mut store, &ev(w, B, 20), 3, 0);
+        put(&mut store, &ev(n, A, 30), 3, 0);
         // A repeat keeps its first time, counts, and becomes the newest.
-        assert_eq!(
-            stored(&store, EventFilter::default()),
-            vec![("A".into(), 2), ("B".into(), 1)]
-        );
+        assert_eq!(stored(&store, EventFilter::default()), vec![(A, 2), (B, 1)]);
         let a = &store
             .events(&NodeId::new("n1").unwrap(), &EventFilter::default(), 1)
             .unwrap()[0];
         assert_eq!(a.first_timestamp, Timestamp::from_unix_millis(10_000));
         assert_eq!(a.last_timestamp, Timestamp::from_unix_millis(30_000));
         // At most 3 per node: the oldest goes.
-        put(&store, &ev(n, "C", 40), 3, 0);
-        put(&store, &ev(w, "D", 50), 3, 0);
+        put(&mut store, &ev(n, C, 40), 3, 0);
+        put(&mut store, &ev(w, D, 50), 3, 0);
         assert_eq!(
             stored(&store, EventFilter::default()),
-            vec![("D".into(), 1), ("C".into(), 1), ("A".into(), 2)]
+            vec![(D, 1), (C, 1), (A, 2)]
         );
         // Filters: type, source, since.
         let warnings = EventFilter {
             kind: Some(w),
             ..EventFilter::default()
         };
-        assert_eq!(stored(&store, warnings), vec![("D".into(), 1)]);
+        assert_eq!(stored(&store, warnings), vec![(D, 1)]);
         let from_agents = EventFilter {
             source: Some(EventSource::Agent),
             ..EventFilter::default()
@@ -713,16 +751,10 @@ mod tests {
             since: Some(Timestamp::from_unix_millis(40_000)),
             ..EventFilter::default()
         };
-        assert_eq!(
-            stored(&store, recent),
-            vec![("D".into(), 1), ("C".into(), 1)]
-        );
+        assert_eq!(stored(&store, recent), vec![(D, 1), (C, 1)]);
         // Writing drops the node's events older than the cutoff.
-        put(&store, &ev(n, "E", 60), 10, 45);
-        assert_eq!(
-            stored(&store, EventFilter::default()),
-            vec![("E".into(), 1), ("D".into(), 1)]
-        );
+        put(&mut store, &ev(n, E, 60), 10, 45);
+        assert_eq!(stored(&store, EventFilter::default()), vec![(E, 1), (D, 1)]);
         // The sweep drops them for every node.
         let removed = store
             .write(Durability::Immediate, |tx| {
@@ -730,9 +762,28 @@ mod tests {
             })
             .unwrap();
         assert_eq!(removed, 1);
+        assert_eq!(stored(&store, EventFilter::default()), vec![(E, 1)]);
+    }
+
+    #[test]
+    fn an_unreadable_stored_event_is_dropped_by_the_next_write() {
+        let mut store = Store::in_memory(Arc::new(Telemetry::new())).unwrap();
+        store
+            .write(Durability::Immediate, |tx| {
+                let mut t = tryop!("open events", tx.txn.open_table(EVENTS));
+                tryop!("write", t.insert(("n1", 1), b"{not an event".as_slice()));
+                Ok(())
+            })
+            .unwrap();
+        put(
+            &mut store,
+            &ev(EventType::Normal, EventReason::NodeOnline, 10),
+            10,
+            0,
+        );
         assert_eq!(
             stored(&store, EventFilter::default()),
-            vec![("E".into(), 1)]
+            vec![(EventReason::NodeOnline, 1)]
         );
     }
 }

@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use metalbus_protocol::api::MatchHints;
-use metalbus_protocol::command::Command;
+use metalbus_protocol::api::{MatchHints, Role};
+use metalbus_protocol::command::{Command, CommandStatus};
 use metalbus_protocol::controller::Progress;
 use metalbus_protocol::inventory::Inventory;
 use metalbus_protocol::lifecycle::NodeState;
@@ -165,33 +165,6 @@ impl NodeRecord {
 
 pub use metalbus_protocol::api::AuditEntry;
 
-/// Where a command is (`GET /api/v1/operations/{id}`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CommandStatus {
-    Queued,
-    Sent,
-    Accepted,
-    Rejected,
-    Succeeded,
-    Failed,
-    Expired,
-}
-
-impl CommandStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CommandStatus::Queued => "queued",
-            CommandStatus::Sent => "sent",
-            CommandStatus::Accepted => "accepted",
-            CommandStatus::Rejected => "rejected",
-            CommandStatus::Succeeded => "succeeded",
-            CommandStatus::Failed => "failed",
-            CommandStatus::Expired => "expired",
-        }
-    }
-}
-
 /// A command the controller sent, and what became of it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommandRecord {
@@ -216,15 +189,6 @@ pub struct StoredInventory {
 pub struct Heartbeat {
     pub last_seen_at: Timestamp,
     pub sample: Option<MetricsSample>,
-}
-
-/// What a token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Viewer,
-    Operator,
-    Admin,
 }
 
 /// An API token; only its SHA-256 is stored, as the key.

@@ -3,6 +3,10 @@
 
 use super::*;
 
+fn cid(s: &str) -> CommandId {
+    CommandId::new(s).unwrap()
+}
+
 fn node(state: NodeState) -> Lifecycle {
     Lifecycle::new(state)
 }
@@ -10,7 +14,7 @@ fn node(state: NodeState) -> Lifecycle {
 fn with_job(state: NodeState, kind: JobKind) -> Lifecycle {
     Lifecycle {
         job: Some(JobRef {
-            command_id: "c-1".into(),
+            command_id: cid("c-1"),
             kind,
         }),
         ..Lifecycle::new(state)
@@ -19,7 +23,7 @@ fn with_job(state: NodeState, kind: JobKind) -> Lifecycle {
 
 fn job(kind: JobKind, status: JobStatus) -> Event {
     Event::Job {
-        command_id: "c-1".into(),
+        command_id: cid("c-1"),
         job: kind,
         status,
         error: Some("boom".into()),
@@ -236,7 +240,7 @@ fn happy_path_manage_to_active() {
     assert_eq!(out.effects, vec![Effect::SendJob(JobKind::Install)]);
     let mut n = out.node;
     n.job = Some(JobRef {
-        command_id: "c-1".into(),
+        command_id: cid("c-1"),
         kind: JobKind::Install,
     });
     n.install_attempts = 2; // left over from before: `started` resets it
@@ -292,7 +296,7 @@ fn failures_below_the_limit_retry_then_install_failed() {
             out.effects,
             vec![
                 Effect::Warning {
-                    reason: "InstallRetry",
+                    reason: EventReason::InstallRetry,
                     message: format!("install attempt {attempt}/3 failed: boom"),
                 },
                 Effect::ScheduleInstallRetry { attempt },
@@ -303,7 +307,7 @@ fn failures_below_the_limit_retry_then_install_failed() {
         assert_eq!(resend.effects, vec![Effect::SendJob(JobKind::Install)]);
         n = out.node;
         n.job = Some(JobRef {
-            command_id: "c-1".into(),
+            command_id: cid("c-1"),
             kind: JobKind::Install,
         });
     }
@@ -323,7 +327,7 @@ fn failures_below_the_limit_retry_then_install_failed() {
         retry.effects,
         vec![
             Effect::Cancel {
-                command_id: "c-1".into()
+                command_id: cid("c-1")
             },
             Effect::SendJob(JobKind::Install)
         ]
@@ -430,7 +434,7 @@ fn retry_checks_in_the_documented_order_with_seed_messages() {
         out.effects,
         vec![
             Effect::Cancel {
-                command_id: "c-1".into()
+                command_id: cid("c-1")
             },
             Effect::SendJob(JobKind::Install)
         ]
@@ -466,7 +470,7 @@ fn unmanage_and_delete_end_in_discovered_and_retired() {
         assert_eq!(out.effects, vec![Effect::SendJob(JobKind::Deprovision)]);
         let mut n = out.node;
         n.job = Some(JobRef {
-            command_id: "c-1".into(),
+            command_id: cid("c-1"),
             kind: JobKind::Deprovision,
         });
         let out = apply(&n, job(JobKind::Deprovision, JobStatus::Complete), &p).unwrap();
@@ -491,7 +495,7 @@ fn unmanage_and_delete_end_in_discovered_and_retired() {
     assert_eq!(
         out.effects,
         vec![Effect::Cancel {
-            command_id: "c-1".into()
+            command_id: cid("c-1")
         }]
     );
 }
@@ -517,7 +521,7 @@ fn reports_for_another_command_or_state_are_refused() {
     let p = policy();
     let n = with_job(Installing, JobKind::Install);
     let other = Event::Job {
-        command_id: "c-old".into(),
+        command_id: cid("c-old"),
         job: JobKind::Install,
         status: JobStatus::Complete,
         error: None,
@@ -632,7 +636,7 @@ fn a_stuck_node_is_recovered_then_failed_past_the_limit() {
             if let Some(k) = kind {
                 // The controller records the new command as the job.
                 n.job = Some(JobRef {
-                    command_id: format!("c-{attempt}"),
+                    command_id: cid(&format!("c-{attempt}")),
                     kind: k,
                 });
             }

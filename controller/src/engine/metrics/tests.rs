@@ -5,16 +5,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use metalbus_link::FakeClock;
 use metalbus_protocol::metrics::MetricsSample;
 use metalbus_protocol::status::{Birth, Status};
 use metalbus_protocol::topic::Topics;
 use metalbus_protocol::{NodeId, Timestamp};
 use redb::Durability;
 
-use super::super::{Engine, EngineConfig, Input};
-use crate::clock::FakeClock;
+use super::super::{Engine, EngineConfig, Input, Outlets};
 use crate::publish::PublishQueue;
-use crate::store::{Resource, Store, MINUTE_MS};
+use crate::store::{Resource, Store, StoreReader, MINUTE_MS};
 use crate::telemetry::Telemetry;
 
 /// A minute boundary, so tests know which minute each sample falls in.
@@ -23,15 +23,20 @@ const T0: i64 = 1_700_000_040_000;
 struct Rig {
     engine: Engine,
     clock: Arc<FakeClock>,
-    store: Store,
+    store: StoreReader,
     telemetry: Arc<Telemetry>,
 }
 
-fn engine_on(store: &Store, clock: &Arc<FakeClock>, telemetry: &Arc<Telemetry>) -> Engine {
+fn engine_on(store: Store, clock: &Arc<FakeClock>, telemetry: &Arc<Telemetry>) -> Engine {
     let (publish, _out) = PublishQueue::new();
+    let (wake, _wakes) = tokio::sync::mpsc::unbounded_channel();
     Engine::new(
-        store.clone(),
-        publish,
+        store,
+        Outlets {
+            publish,
+            wake,
+            live: crate::live::LiveFeed::default(),
+        },
         telemetry.clone(),
         clock.clone(),
         EngineConfig {
@@ -46,9 +51,10 @@ fn engine_on(store: &Store, clock: &Arc<FakeClock>, telemetry: &Arc<Telemetry>) 
 fn rig() -> Rig {
     assert_eq!(T0 % 60_000, 0);
     let telemetry = Arc::new(Telemetry::new());
-    let store = Store::in_memory(telemetry.clone()).unwrap();
+    let writer = Store::in_memory(telemetry.clone()).unwrap();
+    let store = writer.reader();
     let clock = Arc::new(FakeClock::at(T0));
-    let mut engine = engine_on(&store, &clock, &telemetry);
+    let mut engine = engine_on(writer, &clock, &telemetry);
     engine.apply(vec![Input::Status {
         id: id(),
         status: Status::Birth(Birth {
@@ -92,7 +98,7 @@ fn commits(t: &Telemetry) -> u64 {
         .unwrap_or(0)
 }
 
-fn cpu_points(store: &Store) -> Vec<(u64, f64)> {
+fn cpu_points(store: &StoreReader) -> Vec<(u64, f64)> {
     store
         .metric_points(&id(), 0)
         .unwrap()
@@ -101,7 +107,7 @@ fn cpu_points(store: &Store) -> Vec<(u64, f64)> {
         .collect()
 }
 
-fn minutes(store: &Store) -> Vec<(u64, u32, f64, f64)> {
+fn minutes(store: &StoreReader) -> Vec<(u64, u32, f64, f64)> {
     store
         .metric_rollups(&id(), 0)
         .unwrap()
@@ -181,9 +187,9 @@ fn a_restart_sums_the_open_minute_again_from_stored_samples() {
         r.clock.advance_ms(1000);
     }
     r.engine.flush_heartbeats(Durability::Immediate);
-    drop(r.engine); // a crash: the open minute was only in memory
-
-    let mut engine = engine_on(&r.store, &r.clock, &r.telemetry);
+    // A crash: the open minute was only in memory.
+    let store = r.engine.into_store();
+    let mut engine = engine_on(store, &r.clock, &r.telemetry);
     // Still the same minute: the restored minute stays open and takes new samples.
     engine.apply(vec![sample(60.0)]);
     r.clock.advance_ms(60_000);
@@ -196,9 +202,9 @@ fn a_restart_sums_the_open_minute_again_from_stored_samples() {
     // A restart a minute later writes the finished minute at its first flush.
     engine.apply(vec![sample(50.0)]);
     engine.flush_heartbeats(Durability::None);
-    drop(engine);
+    let store = engine.into_store();
     r.clock.advance_ms(60_000);
-    let mut engine = engine_on(&r.store, &r.clock, &r.telemetry);
+    let mut engine = engine_on(store, &r.clock, &r.telemetry);
     engine.flush_heartbeats(Durability::None);
     assert_eq!(minutes(&r.store).len(), 2);
     assert_eq!(minutes(&r.store)[1].1, 1);

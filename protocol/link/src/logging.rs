@@ -1,9 +1,20 @@
 //! Process plumbing shared by both daemons: log set-up and the shutdown signal.
 
-use crate::config::LogFormat;
+use serde::Deserialize;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
 
 /// Logs to stderr, filtered by `METALBUS_LOG` (e.g. `debug`) or else `default_filter`.
-pub fn init(format: LogFormat, default_filter: &str) {
+pub fn init_logging(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("METALBUS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()

@@ -1,0 +1,97 @@
+//! `names!`: enums whose every value has exactly one wire name.
+//!
+//! A state, a phase, an event reason, a role or a status is written once, as
+//! `Variant = "wire-name"`. The macro puts `#[serde(rename = "wire-name")]` on the variant
+//! (so serde and the OpenAPI schema use that name), and generates `ALL`, `as_str`,
+//! `Display` and `FromStr` from the same list, so the four can never disagree and no
+//! name is spelled as a literal anywhere else.
+
+/// Declares a names enum. The enum must derive `Serialize` and `Deserialize`; `$what` is
+/// how `FromStr` errors call it ("unknown state \"x\"; use one of: ...").
+macro_rules! names {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident as $what:literal {
+            $( $(#[$vmeta:meta])* $variant:ident = $text:literal ),+ $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        $vis enum $name {
+            $( $(#[$vmeta])* #[serde(rename = $text)] $variant, )+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: [$name; [$($text),+].len()] = [$($name::$variant),+];
+
+            /// The wire name.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $( $name::$variant => $text, )+
+                }
+            }
+        }
+
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl ::std::str::FromStr for $name {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, String> {
+                $name::ALL
+                    .into_iter()
+                    .find(|v| v.as_str() == s)
+                    .ok_or_else(|| $crate::names::unknown($what, s, &[$($text),+]))
+            }
+        }
+    };
+}
+
+pub(crate) use names;
+
+/// The `FromStr` error: the value (cut to 64 characters) and every valid name.
+pub(crate) fn unknown(what: &str, got: &str, valid: &[&str]) -> String {
+    let got: String = got.chars().take(64).collect();
+    format!("unknown {what} {got:?}; use one of: {}", valid.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+
+    names! {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        enum Colour as "colour" {
+            Red = "red",
+            /// A comment on a variant stays.
+            DarkBlue = "dark-blue",
+        }
+    }
+
+    #[test]
+    fn every_name_round_trips_through_text_and_json() {
+        assert_eq!(Colour::ALL, [Colour::Red, Colour::DarkBlue]);
+        for c in Colour::ALL {
+            assert_eq!(c.as_str().parse::<Colour>(), Ok(c));
+            assert_eq!(c.to_string(), c.as_str());
+            let json = serde_json::to_string(&c).unwrap();
+            assert_eq!(json, format!("\"{}\"", c.as_str()));
+            assert_eq!(serde_json::from_str::<Colour>(&json).unwrap(), c);
+        }
+    }
+
+    #[test]
+    fn an_unknown_name_lists_the_valid_ones() {
+        assert_eq!(
+            "DarkBlue".parse::<Colour>(),
+            Err("unknown colour \"DarkBlue\"; use one of: red, dark-blue".into())
+        );
+        let long = "x".repeat(1000);
+        let err = long.parse::<Colour>().unwrap_err();
+        assert!(err.len() < 120, "{err}");
+    }
+}
