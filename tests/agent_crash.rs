@@ -11,9 +11,8 @@ use metalbus_e2e::{eventually, process_with_env, steps_dir, AgentProc, Controlle
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_killed_mid_job_reports_the_failure_and_the_install_is_retried() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = tmp.path().join("controller.toml");
-    std::fs::write(
-        &config,
+    let ctl = Controller::with_config(
+        tmp.path(),
         r#"
 [lifecycle]
 retry_backoff = "300ms"
@@ -22,9 +21,9 @@ resend_after = "1s"
 default = true
 steps = [ { name = "image", script = "demo-step", args = { seconds = "4" }, timeout_s = 60 } ]
 "#,
+        &[],
     )
-    .unwrap();
-    let ctl = Controller::start(tmp.path(), &["--config", config.to_str().unwrap()]).await;
+    .await;
     let api = ctl.api();
     let steps = steps_dir(tmp.path(), &[]);
     let args = [

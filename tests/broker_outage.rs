@@ -13,16 +13,10 @@ use metalbus_e2e::{eventually, Controller, Mosquitto, SimProc};
 async fn a_15_second_broker_outage_mid_job_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let mut broker = Mosquitto::start(tmp.path(), "");
-    let config = tmp.path().join("controller.toml");
-    std::fs::write(&config, "[lifecycle]\nresend_after = \"1s\"\n").unwrap();
-    let ctl = Controller::start(
+    let ctl = Controller::with_config(
         tmp.path(),
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--broker",
-            &broker.url(),
-        ],
+        "[lifecycle]\nresend_after = \"1s\"\n",
+        &["--broker", &broker.url()],
     )
     .await;
     assert!(ctl.broker_url().contains(&broker.port.to_string()));

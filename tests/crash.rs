@@ -39,13 +39,12 @@ async fn controller_crashes_during_installs_lose_and_repeat_nothing() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
 
     let tmp = tempfile::tempdir().unwrap();
-    let config = tmp.path().join("controller.toml");
-    std::fs::write(
-        &config,
+    let mut ctl = Controller::with_config(
+        tmp.path(),
         "[lifecycle]\nauto_activate = false\nresend_after = \"1s\"\nretry_backoff = \"500ms\"\n",
+        &[],
     )
-    .unwrap();
-    let mut ctl = Controller::start(tmp.path(), &["--config", config.to_str().unwrap()]).await;
+    .await;
     let api = ctl.api();
     let mut sim = SimProc::start(
         tmp.path(),

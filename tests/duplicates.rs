@@ -12,17 +12,7 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replays_duplicates_and_stale_wills_change_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = tmp.path().join("controller.toml");
-    std::fs::write(
-        &config,
-        r#"
-[plans.quick]
-default = true
-steps = [ { name = "q", script = "demo-step", args = { seconds = "0.3" }, timeout_s = 30 } ]
-"#,
-    )
-    .unwrap();
-    let ctl = Controller::start(tmp.path(), &["--config", config.to_str().unwrap()]).await;
+    let ctl = Controller::with_config(tmp.path(), &Controller::quick_plan("0.3"), &[]).await;
     let api = ctl.api();
     let counter = tmp.path().join("runs.txt");
     let count_step = format!(

@@ -4,10 +4,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::process::Command;
 use std::time::Duration;
 
-use metalbus_e2e::{bin, eventually, steps_dir, AgentProc, Controller, Watcher};
+use metalbus_e2e::{eventually, steps_dir, AgentProc, Controller, Watcher};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -34,17 +33,7 @@ async fn reasons(api: &metalbus_e2e::Api, query: &str) -> Vec<(String, u64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nodes_life_is_told_by_its_events() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = tmp.path().join("controller.toml");
-    std::fs::write(
-        &config,
-        r#"
-[plans.quick]
-default = true
-steps = [ { name = "q", script = "demo-step", args = { seconds = "0.3" }, timeout_s = 30 } ]
-"#,
-    )
-    .unwrap();
-    let ctl = Controller::start(tmp.path(), &["--config", config.to_str().unwrap()]).await;
+    let ctl = Controller::with_config(tmp.path(), &Controller::quick_plan("0.3"), &[]).await;
     let api = ctl.api();
     let steps = steps_dir(tmp.path(), &[]);
     let steps_arg = ["--steps-dir", steps.to_str().unwrap()];
@@ -140,13 +129,7 @@ steps = [ { name = "q", script = "demo-step", args = { seconds = "0.3" }, timeou
 
     // The CLI: a table, and JSON with the filter.
     let cli = |args: &[&str]| {
-        let out = Command::new(bin("metalbus"))
-            .args(["nodes", "events", "ev-1", "--api", &ctl.api_base()])
-            .args(args)
-            .current_dir(tmp.path())
-            .env_remove("METALBUS_TOKEN")
-            .output()
-            .unwrap();
+        let out = ctl.cli(&[&["nodes", "events", "ev-1"], args].concat());
         assert!(out.status.success(), "{out:?}");
         String::from_utf8(out.stdout).unwrap()
     };

@@ -21,24 +21,10 @@ async fn the_generated_acl_confines_each_node_to_its_own_topics() {
     let acl_path = tmp.path().join("metalbus.acl");
     std::fs::write(&acl_path, &acl.stdout).unwrap();
     let broker = Mosquitto::start(tmp.path(), &format!("acl_file {}", acl_path.display()));
-    let config = tmp.path().join("controller.toml");
-    std::fs::write(
-        &config,
-        r#"
-[plans.quick]
-default = true
-steps = [ { name = "q", script = "demo-step", args = { seconds = "0.5" }, timeout_s = 30 } ]
-"#,
-    )
-    .unwrap();
-    let ctl = Controller::start(
+    let ctl = Controller::with_config(
         tmp.path(),
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--broker",
-            &broker.url(),
-        ],
+        &Controller::quick_plan("0.5"),
+        &["--broker", &broker.url()],
     )
     .await;
     let api = ctl.api();

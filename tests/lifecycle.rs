@@ -45,9 +45,7 @@ steps = [ {{ name = "hang", script = "hang-step", timeout_s = 1 }} ]
 "#,
         counter.display()
     );
-    let path = dir.join("controller.toml");
-    std::fs::write(&path, config).unwrap();
-    Controller::start(dir, &["--config", path.to_str().unwrap()]).await
+    Controller::with_config(dir, &config, &[]).await
 }
 
 /// A script that leaves a grandchild behind and never finishes.

@@ -62,34 +62,19 @@ async fn local_agent_shows_this_machine_within_five_seconds() {
 
     // The table form, and `show` by name.
     let name = node["name"].as_str().unwrap().to_string();
-    let table = Command::new(bin("metalbus"))
-        .args(["nodes", "list", "--api", &ctl.api_base()])
-        .current_dir(tmp.path())
-        .env_remove("METALBUS_TOKEN")
-        .output()
-        .unwrap();
+    let table = ctl.cli(&["nodes", "list"]);
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(text.starts_with("NAME"), "{text}");
     assert!(
         text.contains(&name) && text.contains("discovered"),
         "{text}"
     );
-    let show = Command::new(bin("metalbus"))
-        .args(["nodes", "show", &name, "--api", &ctl.api_base()])
-        .current_dir(tmp.path())
-        .env_remove("METALBUS_TOKEN")
-        .output()
-        .unwrap();
+    let show = ctl.cli(&["nodes", "show", &name]);
     assert!(show.status.success());
     assert!(String::from_utf8_lossy(&show.stdout).contains("Memory:"));
 
     // A missing node: exit code 3 and a one-line error.
-    let missing = Command::new(bin("metalbus"))
-        .args(["nodes", "show", "no-such-node", "--api", &ctl.api_base()])
-        .current_dir(tmp.path())
-        .env_remove("METALBUS_TOKEN")
-        .output()
-        .unwrap();
+    let missing = ctl.cli(&["nodes", "show", "no-such-node"]);
     assert_eq!(missing.status.code(), Some(3));
     let err = String::from_utf8_lossy(&missing.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
@@ -97,17 +82,6 @@ async fn local_agent_shows_this_machine_within_five_seconds() {
         err.contains("node not found") && err.contains("Primus.00005"),
         "{err}"
     );
-}
-
-/// Runs the real CLI where the controller runs, so it finds the token by itself.
-fn cli(ctl: &Controller, args: &[&str]) -> std::process::Output {
-    Command::new(bin("metalbus"))
-        .args(args)
-        .args(["--api", &ctl.api_base()])
-        .current_dir(&ctl.dir)
-        .env_remove("METALBUS_TOKEN")
-        .output()
-        .unwrap()
 }
 
 fn stdout(o: &std::process::Output) -> String {
@@ -132,7 +106,7 @@ async fn the_readme_tour_installs_this_machine_with_the_demo_plan_through_the_cl
     .await;
     let name = node["name"].as_str().unwrap().to_string();
 
-    let plans = cli(&ctl, &["nodes", "manage", &name]);
+    let plans = ctl.cli(&["nodes", "manage", &name]);
     assert!(
         plans.status.success(),
         "{}",
@@ -145,7 +119,7 @@ async fn the_readme_tour_installs_this_machine_with_the_demo_plan_through_the_cl
 
     // `nodes show` prints the progress of the running job.
     eventually(Duration::from_secs(20), "progress in `nodes show`", || {
-        let out = stdout(&cli(&ctl, &["nodes", "show", &name]));
+        let out = stdout(&ctl.cli(&["nodes", "show", &name]));
         async move {
             if out.contains("installing") && out.contains("Progress:") && out.contains("(demo)") {
                 Ok(())
@@ -157,46 +131,37 @@ async fn the_readme_tour_installs_this_machine_with_the_demo_plan_through_the_cl
     .await;
     api.wait_state(&name, "active", Duration::from_secs(30))
         .await;
-    let list = stdout(&cli(&ctl, &["nodes", "list", "--state", "active"]));
+    let list = stdout(&ctl.cli(&["nodes", "list", "--state", "active"]));
     assert!(list.contains(&name), "{list}");
-    let history = stdout(&cli(&ctl, &["nodes", "history", &name]));
+    let history = stdout(&ctl.cli(&["nodes", "history", &name]));
     assert!(history.contains("4 of 4 entries"), "{history}");
     for by in ["admin", "node_report", "system"] {
         assert!(history.contains(by), "{history}");
     }
 
     // A transition the table does not allow: exit 4 and the valid targets.
-    let refused = cli(&ctl, &["nodes", "transition", &name, "pending"]);
+    let refused = ctl.cli(&["nodes", "transition", &name, "pending"]);
     assert_eq!(refused.status.code(), Some(4));
     let err = String::from_utf8_lossy(&refused.stderr).into_owned();
     assert!(
         err.contains("valid targets: reprovision, migrating, deprovisioning"),
         "{err}"
     );
-    let moved = cli(
-        &ctl,
-        &[
-            "nodes",
-            "transition",
-            &name,
-            "migrating",
-            "--comment",
-            "rack move",
-        ],
-    );
+    let moved = ctl.cli(&[
+        "nodes",
+        "transition",
+        &name,
+        "migrating",
+        "--comment",
+        "rack move",
+    ]);
     assert!(moved.status.success());
-    let back = cli(
-        &ctl,
-        &["nodes", "transition", &name, "active", "-o", "json"],
-    );
+    let back = ctl.cli(&["nodes", "transition", &name, "active", "-o", "json"]);
     let json: serde_json::Value = serde_json::from_slice(&back.stdout).unwrap();
     assert_eq!(json["state"], "active");
 
     // Tokens: created once, then usable with their role.
-    let created = cli(
-        &ctl,
-        &["tokens", "create", "--name", "dash", "--role", "viewer"],
-    );
+    let created = ctl.cli(&["tokens", "create", "--name", "dash", "--role", "viewer"]);
     assert!(created.status.success());
     let token = stdout(&created).trim().to_string();
     assert!(token.starts_with("mb_"), "{token}");
@@ -216,7 +181,7 @@ async fn the_readme_tour_installs_this_machine_with_the_demo_plan_through_the_cl
     assert!(String::from_utf8_lossy(&as_viewer.stderr).contains("Forbidden"));
 
     // Retire at once.
-    let retired = cli(&ctl, &["nodes", "retire", &name, "--force"]);
+    let retired = ctl.cli(&["nodes", "retire", &name, "--force"]);
     assert!(
         retired.status.success(),
         "{}",

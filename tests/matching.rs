@@ -9,10 +9,9 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use metalbus_e2e::{bin, eventually, fixture_root, AgentProc, Api, Controller};
+use metalbus_e2e::{eventually, fixture_root, AgentProc, Api, Controller};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -132,9 +131,12 @@ async fn ten_agents_at_once_claim_ten_registrations_each_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mac_wins_over_a_hostname_and_an_unclaimed_registration_times_out() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = tmp.path().join("controller.toml");
-    std::fs::write(&config, "[lifecycle.timeouts]\nregistered = \"4s\"\n").unwrap();
-    let ctl = Controller::start(tmp.path(), &["--config", config.to_str().unwrap()]).await;
+    let ctl = Controller::with_config(
+        tmp.path(),
+        "[lifecycle.timeouts]\nregistered = \"4s\"\n",
+        &[],
+    )
+    .await;
     let api = ctl.api();
     // A newer registration by hostname, an older one by MAC: the MAC wins.
     let reg = |body: Value| {
@@ -238,20 +240,15 @@ async fn bad_registrations_are_refused_and_the_cli_registers() {
 
     // The CLI: register, then a second time with the same name (409, exit non-zero).
     let cli = |name: &str| {
-        Command::new(bin("metalbus"))
-            .args(["nodes", "register", name, "--mac", "02:fc:00:00:03:01"])
-            .args([
-                "--label",
-                "rack=r9",
-                "--group",
-                "g",
-                "--api",
-                &ctl.api_base(),
-            ])
-            .current_dir(tmp.path())
-            .env_remove("METALBUS_TOKEN")
-            .output()
-            .unwrap()
+        let mac = ["--mac", "02:fc:00:00:03:01"];
+        ctl.cli(
+            &[
+                &["nodes", "register", name],
+                &mac[..],
+                &["--label", "rack=r9", "--group", "g"],
+            ]
+            .concat(),
+        )
     };
     let out = cli("spare-1");
     assert!(out.status.success(), "{out:?}");

@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use metalbus_e2e::{bin, eventually, Api, Controller, Watcher};
+use metalbus_protocol::units::round2;
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -57,10 +58,6 @@ impl Sent {
         let usable: u64 = self.fs.iter().map(|f| f.0 + f.1).sum();
         used as f64 * 100.0 / usable as f64
     }
-}
-
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -255,13 +252,7 @@ async fn known_samples_give_exact_averages_and_peaks_and_survive_kill_9() {
 
     // The CLI, through the real binary: JSON, then the table with sparklines.
     let cli = |args: &[&str]| {
-        let out = Command::new(bin("metalbus"))
-            .args(["nodes", "metrics", NODE, "--api", &ctl.api_base()])
-            .args(args)
-            .current_dir(tmp.path())
-            .env_remove("METALBUS_TOKEN")
-            .output()
-            .unwrap();
+        let out = ctl.cli(&[&["nodes", "metrics", NODE], args].concat());
         assert!(out.status.success(), "{out:?}");
         String::from_utf8(out.stdout).unwrap()
     };

@@ -9,10 +9,9 @@
 
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use metalbus_e2e::{bin, eventually, AgentProc, Api, Controller, Watcher};
+use metalbus_e2e::{eventually, AgentProc, Api, Controller, Watcher};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -89,15 +88,8 @@ async fn token(api: &Api, role: &str) -> String {
     body["data"]["token"].as_str().unwrap().to_string()
 }
 
-fn cli(ctl: &Controller, dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(bin("metalbus"))
-        .args(["nodes"])
-        .args(args)
-        .args(["--api", &ctl.api_base()])
-        .current_dir(dir)
-        .env_remove("METALBUS_TOKEN")
-        .output()
-        .unwrap()
+fn cli(ctl: &Controller, args: &[&str]) -> std::process::Output {
+    ctl.cli(&[&["nodes"], args].concat())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,11 +225,7 @@ async fn reboot_and_poweroff_run_the_configured_action_once() {
     }
 
     // The CLI: reboot and wait for the outcome.
-    let out = cli(
-        &ctl,
-        tmp.path(),
-        &["reboot", "op-1", "--wait", "--timeout", "30s"],
-    );
+    let out = cli(&ctl, &["reboot", "op-1", "--wait", "--timeout", "30s"]);
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
@@ -251,7 +239,7 @@ async fn reboot_and_poweroff_run_the_configured_action_once() {
         "{text} {ran:?}"
     );
     // A failing one exits 6 with one line naming the failure.
-    let out = cli(&ctl, tmp.path(), &["poweroff", "op-1", "--wait"]);
+    let out = cli(&ctl, &["poweroff", "op-1", "--wait"]);
     assert_eq!(out.status.code(), Some(6), "{out:?}");
     let err = String::from_utf8(out.stderr).unwrap();
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -271,16 +259,15 @@ async fn wake_sends_magic_packets_to_the_configured_address_only() {
     listener
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let config = tmp.path().join("controller.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let mut ctl = Controller::with_config(
+        tmp.path(),
+        &format!(
             "[wake]\nbroadcast = \"{}\"\n",
             listener.local_addr().unwrap()
         ),
+        &[],
     )
-    .unwrap();
-    let mut ctl = Controller::start(tmp.path(), &["--config", config.to_str().unwrap()]).await;
+    .await;
     let api = ctl.api();
     let root = fixture_root();
     let agent = AgentProc::start_with(tmp.path(), &ctl.broker_url(), "wk-1", &["--root", &root]);
@@ -379,7 +366,7 @@ async fn wake_sends_magic_packets_to_the_configured_address_only() {
     nothing_more();
 
     // The CLI, as JSON, waiting for the outcome.
-    let out = cli(&ctl, tmp.path(), &["wake", "wk-1", "--wait", "-o", "json"]);
+    let out = cli(&ctl, &["wake", "wk-1", "--wait", "-o", "json"]);
     assert!(out.status.success(), "{out:?}");
     let cli_op: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(cli_op["status"], "succeeded", "{cli_op}");

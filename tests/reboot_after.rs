@@ -18,9 +18,8 @@ use serde_json::Value;
 const WAIT: Duration = Duration::from_secs(30);
 
 async fn controller(dir: &Path) -> Controller {
-    let config = dir.join("controller.toml");
-    std::fs::write(
-        &config,
+    Controller::with_config(
+        dir,
         r#"
 [lifecycle]
 retry_backoff = "100ms"
@@ -30,9 +29,9 @@ default = true
 reboot_after = true
 steps = [ { name = "image", script = "quick-step", timeout_s = 60 } ]
 "#,
+        &[],
     )
-    .unwrap();
-    Controller::start(dir, &["--config", config.to_str().unwrap()]).await
+    .await
 }
 
 /// The "reboot": one line with the command id in `marker`, and a new boot id.

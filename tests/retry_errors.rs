@@ -23,9 +23,7 @@ steps = [ { name = "quick", script = "demo-step", args = { seconds = "0.2" }, ti
 [plans.broken]
 steps = [ { name = "doomed", script = "demo-step", args = { fail = "always" }, timeout_s = 30 } ]
 "#;
-    let path = dir.join("controller.toml");
-    std::fs::write(&path, config).unwrap();
-    Controller::start(dir, &["--config", path.to_str().unwrap()]).await
+    Controller::with_config(dir, config, &[]).await
 }
 
 fn agent(dir: &std::path::Path, ctl: &Controller, id: &str) -> AgentProc {

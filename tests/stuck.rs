@@ -20,10 +20,9 @@ fn hang(tag: &str) -> String {
 }
 
 async fn controller(dir: &std::path::Path, installing: &str) -> Controller {
-    let config = dir.join("controller.toml");
-    std::fs::write(
-        &config,
-        format!(
+    Controller::with_config(
+        dir,
+        &format!(
             r#"
 [lifecycle]
 max_recovery_attempts = 3
@@ -35,9 +34,9 @@ default = true
 steps = [ {{ name = "hang", script = "hang-step", timeout_s = 300 }} ]
 "#
         ),
+        &[],
     )
-    .unwrap();
-    Controller::start(dir, &["--config", config.to_str().unwrap()]).await
+    .await
 }
 
 fn agent(dir: &std::path::Path, ctl: &Controller, id: &str, tag: &str) -> AgentProc {

@@ -16,24 +16,16 @@ async fn controller_and_agent_work_through_an_mqtts_broker() {
     let pki = TestPki::generate(tmp.path(), "good");
     let broker = Mosquitto::start_tls(tmp.path(), &pki);
     let ca = pki.ca_cert.to_str().unwrap();
-    let config = tmp.path().join("controller.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[broker]
-url = "{}"
-ca_file = "{ca}"
-
-[plans.quick]
-default = true
-steps = [ {{ name = "q", script = "demo-step", args = {{ seconds = "0.5" }}, timeout_s = 30 }} ]
-"#,
-            broker.tls_url()
+    let ctl = Controller::with_config(
+        tmp.path(),
+        &format!(
+            "[broker]\nurl = \"{}\"\nca_file = \"{ca}\"\n\n{}",
+            broker.tls_url(),
+            Controller::quick_plan("0.5")
         ),
+        &[],
     )
-    .unwrap();
-    let ctl = Controller::start(tmp.path(), &["--config", config.to_str().unwrap()]).await;
+    .await;
     assert_eq!(
         ctl.broker,
         broker.tls_url(),

@@ -359,39 +359,35 @@ impl AgentStore {
 
     /// Records the job that runs now (or none).
     pub fn set_job(&mut self, job: Option<&RunningJob>) -> anyhow::Result<()> {
-        let txn = db!(self.db.begin_write(), "begin");
-        {
-            let mut t = db!(txn.open_table(JOB), "job");
-            match job {
-                Some(j) => {
-                    db!(
-                        t.insert("current", serde_json::to_vec(j)?.as_slice()),
-                        "write job"
-                    );
-                }
-                None => {
-                    db!(t.remove("current"), "clear job");
-                }
-            }
-        }
-        db!(txn.commit(), "commit");
-        Ok(())
+        self.put_record("current", job)
     }
 
     /// Records the pending power action (or none).
     pub fn set_power(&mut self, power: Option<&PendingPower>) -> anyhow::Result<()> {
+        self.put_record("power", power)
+    }
+
+    /// The pending power action, if any.
+    pub fn power(&self) -> anyhow::Result<Option<PendingPower>> {
+        self.record("power")
+    }
+
+    /// The job recorded as running.
+    pub fn job(&self) -> anyhow::Result<Option<RunningJob>> {
+        self.record("current")
+    }
+
+    /// Writes (or, with `None`, removes) the record `key` of the job table.
+    fn put_record<T: Serialize>(&mut self, key: &str, value: Option<&T>) -> anyhow::Result<()> {
         let txn = db!(self.db.begin_write(), "begin");
         {
             let mut t = db!(txn.open_table(JOB), "job");
-            match power {
-                Some(p) => {
-                    db!(
-                        t.insert("power", serde_json::to_vec(p)?.as_slice()),
-                        "write power action"
-                    );
+            match value {
+                Some(v) => {
+                    db!(t.insert(key, serde_json::to_vec(v)?.as_slice()), key);
                 }
                 None => {
-                    db!(t.remove("power"), "clear power action");
+                    db!(t.remove(key), key);
                 }
             }
         }
@@ -399,11 +395,11 @@ impl AgentStore {
         Ok(())
     }
 
-    /// The pending power action, if any.
-    pub fn power(&self) -> anyhow::Result<Option<PendingPower>> {
+    /// The record `key` of the job table, if any.
+    fn record<T: serde::de::DeserializeOwned>(&self, key: &str) -> anyhow::Result<Option<T>> {
         let txn = db!(self.db.begin_read(), "begin");
         let t = db!(txn.open_table(JOB), "job");
-        let found = db!(t.get("power"), "read power action");
+        let found = db!(t.get(key), key);
         Ok(match found {
             Some(v) => Some(serde_json::from_slice(v.value())?),
             None => None,
@@ -420,17 +416,6 @@ impl AgentStore {
             db!(c.get("seq"), "read seq").map_or(0, |v| v.value())
         };
         Ok(!present && seq <= counter)
-    }
-
-    /// The job recorded as running.
-    pub fn job(&self) -> anyhow::Result<Option<RunningJob>> {
-        let txn = db!(self.db.begin_read(), "begin");
-        let t = db!(txn.open_table(JOB), "job");
-        let found = db!(t.get("current"), "read job");
-        Ok(match found {
-            Some(v) => Some(serde_json::from_slice(v.value())?),
-            None => None,
-        })
     }
 }
 

@@ -371,8 +371,7 @@ pub struct History {
 
 names! {
     /// What an API token may do; each role may do what the ones before it may.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    #[derive(PartialOrd, Ord)]
     pub enum Role as "role" {
         /// Reads everything.
         Viewer = "viewer",
@@ -448,8 +447,7 @@ pub struct Health {
 
 names! {
     /// The window of `GET /nodes/{node}/metrics?period=`.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    #[derive(Default)]
     pub enum MetricsPeriod as "period" {
         FiveMinutes = "5m",
         #[default]

@@ -11,8 +11,6 @@ use crate::Timestamp;
 
 names! {
     /// What a command asks the agent to do.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
     pub enum CommandKind as "command kind" {
         Install = "install",
         Deprovision = "deprovision",
@@ -51,8 +49,6 @@ impl CommandKind {
 
 names! {
     /// A plan job: the agent runs a plan's steps from its `steps_dir`.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
     pub enum JobKind as "job kind" {
         Install = "install",
         Deprovision = "deprovision",
@@ -72,8 +68,6 @@ impl JobKind {
 names! {
     /// A power action: the agent runs the program its own config names for it
     /// (`reboot_command`, `poweroff_command`), never a plan.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
     pub enum PowerAction as "power action" {
         Reboot = "reboot",
         Poweroff = "poweroff",
@@ -200,8 +194,6 @@ impl fmt::Display for CommandId {
 
 names! {
     /// Where a command (an operation) is (`GET /api/v1/operations/{id}`).
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
     pub enum CommandStatus as "command status" {
         /// Recorded, not sent yet (a wake before its packets went out).
         Queued = "queued",

@@ -9,18 +9,14 @@ use crate::Timestamp;
 
 names! {
     /// Normal or Warning, as in Kubernetes events.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-    pub enum EventType as "event type" {
-        Normal = "Normal",
-        Warning = "Warning",
+    pub enum EventType as "event type" by variant name {
+        Normal,
+        Warning,
     }
 }
 
 names! {
     /// Who saw what an event tells: the controller itself, or the node's agent (a report).
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
     pub enum EventSource as "event source" {
         Controller = "controller",
         Agent = "agent",
@@ -30,49 +26,47 @@ names! {
 names! {
     /// Why an event was recorded. Every reason the controller uses is here, so a
     /// dashboard or an alert can list them (`EventReason::ALL`).
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-    pub enum EventReason as "event reason" {
+    pub enum EventReason as "event reason" by variant name {
         /// The agent connected (or was heard from again after silence).
-        NodeOnline = "NodeOnline",
+        NodeOnline,
         /// The agent stopped, its connection died, or it fell silent.
-        NodeOffline = "NodeOffline",
+        NodeOffline,
         /// A new inventory differs from the stored one; the message names the sections.
-        InventoryChanged = "InventoryChanged",
+        InventoryChanged,
         /// The agent started the install.
-        InstallStarted = "InstallStarted",
+        InstallStarted,
         /// An install attempt failed; it is sent again after a backoff.
-        InstallRetry = "InstallRetry",
+        InstallRetry,
         /// The last install attempt failed: the node is `install_failed`.
-        InstallFailed = "InstallFailed",
-        InstallCompleted = "InstallCompleted",
-        DeprovisionCompleted = "DeprovisionCompleted",
-        DeprovisionFailed = "DeprovisionFailed",
+        InstallFailed,
+        InstallCompleted,
+        DeprovisionCompleted,
+        DeprovisionFailed,
         /// The node moved to `error` and needs an operator.
-        NodeError = "NodeError",
+        NodeError,
         /// The agent refused a command.
-        CommandRejected = "CommandRejected",
+        CommandRejected,
         /// A message from the node's agent was refused (ingest, or a report that does not
         /// fit the node).
-        MessageRejected = "MessageRejected",
+        MessageRejected,
         /// The node stayed in a state past its timeout without progress.
-        StuckState = "StuckState",
+        StuckState,
         /// A stuck node's job was cancelled and sent again.
-        RecoveryAttempt = "RecoveryAttempt",
+        RecoveryAttempt,
         /// No agent matched a pre-registration in time.
-        DiscoveryTimeout = "DiscoveryTimeout",
+        DiscoveryTimeout,
         /// An operator pre-registered the node.
-        Registered = "Registered",
+        Registered,
         /// A new agent claimed a pre-registration.
-        NodeMatched = "NodeMatched",
-        RebootRequested = "RebootRequested",
-        RebootCompleted = "RebootCompleted",
-        RebootFailed = "RebootFailed",
-        PoweroffRequested = "PoweroffRequested",
-        PoweroffCompleted = "PoweroffCompleted",
-        PoweroffFailed = "PoweroffFailed",
-        WakeRequested = "WakeRequested",
-        WakeFailed = "WakeFailed",
+        NodeMatched,
+        RebootRequested,
+        RebootCompleted,
+        RebootFailed,
+        PoweroffRequested,
+        PoweroffCompleted,
+        PoweroffFailed,
+        WakeRequested,
+        WakeFailed,
     }
 }
 

@@ -76,7 +76,7 @@ pub struct Disk {
 }
 
 /// One non-virtual network interface.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Nic {
     pub name: String,
@@ -245,13 +245,7 @@ mod tests {
     fn refuses_absurd_device_counts() {
         let nic = Nic {
             name: "e".into(),
-            mac: None,
-            speed_mbps: None,
-            carrier: None,
-            driver: None,
-            mtu: None,
-            ipv4: vec![],
-            ipv6: vec![],
+            ..Nic::default()
         };
         let inv = Inventory {
             nics: vec![nic; Inventory::MAX_DEVICES + 1],

@@ -15,7 +15,8 @@
 //!   events and their closed list of reasons (DESIGN section 7.5).
 //! - Every name on the wire (states, phases, kinds, statuses, reasons, roles) is a
 //!   `names!` enum: one list gives serde, `ALL`, `as_str`, `Display` and `FromStr`.
-//! - [`Timestamp`]: RFC 3339 UTC timestamps on the wire.
+//! - [`Timestamp`]: RFC 3339 UTC timestamps on the wire; [`units`]: GB, GiB, Mbit/s and
+//!   the two-decimal rounding of API figures.
 
 pub mod api;
 pub mod command;
@@ -32,6 +33,7 @@ pub mod report;
 pub mod status;
 mod timestamp;
 pub mod topic;
+pub mod units;
 
 pub use node_id::{is_valid_node_name, NodeId, NodeIdError};
 pub use timestamp::{Timestamp, TimestampError};

@@ -1,13 +1,10 @@
 //! Node lifecycle vocabulary: states and the phase each maps to (DESIGN section 7.1).
 
-use serde::{Deserialize, Serialize};
-
 use crate::names::names;
 
 names! {
     /// Where a node is in its lifecycle.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    #[derive(PartialOrd, Ord)]
     pub enum NodeState as "state" {
         Registered = "registered",
         Discovered = "discovered",
@@ -27,16 +24,15 @@ names! {
 
 names! {
     /// The coarse phase of the retry API's vocabulary (seed 000).
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-    pub enum Phase as "phase" {
-        Unmanaged = "Unmanaged",
-        Managing = "Managing",
-        Managed = "Managed",
-        ManagedFailed = "ManagedFailed",
-        Unmanaging = "Unmanaging",
-        UnmanagedFailed = "UnmanagedFailed",
-        Error = "Error",
+    #[derive(PartialOrd, Ord)]
+    pub enum Phase as "phase" by variant name {
+        Unmanaged,
+        Managing,
+        Managed,
+        ManagedFailed,
+        Unmanaging,
+        UnmanagedFailed,
+        Error,
     }
 }
 

@@ -18,8 +18,6 @@ use NodeState::*;
 
 names! {
     /// Who caused a transition (`triggered_by` in the audit log).
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
     pub enum Trigger as "trigger" {
         Admin = "admin",
         System = "system",

@@ -6,9 +6,29 @@
 //! `Display` and `FromStr` from the same list, so the four can never disagree and no
 //! name is spelled as a literal anywhere else.
 
-/// Declares a names enum. The enum must derive `Serialize` and `Deserialize`; `$what` is
-/// how `FromStr` errors call it ("unknown state \"x\"; use one of: ...").
+/// Declares a names enum, `Variant = "wire-name"` for each value, or `by variant name`
+/// when the wire names are the variant names. `Debug, Clone, Copy, PartialEq, Eq, Hash`,
+/// serde, and (with the
+/// `openapi` feature) `ToSchema` are derived; add others (`PartialOrd`, `Default`) with
+/// a `#[derive]` of their own. `$what` is how `FromStr` errors call it ("unknown state
+/// \"x\"; use one of: ...").
 macro_rules! names {
+    // Wire names that are the variant names themselves (`EventReason`, `Phase`).
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident as $what:literal by variant name {
+            $( $(#[$vmeta:meta])* $variant:ident ),+ $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ::serde::Serialize, ::serde::Deserialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+        $vis enum $name {
+            $( $(#[$vmeta])* $variant, )+
+        }
+
+        names!(@impl $name, $what, $( $variant = stringify!($variant) ),+);
+    };
     (
         $(#[$meta:meta])*
         $vis:vis enum $name:ident as $what:literal {
@@ -16,10 +36,15 @@ macro_rules! names {
         }
     ) => {
         $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ::serde::Serialize, ::serde::Deserialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         $vis enum $name {
             $( $(#[$vmeta])* #[serde(rename = $text)] $variant, )+
         }
 
+        names!(@impl $name, $what, $( $variant = $text ),+);
+    };
+    (@impl $name:ident, $what:literal, $( $variant:ident = $text:expr ),+) => {
         impl $name {
             /// Every value, in declaration order.
             pub const ALL: [$name; [$($text),+].len()] = [$($name::$variant),+];
@@ -61,10 +86,7 @@ pub(crate) fn unknown(what: &str, got: &str, valid: &[&str]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use serde::{Deserialize, Serialize};
-
     names! {
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
         enum Colour as "colour" {
             Red = "red",
             /// A comment on a variant stays.
@@ -82,6 +104,26 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", c.as_str()));
             assert_eq!(serde_json::from_str::<Colour>(&json).unwrap(), c);
         }
+    }
+
+    names! {
+        enum Shape as "shape" by variant name {
+            Circle,
+            /// Documented too.
+            BigSquare,
+        }
+    }
+
+    #[test]
+    fn wire_names_can_be_the_variant_names() {
+        assert_eq!(Shape::ALL, [Shape::Circle, Shape::BigSquare]);
+        assert_eq!(Shape::BigSquare.as_str(), "BigSquare");
+        assert_eq!(
+            serde_json::to_string(&Shape::BigSquare).unwrap(),
+            "\"BigSquare\""
+        );
+        assert_eq!("Circle".parse::<Shape>(), Ok(Shape::Circle));
+        assert!("circle".parse::<Shape>().is_err());
     }
 
     #[test]

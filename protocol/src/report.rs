@@ -9,7 +9,6 @@ use crate::{NodeId, Timestamp};
 
 names! {
     /// Where a job (or a power action) is.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
     pub enum JobStatus as "job status" {
         Started = "started",
         Progress = "progress",

@@ -7,8 +7,6 @@ use crate::{NodeId, Timestamp};
 
 names! {
     /// Why an agent is offline.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
     pub enum OfflineReason as "offline reason" {
         /// The broker published the agent's Last Will: the connection died.
         Lost = "lost",

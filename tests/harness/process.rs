@@ -88,6 +88,36 @@ pub struct Controller {
 impl Controller {
     /// Starts a controller with its data in `dir/metalbus-data`, on ports it picks
     /// itself (port 0), read back from `listen.json`.
+    /// Runs the real `metalbus` CLI against this controller from its dir, so that it
+    /// finds the admin token by itself: `args`, then `--api`.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin("metalbus"))
+            .args(args)
+            .args(["--api", &self.api_base()])
+            .current_dir(&self.dir)
+            .env_remove("METALBUS_TOKEN")
+            .output()
+            .unwrap()
+    }
+
+    /// The config most tests install with: a default plan `quick`, one demo step of
+    /// `seconds`.
+    pub fn quick_plan(seconds: &str) -> String {
+        format!(
+            "[plans.quick]\ndefault = true\nsteps = [ {{ name = \"q\", script = \"demo-step\", args = {{ seconds = \"{seconds}\" }}, timeout_s = 30 }} ]\n"
+        )
+    }
+
+    /// A controller whose config file (`dir/controller.toml`) holds `config`, with `extra`
+    /// flags after `--config`.
+    pub async fn with_config(dir: &Path, config: &str, extra: &[&str]) -> Controller {
+        let path = dir.join("controller.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut args = vec!["--config", path.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        Controller::start(dir, &args).await
+    }
+
     pub async fn start(dir: &Path, extra: &[&str]) -> Controller {
         let mut c = Controller {
             child: None,

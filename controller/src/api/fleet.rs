@@ -10,6 +10,7 @@ use metalbus_protocol::fleet::{
     NodeStatusView, NodeUsage, SpaceLoad, SystemView, UsageSummary,
 };
 use metalbus_protocol::lifecycle::NodeState;
+use metalbus_protocol::units::{mbps, round2, GB};
 
 use super::error::ApiError;
 use super::extract::Checked;
@@ -17,12 +18,6 @@ use super::openapi::{NodePath, ReadErrors};
 use super::views::{specs, usage};
 use super::AppState;
 use crate::store::{Heartbeat, NodeRecord, StoredInventory};
-
-const GB: f64 = 1e9;
-
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
-}
 
 /// `GET /api/v1/nodes/{node}/status`: health, last heartbeat, uptime, kernel and OS.
 #[utoipa::path(
@@ -207,8 +202,8 @@ pub fn fleet_usage(
                 disk_n += 1;
             }
             if let Some(r) = s.network {
-                net.in_mbps += r.rx_bytes_per_s * 8.0 / 1e6;
-                net.out_mbps += r.tx_bytes_per_s * 8.0 / 1e6;
+                net.in_mbps += mbps(r.rx_bytes_per_s);
+                net.out_mbps += mbps(r.tx_bytes_per_s);
             }
         }
         by_node.push(NodeUsage {

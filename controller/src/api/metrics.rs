@@ -16,6 +16,7 @@ use metalbus_protocol::api::{
     SeriesPoint, SpaceMetrics,
 };
 use metalbus_protocol::metrics::MetricsSample;
+use metalbus_protocol::units::{mbps, round2, GB, GIB};
 use metalbus_protocol::{NodeId, Timestamp};
 use serde::Deserialize;
 
@@ -23,13 +24,10 @@ use super::error::ApiError;
 use super::extract::Checked;
 use super::openapi::{NodePath, ReadErrors};
 use super::AppState;
-use crate::store::{key_ms, mbps, Agg, Resource, Rollup, MINUTE_MS};
+use crate::store::{key_ms, Agg, Resource, Rollup, MINUTE_MS};
 
 /// Most points in one series.
 pub const MAX_POINTS: u64 = 360;
-
-const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
-const GB: f64 = 1e9;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -190,10 +188,6 @@ fn downsample(window: &Window, entries: &[(u64, Rollup)]) -> (Vec<(u64, Rollup)>
         steps.entry(start).or_default().merge(r);
     }
     (steps.into_iter().collect(), Some(step / 1000))
-}
-
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
 }
 
 fn stamp(ms: u64) -> Timestamp {

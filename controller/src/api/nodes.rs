@@ -248,12 +248,8 @@ mod tests {
         i.nics.push(Nic {
             name: "eth0".into(),
             mac: Some(mac.into()),
-            speed_mbps: None,
-            carrier: None,
-            driver: None,
-            mtu: None,
             ipv4: vec![ip.parse().unwrap()],
-            ipv6: Vec::new(),
+            ..Nic::default()
         });
         Ok(Some(StoredInventory {
             received_at: Timestamp::from_unix_millis(0),

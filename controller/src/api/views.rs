@@ -4,15 +4,9 @@
 use metalbus_protocol::api::{ClusterStatus, NodeStatusBlock, NodeView, Specs, UsageView};
 use metalbus_protocol::inventory::Inventory;
 use metalbus_protocol::metrics::MetricsSample;
+use metalbus_protocol::units::{mbps, round2, GB, GIB};
 
 use crate::store::{Heartbeat, NodeRecord, StoredInventory};
-
-const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
-const GB: f64 = 1e9;
-
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
-}
 
 /// Memory in GiB (how RAM is sold), storage in GB (how disks are sold).
 pub fn specs(inv: &Inventory) -> Specs {
@@ -31,13 +25,12 @@ pub fn specs(inv: &Inventory) -> Specs {
 }
 
 pub fn usage(sample: &MetricsSample) -> UsageView {
-    let mbps = |bytes_per_s: f64| round2(bytes_per_s * 8.0 / 1e6);
     UsageView {
         cpu_percentage: sample.cpu_percent.map(round2),
         memory_percentage: sample.memory.and_then(|m| m.percent()).map(round2),
         storage_percentage: sample.storage_percent().map(round2),
-        network_in_mbps: sample.network.map(|n| mbps(n.rx_bytes_per_s)),
-        network_out_mbps: sample.network.map(|n| mbps(n.tx_bytes_per_s)),
+        network_in_mbps: sample.network.map(|n| round2(mbps(n.rx_bytes_per_s))),
+        network_out_mbps: sample.network.map(|n| round2(mbps(n.tx_bytes_per_s))),
         uptime_hours: sample.uptime_s.map(|s| round2(s as f64 / 3600.0)),
         sampled_at: Some(sample.ts),
     }

@@ -71,20 +71,25 @@ pub fn metrics(m: &NodeMetrics, now: Timestamp) -> String {
         let ins: Vec<f64> = n.series.iter().map(|p| p.in_mbps).collect();
         let outs: Vec<f64> = n.series.iter().map(|p| p.out_mbps).collect();
         let top = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
-        rows.push(vec![
-            "net in".into(),
-            num(n.in_mbps, " Mb/s"),
-            num(n.average_in_mbps, " Mb/s"),
-            num(n.peak_in_mbps, " Mb/s"),
-            sparkline(&ins, WIDTH, 0.0, top(&ins)),
-        ]);
-        rows.push(vec![
-            "net out".into(),
-            num(n.out_mbps, " Mb/s"),
-            num(n.average_out_mbps, " Mb/s"),
-            num(n.peak_out_mbps, " Mb/s"),
-            sparkline(&outs, WIDTH, 0.0, top(&outs)),
-        ]);
+        let lines = [
+            ("net in", n.in_mbps, n.average_in_mbps, n.peak_in_mbps, ins),
+            (
+                "net out",
+                n.out_mbps,
+                n.average_out_mbps,
+                n.peak_out_mbps,
+                outs,
+            ),
+        ];
+        for (label, current, average, peak, series) in lines {
+            rows.push(vec![
+                label.into(),
+                num(current, " Mb/s"),
+                num(average, " Mb/s"),
+                num(peak, " Mb/s"),
+                sparkline(&series, WIDTH, 0.0, top(&series)),
+            ]);
+        }
     }
     let mut out = format!(
         "{}: last {} (newest sample {})\n",

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use metalbus_protocol::command::{CommandStatus, Work};
 use metalbus_protocol::controller::Progress;
-use metalbus_protocol::event::{EventReason, EventSource, EventType};
+use metalbus_protocol::event::{EventReason, EventType};
 use metalbus_protocol::inventory::Inventory;
 use metalbus_protocol::lifecycle::NodeState;
 use metalbus_protocol::machine::Event;
@@ -16,7 +16,7 @@ use metalbus_protocol::{NodeId, Timestamp};
 use serde_json::Value;
 use tracing::{debug, error, info, warn};
 
-use super::batch::Batch;
+use super::batch::{Batch, Tally};
 use super::lifecycle::Ctx;
 use super::operations::PowerReport;
 use super::Engine;
@@ -82,7 +82,9 @@ impl Engine {
         after.metrics_interval_s = Some(b.metrics_interval_s);
         if !before.online {
             info!(node = %id, conn = after.conn, "node online");
-            batch.normal(id, EventReason::NodeOnline, "agent connected", now);
+            batch
+                .controller(id, now)
+                .normal(EventReason::NodeOnline, "agent connected");
         }
         // A new boot of an installed host (a `reboot_after` plan) activates it.
         let rebooted = before.state == NodeState::Installed
@@ -128,11 +130,9 @@ impl Engine {
                     ..NodeRecord::discovered(id.clone(), reg.name.clone(), now)
                 });
                 info!(node = %id, name = %reg.name, registration = %reg_id, by = by.as_str(), "new agent matched a registration");
-                batch.normal(
-                    id,
+                batch.controller(id, now).normal(
                     EventReason::NodeMatched,
                     format!("matched registration {reg_id} by {}", by.as_str()),
-                    now,
                 );
                 self.fleet.nodes.insert(id.clone(), node);
                 reg.name
@@ -150,7 +150,9 @@ impl Engine {
         self.fleet.names.insert(name, id.clone());
         batch.nodes.insert(id.clone(), None);
         batch.durable = true;
-        batch.normal(id, EventReason::NodeOnline, "agent connected", now);
+        batch
+            .controller(id, now)
+            .normal(EventReason::NodeOnline, "agent connected");
         if let Some((reg_id, by)) = matched {
             let ctx = Ctx {
                 comment: Some(format!("matched registration {reg_id} by {}", by.as_str())),
@@ -216,20 +218,15 @@ impl Engine {
                     (EventType::Warning, "agent connection lost")
                 }
             };
-            batch.event(
-                id,
-                kind,
-                EventReason::NodeOffline,
-                message,
-                EventSource::Controller,
-                now,
-            );
+            batch
+                .controller(id, now)
+                .record(kind, EventReason::NodeOffline, message);
         }
         self.replace(before, after, now, batch);
     }
 
     fn stale(id: &NodeId, what: &str, got: u64, newest: u64, batch: &mut Batch) {
-        batch.counts.stale += 1;
+        batch.counts.add(Tally::Stale);
         debug!(node = %id, what, conn = got, newest, "stale status ignored");
     }
 
@@ -270,11 +267,9 @@ impl Engine {
         if let Some(old) = &previous {
             let changed = changed_sections(old, &inv);
             if !changed.is_empty() {
-                batch.agent_normal(
-                    id,
+                batch.agent(id, now).normal(
                     EventReason::InventoryChanged,
                     format!("inventory changed: {}", changed.join(", ")),
-                    now,
                 );
             }
         }
@@ -311,7 +306,7 @@ impl Engine {
         };
         self.touch(id, now);
         if node.old_sessions.contains(&report.session) {
-            batch.counts.duplicate += 1;
+            batch.counts.add(Tally::Duplicate);
             debug!(node = %id, session = %report.session, "report of an earlier agent session dropped");
             return;
         }
@@ -337,7 +332,7 @@ impl Engine {
             self.replace(node, after, now, batch);
         }
         if report.seq <= last {
-            batch.counts.duplicate += 1;
+            batch.counts.add(Tally::Duplicate);
             batch.receipts.insert(id.clone());
             return;
         }
@@ -355,14 +350,14 @@ impl Engine {
             batch.nodes.entry(id.clone()).or_insert(None);
             batch.durable = true;
             batch.receipts.insert(id.clone());
-            batch.counts.applied += 1;
+            batch.counts.add(Tally::Applied);
             next = self.held.get_mut(id).and_then(|h| h.remove(&(seq + 1)));
         }
     }
 
     /// Keeps a report that came after a gap (bounded; the agent resends anyway).
     fn hold(&mut self, id: &NodeId, report: Report, batch: &mut Batch) {
-        batch.counts.held_back += 1;
+        batch.counts.add(Tally::HeldBack);
         let held = self.held.entry(id.clone()).or_default();
         if held.len() < MAX_HELD_REPORTS {
             held.insert(report.seq, report);
@@ -397,11 +392,9 @@ impl Engine {
                     Some(job) => {
                         // The same as a failed attempt.
                         warn!(node = %id, command = %command_id, reason = %why, "agent refused the job");
-                        batch.agent_warning(
-                            id,
+                        batch.agent(id, now).warning(
                             EventReason::CommandRejected,
                             format!("agent refused command {command_id}: {why}"),
-                            now,
                         );
                         let event = Event::Job {
                             command_id: command_id.clone(),
@@ -417,11 +410,9 @@ impl Engine {
                             .and_then(|rec| rec.command.kind.power());
                         if let Some(action) = power {
                             warn!(node = %id, command = %command_id, reason = %why, "agent refused the {action}");
-                            batch.agent_warning(
-                                id,
+                            batch.agent(id, now).warning(
                                 EventReason::CommandRejected,
                                 format!("agent refused {action} command {command_id}: {why}"),
-                                now,
                             );
                         }
                     }

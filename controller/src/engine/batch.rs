@@ -24,20 +24,38 @@ pub(super) type ReplyTo = oneshot::Sender<Result<Reply, CallError>>;
 /// Where the answer to a token's creation goes.
 pub(super) type TokenReplyTo = oneshot::Sender<Result<(), CallError>>;
 
+/// What a batch counts one by one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Tally {
+    /// A report (or event) the state machine refused.
+    Refused,
+    /// A status message of an older connection, ignored.
+    Stale,
+    /// A report already applied, dropped.
+    Duplicate,
+    /// A report that came after a gap and waits.
+    HeldBack,
+    Applied,
+    /// A command published again.
+    Resent,
+}
+
+impl Tally {
+    const ALL: [Tally; 6] = [
+        Tally::Refused,
+        Tally::Stale,
+        Tally::Duplicate,
+        Tally::HeldBack,
+        Tally::Applied,
+        Tally::Resent,
+    ];
+}
+
 /// Counters one batch moved.
 #[derive(Debug, Default)]
 pub(super) struct Counts {
-    /// Reports (or events) the state machine refused.
-    pub refused: u64,
-    /// Status messages of an older connection, ignored.
-    pub stale: u64,
-    /// Reports already applied, dropped.
-    pub duplicate: u64,
-    /// Reports that came after a gap and wait.
-    pub held_back: u64,
-    pub applied: u64,
-    /// Commands published again.
-    pub resent: u64,
+    /// One number per [`Tally`], in its order.
+    tallies: [u64; Tally::ALL.len()],
     /// Stuck nodes found, and recovery attempts made, by state.
     pub stuck: Vec<NodeState>,
     pub recoveries: Vec<NodeState>,
@@ -48,14 +66,23 @@ pub(super) struct Counts {
 }
 
 impl Counts {
+    pub(super) fn add(&mut self, tally: Tally) {
+        self.tallies[tally as usize] += 1;
+    }
+
     /// Adds everything to the telemetry: called after a successful commit only.
     pub(super) fn record(self, t: &Telemetry) {
-        t.reports_refused.inc_by(self.refused);
-        t.ingest_stale.inc_by(self.stale);
-        t.reports_duplicate.inc_by(self.duplicate);
-        t.reports_held_back.inc_by(self.held_back);
-        t.reports_applied.inc_by(self.applied);
-        t.commands_resent.inc_by(self.resent);
+        for (tally, n) in Tally::ALL.into_iter().zip(self.tallies) {
+            let counter = match tally {
+                Tally::Refused => &t.reports_refused,
+                Tally::Stale => &t.ingest_stale,
+                Tally::Duplicate => &t.reports_duplicate,
+                Tally::HeldBack => &t.reports_held_back,
+                Tally::Applied => &t.reports_applied,
+                Tally::Resent => &t.commands_resent,
+            };
+            counter.inc_by(n);
+        }
         for state in self.stuck {
             t.stuck_states.get_or_create(&state.into()).inc();
         }
@@ -135,7 +162,7 @@ impl Batch {
 
     /// Records an event for `id` at `now`; a repeat of one already in this batch bumps
     /// its count.
-    pub(super) fn event(
+    fn event(
         &mut self,
         id: &NodeId,
         kind: EventType,
@@ -161,75 +188,50 @@ impl Batch {
         }
     }
 
-    /// A Normal event seen by the controller.
-    pub(super) fn normal(
-        &mut self,
-        id: &NodeId,
-        reason: EventReason,
-        message: impl Into<String>,
-        now: Timestamp,
-    ) {
-        self.event(
-            id,
-            EventType::Normal,
-            reason,
-            message,
-            EventSource::Controller,
-            now,
-        );
+    /// Events about node `id` that the controller saw at `now`.
+    pub(super) fn controller<'a>(&'a mut self, id: &'a NodeId, now: Timestamp) -> Recorder<'a> {
+        self.recorder(id, now, EventSource::Controller)
     }
 
-    /// A Warning seen by the controller.
-    pub(super) fn warning(
-        &mut self,
-        id: &NodeId,
-        reason: EventReason,
-        message: impl Into<String>,
-        now: Timestamp,
-    ) {
-        self.event(
-            id,
-            EventType::Warning,
-            reason,
-            message,
-            EventSource::Controller,
-            now,
-        );
+    /// Events about node `id` that its agent reported (or sent) at `now`.
+    pub(super) fn agent<'a>(&'a mut self, id: &'a NodeId, now: Timestamp) -> Recorder<'a> {
+        self.recorder(id, now, EventSource::Agent)
     }
 
-    /// A Normal event the node's agent reported.
-    pub(super) fn agent_normal(
-        &mut self,
-        id: &NodeId,
-        reason: EventReason,
-        message: impl Into<String>,
+    pub(super) fn recorder<'a>(
+        &'a mut self,
+        id: &'a NodeId,
         now: Timestamp,
-    ) {
-        self.event(
+        source: EventSource,
+    ) -> Recorder<'a> {
+        Recorder {
+            batch: self,
             id,
-            EventType::Normal,
-            reason,
-            message,
-            EventSource::Agent,
             now,
-        );
+            source,
+        }
+    }
+}
+
+/// Records one event about a node, from one source: `batch.agent(id, now).warning(..)`.
+pub(super) struct Recorder<'a> {
+    batch: &'a mut Batch,
+    id: &'a NodeId,
+    now: Timestamp,
+    source: EventSource,
+}
+
+impl Recorder<'_> {
+    pub(super) fn normal(self, reason: EventReason, message: impl Into<String>) {
+        self.record(EventType::Normal, reason, message);
     }
 
-    /// A Warning about what the node's agent said.
-    pub(super) fn agent_warning(
-        &mut self,
-        id: &NodeId,
-        reason: EventReason,
-        message: impl Into<String>,
-        now: Timestamp,
-    ) {
-        self.event(
-            id,
-            EventType::Warning,
-            reason,
-            message,
-            EventSource::Agent,
-            now,
-        );
+    pub(super) fn warning(self, reason: EventReason, message: impl Into<String>) {
+        self.record(EventType::Warning, reason, message);
+    }
+
+    pub(super) fn record(self, kind: EventType, reason: EventReason, message: impl Into<String>) {
+        let (id, now, source) = (self.id, self.now, self.source);
+        self.batch.event(id, kind, reason, message, source, now);
     }
 }

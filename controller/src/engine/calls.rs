@@ -325,15 +325,13 @@ impl Engine {
         .flatten()
         .collect();
         info!(node = %id, name = %reg.name, user = user.unwrap_or("-"), "node registered");
-        batch.normal(
-            &id,
+        batch.controller(&id, now).normal(
             EventReason::Registered,
             format!(
                 "registered by {}; matched by {}",
                 user.unwrap_or("unknown"),
                 by.join(", ")
             ),
-            now,
         );
         self.fleet.names.insert(reg.name.clone(), id.clone());
         self.fleet.nodes.insert(id.clone(), node);

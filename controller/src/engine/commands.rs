@@ -19,7 +19,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tracing::{debug, info};
 
-use super::batch::Batch;
+use super::batch::{Batch, Tally};
 use super::lifecycle::Ctx;
 use super::Engine;
 use crate::publish::{Delivery, Outbound};
@@ -341,7 +341,7 @@ impl Engine {
                 Due::Resend { id, node } => match self.command_record(&id, batch) {
                     Some(rec) if rec.status == CommandStatus::Sent => {
                         debug!(%node, command = %id, "command not acknowledged yet; sending it again");
-                        batch.counts.resent += 1;
+                        batch.counts.add(Tally::Resent);
                         let topic = self.cfg.topics.node(&node, NodeTopic::Commands);
                         batch.publish(Outbound::event(topic, &rec.command, Delivery::AtLeastOnce));
                     }

@@ -12,7 +12,7 @@ use metalbus_protocol::machine::{apply, Change, Effect, Event, JobRef, Policy, R
 use metalbus_protocol::{NodeId, Timestamp};
 use tracing::{debug, info, warn};
 
-use super::batch::Batch;
+use super::batch::{Batch, Tally};
 use super::Engine;
 use crate::publish::{Delivery, Outbound};
 use crate::store::{AuditEntry, NodeRecord};
@@ -60,7 +60,7 @@ impl Engine {
         match self.machine(id, event, ctx, now, batch) {
             Ok(()) => true,
             Err(refusal) => {
-                batch.counts.refused += 1;
+                batch.counts.add(Tally::Refused);
                 if self.superseded(id, &refusal, batch) {
                     debug!(node = %id, reason = %refusal, "late report of a superseded command");
                     return false;
@@ -71,11 +71,9 @@ impl Engine {
                     Refusal::UnexpectedReport { .. } | Refusal::Inconsistent { .. }
                 ) {
                     // A report that makes no sense here changes nothing, but is shown.
-                    batch.agent_warning(
-                        id,
+                    batch.agent(id, now).warning(
                         EventReason::MessageRejected,
                         format!("report refused: {refusal}"),
-                        now,
                     );
                 }
                 false
@@ -162,7 +160,9 @@ impl Engine {
                 Trigger::NodeReport => EventSource::Agent,
                 Trigger::Admin | Trigger::System => EventSource::Controller,
             };
-            batch.event(&node.id, kind, reason, message, source, now);
+            batch
+                .recorder(&node.id, now, source)
+                .record(kind, reason, message);
         }
     }
 
@@ -210,16 +210,14 @@ impl Engine {
                     None => "nothing to send again".into(),
                 };
                 info!(node = %id, state = %node.state, attempt, max, "recovery attempt");
-                batch.normal(
-                    &id,
+                batch.controller(&id, now).normal(
                     EventReason::RecoveryAttempt,
                     format!("{what} (recovery attempt {attempt}/{max})"),
-                    now,
                 );
             }
             Effect::Warning { reason, message } => {
                 warn!(node = %id, %reason, "{message}");
-                batch.warning(&id, reason, message, now);
+                batch.controller(&id, now).warning(reason, message);
             }
         }
     }

@@ -123,20 +123,8 @@ impl History {
 
     /// Puts back what a failed flush did not write, ahead of what came since; bounded.
     pub(super) fn put_back(&mut self, pending: Pending) {
-        for (id, mut points) in pending.points {
-            let newer = self.points.remove(&id).unwrap_or_default();
-            points.extend(newer);
-            let excess = points.len().saturating_sub(MAX_PENDING_PER_NODE);
-            points.drain(..excess);
-            self.points.insert(id, points);
-        }
-        for (id, mut rollups) in pending.rollups {
-            let newer = self.rollups.remove(&id).unwrap_or_default();
-            rollups.extend(newer);
-            let excess = rollups.len().saturating_sub(MAX_PENDING_PER_NODE);
-            rollups.drain(..excess);
-            self.rollups.insert(id, rollups);
-        }
+        prepend(&mut self.points, pending.points);
+        prepend(&mut self.rollups, pending.rollups);
     }
 
     /// Rebuilds a node's state from the store: its newest sample time, and the minutes
@@ -170,6 +158,17 @@ impl History {
             }
         }
         Ok(())
+    }
+}
+
+/// Puts each node's `older` entries ahead of the ones `into` holds, keeping the newest
+/// `MAX_PENDING_PER_NODE`.
+fn prepend<T>(into: &mut BTreeMap<NodeId, Vec<T>>, older: BTreeMap<NodeId, Vec<T>>) {
+    for (id, mut entries) in older {
+        entries.extend(into.remove(&id).unwrap_or_default());
+        let excess = entries.len().saturating_sub(MAX_PENDING_PER_NODE);
+        entries.drain(..excess);
+        into.insert(id, entries);
     }
 }
 

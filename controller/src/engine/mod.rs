@@ -396,11 +396,9 @@ impl Engine {
                 Input::Resync => resync = true,
                 Input::Rejected { id, reason, error } => {
                     if self.fleet.nodes.contains_key(&id) {
-                        batch.agent_warning(
-                            &id,
+                        batch.agent(&id, now).warning(
                             EventReason::MessageRejected,
                             format!("{}: {error}", reason.as_str()),
-                            now,
                         );
                     }
                 }

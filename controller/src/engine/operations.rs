@@ -9,7 +9,7 @@ use metalbus_protocol::report::JobStatus;
 use metalbus_protocol::{NodeId, Timestamp};
 use tracing::{info, warn};
 
-use super::batch::Batch;
+use super::batch::{Batch, Tally};
 use super::calls::CallError;
 use super::Engine;
 use crate::store::NodeRecord;
@@ -36,14 +36,12 @@ impl Engine {
         batch: &mut Batch,
     ) -> CommandId {
         let op = self.command(node, action.command(), None, None, now, batch);
-        batch.normal(
-            &node.id,
+        batch.controller(&node.id, now).normal(
             EventReason::requested(action),
             format!(
                 "{action} requested by {} (operation {op})",
                 user.unwrap_or("unknown")
             ),
-            now,
         );
         op
     }
@@ -75,15 +73,13 @@ impl Engine {
         batch.put_command(rec);
         batch.durable = true;
         info!(node = %node.id, operation = %id, macs = %macs.join(","), "wake requested");
-        batch.normal(
-            &node.id,
+        batch.controller(&node.id, now).normal(
             EventReason::WakeRequested,
             format!(
                 "wake-on-LAN to {} requested by {} (operation {id})",
                 macs.join(", "),
                 user.unwrap_or("unknown")
             ),
-            now,
         );
         batch.wakes.push(WakeRequest {
             operation_id: id.clone(),
@@ -113,11 +109,9 @@ impl Engine {
             None => CommandStatus::Succeeded,
             Some(e) => {
                 warn!(node = %rec.node_id, operation = %operation_id, error = %e, "wake failed");
-                batch.warning(
-                    &rec.node_id,
+                batch.controller(&rec.node_id, now).warning(
                     EventReason::WakeFailed,
                     format!("wake-on-LAN failed (operation {operation_id}): {e}"),
-                    now,
                 );
                 CommandStatus::Failed
             }
@@ -152,32 +146,33 @@ impl Engine {
         };
         match (kind, *action) {
             (Some(CommandKind::Install), PowerAction::Reboot) if reboots_after => {
-                self.on_reboot_after_install(id, report, now, batch);
+                self.on_power_end(id, report, true, now, batch);
             }
             (Some(kind), action) if kind == action.command() => {
-                self.on_operation_end(id, report, now, batch);
+                self.on_power_end(id, report, false, now, batch);
             }
             _ => {
-                batch.counts.refused += 1;
+                batch.counts.add(Tally::Refused);
                 warn!(node = %id, command = %command_id, %action, "power report for a command this node was not sent");
-                batch.agent_warning(
-                    id,
+                batch.agent(id, now).warning(
                     EventReason::MessageRejected,
                     format!(
                         "report refused: no {action} command {command_id} was sent to this node"
                     ),
-                    now,
                 );
             }
         }
     }
 
-    /// A `reboot` or `poweroff` operation ended: `succeeded` (the action exited 0) or
-    /// `failed`.
-    fn on_operation_end(
+    /// A power action ended, `complete` (it exited 0) or `failed`: an event either way.
+    /// An operation's command ends `succeeded` or `failed`. The reboot after a
+    /// `reboot_after` install leaves the install `succeeded`; the node becomes `active`
+    /// on its agent's first birth in a new boot.
+    fn on_power_end(
         &mut self,
         id: &NodeId,
         report: PowerReport,
+        after_install: bool,
         now: Timestamp,
         batch: &mut Batch,
     ) {
@@ -187,75 +182,44 @@ impl Engine {
             status,
             error,
         } = report;
-        let command_id = &command_id;
-        match status {
-            JobStatus::Complete => {
-                info!(node = %id, command = %command_id, %action, "power action done");
-                self.update_command(command_id, CommandStatus::Succeeded, None, now, batch);
-                batch.agent_normal(
-                    id,
-                    EventReason::completed(action),
-                    format!("{action} action ran (operation {command_id})"),
-                    now,
-                );
+        let ended = match status {
+            JobStatus::Complete => Ok(()),
+            JobStatus::Failed => Err(error.unwrap_or_else(|| "no reason given".into())),
+            JobStatus::Started | JobStatus::Progress => return,
+        };
+        match &ended {
+            Ok(()) => {
+                info!(node = %id, command = %command_id, %action, after_install, "power action done")
             }
-            JobStatus::Failed => {
-                let why = error.unwrap_or_else(|| "no reason given".into());
-                warn!(node = %id, command = %command_id, %action, error = %why, "power action failed");
-                self.update_command(
-                    command_id,
-                    CommandStatus::Failed,
-                    Some(why.clone()),
-                    now,
-                    batch,
-                );
-                batch.agent_warning(
-                    id,
-                    EventReason::failed(action),
-                    format!("{action} failed (operation {command_id}): {why}"),
-                    now,
-                );
+            Err(why) => {
+                warn!(node = %id, command = %command_id, %action, after_install, error = %why, "power action failed")
             }
-            JobStatus::Started | JobStatus::Progress => {}
         }
-    }
-
-    /// The reboot after a `reboot_after` install: an event either way. The install
-    /// itself succeeded; the node becomes `active` on its first birth of a new boot.
-    fn on_reboot_after_install(
-        &mut self,
-        id: &NodeId,
-        report: PowerReport,
-        now: Timestamp,
-        batch: &mut Batch,
-    ) {
-        let PowerReport {
-            command_id,
-            status,
-            error,
-            ..
-        } = report;
-        match status {
-            JobStatus::Complete => {
-                info!(node = %id, command = %command_id, "the host rebooted after its install");
-                batch.agent_normal(
-                    id,
-                    EventReason::RebootCompleted,
-                    format!("the host rebooted after its install ({command_id})"),
-                    now,
-                );
-            }
-            JobStatus::Failed => {
-                let why = error.unwrap_or_else(|| "no reason given".into());
-                warn!(node = %id, command = %command_id, error = %why, "the reboot after the install failed");
-                batch.agent_warning(
-                    id,
-                    EventReason::RebootFailed,
-                    format!("the reboot after the install ({command_id}) failed: {why}; the node stays installed until its agent comes back in a new boot"),
-                    now,
-                );
-            }
-            JobStatus::Started | JobStatus::Progress => {}
+        if !after_install {
+            let (status, reason) = match &ended {
+                Ok(()) => (CommandStatus::Succeeded, None),
+                Err(why) => (CommandStatus::Failed, Some(why.clone())),
+            };
+            self.update_command(&command_id, status, reason, now, batch);
+        }
+        let events = batch.agent(id, now);
+        match (ended, after_install) {
+            (Ok(()), false) => events.normal(
+                EventReason::completed(action),
+                format!("{action} action ran (operation {command_id})"),
+            ),
+            (Ok(()), true) => events.normal(
+                EventReason::completed(action),
+                format!("the host rebooted after its install ({command_id})"),
+            ),
+            (Err(why), false) => events.warning(
+                EventReason::failed(action),
+                format!("{action} failed (operation {command_id}): {why}"),
+            ),
+            (Err(why), true) => events.warning(
+                EventReason::failed(action),
+                format!("the reboot after the install ({command_id}) failed: {why}; the node stays installed until its agent comes back in a new boot"),
+            ),
         }
     }
 }

@@ -128,11 +128,9 @@ impl Engine {
             let max = self.cfg.controller.lifecycle.max_recovery_attempts;
             warn!(node = %id, %state, timeout = %limit, "node stuck");
             batch.counts.stuck.push(state);
-            batch.warning(
-                id,
+            batch.controller(id, now).warning(
                 EventReason::StuckState,
                 format!("no progress in {state} for {limit}"),
-                now,
             );
             let ctx = Ctx {
                 error: Some(format!(
@@ -176,16 +174,16 @@ impl Engine {
         if online {
             after.offline_reason = None;
             info!(node = %id, "node heard from again");
-            batch.normal(id, EventReason::NodeOnline, "agent heard from again", now);
+            batch
+                .controller(id, now)
+                .normal(EventReason::NodeOnline, "agent heard from again");
         } else {
             after.offline_reason = Some(OfflineReason::Stale);
             let silent = humantime::format_duration(silent_for);
             warn!(node = %id, silent_for = %silent, "node offline: nothing heard");
-            batch.warning(
-                id,
+            batch.controller(id, now).warning(
                 EventReason::NodeOffline,
                 format!("nothing heard from the agent for {silent}"),
-                now,
             );
         }
         self.replace(before, after, now, batch);

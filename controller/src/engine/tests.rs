@@ -590,11 +590,8 @@ fn events(r: &Rig) -> Vec<metalbus_protocol::event::NodeEvent> {
         .unwrap()
 }
 
-fn reasons(r: &Rig) -> Vec<(String, u64)> {
-    events(r)
-        .into_iter()
-        .map(|e| (e.reason.to_string(), e.count))
-        .collect()
+fn reasons(r: &Rig) -> Vec<(EventReason, u64)> {
+    events(r).into_iter().map(|e| (e.reason, e.count)).collect()
 }
 
 #[test]
@@ -615,10 +612,10 @@ fn online_offline_and_install_steps_are_events_newest_first() {
     assert_eq!(
         reasons(&r),
         vec![
-            ("InstallCompleted".to_string(), 1),
-            ("InstallStarted".to_string(), 1),
-            ("NodeOnline".to_string(), 2),
-            ("NodeOffline".to_string(), 1),
+            (EventReason::InstallCompleted, 1),
+            (EventReason::InstallStarted, 1),
+            (EventReason::NodeOnline, 2),
+            (EventReason::NodeOffline, 1),
         ]
     );
     let all = events(&r);
@@ -660,7 +657,9 @@ fn a_changed_inventory_names_the_sections_that_changed() {
     r.engine
         .apply(vec![birth("n1", 1, "s", "h"), inventory("n1", 4)]);
     assert!(
-        !reasons(&r).iter().any(|(r, _)| r == "InventoryChanged"),
+        !reasons(&r)
+            .iter()
+            .any(|(r, _)| *r == EventReason::InventoryChanged),
         "the first inventory is not a change"
     );
     r.engine.apply(vec![inventory("n1", 8)]);
@@ -801,7 +800,7 @@ fn a_stuck_install_is_recovered_three_times_then_fails_with_the_reason() {
         metalbus_protocol::machine::Trigger::System
     );
     let meta = last.metadata.clone().unwrap();
-    assert_eq!(meta["reason"], "StuckState", "{meta}");
+    assert_eq!(meta["reason"], EventReason::StuckState.as_str(), "{meta}");
     assert_eq!(meta["recovery_attempts"], 3, "{meta}");
     assert!(
         meta["error"]
@@ -906,8 +905,11 @@ fn silence_for_three_metrics_intervals_is_offline_and_a_message_brings_it_back()
     assert_eq!(n.offline_reason, Some(OfflineReason::Stale));
     let offline = events(&r).remove(0);
     assert_eq!(
-        (offline.reason.as_str(), offline.message.as_str()),
-        ("NodeOffline", "nothing heard from the agent for 45s")
+        (offline.reason, offline.message.as_str()),
+        (
+            EventReason::NodeOffline,
+            "nothing heard from the agent for 45s"
+        )
     );
     // A metrics sample: online again at the next look.
     let sample: MetricsSample = serde_json::from_str(
@@ -979,12 +981,7 @@ fn inventory_with_mac(node: &str, mac: &str) -> Input {
     inv.nics.push(metalbus_protocol::inventory::Nic {
         name: "eno1".into(),
         mac: Some(mac.into()),
-        speed_mbps: None,
-        carrier: None,
-        driver: None,
-        mtu: None,
-        ipv4: vec![],
-        ipv6: vec![],
+        ..Default::default()
     });
     Input::Inventory {
         id: id(node),
@@ -1042,7 +1039,9 @@ fn a_registration_is_claimed_by_mac_and_the_agent_keeps_its_id() {
         h[0].comment.as_deref(),
         Some(format!("matched registration {} by mac", reg.id).as_str())
     );
-    assert!(reasons(&r).iter().any(|(e, _)| e == "NodeMatched"));
+    assert!(reasons(&r)
+        .iter()
+        .any(|(e, _)| *e == EventReason::NodeMatched));
 }
 
 #[test]
@@ -1124,7 +1123,11 @@ fn a_registration_never_claimed_times_out_into_error() {
     assert_eq!(n.state, NodeState::Error);
     let h = r.store.history(&reg.id, 1, 0).unwrap();
     let meta = h[0].metadata.clone().unwrap();
-    assert_eq!(meta["reason"], "DiscoveryTimeout", "{meta}");
+    assert_eq!(
+        meta["reason"],
+        EventReason::DiscoveryTimeout.as_str(),
+        "{meta}"
+    );
     let evs = r
         .store
         .events(&reg.id, &crate::store::EventFilter::default(), 10)
@@ -1245,7 +1248,7 @@ fn a_reboot_is_a_command_resent_until_acked_and_ends_with_its_report() {
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0]["kind"], "reboot");
     assert_eq!(sent[0]["command_id"], op.as_str());
-    assert!(reasons(&r).contains(&("RebootRequested".to_string(), 1)));
+    assert!(reasons(&r).contains(&(EventReason::RebootRequested, 1)));
 
     // Unacked: the next birth sends it again, with the same id.
     r.engine.apply(vec![birth("n1", 2, "s", "h")]);
@@ -1260,7 +1263,7 @@ fn a_reboot_is_a_command_resent_until_acked_and_ends_with_its_report() {
         .apply(vec![power_report(2, &op, "reboot", "complete", None)]);
     let rec = r.store.command(op.as_str()).unwrap().unwrap();
     assert_eq!(rec.status, CommandStatus::Succeeded);
-    assert!(reasons(&r).contains(&("RebootCompleted".to_string(), 1)));
+    assert!(reasons(&r).contains(&(EventReason::RebootCompleted, 1)));
     assert_eq!(r.node("n1").state, NodeState::Discovered);
     assert_eq!(r.node("n1").last_applied_seq, 2);
 
@@ -1277,7 +1280,7 @@ fn a_reboot_is_a_command_resent_until_acked_and_ends_with_its_report() {
     let rec = r.store.command(off.as_str()).unwrap().unwrap();
     assert_eq!(rec.status, CommandStatus::Failed);
     assert_eq!(rec.reason.as_deref(), Some("exited with status 3"));
-    assert!(reasons(&r).contains(&("PoweroffFailed".to_string(), 1)));
+    assert!(reasons(&r).contains(&(EventReason::PoweroffFailed, 1)));
 
     // A power report for a command of another kind is refused and shown.
     r.engine
@@ -1288,7 +1291,7 @@ fn a_reboot_is_a_command_resent_until_acked_and_ends_with_its_report() {
     );
     assert!(reasons(&r)
         .iter()
-        .any(|(reason, _)| reason == "MessageRejected"));
+        .any(|(reason, _)| *reason == EventReason::MessageRejected));
 }
 
 #[test]
@@ -1387,7 +1390,7 @@ fn a_wake_is_queued_handed_to_the_wake_task_and_answered_with_its_outcome() {
         (rec.command.kind, rec.status),
         (CommandKind::Wake, CommandStatus::Queued)
     );
-    assert!(reasons(&r).contains(&("WakeRequested".to_string(), 1)));
+    assert!(reasons(&r).contains(&(EventReason::WakeRequested, 1)));
 
     // The wake task reports the packets sent: the call is answered `succeeded`.
     r.engine.apply(vec![Input::WakeSent {
@@ -1413,7 +1416,7 @@ fn a_wake_is_queued_handed_to_the_wake_task_and_answered_with_its_outcome() {
     assert_eq!(status, CommandStatus::Failed);
     let rec = r.store.command(failed.as_str()).unwrap().unwrap();
     assert_eq!(rec.reason.as_deref(), Some("network unreachable"));
-    assert!(reasons(&r).contains(&("WakeFailed".to_string(), 1)));
+    assert!(reasons(&r).contains(&(EventReason::WakeFailed, 1)));
 
     // Never an agent command, not even on the next birth.
     r.engine.apply(vec![birth("n1", 2, "s", "h")]);

@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use metalbus_protocol::metrics::MetricsSample;
+use metalbus_protocol::units::mbps;
 use metalbus_protocol::NodeId;
 use redb::{ReadableDatabase, TableDefinition};
 
@@ -65,11 +66,6 @@ impl Resource {
     fn index(self) -> usize {
         self as usize
     }
-}
-
-/// Bytes per second as megabits per second.
-pub fn mbps(bytes_per_s: f64) -> f64 {
-    bytes_per_s * 8.0 / 1e6
 }
 
 /// One kept sample.

@@ -92,7 +92,7 @@ macro_rules! tryop {
 mod metrics;
 
 pub use metrics::{
-    key_ms, mbps, Agg, Point, Resource, Rollup, MINUTE_MS, MIN_SPACING_MS, RAW_KEEP, ROLLUP_KEEP,
+    key_ms, Agg, Point, Resource, Rollup, MINUTE_MS, MIN_SPACING_MS, RAW_KEEP, ROLLUP_KEEP,
 };
 
 /// Opens the database again after an I/O error (redb refuses every operation after one,

@@ -11,6 +11,11 @@ fn node(state: NodeState) -> Lifecycle {
     Lifecycle::new(state)
 }
 
+/// A report about the node's own job, in `state`.
+fn own_report(state: NodeState, kind: JobKind, status: JobStatus, p: &Policy) -> Outcome {
+    apply(&with_job(state, kind), job(kind, status), p).unwrap()
+}
+
 fn with_job(state: NodeState, kind: JobKind) -> Lifecycle {
     Lifecycle {
         job: Some(JobRef {
@@ -264,12 +269,7 @@ fn reboot_after_plans_activate_on_the_next_birth() {
         reboot_after: true,
         ..policy()
     };
-    let out = apply(
-        &with_job(Installing, JobKind::Install),
-        job(JobKind::Install, JobStatus::Complete),
-        &p,
-    )
-    .unwrap();
+    let out = own_report(Installing, JobKind::Install, JobStatus::Complete, &p);
     assert_eq!(out.node.state, Installed);
     let out = apply(&out.node, Event::Reborn, &p).unwrap();
     assert_eq!(out.node.state, Active);
@@ -477,12 +477,7 @@ fn unmanage_and_delete_end_in_discovered_and_retired() {
         assert_eq!(out.node.state, end);
         assert_eq!(out.changes[0].trigger, Trigger::NodeReport);
     }
-    let out = apply(
-        &with_job(Deprovisioning, JobKind::Deprovision),
-        job(JobKind::Deprovision, JobStatus::Failed),
-        &p,
-    )
-    .unwrap();
+    let out = own_report(Deprovisioning, JobKind::Deprovision, JobStatus::Failed, &p);
     assert_eq!(out.node.state, DeprovisionFailed);
     // Force retires at once and cancels the running job.
     let out = apply(
@@ -586,12 +581,7 @@ fn a_refused_install_counts_as_a_failed_attempt() {
     let out = apply(&n, job(JobKind::Install, JobStatus::Failed), &p).unwrap();
     assert_eq!(out.node.state, InstallFailed);
     assert_eq!(out.changes[0].trigger, Trigger::NodeReport);
-    let out = apply(
-        &with_job(Pending, JobKind::Install),
-        job(JobKind::Install, JobStatus::Failed),
-        &p,
-    )
-    .unwrap();
+    let out = own_report(Pending, JobKind::Install, JobStatus::Failed, &p);
     assert_eq!(out.node.state, Pending);
     assert_eq!(
         out.effects.last(),
