@@ -62,6 +62,10 @@ pub async fn run(
     on_ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
     cfg.check()?;
+    anyhow::ensure!(
+        !cfg.local_agent || local::AVAILABLE,
+        "this metalbus was built without the local-agent feature; --local-agent is not available"
+    );
     let topics = Topics::new(cfg.prefix.clone())?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
     let telemetry = Arc::new(Telemetry::new());
@@ -269,6 +273,8 @@ mod local {
 
     use crate::config::ControllerConfig;
 
+    pub const AVAILABLE: bool = true;
+
     /// The running local agent.
     pub struct LocalAgent {
         id: NodeId,
@@ -343,6 +349,8 @@ mod local {
 
     use crate::config::ControllerConfig;
 
+    pub const AVAILABLE: bool = false;
+
     pub enum LocalAgent {}
 
     impl LocalAgent {
@@ -351,7 +359,8 @@ mod local {
         }
     }
 
+    /// Never called: `run` refuses `--local-agent` first.
     pub fn start(_: &ControllerConfig, _: &BrokerUrl) -> anyhow::Result<LocalAgent> {
-        anyhow::bail!("this metalbus was built without the local-agent feature; --local-agent is not available")
+        anyhow::bail!("no local agent in this build")
     }
 }

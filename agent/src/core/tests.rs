@@ -1,18 +1,20 @@
 //! The agent's core with an in-memory (or temp-dir) store, a fake clock, a recording
 //! publisher and a fake job runner: no broker, no process, no system clock.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metalbus_link::FakeClock;
 use metalbus_protocol::command::{
-    Command, CommandId, CommandKind, JobKind, Plan, PowerAction, Step,
+    Command, CommandId, CommandKind, JobKind, Plan, PowerAction, Step, Work,
 };
 use metalbus_protocol::report::{JobStatus, Report, ReportBody};
 use metalbus_protocol::topic::{NodeTopic, Topics};
 use metalbus_protocol::NodeId;
 
 use super::*;
+use crate::jobs::Ack;
 
 const T0: i64 = 1_800_000_000_000;
 

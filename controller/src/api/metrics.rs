@@ -348,14 +348,8 @@ mod tests {
                 )
             })
             .collect();
-        let m = build(
-            NodeId::new("n").unwrap(),
-            &w,
-            &entries,
-            None,
-            None,
-            Only::All,
-        );
+        let node = NodeId::new("n").unwrap();
+        let m = build(node, &w, &entries, None, None, Only::All);
         let cpu = m.cpu.unwrap().usage;
         assert!(
             cpu.series.len() as u64 <= MAX_POINTS,
@@ -386,14 +380,8 @@ mod tests {
             .enumerate()
             .map(|(i, v)| (now_ms - 3000 + i as u64 * 1000, Rollup::of(&point(*v))))
             .collect();
-        let m = build(
-            NodeId::new("n").unwrap(),
-            &w,
-            &entries,
-            None,
-            Some(8),
-            Only::Cpu,
-        );
+        let node = NodeId::new("n").unwrap();
+        let m = build(node, &w, &entries, None, Some(8), Only::Cpu);
         assert!(m.memory.is_none() && m.storage.is_none() && m.network.is_none());
         let cpu = m.cpu.unwrap();
         let values: Vec<f64> = cpu.usage.series.iter().map(|p| p.value).collect();

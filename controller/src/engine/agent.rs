@@ -1,32 +1,27 @@
-//! The engine's handling of what agents say: status (birth, Will, clean stop), inventory,
-//! metrics, and reports (acks and job events).
+//! The engine's handling of what agents say outside their outbox: status (birth, Will,
+//! clean stop), inventory and metrics; and how a new agent becomes a node (a new
+//! `discovered` node, or the registration it matches).
 
 use std::collections::{HashMap, HashSet};
 
-use metalbus_protocol::command::{CommandStatus, Work};
-use metalbus_protocol::controller::Progress;
 use metalbus_protocol::event::{EventReason, EventType};
 use metalbus_protocol::inventory::Inventory;
 use metalbus_protocol::lifecycle::NodeState;
 use metalbus_protocol::machine::Event;
 use metalbus_protocol::metrics::MetricsSample;
-use metalbus_protocol::report::{JobStatus, Report, ReportBody};
 use metalbus_protocol::status::{Birth, Offline, OfflineReason, Status};
 use metalbus_protocol::{NodeId, Timestamp};
 use serde_json::Value;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info};
 
 use super::batch::{Batch, Tally};
 use super::lifecycle::Ctx;
-use super::operations::PowerReport;
 use super::Engine;
 use crate::matching::{self, AgentFacts, Candidate, MatchedBy};
 use crate::store::{NodeRecord, StoredInventory};
 
 /// Inventories that arrive before their node's first birth wait here; bounded.
 const MAX_EARLY_INVENTORIES: usize = 1_000;
-/// Reports kept per node while waiting for a gap to fill.
-const MAX_HELD_REPORTS: usize = 1024;
 
 /// New agents on their way in: births of unknown agents waiting (briefly) for their
 /// inventory, so that they can be matched to registrations by MAC and IP, and
@@ -288,205 +283,6 @@ impl Engine {
         self.fleet.nodes.insert(id.clone(), after);
         batch.durable = true;
         batch.nodes.entry(id.clone()).or_insert(Some(before.name));
-    }
-
-    /// A report from the agent's outbox: applied strictly in `seq` order per session.
-    /// A duplicate is dropped (and receipted again); one after a gap waits until the gap
-    /// is filled (the agent resends from its oldest unreceipted report).
-    pub(super) fn on_sequenced_report(
-        &mut self,
-        id: &NodeId,
-        report: Report,
-        now: Timestamp,
-        batch: &mut Batch,
-    ) {
-        let Some(node) = self.fleet.nodes.get(id).cloned() else {
-            debug!(node = %id, "report from an unknown node; the agent resends it after its birth");
-            return;
-        };
-        self.touch(id, now);
-        if node.old_sessions.contains(&report.session) {
-            batch.counts.add(Tally::Duplicate);
-            debug!(node = %id, session = %report.session, "report of an earlier agent session dropped");
-            return;
-        }
-        let mut last = node.last_applied_seq;
-        if node.report_session.as_deref() != Some(report.session.as_str()) {
-            // A new outbox: numbering starts at 1. (A node that never reported takes the
-            // session as it finds it: the controller's store may be younger than the
-            // agent's outbox.)
-            if report.seq != 1 && node.report_session.is_some() {
-                self.hold(id, report, batch);
-                return;
-            }
-            let mut after = node.clone();
-            if let Some(old) = after.report_session.take() {
-                after.old_sessions.push(old);
-                let excess = after.old_sessions.len().saturating_sub(4);
-                after.old_sessions.drain(..excess);
-            }
-            after.report_session = Some(report.session.clone());
-            after.last_applied_seq = report.seq - 1;
-            last = after.last_applied_seq;
-            self.held.remove(id);
-            self.replace(node, after, now, batch);
-        }
-        if report.seq <= last {
-            batch.counts.add(Tally::Duplicate);
-            batch.receipts.insert(id.clone());
-            return;
-        }
-        if report.seq > last + 1 {
-            self.hold(id, report, batch);
-            return;
-        }
-        let mut next = Some(report);
-        while let Some(r) = next {
-            let seq = r.seq;
-            self.on_report(id, r, now, batch);
-            if let Some(n) = self.fleet.nodes.get_mut(id) {
-                n.last_applied_seq = seq;
-            }
-            batch.nodes.entry(id.clone()).or_insert(None);
-            batch.durable = true;
-            batch.receipts.insert(id.clone());
-            batch.counts.add(Tally::Applied);
-            next = self.held.get_mut(id).and_then(|h| h.remove(&(seq + 1)));
-        }
-    }
-
-    /// Keeps a report that came after a gap (bounded; the agent resends anyway).
-    fn hold(&mut self, id: &NodeId, report: Report, batch: &mut Batch) {
-        batch.counts.add(Tally::HeldBack);
-        let held = self.held.entry(id.clone()).or_default();
-        if held.len() < MAX_HELD_REPORTS {
-            held.insert(report.seq, report);
-        }
-    }
-
-    /// An ack or a job event. Both prove the agent alive; a job event also resets the
-    /// install timer. A report that does not fit the node (another command, an
-    /// impossible status) is refused with a warning and changes nothing.
-    fn on_report(&mut self, id: &NodeId, report: Report, now: Timestamp, batch: &mut Batch) {
-        let Some(node) = self.fleet.nodes.get(id).cloned() else {
-            return;
-        };
-        match report.body {
-            ReportBody::Ack {
-                command_id,
-                accepted,
-                reason,
-            } => {
-                let status = if accepted {
-                    CommandStatus::Accepted
-                } else {
-                    CommandStatus::Rejected
-                };
-                self.update_command(&command_id, status, reason.clone(), now, batch);
-                if accepted {
-                    return;
-                }
-                // The agent will never run it.
-                let why = reason.unwrap_or_else(|| "no reason given".into());
-                match node.job.as_ref().filter(|j| j.command_id == command_id) {
-                    Some(job) => {
-                        // The same as a failed attempt.
-                        warn!(node = %id, command = %command_id, reason = %why, "agent refused the job");
-                        batch.agent(id, now).warning(
-                            EventReason::CommandRejected,
-                            format!("agent refused command {command_id}: {why}"),
-                        );
-                        let event = Event::Job {
-                            command_id: command_id.clone(),
-                            job: job.kind,
-                            status: JobStatus::Failed,
-                            error: Some(format!("agent refused the command: {why}")),
-                        };
-                        self.run_machine(id, event, Ctx::default(), now, batch);
-                    }
-                    None => {
-                        let power = self
-                            .sent_to(id, &command_id, batch)
-                            .and_then(|rec| rec.command.kind.power());
-                        if let Some(action) = power {
-                            warn!(node = %id, command = %command_id, reason = %why, "agent refused the {action}");
-                            batch.agent(id, now).warning(
-                                EventReason::CommandRejected,
-                                format!("agent refused {action} command {command_id}: {why}"),
-                            );
-                        }
-                    }
-                }
-            }
-            ReportBody::Job {
-                command_id,
-                job: Work::Power(action),
-                status,
-                error,
-                ..
-            } => {
-                let report = PowerReport {
-                    command_id,
-                    action,
-                    status,
-                    error,
-                };
-                self.on_power_report(id, report, now, batch);
-            }
-            ReportBody::Job {
-                command_id,
-                job: Work::Job(job),
-                status,
-                progress,
-                step,
-                message,
-                error,
-            } => {
-                let done = match status {
-                    JobStatus::Complete => Some(CommandStatus::Succeeded),
-                    JobStatus::Failed => Some(CommandStatus::Failed),
-                    _ => None,
-                };
-                if let Some(s) = done {
-                    self.update_command(&command_id, s, error.clone(), now, batch);
-                }
-                let ctx = Ctx {
-                    error: error.clone(),
-                    ..Ctx::default()
-                };
-                let event = Event::Job {
-                    command_id: command_id.clone(),
-                    job,
-                    status,
-                    error,
-                };
-                if !self.run_machine(id, event, ctx, now, batch) {
-                    return;
-                }
-                let Some(before) = self.fleet.nodes.get(id).cloned() else {
-                    return;
-                };
-                let mut after = before.clone();
-                after.last_progress_at = Some(now);
-                after.progress = match status {
-                    JobStatus::Started | JobStatus::Progress => Some(Progress {
-                        percent: progress.unwrap_or(0),
-                        step,
-                        message,
-                    }),
-                    JobStatus::Complete | JobStatus::Failed => None,
-                };
-                if status == JobStatus::Progress {
-                    // Progress is transient: no version bump.
-                    if after != before {
-                        self.fleet.nodes.insert(id.clone(), after);
-                        batch.nodes.entry(id.clone()).or_insert(Some(before.name));
-                    }
-                } else {
-                    self.replace(before, after, now, batch);
-                }
-            }
-        }
     }
 
     pub(super) fn on_metrics(&mut self, id: &NodeId, sample: MetricsSample, now: Timestamp) {

@@ -11,8 +11,10 @@
 //! It runs on a thread of its own ([`Engine::spawn`]): a commit's fsync blocks that
 //! thread, never a worker of the async runtime.
 //!
-//! - `batch.rs`: what one batch changed, and the counters it moves.
-//! - `agent.rs`: what agents say (status, inventory, metrics, reports).
+//! - `batch.rs`: what one batch changed, and the counters it moves; `persist.rs`: the
+//!   writes; `announce.rs`: everything that happens after a commit.
+//! - `agent.rs`: what agents say (status, inventory, metrics) and new agents' arrival;
+//!   `reports.rs`: their acks and job events, in `seq` order.
 //! - `lifecycle.rs`: the state machine driver (transitions, audit, effects, retries).
 //! - `commands.rs`: the command lifecycle (ids, unacked, resend, expiry, status rules).
 //! - `calls.rs`: the operator's calls, decided from a node and an action.
@@ -27,16 +29,21 @@
 //! section 4).
 
 mod agent;
+mod announce;
 mod batch;
 mod calls;
 mod commands;
 mod fleet;
+mod input;
 mod lifecycle;
 mod metrics;
 mod operations;
+mod persist;
 mod reconcile;
+mod reports;
 
 pub use calls::{Action, Call, CallError, NodeUpdate, Registration, Reply};
+pub use input::Input;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -44,23 +51,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metalbus_link::Clock;
-use metalbus_protocol::command::CommandId;
-use metalbus_protocol::controller::{NodeStateMessage, Receipt, Summary};
+use metalbus_protocol::command::{CommandId, CommandStatus};
+use metalbus_protocol::controller::Summary;
 use metalbus_protocol::event::EventReason;
-use metalbus_protocol::inventory::Inventory;
-use metalbus_protocol::lifecycle::NodeState;
 use metalbus_protocol::machine::Event;
-use metalbus_protocol::metrics::MetricsSample;
 use metalbus_protocol::report::Report;
-use metalbus_protocol::status::Status;
-use metalbus_protocol::topic::{NodeTopic, Topics};
+use metalbus_protocol::topic::Topics;
 use metalbus_protocol::{NodeId, Timestamp};
 use redb::Durability;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info};
 
 use agent::Arrivals;
-use batch::{Batch, ReplyTo, TokenReplyTo};
+use batch::{Batch, ReplyTo};
 use calls::Done;
 use commands::{Commands, Ids};
 use fleet::{Fleet, Heartbeats};
@@ -68,11 +71,10 @@ use lifecycle::Ctx;
 use reconcile::Reconciler;
 
 use crate::config::ControllerConfig;
-use crate::ingest::RejectReason;
-use crate::live::{LiveEvent, LiveFeed};
-use crate::publish::{Delivery, Outbound, PublishQueue};
-use crate::store::{NodeRecord, Store, StoreError, TokenRecord};
-use crate::telemetry::{StateLabel, Telemetry};
+use crate::live::LiveFeed;
+use crate::publish::PublishQueue;
+use crate::store::{NodeRecord, Store, StoreError};
+use crate::telemetry::Telemetry;
 use crate::wake::WakeRequest;
 
 /// How long heartbeats may sit in memory before a cheap (non-durable) flush.
@@ -83,84 +85,6 @@ const MAX_RETRY_INPUTS: usize = 10_000;
 const EVENT_PRUNE: Duration = Duration::from_secs(3600);
 /// Most inputs applied in one transaction.
 const MAX_BATCH: usize = 512;
-
-/// Something for the engine to apply.
-#[derive(Debug)]
-pub enum Input {
-    Status {
-        id: NodeId,
-        status: Status,
-    },
-    Inventory {
-        id: NodeId,
-        inventory: Box<Inventory>,
-    },
-    Metrics {
-        id: NodeId,
-        sample: MetricsSample,
-    },
-    /// An ack or job event from the agent.
-    Report {
-        id: NodeId,
-        report: Box<Report>,
-    },
-    /// An operator's request from the HTTP API, answered after the commit.
-    Call(Box<Call>),
-    /// A new API token to store (only its hash), answered after the commit.
-    Token {
-        hash: String,
-        record: TokenRecord,
-        reply: TokenReplyTo,
-    },
-    /// The wake task sent a wake's packets (`error: None`), or could not.
-    WakeSent {
-        operation_id: CommandId,
-        error: Option<String>,
-    },
-    /// The broker connection is (re)established: publish every retained message again.
-    Resync,
-    /// Ingest refused a message on this node's topics; recorded as a Warning event if
-    /// the node is known.
-    Rejected {
-        id: NodeId,
-        reason: RejectReason,
-        error: String,
-    },
-}
-
-impl Input {
-    /// A copy to apply again after a failed commit; `None` for what is not retried
-    /// (metrics, replaced by the next sample; API calls and tokens, answered with an
-    /// error instead).
-    fn retry_copy(&self) -> Option<Input> {
-        match self {
-            Input::Status { id, status } => Some(Input::Status {
-                id: id.clone(),
-                status: status.clone(),
-            }),
-            Input::Inventory { id, inventory } => Some(Input::Inventory {
-                id: id.clone(),
-                inventory: inventory.clone(),
-            }),
-            Input::Report { id, report } => Some(Input::Report {
-                id: id.clone(),
-                report: report.clone(),
-            }),
-            Input::WakeSent {
-                operation_id,
-                error,
-            } => Some(Input::WakeSent {
-                operation_id: operation_id.clone(),
-                error: error.clone(),
-            }),
-            Input::Metrics { .. }
-            | Input::Call(_)
-            | Input::Token { .. }
-            | Input::Resync
-            | Input::Rejected { .. } => None,
-        }
-    }
-}
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -224,7 +148,6 @@ impl Engine {
     ) -> Result<Self, StoreError> {
         let lifecycle = &cfg.controller.lifecycle;
         let commands = Commands::new(lifecycle.resend_after, lifecycle.command_ttl);
-        let now = clock.now();
         let mut engine = Self {
             store,
             out,
@@ -242,7 +165,7 @@ impl Engine {
             retry: Retry::default(),
             reconciler: Reconciler {
                 next_at: Timestamp::from_unix_millis(0),
-                started_at: now,
+                started_at: Timestamp::from_unix_millis(0),
             },
             last_summary: None,
         };
@@ -253,9 +176,22 @@ impl Engine {
             }
         }
         engine.restore_history()?;
+        // After loading: every node gets a full window before it can be stale.
+        let now = engine.clock.now();
+        engine.reconciler.started_at = now;
         engine.rearm_install_retries(now);
-        let sent = engine.store.unacked_commands()?;
+        let sent = engine.store.commands_in(CommandStatus::Sent)?;
         engine.commands.restore(sent, now);
+        // A wake recorded before a restart whose outcome never came back: its packets
+        // may or may not have gone out, and nobody waits for it any more.
+        for rec in engine.store.commands_in(CommandStatus::Queued)? {
+            engine.retry.inputs.push(Input::WakeSent {
+                operation_id: rec.command.command_id,
+                error: Some(
+                    "the controller restarted before the wake's outcome was recorded".into(),
+                ),
+            });
+        }
         Ok(engine)
     }
 
@@ -358,7 +294,7 @@ impl Engine {
         if self.retry.reload {
             if let Err(e) = self.reload() {
                 error!(error = %e, "store still unavailable; changes wait");
-                self.keep_for_retry(inputs);
+                self.keep_for_retry(inputs, &e);
                 return;
             }
             self.retry.reload = false;
@@ -446,119 +382,48 @@ impl Engine {
         for reply in batch.token_replies {
             let _ = reply.send(Err(failed()));
         }
-        self.keep_for_retry(keep);
+        if matches!(e, StoreError::Encode { .. }) {
+            // The same inputs would fail the same way forever.
+            error!(
+                inputs = keep.len(),
+                "a record of this batch cannot be encoded; its inputs are dropped"
+            );
+            self.answer_wakes(&keep, e);
+            return;
+        }
+        self.keep_for_retry(keep, e);
     }
 
-    /// After a commit (or when there was nothing to write): count, publish, answer, and
-    /// hand on the effects.
-    fn announce(&mut self, batch: Batch, resync: bool) {
-        batch.counts.record(&self.telemetry);
-        for (id, _) in &batch.deleted {
-            self.out.live.send(LiveEvent::Removed {
-                node_id: id.clone(),
-            });
-        }
-        for (_, entry) in &batch.audits {
-            info!(node = %entry.node_id, from = %entry.from_state, to = %entry.to_state, triggered_by = %entry.triggered_by, "transition");
-            self.telemetry
-                .count_transition(entry.from_state, entry.to_state, entry.triggered_by);
-            self.out.live.send(LiveEvent::Transition(entry.clone()));
-        }
-        for id in batch.nodes.keys() {
-            self.publish_state(id);
-            if let Some(node) = self.fleet.nodes.get(id) {
-                self.out
-                    .live
-                    .send(LiveEvent::State(Self::state_message(node)));
+    /// Keeps inputs for the next round: what can be applied again (not metrics, which
+    /// the next sample replaces); calls and new tokens are answered with `e` instead.
+    fn keep_for_retry(&mut self, inputs: Vec<Input>, e: &StoreError) {
+        for input in inputs {
+            match input.retry_copy() {
+                Some(copy) => self.retry.inputs.push(copy),
+                None => answer_failed(input, e),
             }
         }
-        for (id, event) in &batch.events {
-            self.out.live.send(LiveEvent::Event {
-                node_id: id.clone(),
-                event: event.clone(),
-            });
-        }
-        for msg in batch.outbound {
-            self.out.publish.push(msg);
-        }
-        // Receipts only for what is now durably committed.
-        for id in &batch.receipts {
-            self.publish_receipt(id);
-        }
-        for (reply, result) in batch.replies {
-            let _ = reply.send(result.and_then(|done| self.reply(done)));
-        }
-        for reply in batch.token_replies {
-            let _ = reply.send(Ok(()));
-        }
-        for (op, reply, done) in batch.parked {
-            self.waiting_wakes.insert(op, (reply, done));
-        }
-        for wake in batch.wakes {
-            let _ = self.out.wake.send(wake);
-        }
-        if resync {
-            let mut ids: Vec<NodeId> = self.fleet.nodes.keys().cloned().collect();
-            ids.sort();
-            for id in &ids {
-                self.publish_state(id);
-            }
-            self.last_summary = None;
-        }
-        self.publish_summary();
-    }
-
-    /// Keeps inputs (but metrics, which the next sample replaces) for the next round.
-    fn keep_for_retry(&mut self, inputs: Vec<Input>) {
-        let retry = &mut self.retry.inputs;
-        retry.extend(inputs.iter().filter_map(Input::retry_copy));
-        if retry.len() > MAX_RETRY_INPUTS {
-            let excess = retry.len() - MAX_RETRY_INPUTS;
+        if self.retry.inputs.len() > MAX_RETRY_INPUTS {
+            let excess = self.retry.inputs.len() - MAX_RETRY_INPUTS;
             error!(
                 dropped = excess,
                 "too many changes waiting for the store; dropping the oldest"
             );
-            retry.drain(..excess);
+            let dropped: Vec<Input> = self.retry.inputs.drain(..excess).collect();
+            self.answer_wakes(&dropped, e);
         }
     }
 
-    /// One transaction: nodes, inventories, audit entries, commands, events and tokens.
-    fn commit(&mut self, batch: &Batch, now: Timestamp) -> Result<(), StoreError> {
-        let retention = self.cfg.controller.events;
-        let cutoff = now.minus(retention.max_age);
-        let max_events = usize::try_from(retention.max_per_node).unwrap_or(usize::MAX);
-        let durability = if batch.durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        };
-        let nodes = &self.fleet.nodes;
-        self.store.write(durability, |tx| {
-            for (id, name) in &batch.deleted {
-                tx.delete_node(id, name)?;
-            }
-            for (id, old_name) in &batch.nodes {
-                if let Some(node) = nodes.get(id) {
-                    tx.put_node(node, old_name.as_deref())?;
+    /// The calls waiting for wakes among `dropped` get `e`: their outcome will never be
+    /// recorded.
+    fn answer_wakes(&mut self, dropped: &[Input], e: &StoreError) {
+        for input in dropped {
+            if let Input::WakeSent { operation_id, .. } = input {
+                if let Some((reply, _)) = self.waiting_wakes.remove(operation_id) {
+                    let _ = reply.send(Err(CallError::Store(e.to_string())));
                 }
             }
-            for (id, inv) in &batch.inventories {
-                tx.put_inventory(id, inv)?;
-            }
-            for (n, entry) in &batch.audits {
-                tx.put_audit(*n, entry)?;
-            }
-            for rec in &batch.commands {
-                tx.put_command(rec)?;
-            }
-            for (id, event) in &batch.events {
-                tx.put_event(id, event, max_events, cutoff)?;
-            }
-            for (hash, token) in &batch.tokens {
-                tx.put_token(hash, token)?;
-            }
-            Ok(())
-        })
+        }
     }
 
     /// Stores `after` in place of `before` if anything differs, bumping `version`.
@@ -581,127 +446,19 @@ impl Engine {
             .entry(before.id.clone())
             .or_insert(Some(before.name));
     }
+}
 
-    /// Drops events older than `[events] max_age`, also of nodes that no longer add any.
-    fn prune_events(&mut self) {
-        let cutoff = self.clock.now().minus(self.cfg.controller.events.max_age);
-        match self
-            .store
-            .write(Durability::None, |tx| tx.prune_events(cutoff))
-        {
-            Ok(0) => {}
-            Ok(removed) => info!(removed, "dropped events past their max_age"),
-            Err(e) => error!(error = %e, "pruning old events failed; will try again"),
+/// Answers a call or a token request that will not be applied with the store's error.
+fn answer_failed(input: Input, e: &StoreError) {
+    let failed = || CallError::Store(e.to_string());
+    match input {
+        Input::Call(call) => {
+            let _ = call.reply.send(Err(failed()));
         }
-    }
-
-    /// Writes the heartbeats and the metrics history that changed, in one transaction.
-    fn flush_heartbeats(&mut self, durability: Durability) {
-        let now = self.clock.now();
-        let dirty: Vec<NodeId> = self.heartbeats.dirty.drain().collect();
-        let history = self.heartbeats.history.take(now);
-        if dirty.is_empty() && history.is_empty() && matches!(durability, Durability::None) {
-            return;
+        Input::Token { reply, .. } => {
+            let _ = reply.send(Err(failed()));
         }
-        let (latest, nodes) = (&self.heartbeats.latest, &self.fleet.nodes);
-        // An Immediate commit, even an empty one, also makes earlier cheap commits durable.
-        let result = self.store.write(durability, |tx| {
-            for id in &dirty {
-                if let Some(hb) = latest.get(id) {
-                    tx.put_heartbeat(id, hb)?;
-                }
-            }
-            history.write(tx, |id| nodes.contains_key(id), now)
-        });
-        if let Err(e) = result {
-            error!(error = %e, count = dirty.len(), "heartbeat flush failed; will retry");
-            self.heartbeats.dirty.extend(dirty);
-            self.heartbeats.history.put_back(history);
-        }
-    }
-
-    /// A node's state message, as on its retained `state` topic.
-    pub fn state_message(node: &NodeRecord) -> NodeStateMessage {
-        NodeStateMessage {
-            id: node.id.clone(),
-            name: node.name.clone(),
-            state: node.state,
-            phase: node.state.phase(),
-            version: node.version,
-            since: node.state_changed_at,
-            online: node.online,
-            install_attempts: node.install_attempts,
-            last_error: node.last_install_error.clone(),
-            progress: node.progress.clone(),
-        }
-    }
-
-    fn publish_state(&self, id: &NodeId) {
-        if let Some(node) = self.fleet.nodes.get(id) {
-            let topic = self.cfg.topics.node(id, NodeTopic::State);
-            self.out
-                .publish
-                .push_all(Outbound::retained(topic, &Self::state_message(node)));
-        }
-    }
-
-    /// The receipt of everything applied for node `id`.
-    fn publish_receipt(&self, id: &NodeId) {
-        let Some(n) = self.fleet.nodes.get(id) else {
-            return;
-        };
-        let Some(session) = &n.report_session else {
-            return;
-        };
-        let receipt = Receipt {
-            session: session.clone(),
-            seq: n.last_applied_seq,
-        };
-        let topic = self.cfg.topics.node(id, NodeTopic::Receipts);
-        self.out
-            .publish
-            .push_all(Outbound::event(topic, &receipt, Delivery::AtLeastOnce));
-    }
-
-    fn summary(&self) -> Summary {
-        let mut s = Summary::default();
-        for n in self.fleet.nodes.values() {
-            s.total += 1;
-            if n.online {
-                s.online += 1;
-            } else {
-                s.offline += 1;
-            }
-            *s.by_state.entry(n.state).or_default() += 1;
-            *s.by_phase.entry(n.state.phase()).or_default() += 1;
-        }
-        s
-    }
-
-    fn publish_summary(&mut self) {
-        let summary = self.summary();
-        if self.last_summary.as_ref() == Some(&summary) {
-            return;
-        }
-        self.out
-            .publish
-            .push_all(Outbound::retained(self.cfg.topics.summary(), &summary));
-        self.last_summary = Some(summary);
-        self.update_gauges();
-    }
-
-    fn update_gauges(&self) {
-        let summary = self.summary();
-        for state in NodeState::ALL {
-            let n = summary.by_state.get(&state).copied().unwrap_or(0);
-            self.telemetry
-                .nodes
-                .get_or_create(&StateLabel::from(state))
-                .set(i64::try_from(n).unwrap_or(i64::MAX));
-        }
-        self.telemetry
-            .nodes_online
-            .set(i64::try_from(summary.online).unwrap_or(i64::MAX));
+        _ => {}
     }
 }
 

@@ -98,11 +98,15 @@ impl Engine {
         now: Timestamp,
         batch: &mut Batch,
     ) {
-        let Some(rec) = self
+        let rec = self
             .command_record(operation_id, batch)
-            .filter(|r| r.command.kind == CommandKind::Wake)
-        else {
-            warn!(operation = %operation_id, "a wake result for an operation that is not a wake");
+            .filter(|r| r.command.kind == CommandKind::Wake);
+        let Some(rec) = rec else {
+            warn!(operation = %operation_id, "a wake result for an operation that is not a wake, or cannot be read");
+            if let Some((reply, _)) = self.waiting_wakes.remove(operation_id) {
+                let why = format!("the record of wake {operation_id} cannot be read");
+                batch.replies.push((reply, Err(CallError::Store(why))));
+            }
             return;
         };
         let status = match &error {

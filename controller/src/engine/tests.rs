@@ -3,15 +3,15 @@
 
 use std::sync::Arc;
 
+use metalbus_link::FakeClock;
 use metalbus_protocol::command::CommandId;
 use metalbus_protocol::inventory::Inventory;
+use metalbus_protocol::lifecycle::NodeState;
 use metalbus_protocol::metrics::MetricsSample;
 use metalbus_protocol::status::{Birth, Offline, OfflineReason, Status};
 use metalbus_protocol::topic::Topics;
 use metalbus_protocol::{NodeId, Timestamp};
 use tokio::sync::mpsc::UnboundedReceiver;
-
-use metalbus_link::FakeClock;
 
 use super::*;
 use crate::publish::{Outbound, PublishQueue};
@@ -376,6 +376,37 @@ fn a_failed_commit_publishes_nothing_and_is_retried() {
     assert!(store.find_node("n1").is_err() || store.find_node("n1").unwrap().is_none());
     // The copy still holds the refused change until the store can be read again.
     assert!(engine.retry.reload || engine.fleet.nodes.is_empty());
+    // A token and a call meanwhile are answered with the store's error, not dropped.
+    let (reply, mut token) = tokio::sync::oneshot::channel();
+    let record = crate::store::TokenRecord {
+        name: "t".into(),
+        role: metalbus_protocol::api::Role::Viewer,
+        created_at: Timestamp::from_unix_millis(0),
+    };
+    let (register, mut answer) = call(super::Action::Register(super::Registration {
+        name: "spare".into(),
+        hints: metalbus_protocol::api::MatchHints {
+            hostname: Some("spare".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    }));
+    engine.apply(vec![
+        Input::Token {
+            hash: "h".into(),
+            record,
+            reply,
+        },
+        register,
+    ]);
+    assert!(matches!(
+        token.try_recv(),
+        Ok(Err(super::CallError::Store(_)))
+    ));
+    assert!(matches!(
+        answer.try_recv(),
+        Ok(Err(super::CallError::Store(_)))
+    ));
 
     // The disk recovers: the next round applies the kept inputs, early inventory too.
     failing.store(false, Ordering::SeqCst);
@@ -1421,6 +1452,19 @@ fn a_wake_is_queued_handed_to_the_wake_task_and_answered_with_its_outcome() {
     // Never an agent command, not even on the next birth.
     r.engine.apply(vec![birth("n1", 2, "s", "h")]);
     assert!(commands(&r.published()).is_empty());
+
+    // A wake whose outcome never came back before a restart ends `failed`.
+    let (input, _gone) = call(super::Action::Wake);
+    r.engine.apply(vec![input]);
+    let lost = r.wakes.try_recv().unwrap().operation_id;
+    let mut r = r.restart(crate::config::ControllerConfig::default());
+    r.engine.apply(vec![]);
+    let rec = r.store.command(lost.as_str()).unwrap().unwrap();
+    assert_eq!(rec.status, CommandStatus::Failed);
+    assert!(
+        rec.reason.unwrap().contains("restarted"),
+        "the reason says why"
+    );
 
     // An outcome for something that is not a wake changes nothing.
     r.engine.apply(vec![Input::WakeSent {

@@ -318,13 +318,11 @@ impl StoreReader {
         self.get(TOKENS, "tokens", hash)
     }
 
-    /// Every command still waiting for its agent's ack.
-    pub fn unacked_commands(&self) -> Result<Vec<CommandRecord>, StoreError> {
+    /// Every command with `status`: `sent` ones wait for their agent's ack, `queued`
+    /// ones for the controller itself.
+    pub fn commands_in(&self, status: CommandStatus) -> Result<Vec<CommandRecord>, StoreError> {
         let all: Vec<CommandRecord> = self.scan(COMMANDS, "commands")?;
-        Ok(all
-            .into_iter()
-            .filter(|c| c.status == CommandStatus::Sent)
-            .collect())
+        Ok(all.into_iter().filter(|c| c.status == status).collect())
     }
 
     pub fn command(&self, id: &str) -> Result<Option<CommandRecord>, StoreError> {

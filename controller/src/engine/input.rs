@@ -1,0 +1,92 @@
+//! What the engine is sent: agents' messages (from ingest), operators' calls and new
+//! tokens (from the API), wake outcomes (from the wake task), and the bus's resync.
+
+use metalbus_protocol::command::CommandId;
+use metalbus_protocol::inventory::Inventory;
+use metalbus_protocol::metrics::MetricsSample;
+use metalbus_protocol::report::Report;
+use metalbus_protocol::status::Status;
+use metalbus_protocol::NodeId;
+
+use super::batch::TokenReplyTo;
+use super::Call;
+use crate::ingest::RejectReason;
+use crate::store::TokenRecord;
+
+/// Something for the engine to apply.
+#[derive(Debug)]
+pub enum Input {
+    Status {
+        id: NodeId,
+        status: Status,
+    },
+    Inventory {
+        id: NodeId,
+        inventory: Box<Inventory>,
+    },
+    Metrics {
+        id: NodeId,
+        sample: MetricsSample,
+    },
+    /// An ack or job event from the agent.
+    Report {
+        id: NodeId,
+        report: Box<Report>,
+    },
+    /// An operator's request from the HTTP API, answered after the commit.
+    Call(Box<Call>),
+    /// A new API token to store (only its hash), answered after the commit.
+    Token {
+        hash: String,
+        record: TokenRecord,
+        reply: TokenReplyTo,
+    },
+    /// The wake task sent a wake's packets (`error: None`), or could not.
+    WakeSent {
+        operation_id: CommandId,
+        error: Option<String>,
+    },
+    /// The broker connection is (re)established: publish every retained message again.
+    Resync,
+    /// Ingest refused a message on this node's topics; recorded as a Warning event if
+    /// the node is known.
+    Rejected {
+        id: NodeId,
+        reason: RejectReason,
+        error: String,
+    },
+}
+
+impl Input {
+    /// A copy to apply again after a failed commit; `None` for what is not retried
+    /// (metrics, replaced by the next sample; API calls and tokens, answered with an
+    /// error instead).
+    pub(super) fn retry_copy(&self) -> Option<Input> {
+        match self {
+            Input::Status { id, status } => Some(Input::Status {
+                id: id.clone(),
+                status: status.clone(),
+            }),
+            Input::Inventory { id, inventory } => Some(Input::Inventory {
+                id: id.clone(),
+                inventory: inventory.clone(),
+            }),
+            Input::Report { id, report } => Some(Input::Report {
+                id: id.clone(),
+                report: report.clone(),
+            }),
+            Input::WakeSent {
+                operation_id,
+                error,
+            } => Some(Input::WakeSent {
+                operation_id: operation_id.clone(),
+                error: error.clone(),
+            }),
+            Input::Metrics { .. }
+            | Input::Call(_)
+            | Input::Token { .. }
+            | Input::Resync
+            | Input::Rejected { .. } => None,
+        }
+    }
+}
