@@ -101,11 +101,33 @@ type Opener = Box<dyn Fn() -> Result<Database, StoreError> + Send + Sync>;
 
 /// The write handle: the one writer owns it (not `Clone`). It reads too, through
 /// [`StoreReader`].
+///
+/// There is no second one to be had:
+///
+/// ```compile_fail
+/// fn second_writer(store: &metalbus::store::Store) -> metalbus::store::Store {
+///     store.clone()
+/// }
+/// ```
 pub struct Store {
     reader: StoreReader,
 }
 
-/// A read-only handle; cheap to clone.
+/// A read-only handle; cheap to clone. It cannot write:
+///
+/// ```compile_fail
+/// fn write_through(reader: &mut metalbus::store::StoreReader) {
+///     let _ = reader.write(redb::Durability::Immediate, |_| Ok(()));
+/// }
+/// ```
+///
+/// while the same call on the write handle compiles:
+///
+/// ```
+/// fn write_through(store: &mut metalbus::store::Store) {
+///     let _ = store.write(redb::Durability::Immediate, |_| Ok(()));
+/// }
+/// ```
 #[derive(Clone)]
 pub struct StoreReader {
     inner: Arc<Inner>,
