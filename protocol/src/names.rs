@@ -29,10 +29,13 @@ macro_rules! names {
 
         names!(@impl $name, $what, $( $variant = stringify!($variant) ),+);
     };
+    // `$text` is a `tt`, not a `literal`: a `literal` fragment reaches derive macros
+    // wrapped in an invisible group, which serde looks through but utoipa does not (the
+    // OpenAPI schema then listed the variant names; `api::openapi` tests hold to it).
     (
         $(#[$meta:meta])*
         $vis:vis enum $name:ident as $what:literal {
-            $( $(#[$vmeta:meta])* $variant:ident = $text:literal ),+ $(,)?
+            $( $(#[$vmeta:meta])* $variant:ident = $text:tt ),+ $(,)?
         }
     ) => {
         $(#[$meta])*

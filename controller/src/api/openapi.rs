@@ -210,4 +210,37 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn every_enum_schema_lists_the_wire_names() {
+        use metalbus_protocol::api::{MetricsPeriod, Role};
+        use metalbus_protocol::command::{CommandKind, CommandStatus, JobKind};
+        use metalbus_protocol::event::{EventReason, EventSource, EventType};
+        use metalbus_protocol::lifecycle::{NodeState, Phase};
+        use metalbus_protocol::machine::Trigger;
+        use metalbus_protocol::status::OfflineReason;
+
+        fn names<T: std::fmt::Display>(all: impl IntoIterator<Item = T>) -> serde_json::Value {
+            all.into_iter().map(|v| v.to_string()).collect()
+        }
+        let doc: serde_json::Value = serde_json::from_str(json()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        let expected = [
+            ("Role", names(Role::ALL)),
+            ("CommandStatus", names(CommandStatus::ALL)),
+            ("CommandKind", names(CommandKind::ALL)),
+            ("JobKind", names(JobKind::ALL)),
+            ("OfflineReason", names(OfflineReason::ALL)),
+            ("NodeState", names(NodeState::ALL)),
+            ("Phase", names(Phase::ALL)),
+            ("Trigger", names(Trigger::ALL)),
+            ("EventReason", names(EventReason::ALL)),
+            ("EventSource", names(EventSource::ALL)),
+            ("EventType", names(EventType::ALL)),
+            ("MetricsPeriod", names(MetricsPeriod::ALL)),
+        ];
+        for (schema, wire) in expected {
+            assert_eq!(schemas[schema]["enum"], wire, "{schema}");
+        }
+    }
 }
