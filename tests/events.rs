@@ -119,11 +119,35 @@ async fn a_nodes_life_is_told_by_its_events() {
             .len()
             == 1
     );
-    api.expect_bad_requests(
-        &["?type=Error", "?since=yesterday", "?limit=0", "?colour=red"]
+    // Unknown, miscased, multibyte, huge and out-of-range values.
+    let huge = format!("?type={}", "W".repeat(10_000));
+    let refused = api
+        .expect_bad_requests(
+            &[
+                "?type=Error",
+                "?type=warning",
+                "?source=%E2%82%AC",
+                huge.as_str(),
+                "?since=yesterday",
+                "?since=99999999999999999999d",
+                "?limit=0",
+                "?limit=4294967296",
+                "?limit=-1",
+                "?colour=red",
+            ]
             .map(|q| format!("/api/v1/nodes/ev-1/events{q}")),
-    )
-    .await;
+        )
+        .await;
+    for body in &refused {
+        let message = body["errorMessage"].as_str().unwrap_or_default();
+        assert!(message.len() < 400, "{message:.400}");
+    }
+    // A `since` older than any clock can say still answers: every event.
+    let (status, body) = api
+        .get("/api/v1/nodes/ev-1/events?since=500000y")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
     let (status, _) = api.get("/api/v1/nodes/nope/events").await.unwrap();
     assert_eq!(status, 404);
 

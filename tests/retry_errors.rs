@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use metalbus_e2e::{steps_dir, AgentProc, Controller};
-use serde_json::json;
+use metalbus_e2e::{steps_dir, AgentProc, Api, Controller};
+use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -124,6 +124,82 @@ async fn retry_refusals_carry_the_seed_codes_and_messages() {
         (status, body["data"]["labels"]["rack"].as_str()),
         (200, Some("r7"))
     );
+
+    // Hostile token requests: unknown, miscased and huge roles; empty, control-character
+    // and over-long (multibyte) names; a viewer or an operator asking for a token. Each
+    // is refused with a short message, and none of them makes a token.
+    let huge_role = "r".repeat(1 << 20);
+    let bad: [(&Api, Value, u16, &str); 8] = [
+        (
+            &api,
+            json!({"name": "x", "role": "root"}),
+            400,
+            "use one of: viewer, operator, admin",
+        ),
+        (
+            &api,
+            json!({"name": "x", "role": "ADMIN"}),
+            400,
+            "unknown role",
+        ),
+        (
+            &api,
+            json!({"name": "x", "role": huge_role}),
+            400,
+            "unknown role",
+        ),
+        (&api, json!({"name": "x", "role": 3}), 400, "role"),
+        (
+            &api,
+            json!({"name": "", "role": "viewer"}),
+            400,
+            "name must be",
+        ),
+        (
+            &api,
+            json!({"name": "a\u{7}b", "role": "viewer"}),
+            400,
+            "name must be",
+        ),
+        (
+            &api,
+            json!({"name": "\u{e9}".repeat(33), "role": "viewer"}),
+            400,
+            "name must be",
+        ),
+        (
+            &viewer,
+            json!({"name": "mine", "role": "admin"}),
+            403,
+            "Forbidden",
+        ),
+    ];
+    for (client, request, want, says) in bad {
+        let (status, body) = client.post("/api/v1/tokens", Some(request)).await.unwrap();
+        let message = body["errorMessage"].as_str().unwrap_or_default();
+        assert_eq!(status, want, "{message}");
+        assert!(
+            message.contains(says) && message.len() < 300,
+            "{message:.300}"
+        );
+    }
+    let (status, _) = operator
+        .post(
+            "/api/v1/tokens",
+            Some(json!({"name": "mine", "role": "viewer"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 403, "only admins make tokens");
+    // 64 bytes of multibyte name is still a name.
+    let (status, body) = api
+        .post(
+            "/api/v1/tokens",
+            Some(json!({"name": "\u{e9}".repeat(32), "role": "viewer"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
 
     // A failed install whose agent is offline: the machine is not ready.
     api.post(

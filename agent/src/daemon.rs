@@ -147,8 +147,7 @@ impl Agent {
         })?;
         for action in actions {
             if let Action::KillLeftovers(job) = action {
-                let killed = jobs::kill_leftovers(&job);
-                info!(%job, killed_groups = killed, "killed what was left of the interrupted job");
+                kill_leftovers(&job);
             }
         }
         let (power_done, power_results) = mpsc::unbounded_channel();
@@ -236,9 +235,7 @@ impl Agent {
                     self.power_done.clone(),
                 ),
                 Action::ReadInventory => sampler.inventory(),
-                Action::KillLeftovers(job) => {
-                    jobs::kill_leftovers(&job);
-                }
+                Action::KillLeftovers(job) => kill_leftovers(&job),
             }
         }
     }
@@ -386,6 +383,12 @@ impl Agent {
         }
         metalbus_link::disconnect(client, eventloop, Duration::from_secs(1)).await;
     }
+}
+
+/// Kills what is left of an interrupted job's processes.
+fn kill_leftovers(job: &metalbus_protocol::command::CommandId) {
+    let killed = jobs::kill_leftovers(job);
+    info!(%job, killed_groups = killed, "killed what was left of the interrupted job");
 }
 
 /// A publisher for inputs that publish nothing.

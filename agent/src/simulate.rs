@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use metalbus_link::Endpoint;
 use metalbus_protocol::command::{Command, CommandId, CommandKind, JobKind};
 use metalbus_protocol::inventory::{CpuInfo, Disk, Inventory, MemoryInfo, Nic, OsInfo};
 use metalbus_protocol::metrics::{MetricsSample, Usage};
@@ -24,7 +25,6 @@ use crate::core::DeliveryStats;
 use crate::daemon::Agent;
 use crate::host::Host;
 use crate::jobs::{Ack, JobEvent, Jobs};
-use metalbus_link::Endpoint;
 
 /// How a simulation runs.
 #[derive(Debug, Clone)]

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use metalbus_link::{BrokerUrl, Endpoint};
+use metalbus_link::{BrokerUrl, Clock, Endpoint, SystemClock};
 use metalbus_protocol::topic::Topics;
 use metalbus_protocol::NodeId;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -35,7 +35,6 @@ use crate::publish::PublishQueue;
 use crate::store::{Store, StoreReader};
 use crate::telemetry::Telemetry;
 use crate::wake;
-use metalbus_link::{Clock, SystemClock};
 
 /// How long start-up waits for the broker subscription before giving up.
 const BROKER_WAIT: Duration = Duration::from_secs(15);

@@ -137,8 +137,7 @@ impl Serialize for Work {
 
 impl<'de> Deserialize<'de> for Work {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        crate::names::deserialize(d)
     }
 }
 

@@ -2,9 +2,11 @@
 //!
 //! A state, a phase, an event reason, a role or a status is written once, as
 //! `Variant = "wire-name"`. The macro puts `#[serde(rename = "wire-name")]` on the variant
-//! (so serde and the OpenAPI schema use that name), and generates `ALL`, `as_str`,
-//! `Display` and `FromStr` from the same list, so the four can never disagree and no
-//! name is spelled as a literal anywhere else.
+//! (so serialization and the OpenAPI schema use that name), and generates `ALL`,
+//! `as_str`, `Display`, `FromStr` and deserialization (through `FromStr`) from the same
+//! list, so they can never disagree and no name is spelled as a literal anywhere else.
+//! An unknown name is refused with the same bounded message everywhere: in a JSON body,
+//! a query, an MQTT payload or a flag.
 
 /// Declares a names enum, `Variant = "wire-name"` for each value, or `by variant name`
 /// when the wire names are the variant names. `Debug, Clone, Copy, PartialEq, Eq, Hash`,
@@ -21,7 +23,7 @@ macro_rules! names {
         }
     ) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ::serde::Serialize, ::serde::Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ::serde::Serialize)]
         #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         $vis enum $name {
             $( $(#[$vmeta])* $variant, )+
@@ -39,7 +41,7 @@ macro_rules! names {
         }
     ) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ::serde::Serialize, ::serde::Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ::serde::Serialize)]
         #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         $vis enum $name {
             $( $(#[$vmeta])* #[serde(rename = $text)] $variant, )+
@@ -66,6 +68,12 @@ macro_rules! names {
             }
         }
 
+        impl<'de> ::serde::Deserialize<'de> for $name {
+            fn deserialize<D: ::serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                $crate::names::deserialize(d)
+            }
+        }
+
         impl ::std::str::FromStr for $name {
             type Err = String;
 
@@ -80,6 +88,17 @@ macro_rules! names {
 }
 
 pub(crate) use names;
+
+/// Deserializes a name through its `FromStr`, so a bad one gets the bounded message of
+/// [`unknown`] rather than serde's, which repeats the whole value.
+pub(crate) fn deserialize<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr<Err = String>,
+{
+    let s = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
+}
 
 /// The `FromStr` error: the value (cut to 64 characters) and every valid name.
 pub(crate) fn unknown(what: &str, got: &str, valid: &[&str]) -> String {
@@ -127,6 +146,42 @@ mod tests {
         );
         assert_eq!("Circle".parse::<Shape>(), Ok(Shape::Circle));
         assert!("circle".parse::<Shape>().is_err());
+    }
+
+    #[test]
+    fn a_hostile_name_is_refused_briefly_wherever_it_comes_from() {
+        // Huge, multibyte, wrong case, not a string at all.
+        let huge = format!("\"{}\"", "x".repeat(1 << 20));
+        let err = serde_json::from_str::<Colour>(&huge)
+            .unwrap_err()
+            .to_string();
+        assert!(err.len() < 200, "{} bytes", err.len());
+        assert!(err.contains("use one of: red, dark-blue"), "{err}");
+        for bad in [
+            "\"rëd\"",
+            "\"Red\"",
+            "\"red \"",
+            "\"\"",
+            "7",
+            "null",
+            "[\"red\"]",
+        ] {
+            assert!(serde_json::from_str::<Colour>(bad).is_err(), "{bad}");
+        }
+        let multibyte = "\u{1F600}".repeat(100);
+        let err = multibyte.parse::<Colour>().unwrap_err();
+        assert!(
+            err.chars().filter(|c| *c == '\u{1F600}').count() <= 64,
+            "{err}"
+        );
+        // As a map key too (a summary's `by_state`).
+        let keyed: Result<std::collections::HashMap<Colour, u8>, _> =
+            serde_json::from_str(r#"{"red": 1, "dark-blue": 2}"#);
+        assert_eq!(keyed.unwrap().len(), 2);
+        assert!(
+            serde_json::from_str::<std::collections::HashMap<Colour, u8>>(r#"{"blue": 1}"#)
+                .is_err()
+        );
     }
 
     #[test]

@@ -9,11 +9,8 @@ use crate::jobs::Ack;
 use crate::outbox::PendingPower;
 
 impl Core {
-    /// The ack for a `reboot` or `poweroff` command.
+    /// The ack for a `reboot` or `poweroff` command (its id is checked already).
     pub(super) fn power_ack(&self, cmd: &Command, action: PowerAction) -> Ack {
-        if let Err(e) = cmd.validate() {
-            return Ack::no(e.to_string());
-        }
         if cmd.expires_at < self.clock.now() {
             return Ack::no("command expired");
         }
@@ -32,6 +29,11 @@ impl Core {
     }
 
     /// A command from the controller: parse, dispatch (once per id), and ack.
+    ///
+    /// A command whose id is not a command id (too long, not ASCII, ...) is dropped
+    /// without an ack: the controller never makes one, an ack carrying it could be
+    /// refused by the controller and then block every later report, and remembering it
+    /// would store whatever the sender put there.
     pub(super) fn on_command(
         &mut self,
         payload: &[u8],
@@ -46,7 +48,8 @@ impl Core {
                     .ok()
                     .and_then(|v| {
                         serde_json::from_value::<CommandId>(v.get("command_id")?.clone()).ok()
-                    });
+                    })
+                    .filter(CommandId::is_valid);
                 warn!(error = %e, command = ?id, "malformed command refused");
                 if let Some(id) = id {
                     self.ack(&id, Ack::no(format!("malformed command: {e}")));
@@ -55,6 +58,11 @@ impl Core {
                 return;
             }
         };
+        if !cmd.command_id.is_valid() {
+            let shown: String = cmd.command_id.as_str().chars().take(64).collect();
+            warn!(command = %shown, bytes = cmd.command_id.as_str().len(), "command with a bad id dropped, not acked");
+            return;
+        }
         match self.store.seen(&cmd.command_id) {
             Ok(Some(ack)) => {
                 info!(command = %cmd.command_id, "repeated command; acking it again, not running it");

@@ -724,3 +724,88 @@ fn the_will_and_the_clean_stop_carry_the_connection_and_session() {
         assert_eq!(v["session"], r.core.session());
     }
 }
+
+/// A command id as it may come off the wire: unchecked.
+fn wire_id(raw: &str) -> CommandId {
+    serde_json::from_value(serde_json::Value::from(raw)).unwrap()
+}
+
+#[test]
+fn commands_with_hostile_ids_are_dropped_unacked_unremembered_and_never_run() {
+    let mut r = prepared(Before::Idle);
+    let huge = "x".repeat(300 * 1024);
+    for raw in [
+        huge.as_str(),
+        "c-\u{fc}",
+        "c/../1",
+        "",
+        "c 1",
+        "c-\u{1F600}",
+    ] {
+        let shown: String = raw.chars().take(20).collect();
+        for kind in [
+            CommandKind::Install,
+            CommandKind::Reboot,
+            CommandKind::Rebirth,
+        ] {
+            let mut cmd = r.command(kind, "c-ok");
+            cmd.command_id = wire_id(raw);
+            assert!(r.run(&cmd).is_empty(), "{kind} with {shown:?}");
+            assert!(r.reports().is_empty(), "no ack for {shown:?}");
+            assert_eq!(r.core.store.seen(&cmd.command_id).unwrap(), None);
+        }
+        // Malformed too: no id worth an ack.
+        let junk = serde_json::json!({"command_id": raw, "kind": "dance"});
+        r.send(Input::Command(serde_json::to_vec(&junk).unwrap()));
+        assert!(r.reports().is_empty(), "no ack for malformed {shown:?}");
+    }
+    assert!(
+        r.jobs.lock().unwrap().handled.is_empty(),
+        "nothing reached the runner"
+    );
+    assert!(r.send(Input::Tick).is_empty());
+    // Payloads that are not commands at all: nothing to answer.
+    for junk in [
+        &b"\xff\xfe not utf-8"[..],
+        b"[]",
+        b"null",
+        b"{\"command_id\": 7, \"kind\": \"reboot\"}",
+        &vec![b'['; 100_000][..],
+    ] {
+        r.send(Input::Command(junk.to_vec()));
+    }
+    assert!(r.reports().is_empty());
+    // A well-formed command still works afterwards.
+    let cmd = r.command(CommandKind::Reboot, "c-fine");
+    r.run(&cmd);
+    assert_eq!(ack_of(&r.report()), (true, None));
+}
+
+#[test]
+fn receipts_of_another_session_or_malformed_remove_nothing_and_start_nothing() {
+    // (A forged receipt with this session's id does remove reports: only a signed
+    // receipt, the zero-trust issue's, can tell it from the controller's.)
+    let mut r = prepared(Before::Idle);
+    let cmd = r.command(CommandKind::Reboot, "c-r");
+    r.run(&cmd);
+    let ack = r.report();
+    let session = r.core.session().to_string();
+    let pending = |r: &Rig| r.core.store.backlog().unwrap().0;
+    assert_eq!(pending(&r), 1);
+    let forged = [
+        serde_json::json!({"session": "another", "seq": ack.seq}),
+        serde_json::json!({"session": session, "seq": -1}),
+        serde_json::json!({"session": session, "seq": "1"}),
+        serde_json::json!({"seq": ack.seq}),
+    ];
+    for receipt in forged {
+        let actions = r.send(Input::Receipt(serde_json::to_vec(&receipt).unwrap()));
+        assert!(actions.is_empty(), "{receipt}");
+        assert_eq!(pending(&r), 1, "{receipt}");
+    }
+    r.send(Input::Receipt(b"{not json".to_vec()));
+    assert!(r.send(Input::Tick).is_empty(), "the reboot still waits");
+    // The real receipt: the ack goes, the reboot starts, once.
+    assert!(matches!(r.receipt(ack.seq)[..], [Action::RunPower { .. }]));
+    assert_eq!(pending(&r), 0);
+}

@@ -1,8 +1,9 @@
 //! The outbox against a real redb file in a temp dir: numbering, merging, receipts,
 //! restarts, remembered commands and the running job.
 
-use super::*;
 use metalbus_protocol::command::Work;
+
+use super::*;
 
 fn cid(s: &str) -> CommandId {
     CommandId::new(s).unwrap()

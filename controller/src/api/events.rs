@@ -16,11 +16,9 @@ use crate::store::EventFilter;
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
-    /// `Normal` or `Warning`.
     #[serde(rename = "type")]
-    kind: Option<String>,
-    /// `controller` or `agent`.
-    source: Option<String>,
+    kind: Option<EventType>,
+    source: Option<EventSource>,
     /// A duration back from now (`30m`, `1h`, `7d`) or an RFC 3339 time.
     since: Option<String>,
     limit: Option<u32>,
@@ -52,18 +50,8 @@ pub async fn list(
         ));
     }
     let filter = EventFilter {
-        kind: q
-            .kind
-            .as_deref()
-            .map(str::parse::<EventType>)
-            .transpose()
-            .map_err(ApiError::BadRequest)?,
-        source: q
-            .source
-            .as_deref()
-            .map(str::parse::<EventSource>)
-            .transpose()
-            .map_err(ApiError::BadRequest)?,
+        kind: q.kind,
+        source: q.source,
         since: q
             .since
             .as_deref()

@@ -22,6 +22,7 @@ use axum::extract::State;
 use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::IntoResponse;
 use axum::{middleware, Json, Router};
+use metalbus_link::Clock;
 use metalbus_protocol::api::Health;
 use tokio::net::TcpListener;
 
@@ -31,7 +32,6 @@ use crate::live::LiveFeed;
 use crate::store::StoreReader;
 use crate::telemetry::Telemetry;
 use error::ApiError;
-use metalbus_link::Clock;
 
 /// What handlers share.
 #[derive(Clone)]

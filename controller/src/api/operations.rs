@@ -9,7 +9,7 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::{Extension, Json};
-use metalbus_protocol::api::{Data, OperationStarted};
+use metalbus_protocol::api::{Data, OperationStarted, Role};
 use metalbus_protocol::command::PowerAction;
 
 use super::auth::Caller;
@@ -19,7 +19,6 @@ use super::lifecycle::{call, require};
 use super::openapi::{ChangeErrors, IfMatch, NodePath};
 use super::AppState;
 use crate::engine::{Action, Reply};
-use metalbus_protocol::api::Role;
 
 type Accepted = (StatusCode, Json<Data<OperationStarted>>);
 

@@ -119,6 +119,9 @@ pub(super) struct Done {
     pub id: NodeId,
     pub before: NodeState,
     pub operation: Option<(CommandId, CommandStatus)>,
+    /// Answered only once the operation is over (a wake, when its packets went out),
+    /// not right after the commit.
+    pub answered_when_over: bool,
 }
 
 /// What a call on an existing node comes to.
@@ -213,14 +216,11 @@ fn operable(node: &NodeRecord, what: &str) -> Result<(), CallError> {
 
 impl Engine {
     pub(super) fn on_call(&mut self, call: Call, now: Timestamp, batch: &mut Batch) {
-        let result = self.do_call(&call, now, batch);
-        match result {
-            // A wake is answered when its packets went out.
-            Ok(done) if matches!(done.operation, Some((_, CommandStatus::Queued))) => {
-                if let Some((op, _)) = &done.operation {
-                    batch.parked.push((op.clone(), call.reply, done));
-                }
-            }
+        match self.do_call(&call, now, batch) {
+            Ok(done) if done.answered_when_over => match done.operation.clone() {
+                Some((op, _)) => batch.parked.push((op, call.reply, done)),
+                None => batch.replies.push((call.reply, Ok(done))),
+            },
             result => batch.replies.push((call.reply, result)),
         }
     }
@@ -258,6 +258,7 @@ impl Engine {
             &self.cfg.controller,
             ready,
         )?;
+        let mut answered_when_over = false;
         let operation = match decision {
             Decision::Machine(event, ctx) => {
                 self.machine(&id, event, ctx, now, batch)
@@ -274,6 +275,7 @@ impl Engine {
             }
             Decision::Wake => {
                 let op = self.wake(&node, call.user.as_deref(), now, batch)?;
+                answered_when_over = true;
                 Some((op, CommandStatus::Queued))
             }
         };
@@ -281,6 +283,7 @@ impl Engine {
             id,
             before,
             operation,
+            answered_when_over,
         })
     }
 
@@ -341,6 +344,7 @@ impl Engine {
             id,
             before: NodeState::Registered,
             operation: None,
+            answered_when_over: false,
         })
     }
 

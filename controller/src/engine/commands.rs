@@ -81,8 +81,11 @@ impl Commands {
     }
 
     /// Commands stored as `sent` when the controller started: each goes again at once.
-    pub(super) fn restore(&mut self, sent: Vec<CommandRecord>, now: Timestamp) {
-        for rec in sent.into_iter().filter(|r| r.status == CommandStatus::Sent) {
+    pub(super) fn restore(&mut self, stored: Vec<CommandRecord>, now: Timestamp) {
+        for rec in stored
+            .into_iter()
+            .filter(|r| r.status == CommandStatus::Sent)
+        {
             self.unacked.insert(
                 rec.command.command_id,
                 Unacked {

@@ -58,35 +58,46 @@ pub enum Input {
 }
 
 impl Input {
-    /// A copy to apply again after a failed commit; `None` for what is not retried
-    /// (metrics, replaced by the next sample; API calls and tokens, answered with an
-    /// error instead).
+    /// Whether the input is applied again after a failed commit. Metrics are not (the
+    /// next sample replaces them), nor calls and tokens (answered with the error), nor
+    /// a resync or a reject's event.
+    pub(super) fn retried(&self) -> bool {
+        matches!(
+            self,
+            Input::Status { .. }
+                | Input::Inventory { .. }
+                | Input::Report { .. }
+                | Input::WakeSent { .. }
+        )
+    }
+
+    /// A copy of a retried input, kept while the original is applied.
     pub(super) fn retry_copy(&self) -> Option<Input> {
-        match self {
-            Input::Status { id, status } => Some(Input::Status {
+        Some(match self {
+            Input::Status { id, status } => Input::Status {
                 id: id.clone(),
                 status: status.clone(),
-            }),
-            Input::Inventory { id, inventory } => Some(Input::Inventory {
+            },
+            Input::Inventory { id, inventory } => Input::Inventory {
                 id: id.clone(),
                 inventory: inventory.clone(),
-            }),
-            Input::Report { id, report } => Some(Input::Report {
+            },
+            Input::Report { id, report } => Input::Report {
                 id: id.clone(),
                 report: report.clone(),
-            }),
+            },
             Input::WakeSent {
                 operation_id,
                 error,
-            } => Some(Input::WakeSent {
+            } => Input::WakeSent {
                 operation_id: operation_id.clone(),
                 error: error.clone(),
-            }),
+            },
             Input::Metrics { .. }
             | Input::Call(_)
             | Input::Token { .. }
             | Input::Resync
-            | Input::Rejected { .. } => None,
-        }
+            | Input::Rejected { .. } => return None,
+        })
     }
 }

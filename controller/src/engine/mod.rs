@@ -180,11 +180,15 @@ impl Engine {
         let now = engine.clock.now();
         engine.reconciler.started_at = now;
         engine.rearm_install_retries(now);
-        let sent = engine.store.commands_in(CommandStatus::Sent)?;
+        let (queued, sent): (Vec<_>, Vec<_>) = engine
+            .store
+            .commands_in(&[CommandStatus::Queued, CommandStatus::Sent])?
+            .into_iter()
+            .partition(|rec| rec.status == CommandStatus::Queued);
         engine.commands.restore(sent, now);
         // A wake recorded before a restart whose outcome never came back: its packets
         // may or may not have gone out, and nobody waits for it any more.
-        for rec in engine.store.commands_in(CommandStatus::Queued)? {
+        for rec in queued {
             engine.retry.inputs.push(Input::WakeSent {
                 operation_id: rec.command.command_id,
                 error: Some(
@@ -398,9 +402,10 @@ impl Engine {
     /// the next sample replaces); calls and new tokens are answered with `e` instead.
     fn keep_for_retry(&mut self, inputs: Vec<Input>, e: &StoreError) {
         for input in inputs {
-            match input.retry_copy() {
-                Some(copy) => self.retry.inputs.push(copy),
-                None => answer_failed(input, e),
+            if input.retried() {
+                self.retry.inputs.push(input);
+            } else {
+                answer_failed(input, e);
             }
         }
         if self.retry.inputs.len() > MAX_RETRY_INPUTS {

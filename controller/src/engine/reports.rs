@@ -84,7 +84,7 @@ impl Engine {
     }
 
     /// Keeps a report that came after a gap (bounded; the agent resends anyway).
-    pub(super) fn hold(&mut self, id: &NodeId, report: Report, batch: &mut Batch) {
+    fn hold(&mut self, id: &NodeId, report: Report, batch: &mut Batch) {
         batch.counts.add(Tally::HeldBack);
         let held = self.held.entry(id.clone()).or_default();
         if held.len() < MAX_HELD_REPORTS {
@@ -95,13 +95,7 @@ impl Engine {
     /// An ack or a job event. Both prove the agent alive; a job event also resets the
     /// install timer. A report that does not fit the node (another command, an
     /// impossible status) is refused with a warning and changes nothing.
-    pub(super) fn on_report(
-        &mut self,
-        id: &NodeId,
-        report: Report,
-        now: Timestamp,
-        batch: &mut Batch,
-    ) {
+    fn on_report(&mut self, id: &NodeId, report: Report, now: Timestamp, batch: &mut Batch) {
         let Some(node) = self.fleet.nodes.get(id).cloned() else {
             return;
         };

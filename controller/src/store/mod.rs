@@ -340,11 +340,17 @@ impl StoreReader {
         self.get(TOKENS, "tokens", hash)
     }
 
-    /// Every command with `status`: `sent` ones wait for their agent's ack, `queued`
-    /// ones for the controller itself.
-    pub fn commands_in(&self, status: CommandStatus) -> Result<Vec<CommandRecord>, StoreError> {
+    /// Every command whose status is one of `statuses` (`sent` ones wait for their
+    /// agent's ack, `queued` ones for the controller itself), in one scan.
+    pub fn commands_in(
+        &self,
+        statuses: &[CommandStatus],
+    ) -> Result<Vec<CommandRecord>, StoreError> {
         let all: Vec<CommandRecord> = self.scan(COMMANDS, "commands")?;
-        Ok(all.into_iter().filter(|c| c.status == status).collect())
+        Ok(all
+            .into_iter()
+            .filter(|c| statuses.contains(&c.status))
+            .collect())
     }
 
     pub fn command(&self, id: &str) -> Result<Option<CommandRecord>, StoreError> {

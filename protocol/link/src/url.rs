@@ -117,8 +117,20 @@ mod tests {
             "mqtt://h/topic",
             "mqtt://[::1",
             "127.0.0.1:1883",
+            "mqtt://h:\u{ff11}\u{ff18}\u{ff18}\u{ff13}",
+            "mqtt://h:-1",
+            "mqtt://h:65536",
+            "mqtt://[::1]:x",
+            "mqtts://",
         ] {
             assert!(bad.parse::<BrokerUrl>().is_err(), "{bad:?}");
+        }
+        // A huge one is refused too, without a panic.
+        let huge = format!("mqtt://{}:1883/x", "h".repeat(1 << 20));
+        assert!(huge.parse::<BrokerUrl>().is_err());
+        for multibyte in ["mqtt://\u{e4}\u{f6}\u{fc}:1883", "mqtt://\u{1F600}"] {
+            // Parsed (the name resolves or not at connect time), never split mid-character.
+            let _ = multibyte.parse::<BrokerUrl>();
         }
     }
 }
