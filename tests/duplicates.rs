@@ -1,6 +1,6 @@
-//! Injected duplicates and stale messages, from a raw MQTT client: an old report, a
-//! duplicate `seq` and a stale Will change nothing; a command delivered three times runs
-//! once and is acked each time.
+//! Injected duplicates and stale messages, from a raw MQTT client holding the node's
+//! key (replays of genuine messages): an old report, a duplicate `seq` and a stale Will
+//! change nothing; a command delivered three times runs once and is acked each time.
 
 #![allow(clippy::unwrap_used)]
 
@@ -30,6 +30,10 @@ async fn replays_duplicates_and_stale_wills_change_nothing() {
     // A second connection, so that conn 1's Will is stale.
     assert!(agent.terminate().success());
     let _agent = AgentProc::start_with(tmp.path(), &ctl.broker_url(), "dup-1", &args);
+    // The replays below are made with the node's own key: what a broker that kept
+    // copies of real messages could send again (forgeries fail earlier, see
+    // tests/zero_trust.rs).
+    let key = agent.key();
     eventually(Duration::from_secs(30), "dup-1 back online", || {
         let api = api.clone();
         async move {
@@ -53,16 +57,17 @@ async fn replays_duplicates_and_stale_wills_change_nothing() {
     // An old report: seq 2 again, now claiming the install failed.
     let old = json!({"session": session, "seq": 2, "ts": "2026-01-01T00:00:00Z", "kind": "job",
         "command_id": "c-whatever", "job": "install", "status": "failed", "error": "replayed"});
-    raw.publish(reports, serde_json::to_vec(&old).unwrap())
+    raw.publish_as(&key, reports, serde_json::to_vec(&old).unwrap())
         .await;
     // A duplicate of the newest seq with other content.
     let dup = json!({"session": session, "seq": last, "ts": "2026-01-01T00:00:00Z", "kind": "job",
         "command_id": "c-whatever", "job": "deprovision", "status": "complete"});
-    raw.publish(reports, serde_json::to_vec(&dup).unwrap())
+    raw.publish_as(&key, reports, serde_json::to_vec(&dup).unwrap())
         .await;
     // A stale Will: connection 1's, while connection 2+ is up.
     let will = json!({"online": false, "reason": "lost", "conn": 1, "session": session});
-    raw.publish(
+    raw.publish_as(
+        &key,
         "metalbus/v1/nodes/dup-1/status",
         serde_json::to_vec(&will).unwrap(),
     )
@@ -94,7 +99,8 @@ async fn replays_duplicates_and_stale_wills_change_nothing() {
         "expires_at": "2999-01-01T00:00:00Z",
         "plan": {"name": "count", "steps": [{"name": "count", "script": "count-step", "timeout_s": 30}]}});
     for _ in 0..3 {
-        raw.publish(
+        raw.publish_as(
+            &key,
             "metalbus/v1/nodes/dup-1/commands",
             serde_json::to_vec(&cmd).unwrap(),
         )

@@ -80,11 +80,19 @@ async fn a_nodes_life_is_told_by_its_events() {
         "newest first; the repeat moved up with its count"
     );
 
-    // Garbage on the node's topic, three times: one Warning, counted.
+    // Garbage from the node (made with its key, so it says something about the node)
+    // three times: one Warning, counted. Unproven garbage makes no event at all.
     let raw = Watcher::start(ctl.mqtt_port, "metalbus/v1/nodes/ev-1/rejects").await;
+    raw.publish("metalbus/v1/nodes/ev-1/inventory", b"{not json".to_vec())
+        .await;
+    let key = metalbus_e2e::node_key(&tmp.path().join("agent-ev-1"));
     for _ in 0..3 {
-        raw.publish("metalbus/v1/nodes/ev-1/inventory", b"{not json".to_vec())
-            .await;
+        raw.publish_as(
+            &key,
+            "metalbus/v1/nodes/ev-1/inventory",
+            b"{not json}".to_vec(),
+        )
+        .await;
     }
     eventually(WAIT, "three rejects collapsed into one event", || {
         let api = api.clone();

@@ -1,11 +1,11 @@
-//! Untrusted input end to end: garbage on agent topics is refused, announced on
-//! `rejects`, counted, and ingest keeps running. Also the API's auth and error shapes.
+//! Untrusted input end to end: garbage on agent topics (unproven, or proven but
+//! malformed) is refused, announced on `rejects`, counted, and ingest keeps running. Also the API's auth and error shapes.
 
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
-use metalbus_e2e::{eventually, AgentProc, Api, Controller, Watcher};
+use metalbus_e2e::{enroll_node, eventually, AgentProc, Api, Controller, Watcher};
 
 fn rejected_total(metrics: &str, reason: &str) -> u64 {
     let prefix = format!("metalbus_ingest_rejected_total{{reason=\"{reason}\"}} ");
@@ -24,28 +24,50 @@ async fn garbage_is_refused_announced_and_counted() {
     let watcher = Watcher::start(ctl.mqtt_port, "metalbus/v1/nodes/+/rejects").await;
     let raw = Watcher::start(ctl.mqtt_port, "nothing/here").await;
 
+    // Node x is enrolled (its key proves the malformed payloads below came from it, so
+    // they reach the decoder); node y is not.
+    let key = enroll_node(&ctl, "x").await;
     let inv = "metalbus/v1/nodes/x/inventory";
     let wrong_types =
         br#"{"hostname":7,"system":{},"cpu":{"threads":"lots"},"memory":{},"disks":[],"nics":[],"os":{}}"#;
-    let sent: Vec<(&str, Vec<u8>, &str)> = vec![
-        (inv, b"this is not json".to_vec(), "bad_json"),
-        (inv, wrong_types.to_vec(), "bad_payload"),
-        (inv, vec![b'{'; 1024 * 1024], "too_large"),
+    let birth = br#"{"online":true,"conn":1,"session":"s","agent_version":"0","hostname":"y","boot_id":null,"metrics_interval_s":15,"ts":"2026-01-01T00:00:00Z"}"#;
+    // (topic, payload, sealed with x's key, reason)
+    let sent: Vec<(&str, Vec<u8>, bool, &str)> = vec![
+        (inv, b"{this is not json}".to_vec(), true, "bad_json"),
+        (inv, wrong_types.to_vec(), true, "bad_payload"),
+        (inv, vec![b'{'; 1024 * 1024], false, "too_large"),
         (
             "metalbus/v1/nodes/NOT..VALID!/inventory",
             br#"{"system":{},"cpu":{},"memory":{},"disks":[],"nics":[],"os":{}}"#.to_vec(),
+            false,
             "bad_node_id",
         ),
+        (
+            "metalbus/v1/nodes/y/status",
+            birth.to_vec(),
+            false,
+            "not_enrolled",
+        ),
+        (
+            "metalbus/v1/nodes/x/status",
+            birth.to_vec(),
+            false,
+            "bad_proof",
+        ),
     ];
-    for (topic, payload, _) in &sent {
-        raw.publish(topic, payload.clone()).await;
+    for (topic, payload, sealed, _) in &sent {
+        if *sealed {
+            raw.publish_as(&key, topic, payload.clone()).await;
+        } else {
+            raw.publish(topic, payload.clone()).await;
+        }
     }
 
     // One reject per message, on the node's rejects topic, naming the topic.
-    let rejects = eventually(Duration::from_secs(10), "four rejects", || {
+    let rejects = eventually(Duration::from_secs(10), "six rejects", || {
         let msgs = watcher.messages();
         async move {
-            if msgs.len() >= 4 {
+            if msgs.len() >= 6 {
                 Ok(msgs)
             } else {
                 Err(format!("{} rejects so far", msgs.len()))
@@ -53,8 +75,8 @@ async fn garbage_is_refused_announced_and_counted() {
         }
     })
     .await;
-    assert_eq!(rejects.len(), 4, "{rejects:?}");
-    for (topic, _, _) in &sent {
+    assert_eq!(rejects.len(), 6, "{rejects:?}");
+    for (topic, _, _, _) in &sent {
         let id = topic.split('/').nth(3).unwrap();
         let r = rejects
             .iter()
@@ -69,7 +91,7 @@ async fn garbage_is_refused_announced_and_counted() {
 
     // Counted by reason, visible through the API's Prometheus endpoint.
     let metrics = api.get_text("/metrics").await.unwrap();
-    for (_, _, reason) in &sent {
+    for (_, _, _, reason) in &sent {
         assert_eq!(rejected_total(&metrics, reason), 1, "{reason}\n{metrics}");
     }
 
@@ -82,7 +104,8 @@ async fn garbage_is_refused_announced_and_counted() {
         async move { api.node("after-garbage").await.map(|_| ()) }
     })
     .await;
-    assert!(api.nodes().await.unwrap().iter().all(|n| n["id"] != "x"));
+    let nodes = api.nodes().await.unwrap();
+    assert!(nodes.iter().all(|n| n["id"] != "x" && n["id"] != "y"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use metalbus_e2e::{bin, eventually, Api, Controller, Watcher};
+use metalbus_e2e::{bin, enroll_node, eventually, Api, Controller, Watcher};
 use metalbus_protocol::units::round2;
 use serde_json::{json, Value};
 
@@ -133,11 +133,13 @@ async fn known_samples_give_exact_averages_and_peaks_and_survive_kill_9() {
     let mut ctl = Controller::start(tmp.path(), &[]).await;
     let api = ctl.api();
     let client = Watcher::start(ctl.mqtt_port, "nothing/here").await;
+    let key = enroll_node(&ctl, NODE).await;
     let birth = json!({"online": true, "conn": 1, "session": "mh-session",
         "agent_version": "test", "hostname": "mh-host", "boot_id": null,
         "metrics_interval_s": 60, "ts": "2026-01-01T00:00:00Z"});
     client
-        .publish(
+        .publish_as(
+            &key,
             &format!("metalbus/v1/nodes/{NODE}/status"),
             serde_json::to_vec(&birth).unwrap(),
         )
@@ -182,7 +184,11 @@ async fn known_samples_give_exact_averages_and_peaks_and_survive_kill_9() {
     // One second apart: the controller keeps at most one sample per 500 ms and node.
     for s in &sent {
         client
-            .publish(&format!("metalbus/v1/nodes/{NODE}/metrics"), s.payload())
+            .publish_as(
+                &key,
+                &format!("metalbus/v1/nodes/{NODE}/metrics"),
+                s.payload(),
+            )
             .await;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

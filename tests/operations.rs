@@ -113,7 +113,7 @@ async fn reboot_and_poweroff_run_the_configured_action_once() {
         "echo 'no power today' >&2\nexit 3",
     );
     let root = fixture_root();
-    let _agent = AgentProc::start_with(
+    let agent = AgentProc::start_with(
         tmp.path(),
         &ctl.broker_url(),
         "op-1",
@@ -165,7 +165,9 @@ async fn reboot_and_poweroff_run_the_configured_action_once() {
     let raw = Watcher::start(ctl.mqtt_port, "metalbus/v1/nodes/op-1/reports").await;
     let again = json!({"command_id": op, "kind": "reboot",
         "issued_at": done["created_at"], "expires_at": done["expires_at"]});
-    raw.publish(
+    // Sealed with the node key, as the controller's own resend would be.
+    raw.publish_as(
+        &agent.key(),
         "metalbus/v1/nodes/op-1/commands",
         serde_json::to_vec(&again).unwrap(),
     )

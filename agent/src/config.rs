@@ -37,6 +37,24 @@ pub struct AgentConfig {
     pub reboot_command: Vec<String>,
     /// What the agent runs for a `poweroff` command; empty refuses them.
     pub poweroff_command: Vec<String>,
+    /// The enrollment token itself (flag or `METALBUS_ENROLL_TOKEN`; never in a file
+    /// that others might read).
+    pub enroll_token: Option<String>,
+    /// A file holding the enrollment token.
+    pub enroll_token_file: Option<PathBuf>,
+}
+
+impl AgentConfig {
+    /// The enrollment token, when one is configured; a malformed one is an error.
+    pub fn enroll_token(&self) -> anyhow::Result<Option<metalbus_protocol::enroll::EnrollToken>> {
+        if let Some(text) = &self.enroll_token {
+            return Ok(Some(text.parse().context("in --enroll-token")?));
+        }
+        self.enroll_token_file
+            .as_deref()
+            .map(crate::credential::read_token)
+            .transpose()
+    }
 }
 
 /// The default power actions.
@@ -67,6 +85,8 @@ impl Default for AgentConfig {
             log_format: LogFormat::Text,
             reboot_command: default_reboot_command(),
             poweroff_command: default_poweroff_command(),
+            enroll_token: None,
+            enroll_token_file: None,
         }
     }
 }
@@ -89,6 +109,7 @@ pub struct AgentFile {
     pub log_format: Option<LogFormat>,
     pub reboot_command: Option<Vec<String>>,
     pub poweroff_command: Option<Vec<String>>,
+    pub enroll_token_file: Option<PathBuf>,
 }
 
 impl AgentFile {
@@ -120,6 +141,7 @@ impl AgentFile {
         set(&mut cfg.log_format, self.log_format);
         set(&mut cfg.reboot_command, self.reboot_command);
         set(&mut cfg.poweroff_command, self.poweroff_command);
+        set(&mut cfg.enroll_token_file, self.enroll_token_file.map(Some));
         Ok(())
     }
 }

@@ -29,9 +29,11 @@ use metalbus_link::Clock;
 use metalbus_protocol::command::{CommandId, PowerAction};
 use metalbus_protocol::inventory::Inventory;
 use metalbus_protocol::metrics::MetricsSample;
+use metalbus_protocol::proof::{self, NodeKey};
 use metalbus_protocol::status::{Offline, OfflineReason, Status};
 use metalbus_protocol::topic::{NodeTopic, Topics};
 use metalbus_protocol::NodeId;
+use tracing::{error, warn};
 
 use crate::jobs::{JobEvent, Jobs};
 use crate::outbox::{AgentStore, PendingPower};
@@ -103,6 +105,8 @@ pub struct DeliveryStats {
     pub last_seq: AtomicU64,
     /// The newest receipt seen.
     pub receipted: AtomicU64,
+    /// Commands and receipts refused because they did not prove their origin.
+    pub refused: AtomicU64,
     /// Reports waiting for a receipt.
     pub pending: AtomicU64,
 }
@@ -136,6 +140,11 @@ pub struct Parts {
     pub clock: Arc<dyn Clock>,
     pub settings: Settings,
     pub host: HostFacts,
+    /// The node key from enrollment: seals everything the core publishes and proves
+    /// every command and receipt it takes.
+    pub key: NodeKey,
+    /// Delivery counters, shared with whoever reports them.
+    pub stats: Arc<DeliveryStats>,
 }
 
 /// The connection being served.
@@ -156,6 +165,7 @@ pub struct Core {
     clock: Arc<dyn Clock>,
     settings: Settings,
     host: HostFacts,
+    key: NodeKey,
     stats: Arc<DeliveryStats>,
     /// The accepted power action not finished yet (mirrors the store).
     power: Option<PendingPower>,
@@ -181,7 +191,8 @@ impl Core {
             clock: parts.clock,
             settings: parts.settings,
             host: parts.host,
-            stats: Arc::new(DeliveryStats::default()),
+            key: parts.key,
+            stats: parts.stats,
             power: None,
             reboot_after: None,
             link: None,
@@ -203,6 +214,11 @@ impl Core {
 
     pub fn stats(&self) -> Arc<DeliveryStats> {
         self.stats.clone()
+    }
+
+    /// The MQTT password that binds a connection to this node.
+    pub fn broker_password(&self) -> String {
+        self.key.broker_password()
     }
 
     /// Bumps and persists the connection counter for a new connection attempt.
@@ -227,7 +243,25 @@ impl Core {
             session: Some(self.store.session().to_string()),
             node_id: Some(self.node_id.clone()),
         });
-        Ok((self.topic(NodeTopic::Status), status.to_json()?))
+        let topic = self.topic(NodeTopic::Status);
+        let payload = proof::seal(&self.key, &topic, &status.to_json()?)?;
+        Ok((topic, payload))
+    }
+
+    /// Whether a payload on one of our inbound topics was made by our controller, for
+    /// this node; logged (with why) when not.
+    fn proven(&self, kind: NodeTopic, payload: &[u8]) -> bool {
+        match proof::open(&self.key, &self.topic(kind), payload) {
+            Ok(()) => true,
+            Err(e) => {
+                self.stats
+                    .refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                warn!(node = %self.node_id, topic = kind.as_str(), error = %e,
+                    "refused a message that does not prove it came from our controller");
+                false
+            }
+        }
     }
 
     /// One of this node's topics.
@@ -238,6 +272,8 @@ impl Core {
     /// Decides on one input: publishes through `out`, returns what the daemon must do.
     pub fn handle(&mut self, input: Input, out: &mut dyn Publisher) -> Vec<Action> {
         let mut actions = Vec::new();
+        let key = self.key.clone();
+        let out = &mut Sealing { key: &key, out };
         match input {
             Input::Connected { conn } => {
                 self.link = Some(Link {
@@ -252,6 +288,8 @@ impl Core {
                 actions.push(Action::ReadInventory);
             }
             Input::Disconnected => self.link = None,
+            Input::Command(payload) | Input::Receipt(payload)
+                if !self.proven(input_topic(&input), &payload) => {}
             Input::Command(payload) => self.on_command(&payload, out, &mut actions),
             Input::Receipt(payload) => {
                 self.on_receipt(&payload);
@@ -274,6 +312,32 @@ impl Core {
             Input::Metrics(sample) => self.publish_metrics(*sample, out),
         }
         actions
+    }
+}
+
+/// Seals every payload with the node key on its way out (DESIGN section 11).
+struct Sealing<'a> {
+    key: &'a NodeKey,
+    out: &'a mut dyn Publisher,
+}
+
+impl Publisher for Sealing<'_> {
+    fn publish(&mut self, topic: String, qos: Qos, retain: bool, payload: Vec<u8>) -> bool {
+        match proof::seal(self.key, &topic, &payload) {
+            Ok(sealed) => self.out.publish(topic, qos, retain, sealed),
+            Err(e) => {
+                error!(%topic, error = %e, "a message could not be sealed; not sent");
+                true
+            }
+        }
+    }
+}
+
+/// The topic an inbound input came on.
+fn input_topic(input: &Input) -> NodeTopic {
+    match input {
+        Input::Receipt(_) => NodeTopic::Receipts,
+        _ => NodeTopic::Commands,
     }
 }
 

@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use metalbus_link::{Backoff, Endpoint, SystemClock};
+use metalbus_protocol::enroll::EnrollToken;
+use metalbus_protocol::proof::NodeKey;
 use metalbus_protocol::topic::{NodeTopic, Topics};
 use metalbus_protocol::NodeId;
 use rumqttc::{AsyncClient, ConnectionError, EventLoop, LastWill, Outgoing, Packet, QoS};
@@ -24,6 +26,7 @@ use tracing::{debug, error, info, warn};
 use crate::collectors::identity;
 use crate::config::{self, AgentConfig};
 use crate::core::{self, Action, Core, DeliveryStats, HostFacts, Input, Publisher, Qos};
+use crate::credential::{self, Credential};
 use crate::host::{Host, RealHost};
 use crate::jobs::{self, JobEvent, JobRunner, Jobs};
 use crate::outbox::AgentStore;
@@ -106,9 +109,116 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
+impl Prepared {
+    /// An agent from parts (`simulate` passes an invented host and job runner): the
+    /// stored credential, or else the configured enrollment token, which is then needed.
+    pub fn new(
+        cfg: AgentConfig,
+        endpoint: Endpoint,
+        node_id: NodeId,
+        host: Arc<dyn Host>,
+        jobs: Box<dyn Jobs>,
+        job_events: mpsc::UnboundedReceiver<JobEvent>,
+    ) -> anyhow::Result<Prepared> {
+        let enrollment = match credential::load(&cfg.state_dir)? {
+            Some(cred) => {
+                anyhow::ensure!(
+                    cred.node_id == node_id,
+                    "{} is for node {}, but this agent is node {node_id}; delete the file and \
+                     enroll again with a token",
+                    credential::path(&cfg.state_dir).display(),
+                    cred.node_id
+                );
+                Enrollment::Enrolled(cred.key)
+            }
+            None => Enrollment::Pending(cfg.enroll_token()?.with_context(|| {
+                format!(
+                    "node {node_id} is not enrolled yet: give it an enrollment token with \
+                     --enroll-token-file FILE (the controller writes one to \
+                     DATA_DIR/enroll.token), --enroll-token, METALBUS_ENROLL_TOKEN or \
+                     enroll_token_file in the config"
+                )
+            })?),
+        };
+        Ok(Prepared {
+            cfg,
+            endpoint,
+            node_id,
+            host,
+            jobs,
+            job_events,
+            stats: Arc::default(),
+            enrollment,
+        })
+    }
+
+    pub fn node_id(&self) -> &NodeId {
+        &self.node_id
+    }
+
+    /// Delivery counters, live once the agent runs.
+    pub fn stats(&self) -> Arc<DeliveryStats> {
+        self.stats.clone()
+    }
+
+    /// Enrolls first when needed (storing the credential), then runs the agent until
+    /// `shutdown` turns true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let key = match &self.enrollment {
+            Enrollment::Enrolled(key) => key.clone(),
+            Enrollment::Pending(token) => {
+                info!(node = %self.node_id, broker = %self.cfg.broker, token = %token.id, "enrolling");
+                let topics = Topics::new(self.cfg.prefix.clone())?;
+                let hostname = self.host.hostname();
+                let Some(done) = metalbus_link::enroll::enroll(
+                    &self.endpoint,
+                    &topics,
+                    &self.node_id,
+                    &hostname,
+                    token,
+                    &mut shutdown,
+                )
+                .await
+                else {
+                    return Ok(());
+                };
+                credential::save(
+                    &self.cfg.state_dir,
+                    &Credential {
+                        node_id: self.node_id.clone(),
+                        key: done.key.clone(),
+                        identity: done.identity,
+                    },
+                )?;
+                done.key
+            }
+        };
+        Agent::assemble(self, key)?.run(shutdown).await
+    }
+}
+
+/// An agent checked and ready to start, enrolled or holding the token to enroll with.
+pub struct Prepared {
+    cfg: AgentConfig,
+    endpoint: Endpoint,
+    node_id: NodeId,
+    host: Arc<dyn Host>,
+    jobs: Box<dyn Jobs>,
+    job_events: mpsc::UnboundedReceiver<JobEvent>,
+    stats: Arc<DeliveryStats>,
+    enrollment: Enrollment,
+}
+
+/// Whether the node has its key yet.
+enum Enrollment {
+    Enrolled(NodeKey),
+    /// Not yet: enroll with this token first.
+    Pending(EnrollToken),
+}
+
 impl Agent {
     /// Everything that can fail before connecting, for this machine.
-    pub fn prepare(cfg: AgentConfig) -> anyhow::Result<Agent> {
+    pub fn prepare(cfg: AgentConfig) -> anyhow::Result<Prepared> {
         config::check(&cfg)?;
         let node_id = identity::node_id(cfg.node_id.as_deref(), &cfg.root)
             .context("cannot determine this node's id; set node_id in the config")?;
@@ -116,23 +226,28 @@ impl Agent {
         let (events_tx, job_events) = mpsc::unbounded_channel();
         let runner = JobRunner::new(node_id.clone(), cfg.steps_dir.clone(), events_tx);
         let endpoint = Endpoint::new(cfg.broker.clone(), cfg.broker_ca.as_deref())?;
-        Agent::assemble(cfg, endpoint, node_id, host, Box::new(runner), job_events)
+        Prepared::new(cfg, endpoint, node_id, host, Box::new(runner), job_events)
     }
 
-    /// An agent from parts: `simulate` passes an invented host and job runner.
-    pub fn assemble(
-        cfg: AgentConfig,
-        endpoint: Endpoint,
-        node_id: NodeId,
-        host: Arc<dyn Host>,
-        jobs: Box<dyn Jobs>,
-        job_events: mpsc::UnboundedReceiver<JobEvent>,
-    ) -> anyhow::Result<Agent> {
+    /// An enrolled agent from parts.
+    fn assemble(p: Prepared, key: NodeKey) -> anyhow::Result<Agent> {
+        let Prepared {
+            cfg,
+            endpoint,
+            node_id,
+            host,
+            jobs,
+            job_events,
+            stats,
+            enrollment: _,
+        } = p;
         let (core, actions) = Core::new(core::Parts {
             node_id,
             topics: Topics::new(cfg.prefix.clone())?,
             store: AgentStore::open(&cfg.state_dir)?,
             jobs,
+            key,
+            stats,
             clock: Arc::new(SystemClock::new()),
             settings: core::Settings {
                 reboot_command: cfg.reboot_command.clone(),
@@ -164,10 +279,6 @@ impl Agent {
 
     pub fn node_id(&self) -> &NodeId {
         self.core.node_id()
-    }
-
-    pub fn stats(&self) -> Arc<DeliveryStats> {
-        self.core.stats()
     }
 
     /// Runs until `shutdown` turns true. Returns `Ok` after a clean stop.
@@ -204,9 +315,9 @@ impl Agent {
     fn client(&self, conn: u64) -> (AsyncClient, EventLoop) {
         let client_id = format!("{}-c{}", self.node_id(), conn);
         let mut opts = self.endpoint.options(&client_id);
-        // The user name is the node id, so a broker ACL can confine the node to its
-        // own topics (`metalbus mqtt-acl`).
-        opts.set_credentials(self.node_id().as_str(), "");
+        // The user name is the node id and the password derives from the node key, so a
+        // broker can bind the connection to the node (DESIGN section 11).
+        opts.set_credentials(self.node_id().as_str(), self.core.broker_password());
         match self.core.will(conn) {
             Ok((topic, payload)) => {
                 opts.set_last_will(LastWill::new(topic, payload, QoS::AtLeastOnce, true));

@@ -12,11 +12,14 @@
 //! - [`config`]: settings; [`outbox`]: what survives restarts (conn, session, the
 //!   report outbox, remembered commands, the running job); [`host`]: the machine's facts,
 //!   or a simulated machine's.
+//! - [`credential`]: the node key and controller identity from enrollment, kept in
+//!   the state dir; a node without one enrolls first ([`daemon::Prepared`]).
 //! - [`power`]: the reboot and poweroff actions, run from the agent's own config.
 
 pub mod collectors;
 pub mod config;
 pub mod core;
+pub mod credential;
 pub mod daemon;
 pub mod host;
 pub mod jobs;

@@ -83,6 +83,18 @@ struct RunArgs {
     /// Program and arguments run for a poweroff command [default: systemctl poweroff]
     #[arg(long, value_name = "ARGV", num_args = 1..)]
     poweroff_command: Option<Vec<String>>,
+    /// Enrollment token file (the controller's DATA_DIR/enroll.token, or one from
+    /// `metalbus tokens create --enroll`). Needed only until the node is enrolled.
+    #[arg(long, value_name = "FILE")]
+    enroll_token_file: Option<PathBuf>,
+    /// Enrollment token (MB1:...). Prefer --enroll-token-file: a flag shows in `ps`.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "METALBUS_ENROLL_TOKEN",
+        hide_env_values = true
+    )]
+    enroll_token: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -124,6 +136,18 @@ struct SimArgs {
     /// MQTT topic prefix.
     #[arg(long, default_value = metalbus_protocol::DEFAULT_PREFIX)]
     topic_prefix: String,
+    /// Enrollment token file (the controller's DATA_DIR/enroll.token, or one from
+    /// `metalbus tokens create --enroll`). Every virtual agent enrolls with it once.
+    #[arg(long, value_name = "FILE")]
+    enroll_token_file: Option<PathBuf>,
+    /// Enrollment token (MB1:...). Prefer --enroll-token-file: a flag shows in `ps`.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "METALBUS_ENROLL_TOKEN",
+        hide_env_values = true
+    )]
+    enroll_token: Option<String>,
 }
 
 fn simulate(args: SimArgs) -> anyhow::Result<()> {
@@ -139,6 +163,8 @@ fn simulate(args: SimArgs) -> anyhow::Result<()> {
         // Virtual agents must never power off the machine that runs them.
         reboot_command: Vec::new(),
         poweroff_command: Vec::new(),
+        enroll_token: args.enroll_token,
+        enroll_token_file: args.enroll_token_file,
         ..AgentConfig::default()
     };
     metalbus_agent::config::check(&agent)?;
@@ -188,8 +214,12 @@ impl RunArgs {
             log_format: self.log_format,
             reboot_command: self.reboot_command,
             poweroff_command: self.poweroff_command,
+            enroll_token_file: self.enroll_token_file,
         }
         .apply(&mut cfg)?;
+        if self.enroll_token.is_some() {
+            cfg.enroll_token = self.enroll_token;
+        }
         Ok(cfg)
     }
 }

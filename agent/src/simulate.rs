@@ -22,7 +22,7 @@ use tracing::{info, warn};
 
 use crate::config::AgentConfig;
 use crate::core::DeliveryStats;
-use crate::daemon::Agent;
+use crate::daemon::Prepared;
 use crate::host::Host;
 use crate::jobs::{Ack, JobEvent, Jobs};
 
@@ -317,7 +317,7 @@ pub async fn run(cfg: SimConfig, shutdown: watch::Receiver<bool>) -> anyhow::Res
         let mut agent_cfg = cfg.agent.clone();
         agent_cfg.state_dir = cfg.agent.state_dir.join(id.as_str());
         agent_cfg.node_id = Some(id.to_string());
-        let agent = Agent::assemble(
+        let agent = Prepared::new(
             agent_cfg,
             endpoint.clone(),
             id.clone(),

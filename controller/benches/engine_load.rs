@@ -118,6 +118,8 @@ async fn scenario(label: &str, nodes: usize, calls: usize, rate: usize) -> Run {
             topics: Topics::new(metalbus_protocol::DEFAULT_PREFIX.to_string()).expect("topics"),
             metrics_flush: Duration::from_secs(10),
             controller: config,
+            identity: metalbus::security::ephemeral_identity(),
+            keyring: Default::default(),
         },
     )
     .expect("engine");

@@ -1,6 +1,7 @@
 //! `metalbus mqtt-acl`: a Mosquitto ACL file that confines each node to its own topics,
 //! for deployments with an external broker (DESIGN section 11).
 
+use metalbus_link::ENROLL_USER;
 use metalbus_protocol::topic::{NodeTopic, Topics};
 
 /// The MQTT user name the controller connects with.
@@ -16,6 +17,11 @@ pub fn mosquitto_acl(topics: &Topics) -> String {
          # certificates) so that a node cannot claim another node's name.\n\n\
          user {CONTROLLER_USER}\n\
          topic readwrite {p}/#\n\n\
+         # An agent that is enrolling (its password is the token id; the request is\n\
+         # sealed with the token's secret, the answer signed by the controller).\n\
+         user {ENROLL_USER}\n\
+         topic write {p}/nodes/+/enroll\n\
+         topic read {p}/nodes/+/enrolled\n\n\
          # Every other user is a node, confined to its own topics (%u = its node id).\n"
     );
     for kind in NodeTopic::FROM_AGENT {
@@ -41,6 +47,9 @@ mod tests {
             "pattern write metalbus/v1/nodes/%u/reports",
             "pattern read metalbus/v1/nodes/%u/commands",
             "pattern read metalbus/v1/nodes/%u/receipts",
+            "user metalbus-enroll",
+            "topic write metalbus/v1/nodes/+/enroll",
+            "topic read metalbus/v1/nodes/+/enrolled",
         ] {
             assert!(acl.lines().any(|l| l == line), "missing {line:?}\n{acl}");
         }

@@ -23,9 +23,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::engine::Input;
-use crate::ingest::{self, Rejection};
+use crate::ingest::{self, RejectReason, Rejection};
 use crate::publish::{Delivery, Outbound, PublishQueue};
 use crate::reject_log::RejectLog;
+use crate::security::Keyring;
 use crate::telemetry::Telemetry;
 
 /// Longest the final drain (engine, publish queue, broker acks) may take at shutdown.
@@ -38,6 +39,8 @@ pub struct Bus {
     pub telemetry: Arc<Telemetry>,
     pub engine: mpsc::Sender<Input>,
     pub publish: PublishQueue,
+    /// Node keys: ingest checks proofs with them, commands and receipts are sealed.
+    pub keys: Keyring,
     /// True while subscribed and connected; `/readyz` reads it.
     pub connected: Arc<AtomicBool>,
 }
@@ -49,6 +52,7 @@ struct Ingest {
     telemetry: Arc<Telemetry>,
     engine: mpsc::Sender<Input>,
     publish: PublishQueue,
+    keys: Keyring,
     rejects: RejectLog,
 }
 
@@ -78,6 +82,7 @@ impl Bus {
             telemetry,
             engine,
             publish,
+            keys,
             connected,
         } = self;
         let mut conn_no: u64 = 1;
@@ -88,6 +93,10 @@ impl Bus {
             outbound,
             link_up,
             telemetry.clone(),
+            Sealer {
+                topics: topics.clone(),
+                keys: keys.clone(),
+            },
         ));
         let mut ready = Some(ready);
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
@@ -96,6 +105,7 @@ impl Bus {
             telemetry: telemetry.clone(),
             engine,
             publish,
+            keys,
             rejects: RejectLog::default(),
         };
         loop {
@@ -182,7 +192,7 @@ impl Ingest {
     async fn on_message(&mut self, topic: &str, payload: &[u8]) {
         self.telemetry
             .count_message(ingest::kind_label(&self.topics, topic));
-        match ingest::decode(&self.topics, topic, payload) {
+        match ingest::decode(&self.topics, &self.keys, topic, payload) {
             Ok(Some(input)) => {
                 if self.engine.send(input).await.is_err() {
                     debug!("engine is gone; message dropped during shutdown");
@@ -197,8 +207,11 @@ impl Ingest {
         self.telemetry.count_reject(r.reason.as_str());
         self.rejects.record(&r);
         // A Warning event on a known node. Never waits: when the engine is busy the
-        // event is skipped (the reject is still counted and answered).
-        if let Ok(Topic::Node(id, _)) = self.topics.parse(&r.reject.topic) {
+        // event is skipped (the reject is still counted and answered). A message that
+        // does not prove it came from the node says nothing about the node: no event,
+        // or anyone could fill its event window.
+        let unproven = matches!(r.reason, RejectReason::BadProof | RejectReason::NotEnrolled);
+        if let (false, Ok(Topic::Node(id, _))) = (unproven, self.topics.parse(&r.reject.topic)) {
             let _ = self.engine.try_send(Input::Rejected {
                 id,
                 reason: r.reason,
@@ -241,6 +254,10 @@ fn subscribe(client: &AsyncClient, topics: &Topics) {
         })
         .collect();
     filters.push(SubscribeFilter::new(
+        topics.node_filter(NodeTopic::Enroll),
+        QoS::AtLeastOnce,
+    ));
+    filters.push(SubscribeFilter::new(
         topics.controller_status(),
         QoS::AtLeastOnce,
     ));
@@ -263,16 +280,34 @@ fn assert_online(client: &AsyncClient, topics: &Topics) {
     });
 }
 
+/// Seals what goes to agents, as it goes out (so a resend after a re-enrollment
+/// carries the current key).
+struct Sealer {
+    topics: Topics,
+    keys: Keyring,
+}
+
 /// Publishes queued messages while the link is up.
 async fn send_loop(
     client: AsyncClient,
     mut outbound: mpsc::UnboundedReceiver<Outbound>,
     mut link_up: watch::Receiver<bool>,
     telemetry: Arc<Telemetry>,
+    sealer: Sealer,
 ) {
-    while let Some(msg) = outbound.recv().await {
+    while let Some(mut msg) = outbound.recv().await {
         if link_up.wait_for(|up| *up).await.is_err() {
             return;
+        }
+        match sealer
+            .keys
+            .outbound(&sealer.topics, &msg.topic, msg.payload)
+        {
+            Some(payload) => msg.payload = payload,
+            None => {
+                debug!(topic = %msg.topic, "not sent: the node has no credential");
+                continue;
+            }
         }
         let qos = match msg.delivery {
             Delivery::AtMostOnce => QoS::AtMostOnce,

@@ -7,6 +7,7 @@
 use metalbus_protocol::controller::Reject;
 use metalbus_protocol::inventory::Inventory;
 use metalbus_protocol::metrics::MetricsSample;
+use metalbus_protocol::proof;
 use metalbus_protocol::report::Report;
 use metalbus_protocol::status::{OfflineReason, Status};
 use metalbus_protocol::topic::{NodeTopic, Topic, TopicError, Topics};
@@ -15,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::engine::Input;
+use crate::security::Keyring;
 
 /// Why a message was refused; the label of `metalbus_ingest_rejected_total{reason}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,10 +29,14 @@ pub enum RejectReason {
     InvalidValue,
     NodeIdMismatch,
     Unsupported,
+    /// No credential for the node on the topic: it never enrolled, or was revoked.
+    NotEnrolled,
+    /// The payload does not prove it came from the node's credential.
+    BadProof,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [RejectReason; 10] = [
         RejectReason::BadTopic,
         RejectReason::BadNodeId,
         RejectReason::TooLarge,
@@ -39,6 +45,8 @@ impl RejectReason {
         RejectReason::InvalidValue,
         RejectReason::NodeIdMismatch,
         RejectReason::Unsupported,
+        RejectReason::NotEnrolled,
+        RejectReason::BadProof,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -51,6 +59,8 @@ impl RejectReason {
             RejectReason::InvalidValue => "invalid_value",
             RejectReason::NodeIdMismatch => "node_id_mismatch",
             RejectReason::Unsupported => "unsupported",
+            RejectReason::NotEnrolled => "not_enrolled",
+            RejectReason::BadProof => "bad_proof",
         }
     }
 }
@@ -74,7 +84,15 @@ pub fn kind_label(topics: &Topics, topic: &str) -> &'static str {
 
 /// The input a message carries, `None` for an empty payload (which clears a retained
 /// message: legal MQTT, nothing to apply), or why it is refused.
-pub fn decode(topics: &Topics, topic: &str, payload: &[u8]) -> Result<Option<Input>, Rejection> {
+///
+/// Every message on a node's topics must prove it was made with that node's key
+/// (`keys`), except an enrollment request, which the engine checks against its token.
+pub fn decode(
+    topics: &Topics,
+    keys: &Keyring,
+    topic: &str,
+    payload: &[u8],
+) -> Result<Option<Input>, Rejection> {
     let refuse = |reason, reply_topic: Option<String>, error: String, seq| Rejection {
         reason,
         reply_topic,
@@ -105,7 +123,7 @@ pub fn decode(topics: &Topics, topic: &str, payload: &[u8]) -> Result<Option<Inp
         Err(e) => return Err(refuse(RejectReason::BadTopic, None, e.to_string(), None)),
     };
     let reply = Some(topics.node(&id, NodeTopic::Rejects));
-    if !NodeTopic::FROM_AGENT.contains(&kind) {
+    if !NodeTopic::FROM_AGENT.contains(&kind) && kind != NodeTopic::Enroll {
         return Err(refuse(
             RejectReason::Unsupported,
             reply,
@@ -126,6 +144,23 @@ pub fn decode(topics: &Topics, topic: &str, payload: &[u8]) -> Result<Option<Inp
     }
     if payload.is_empty() {
         return Ok(None);
+    }
+    if kind == NodeTopic::Enroll {
+        return Ok(Some(Input::Enroll {
+            id,
+            payload: payload.to_vec(),
+        }));
+    }
+    let Some(key) = keys.get(&id) else {
+        return Err(refuse(
+            RejectReason::NotEnrolled,
+            reply,
+            format!("node {id} is not enrolled (or its credential was revoked)"),
+            None,
+        ));
+    };
+    if let Err(e) = proof::open(&key, topic, payload) {
+        return Err(refuse(RejectReason::BadProof, reply, e.to_string(), None));
     }
     let value: Value = serde_json::from_slice(payload).map_err(|e| {
         refuse(
@@ -223,9 +258,33 @@ fn typed<T: DeserializeOwned>(value: Value) -> Result<T, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use metalbus_protocol::proof::NodeKey;
+    use metalbus_protocol::NodeId;
 
     fn t() -> Topics {
         Topics::default()
+    }
+
+    fn key() -> NodeKey {
+        NodeKey::from_bytes([1; 32])
+    }
+
+    /// Nodes n1 and x are enrolled, with the same test key.
+    fn keys() -> Keyring {
+        let ring = Keyring::default();
+        for id in ["n1", "x"] {
+            ring.set(NodeId::new(id).unwrap(), key());
+        }
+        ring
+    }
+
+    /// As the node would send it: sealed with its key, when the payload is an object.
+    fn sealed(topic: &str, payload: &[u8]) -> Vec<u8> {
+        proof::seal(&key(), topic, payload).unwrap_or_else(|_| payload.to_vec())
+    }
+
+    fn decode(topics: &Topics, topic: &str, payload: &[u8]) -> Result<Option<Input>, Rejection> {
+        super::decode(topics, &keys(), topic, &sealed(topic, payload))
     }
 
     fn reject(topic: &str, payload: &[u8]) -> Rejection {
@@ -253,10 +312,11 @@ mod tests {
     fn refuses_each_kind_of_garbage_with_its_reason() {
         let inv = "metalbus/v1/nodes/x/inventory";
         let cases: Vec<(&str, Vec<u8>, RejectReason)> = vec![
-            (inv, b"not json {".to_vec(), RejectReason::BadJson),
-            (inv, b"\xff\xfe".to_vec(), RejectReason::BadJson),
-            (inv, b"[1,2,3]".to_vec(), RejectReason::BadPayload),
-            (inv, b"42".to_vec(), RejectReason::BadPayload),
+            (inv, b"{not json}".to_vec(), RejectReason::BadJson),
+            (inv, b"{\xff\xfe}".to_vec(), RejectReason::BadJson),
+            // Not an object, so not sealable: no proof.
+            (inv, b"[1,2,3]".to_vec(), RejectReason::BadProof),
+            (inv, b"42".to_vec(), RejectReason::BadProof),
             (
                 inv,
                 br#"{"hostname":5,"system":{},"cpu":{},"memory":{},"disks":[],"nics":[],"os":{}}"#
@@ -264,6 +324,11 @@ mod tests {
                 RejectReason::BadPayload,
             ),
             (inv, vec![b'x'; 1024 * 1024], RejectReason::TooLarge),
+            (
+                "metalbus/v1/nodes/stranger/status",
+                BIRTH.as_bytes().to_vec(),
+                RejectReason::NotEnrolled,
+            ),
             (
                 "metalbus/v1/nodes/x/metrics",
                 br#"{"ts":"2026-01-01T00:00:00Z","cpu_percent":400}"#.to_vec(),
@@ -309,8 +374,39 @@ mod tests {
     }
 
     #[test]
+    fn only_the_nodes_own_key_proves_a_message() {
+        let topic = "metalbus/v1/nodes/n1/status";
+        let raw = BIRTH.as_bytes();
+        let refused = |payload: &[u8]| match super::decode(&t(), &keys(), topic, payload) {
+            Err(r) => r.reason,
+            Ok(i) => panic!("accepted {i:?}"),
+        };
+        // Unsealed (an anonymous client), sealed with another key, sealed for node x.
+        assert_eq!(refused(raw), RejectReason::BadProof);
+        let other = proof::seal(&NodeKey::from_bytes([2; 32]), topic, raw).unwrap();
+        assert_eq!(refused(&other), RejectReason::BadProof);
+        let for_x = proof::seal(&key(), "metalbus/v1/nodes/x/status", raw).unwrap();
+        assert_eq!(refused(&for_x), RejectReason::BadProof);
+        // The forged Will that kept a node offline for good.
+        let will = br#"{"online":false,"reason":"lost","conn":18446744073709551615}"#;
+        assert_eq!(refused(will), RejectReason::BadProof);
+        // An enrollment request passes to the engine, which checks it against its token.
+        let enroll = "metalbus/v1/nodes/new-node/enroll";
+        assert!(matches!(
+            super::decode(&t(), &keys(), enroll, b"{}"),
+            Ok(Some(Input::Enroll { .. }))
+        ));
+        assert_eq!(
+            super::decode(&t(), &keys(), enroll, &vec![b' '; MAX_PAYLOAD_BYTES + 1])
+                .unwrap_err()
+                .reason,
+            RejectReason::TooLarge
+        );
+    }
+
+    #[test]
     fn rejects_are_addressed_to_the_node_even_with_a_bad_id() {
-        let r = reject("metalbus/v1/nodes/x/inventory", b"nope");
+        let r = reject("metalbus/v1/nodes/x/inventory", b"{nope}");
         assert_eq!(
             r.reply_topic.as_deref(),
             Some("metalbus/v1/nodes/x/rejects")

@@ -24,6 +24,7 @@ pub mod live;
 pub mod matching;
 pub mod publish;
 pub mod reject_log;
+pub mod security;
 pub mod serve;
 pub mod store;
 pub mod telemetry;

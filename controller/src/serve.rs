@@ -32,6 +32,7 @@ use crate::config::ControllerConfig;
 use crate::engine::{Engine, EngineConfig, Outlets};
 use crate::live::LiveFeed;
 use crate::publish::PublishQueue;
+use crate::security::{self, Keyring};
 use crate::store::{Store, StoreReader};
 use crate::telemetry::Telemetry;
 use crate::wake;
@@ -89,6 +90,11 @@ pub async fn run(
     if auth::ensure_admin_token(&mut store, &cfg.data_dir, clock.now())? {
         info!(path = %cfg.data_dir.join("admin.token").display(), "generated the admin token");
     }
+    let identity = security::load_identity(&cfg.data_dir)?;
+    if security::ensure_enroll_token(&mut store, &cfg.data_dir, &identity, clock.now())? {
+        info!(path = %cfg.data_dir.join(security::ENROLL_TOKEN_FILE).display(), "generated the fleet enrollment token");
+    }
+    let keys = Keyring::default();
 
     // The embedded broker, unless an external one is configured.
     let (broker_url, mqtt_addr) = match &cfg.broker {
@@ -132,6 +138,8 @@ pub async fn run(
             topics: topics.clone(),
             metrics_flush: METRICS_FLUSH,
             controller: Arc::new(cfg.clone()),
+            identity: identity.clone(),
+            keyring: keys.clone(),
         },
     )?;
     let engine_task = engine
@@ -151,6 +159,7 @@ pub async fn run(
         telemetry: telemetry.clone(),
         engine: engine_tx,
         publish,
+        keys,
         connected: connected.clone(),
     };
     let (ready_tx, ready_rx) = oneshot::channel();
@@ -214,10 +223,15 @@ pub async fn run(
     Ok(())
 }
 
-/// Creates the data dir private (0700). An existing dir keeps its mode: it may be
-/// shared, and that is the operator's choice.
+/// Creates the data dir private (0700). An existing dir keeps its mode (that is the
+/// operator's choice), with a warning when others may read or write it: it holds the
+/// store, the tokens and the identity key.
 fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
     if dir.exists() {
+        let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            warn!(dir = %dir.display(), mode = format!("{mode:o}"), "the data dir is open to other users; chmod 700 it");
+        }
         return Ok(());
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
@@ -304,6 +318,8 @@ mod local {
             // The demo agent shares the controller's host: it never reboots it.
             reboot_command: Vec::new(),
             poweroff_command: Vec::new(),
+            // It enrolls like any agent, with the fleet token, on its first start.
+            enroll_token_file: Some(cfg.data_dir.join(crate::security::ENROLL_TOKEN_FILE)),
             ..AgentConfig::default()
         };
         let agent = Agent::prepare(agent_cfg).context("starting the local agent")?;

@@ -15,12 +15,15 @@
 //!   events and their closed list of reasons (DESIGN section 7.5).
 //! - Every name on the wire (states, phases, kinds, statuses, reasons, roles) is a
 //!   `names!` enum: one list gives serde, `ALL`, `as_str`, `Display` and `FromStr`.
+//! - [`proof`]: origin proof (HMAC seals, identity signatures); [`enroll`]: the
+//!   enrollment token and exchange that give an agent its node key (DESIGN section 11).
 //! - [`Timestamp`]: RFC 3339 UTC timestamps on the wire; [`units`]: GB, GiB, Mbit/s and
 //!   the two-decimal rounding of API figures.
 
 pub mod api;
 pub mod command;
 pub mod controller;
+pub mod enroll;
 pub mod event;
 pub mod fleet;
 pub mod inventory;
@@ -29,6 +32,7 @@ pub mod machine;
 pub mod metrics;
 mod names;
 mod node_id;
+pub mod proof;
 pub mod report;
 pub mod status;
 mod timestamp;

@@ -25,10 +25,14 @@ pub enum NodeTopic {
     State,
     /// controller's refusals of malformed messages
     Rejects,
+    /// an agent's enrollment request, sealed with the token's secret
+    Enroll,
+    /// the controller's signed answer to an enrollment request
+    Enrolled,
 }
 
 impl NodeTopic {
-    pub const ALL: [NodeTopic; 8] = [
+    pub const ALL: [NodeTopic; 10] = [
         NodeTopic::Status,
         NodeTopic::Inventory,
         NodeTopic::Metrics,
@@ -37,6 +41,8 @@ impl NodeTopic {
         NodeTopic::Commands,
         NodeTopic::State,
         NodeTopic::Rejects,
+        NodeTopic::Enroll,
+        NodeTopic::Enrolled,
     ];
 
     /// The topics an agent publishes and the controller ingests.
@@ -57,6 +63,8 @@ impl NodeTopic {
             NodeTopic::Commands => "commands",
             NodeTopic::State => "state",
             NodeTopic::Rejects => "rejects",
+            NodeTopic::Enroll => "enroll",
+            NodeTopic::Enrolled => "enrolled",
         }
     }
 

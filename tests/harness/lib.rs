@@ -17,7 +17,35 @@ mod process;
 
 pub use api::Api;
 pub use mqtt::{Message, Watcher};
-pub use process::{AgentProc, Controller, Mosquitto, SimProc, TestPki};
+pub use process::{fleet_token_file, node_key, AgentProc, Controller, Mosquitto, SimProc, TestPki};
+
+/// Enrolls `node_id` with the controller's fleet token over MQTT, as an agent does, and
+/// returns its node key: for tests that speak for a node without running an agent.
+pub async fn enroll_node(ctl: &Controller, node_id: &str) -> metalbus_protocol::proof::NodeKey {
+    let token: metalbus_protocol::enroll::EnrollToken =
+        std::fs::read_to_string(fleet_token_file(&ctl.dir))
+            .unwrap()
+            .parse()
+            .unwrap();
+    let endpoint = metalbus_link::Endpoint::new(ctl.broker_url().parse().unwrap(), None).unwrap();
+    let node = metalbus_protocol::NodeId::new(node_id).unwrap();
+    let (_tx, mut rx) = tokio::sync::watch::channel(false);
+    let done = tokio::time::timeout(
+        Duration::from_secs(30),
+        metalbus_link::enroll::enroll(
+            &endpoint,
+            &metalbus_protocol::topic::Topics::default(),
+            &node,
+            node_id,
+            &token,
+            &mut rx,
+        ),
+    )
+    .await
+    .expect("enrollment did not finish in 30 s")
+    .expect("enrollment stopped");
+    done.key
+}
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

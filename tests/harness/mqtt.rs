@@ -82,6 +82,26 @@ impl Watcher {
         self.messages.lock().unwrap().clone()
     }
 
+    /// Publishes `payload` sealed with `key`, as the node that holds the key would.
+    pub async fn publish_as(
+        &self,
+        key: &metalbus_protocol::proof::NodeKey,
+        topic: &str,
+        payload: Vec<u8>,
+    ) {
+        let sealed = metalbus_protocol::proof::seal(key, topic, &payload)
+            .unwrap_or_else(|e| panic!("cannot seal {topic}: {e}"));
+        self.publish(topic, sealed).await
+    }
+
+    /// Publishes raw bytes, QoS 1 and retained.
+    pub async fn publish_retained(&self, topic: &str, payload: Vec<u8>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, true, payload)
+            .await
+            .unwrap();
+    }
+
     /// Publishes raw bytes (QoS 1, not retained).
     pub async fn publish(&self, topic: &str, payload: Vec<u8>) {
         self.client

@@ -252,7 +252,33 @@ impl Drop for Controller {
 pub struct AgentProc {
     child: Option<Child>,
     pub node_id: String,
+    /// Its state dir (outbox, credential).
+    pub state: PathBuf,
     pub log: PathBuf,
+}
+
+/// Where a controller started on `dir` keeps its fleet enrollment token.
+pub fn fleet_token_file(dir: &Path) -> PathBuf {
+    dir.join("metalbus-data").join("enroll.token")
+}
+
+/// Adds `--enroll-token-file` with the fleet token of the controller on `dir` unless
+/// the caller chose a token (or none exists yet).
+fn enroll_with_fleet_token(dir: &Path, args: &mut Vec<String>) {
+    let chosen = args.iter().any(|a| a.starts_with("--enroll-token"));
+    let token = fleet_token_file(dir);
+    if !chosen && token.exists() {
+        args.push("--enroll-token-file".into());
+        args.push(token.display().to_string());
+    }
+}
+
+/// The node key stored in an agent's state dir.
+pub fn node_key(state: &Path) -> metalbus_protocol::proof::NodeKey {
+    let text = std::fs::read_to_string(state.join("credential.json"))
+        .unwrap_or_else(|e| panic!("no credential in {}: {e}", state.display()));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    metalbus_protocol::proof::NodeKey::from_hex(v["key"].as_str().unwrap()).unwrap()
 }
 
 impl AgentProc {
@@ -278,7 +304,7 @@ impl AgentProc {
         let state = dir.join(format!("agent-{node_id}"));
         let log = dir.join(format!("agent-{node_id}.log"));
         let config = config.display().to_string();
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "run",
             "--config",
             &config,
@@ -295,11 +321,19 @@ impl AgentProc {
         .map(|s| s.to_string())
         .chain(extra.iter().map(|s| s.to_string()))
         .collect();
+        enroll_with_fleet_token(dir, &mut args);
         AgentProc {
             child: Some(spawn("metalbus-agent", &args, dir, &log)),
             node_id: node_id.to_string(),
+            state,
             log,
         }
+    }
+
+    /// The node key it enrolled with (from its state dir), to forge nothing: tests use
+    /// it to send what this node may send.
+    pub fn key(&self) -> metalbus_protocol::proof::NodeKey {
+        node_key(&self.state)
     }
 
     /// SIGKILL: no clean stop, the broker fires the Will.
@@ -372,6 +406,7 @@ impl SimProc {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
+        enroll_with_fleet_token(dir, &mut args);
         SimProc {
             child: Some(spawn("metalbus-agent", &args, dir, &log)),
             stats,

@@ -15,6 +15,7 @@ use metalbus_protocol::NodeId;
 
 use super::*;
 use crate::jobs::Ack;
+use metalbus_protocol::proof::NodeKey;
 
 const T0: i64 = 1_800_000_000_000;
 
@@ -102,6 +103,8 @@ fn rig_over(store: AgentStore, settings: Settings, boot_id: Option<&str>) -> Rig
             hostname: "host-1".into(),
             boot_id: boot_id.map(String::from),
         },
+        key: key(),
+        stats: Arc::default(),
     })
     .unwrap();
     Rig {
@@ -111,6 +114,18 @@ fn rig_over(store: AgentStore, settings: Settings, boot_id: Option<&str>) -> Rig
         clock,
         started_with,
     }
+}
+
+/// The node key the controller and this rig share.
+fn key() -> NodeKey {
+    NodeKey::from_bytes([5; 32])
+}
+
+/// `payload` as the controller would send it on node n1's `kind` topic: sealed with
+/// the node key (sent raw when it is not a JSON object, which cannot be sealed).
+fn from_controller(kind: NodeTopic, payload: &[u8]) -> Vec<u8> {
+    let topic = Topics::default().node(&NodeId::new("n1").unwrap(), kind);
+    proof::seal(&key(), &topic, payload).unwrap_or_else(|_| payload.to_vec())
 }
 
 fn rig() -> Rig {
@@ -147,6 +162,22 @@ impl Rig {
         }
     }
 
+    /// A command payload, sealed by the controller.
+    fn command_bytes(&mut self, payload: &[u8]) -> Vec<Action> {
+        self.send(Input::Command(from_controller(
+            NodeTopic::Commands,
+            payload,
+        )))
+    }
+
+    /// A receipt payload, sealed by the controller.
+    fn receipt_bytes(&mut self, payload: &[u8]) -> Vec<Action> {
+        self.send(Input::Receipt(from_controller(
+            NodeTopic::Receipts,
+            payload,
+        )))
+    }
+
     fn send(&mut self, input: Input) -> Vec<Action> {
         self.core.handle(input, &mut self.out)
     }
@@ -156,14 +187,14 @@ impl Rig {
     }
 
     fn run(&mut self, cmd: &Command) -> Vec<Action> {
-        self.send(Input::Command(serde_json::to_vec(cmd).unwrap()))
+        self.command_bytes(&serde_json::to_vec(cmd).unwrap())
     }
 
     fn receipt(&mut self, seq: u64) -> Vec<Action> {
         let session = self.core.session().to_string();
-        self.send(Input::Receipt(
-            serde_json::to_vec(&metalbus_protocol::controller::Receipt { session, seq }).unwrap(),
-        ))
+        self.receipt_bytes(
+            &serde_json::to_vec(&metalbus_protocol::controller::Receipt { session, seq }).unwrap(),
+        )
     }
 
     fn job(&mut self, id: &str, kind: JobKind, status: JobStatus) -> Vec<Action> {
@@ -374,16 +405,14 @@ fn a_repeated_command_is_acked_again_with_the_same_answer_and_never_run_twice() 
 #[test]
 fn a_malformed_command_is_refused_when_it_has_an_id_and_ignored_when_not() {
     let mut r = prepared(Before::Idle);
-    r.send(Input::Command(
-        br#"{"command_id":"c-9","kind":"dance"}"#.to_vec(),
-    ));
+    r.command_bytes(br#"{"command_id":"c-9","kind":"dance"}"#);
     let rep = r.report();
     assert_eq!(*rep.command_id(), cid("c-9"));
     let (ok, why) = ack_of(&rep);
     assert!(!ok);
     assert!(why.unwrap().starts_with("malformed command:"));
-    r.send(Input::Command(b"not json".to_vec()));
-    r.send(Input::Command(br#"{"command_id":7}"#.to_vec()));
+    r.command_bytes(b"not json");
+    r.command_bytes(br#"{"command_id":7}"#);
     assert!(r.reports().is_empty());
 }
 
@@ -756,7 +785,7 @@ fn commands_with_hostile_ids_are_dropped_unacked_unremembered_and_never_run() {
         }
         // Malformed too: no id worth an ack.
         let junk = serde_json::json!({"command_id": raw, "kind": "dance"});
-        r.send(Input::Command(serde_json::to_vec(&junk).unwrap()));
+        r.command_bytes(&serde_json::to_vec(&junk).unwrap());
         assert!(r.reports().is_empty(), "no ack for malformed {shown:?}");
     }
     assert!(
@@ -772,7 +801,7 @@ fn commands_with_hostile_ids_are_dropped_unacked_unremembered_and_never_run() {
         b"{\"command_id\": 7, \"kind\": \"reboot\"}",
         &vec![b'['; 100_000][..],
     ] {
-        r.send(Input::Command(junk.to_vec()));
+        r.command_bytes(junk);
     }
     assert!(r.reports().is_empty());
     // A well-formed command still works afterwards.
@@ -783,8 +812,6 @@ fn commands_with_hostile_ids_are_dropped_unacked_unremembered_and_never_run() {
 
 #[test]
 fn receipts_of_another_session_or_malformed_remove_nothing_and_start_nothing() {
-    // (A forged receipt with this session's id does remove reports: only a signed
-    // receipt, the zero-trust issue's, can tell it from the controller's.)
     let mut r = prepared(Before::Idle);
     let cmd = r.command(CommandKind::Reboot, "c-r");
     r.run(&cmd);
@@ -799,13 +826,76 @@ fn receipts_of_another_session_or_malformed_remove_nothing_and_start_nothing() {
         serde_json::json!({"seq": ack.seq}),
     ];
     for receipt in forged {
-        let actions = r.send(Input::Receipt(serde_json::to_vec(&receipt).unwrap()));
+        let actions = r.receipt_bytes(&serde_json::to_vec(&receipt).unwrap());
         assert!(actions.is_empty(), "{receipt}");
         assert_eq!(pending(&r), 1, "{receipt}");
     }
-    r.send(Input::Receipt(b"{not json".to_vec()));
+    r.receipt_bytes(b"{not json");
     assert!(r.send(Input::Tick).is_empty(), "the reboot still waits");
     // The real receipt: the ack goes, the reboot starts, once.
     assert!(matches!(r.receipt(ack.seq)[..], [Action::RunPower { .. }]));
     assert_eq!(pending(&r), 0);
+}
+
+#[test]
+fn commands_and_receipts_that_do_not_prove_the_controller_made_them_are_refused() {
+    let mut r = prepared(Before::Idle);
+    let cmd = r.command(CommandKind::Reboot, "c-forged");
+    let body = serde_json::to_vec(&cmd).unwrap();
+    let node = NodeId::new("n1").unwrap();
+    let topics = Topics::default();
+    let other_node = topics.node(&NodeId::new("n2").unwrap(), NodeTopic::Commands);
+    let forged = [
+        // No proof at all (what an anonymous MQTT client sends).
+        body.clone(),
+        // Sealed with another key (another node's, or a guess).
+        proof::seal(
+            &NodeKey::from_bytes([6; 32]),
+            &topics.node(&node, NodeTopic::Commands),
+            &body,
+        )
+        .unwrap(),
+        // Sealed for another node's topic and replayed onto ours.
+        proof::seal(&key(), &other_node, &body).unwrap(),
+        // Sealed as a receipt, replayed as a command.
+        proof::seal(&key(), &topics.node(&node, NodeTopic::Receipts), &body).unwrap(),
+    ];
+    for payload in forged {
+        assert!(r.send(Input::Command(payload)).is_empty());
+        assert!(r.reports().is_empty(), "a forged command was acked");
+    }
+    assert!(r.jobs.lock().unwrap().handled.is_empty());
+    assert_eq!(r.core.store.seen(&cmd.command_id).unwrap(), None);
+    assert_eq!(r.core.stats().refused.load(Ordering::Relaxed), 4);
+    // The real one runs; a forged receipt for its ack starts nothing and removes nothing.
+    r.run(&cmd);
+    let ack = r.report();
+    let receipt = serde_json::json!({"session": r.core.session(), "seq": ack.seq});
+    let forged = serde_json::to_vec(&receipt).unwrap();
+    assert!(r.send(Input::Receipt(forged)).is_empty());
+    assert_eq!(
+        r.core.store.backlog().unwrap().0,
+        1,
+        "the ack is still unreceipted"
+    );
+    assert!(matches!(r.receipt(ack.seq)[..], [Action::RunPower { .. }]));
+}
+
+#[test]
+fn everything_the_core_publishes_is_sealed_for_its_topic() {
+    let mut r = prepared(Before::Idle);
+    let cmd = r.command(CommandKind::Reboot, "c-1");
+    r.run(&cmd);
+    r.send(Input::Connected { conn: 2 });
+    let sent = r.out.take();
+    assert!(!sent.is_empty());
+    for (topic, _, _, payload) in sent {
+        assert_eq!(proof::open(&key(), &topic, &payload), Ok(()), "{topic}");
+    }
+    let (topic, will) = r.core.will(3).unwrap();
+    assert_eq!(proof::open(&key(), &topic, &will), Ok(()));
+    assert!(
+        proof::open(&NodeKey::from_bytes([6; 32]), &topic, &will).is_err(),
+        "another key does not open it"
+    );
 }

@@ -72,6 +72,7 @@ pub fn ensure_admin_token(
     let path = data_dir.join("admin.token");
     match std::fs::read_to_string(&path) {
         Ok(text) => {
+            crate::security::private_file(&path)?;
             let token = text.trim();
             anyhow::ensure!(
                 !token.is_empty(),

@@ -19,6 +19,13 @@ impl Engine {
     /// hand on the effects.
     pub(super) fn announce(&mut self, batch: Batch, resync: bool) {
         batch.counts.record(&self.telemetry);
+        // Keys first: an enrolled agent's birth may follow its answer at once.
+        for (id, key) in batch.keys {
+            match key {
+                Some(key) => self.credentials.keyring.set(id, key),
+                None => self.credentials.keyring.remove(&id),
+            }
+        }
         for (id, _) in &batch.deleted {
             self.out.live.send(LiveEvent::Removed {
                 node_id: id.clone(),

@@ -15,9 +15,12 @@ use tracing::debug;
 
 use super::calls::{CallError, Done, Reply};
 use crate::publish::Outbound;
-use crate::store::{AuditEntry, CommandRecord, StoredInventory, TokenRecord};
+use crate::store::{
+    AuditEntry, CommandRecord, CredentialRecord, EnrollTokenRecord, StoredInventory, TokenRecord,
+};
 use crate::telemetry::Telemetry;
 use crate::wake::WakeRequest;
+use metalbus_protocol::proof::NodeKey;
 
 /// Where an API call's answer goes.
 pub(super) type ReplyTo = oneshot::Sender<Result<Reply, CallError>>;
@@ -116,6 +119,12 @@ pub(super) struct Batch {
     pub events: Vec<(NodeId, NodeEvent)>,
     /// New API tokens: hash and record.
     pub tokens: Vec<(String, TokenRecord)>,
+    /// Enrollment tokens written (`None`: deleted).
+    pub enroll_tokens: Vec<(String, Option<EnrollTokenRecord>)>,
+    /// Node credentials written (`None`: revoked).
+    pub credentials: Vec<(NodeId, Option<CredentialRecord>)>,
+    /// Keyring changes, made after the commit and before anything is published.
+    pub keys: Vec<(NodeId, Option<NodeKey>)>,
     /// Published after the commit.
     pub outbound: Vec<Outbound>,
     /// Wake-on-LAN requests, handed to the wake task after the commit.
@@ -145,6 +154,8 @@ impl Batch {
             && self.commands.is_empty()
             && self.events.is_empty()
             && self.tokens.is_empty()
+            && self.enroll_tokens.is_empty()
+            && self.credentials.is_empty()
     }
 
     /// Queues a message to publish after the commit (`None`: it did not serialize,

@@ -48,6 +48,11 @@ pub enum Input {
     },
     /// The broker connection is (re)established: publish every retained message again.
     Resync,
+    /// An enrollment request (checked by the engine, which holds the tokens).
+    Enroll {
+        id: NodeId,
+        payload: Vec<u8>,
+    },
     /// Ingest refused a message on this node's topics; recorded as a Warning event if
     /// the node is known.
     Rejected {
@@ -58,6 +63,17 @@ pub enum Input {
 }
 
 impl Input {
+    /// The node whose key proved this input (ingest checked it), if it came from one.
+    pub(super) fn proven_from(&self) -> Option<&NodeId> {
+        match self {
+            Input::Status { id, .. }
+            | Input::Inventory { id, .. }
+            | Input::Metrics { id, .. }
+            | Input::Report { id, .. } => Some(id),
+            _ => None,
+        }
+    }
+
     /// Whether the input is applied again after a failed commit. Metrics are not (the
     /// next sample replaces them), nor calls and tokens (answered with the error), nor
     /// a resync or a reject's event.
@@ -97,6 +113,7 @@ impl Input {
             | Input::Call(_)
             | Input::Token { .. }
             | Input::Resync
+            | Input::Enroll { .. }
             | Input::Rejected { .. } => return None,
         })
     }

@@ -17,6 +17,7 @@
 //!   `reports.rs`: their acks and job events, in `seq` order.
 //! - `lifecycle.rs`: the state machine driver (transitions, audit, effects, retries).
 //! - `commands.rs`: the command lifecycle (ids, unacked, resend, expiry, status rules).
+//! - `enroll.rs`: enrollment requests, node credentials and the keyring.
 //! - `calls.rs`: the operator's calls, decided from a node and an action.
 //! - `operations.rs`: reboot, poweroff, wake, and the power reports.
 //! - `reconcile.rs`: state timeouts and recovery, discovery timeouts, heartbeat staleness.
@@ -33,6 +34,7 @@ mod announce;
 mod batch;
 mod calls;
 mod commands;
+mod enroll;
 mod fleet;
 mod input;
 mod lifecycle;
@@ -55,6 +57,7 @@ use metalbus_protocol::command::{CommandId, CommandStatus};
 use metalbus_protocol::controller::Summary;
 use metalbus_protocol::event::EventReason;
 use metalbus_protocol::machine::Event;
+use metalbus_protocol::proof::Identity;
 use metalbus_protocol::report::Report;
 use metalbus_protocol::topic::Topics;
 use metalbus_protocol::{NodeId, Timestamp};
@@ -66,6 +69,7 @@ use agent::Arrivals;
 use batch::{Batch, ReplyTo};
 use calls::Done;
 use commands::{Commands, Ids};
+use enroll::Credentials;
 use fleet::{Fleet, Heartbeats};
 use lifecycle::Ctx;
 use reconcile::Reconciler;
@@ -73,6 +77,7 @@ use reconcile::Reconciler;
 use crate::config::ControllerConfig;
 use crate::live::LiveFeed;
 use crate::publish::PublishQueue;
+use crate::security::Keyring;
 use crate::store::{NodeRecord, Store, StoreError};
 use crate::telemetry::Telemetry;
 use crate::wake::WakeRequest;
@@ -94,6 +99,10 @@ pub struct EngineConfig {
     pub metrics_flush: Duration,
     /// Plans and lifecycle policy.
     pub controller: Arc<ControllerConfig>,
+    /// Signs enrollment answers; its anchor is in every enrollment token.
+    pub identity: Arc<Identity>,
+    /// Node keys, for ingest and the bus; kept in step with the stored credentials.
+    pub keyring: Keyring,
 }
 
 /// Where the engine's output goes once a batch is committed.
@@ -136,6 +145,7 @@ pub struct Engine {
     retry: Retry,
     reconciler: Reconciler,
     last_summary: Option<Summary>,
+    credentials: Credentials,
 }
 
 impl Engine {
@@ -148,6 +158,7 @@ impl Engine {
     ) -> Result<Self, StoreError> {
         let lifecycle = &cfg.controller.lifecycle;
         let commands = Commands::new(lifecycle.resend_after, lifecycle.command_ttl);
+        let credentials = Credentials::new(cfg.identity.clone(), cfg.keyring.clone());
         let mut engine = Self {
             store,
             out,
@@ -168,6 +179,7 @@ impl Engine {
                 started_at: Timestamp::from_unix_millis(0),
             },
             last_summary: None,
+            credentials,
         };
         engine.reload()?;
         for id in engine.fleet.nodes.keys() {
@@ -209,6 +221,7 @@ impl Engine {
     /// engine's own and stay.
     fn reload(&mut self) -> Result<(), StoreError> {
         self.fleet = Fleet::of(self.store.nodes()?);
+        self.credentials.reload(&self.store)?;
         self.update_gauges();
         Ok(())
     }
@@ -310,6 +323,9 @@ impl Engine {
         self.resend_commands(now, &mut batch);
         self.reconcile(now, &mut batch);
         for input in inputs {
+            if let Some(id) = input.proven_from() {
+                self.credentials.heard(id, &mut batch);
+            }
             match input {
                 Input::Status { id, status } => self.on_status(&id, status, now, &mut batch),
                 Input::Inventory { id, inventory } => {
@@ -334,6 +350,7 @@ impl Engine {
                     error,
                 } => self.on_wake_sent(&operation_id, error, now, &mut batch),
                 Input::Resync => resync = true,
+                Input::Enroll { id, payload } => self.on_enroll(&id, &payload, now, &mut batch),
                 Input::Rejected { id, reason, error } => {
                     if self.fleet.nodes.contains_key(&id) {
                         batch.agent(&id, now).warning(

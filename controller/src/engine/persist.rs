@@ -45,6 +45,18 @@ impl Engine {
             for (hash, token) in &batch.tokens {
                 tx.put_token(hash, token)?;
             }
+            for (id, token) in &batch.enroll_tokens {
+                match token {
+                    Some(t) => tx.put_enroll_token(id, t)?,
+                    None => tx.delete_enroll_token(id)?,
+                }
+            }
+            for (id, cred) in &batch.credentials {
+                match cred {
+                    Some(c) => tx.put_credential(id, c)?,
+                    None => tx.delete_credential(id)?,
+                }
+            }
             Ok(())
         })
     }

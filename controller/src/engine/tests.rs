@@ -72,6 +72,8 @@ fn engine_on(
             topics: Topics::default(),
             metrics_flush: Duration::from_secs(10),
             controller: Arc::new(cfg),
+            identity: crate::security::ephemeral_identity(),
+            keyring: Default::default(),
         },
     )
     .unwrap();

@@ -21,7 +21,10 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-pub use records::{AuditEntry, CommandRecord, Heartbeat, NodeRecord, StoredInventory, TokenRecord};
+pub use records::{
+    AuditEntry, CommandRecord, CredentialRecord, EnrollTokenRecord, Heartbeat, NodeRecord,
+    StoredInventory, TokenRecord,
+};
 
 use crate::telemetry::Telemetry;
 
@@ -35,6 +38,10 @@ const INVENTORY: TableDefinition<&str, &[u8]> = TableDefinition::new("inventory"
 const HEARTBEATS: TableDefinition<&str, &[u8]> = TableDefinition::new("heartbeats");
 /// sha256(token) hex → [`TokenRecord`]
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+/// enrollment token id → [`EnrollTokenRecord`]
+const ENROLL_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("enroll_tokens");
+/// node id → [`CredentialRecord`]
+const CREDENTIALS: TableDefinition<&str, &[u8]> = TableDefinition::new("credentials");
 /// (node id, n) → [`AuditEntry`], n counting from 1 per node
 const HISTORY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("history");
 /// (node id, n) → [`NodeEvent`]; n grows with each new or repeated event, so key order
@@ -203,7 +210,16 @@ impl Store {
     fn init(&mut self) -> Result<(), StoreError> {
         self.write(Durability::Immediate, |tx| {
             let txn = tx.txn;
-            for def in [NODES, INVENTORY, HEARTBEATS, TOKENS, META, COMMANDS] {
+            for def in [
+                NODES,
+                INVENTORY,
+                HEARTBEATS,
+                TOKENS,
+                META,
+                COMMANDS,
+                ENROLL_TOKENS,
+                CREDENTIALS,
+            ] {
                 tryop!("create table", txn.open_table(def));
             }
             tryop!("create table", txn.open_table(NAMES));
@@ -340,6 +356,16 @@ impl StoreReader {
         self.get(TOKENS, "tokens", hash)
     }
 
+    /// Every enrollment token, by id.
+    pub fn enroll_tokens(&self) -> Result<Vec<(String, EnrollTokenRecord)>, StoreError> {
+        self.scan_keyed(ENROLL_TOKENS, "enroll_tokens")
+    }
+
+    /// Every node credential, by node id.
+    pub fn credentials(&self) -> Result<Vec<(String, CredentialRecord)>, StoreError> {
+        self.scan_keyed(CREDENTIALS, "credentials")
+    }
+
     /// Every command whose status is one of `statuses` (`sent` ones wait for their
     /// agent's ack, `queued` ones for the controller itself), in one scan.
     pub fn commands_in(
@@ -418,6 +444,21 @@ impl StoreReader {
         let txn = tryop!("begin read", self.db()?.begin_read());
         let t = tryop!("open table", txn.open_table(def));
         get_json(&t, table, key)
+    }
+
+    fn scan_keyed<T: DeserializeOwned>(
+        &self,
+        def: TableDefinition<&str, &[u8]>,
+        table: &'static str,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        let txn = tryop!("begin read", self.db()?.begin_read());
+        let t = tryop!("open table", txn.open_table(def));
+        let mut out = Vec::new();
+        for entry in tryop!("scan", t.iter()) {
+            let (k, v) = tryop!("scan", entry);
+            out.push((k.value().to_string(), decode(table, k.value(), v.value())?));
+        }
+        Ok(out)
     }
 
     fn scan<T: DeserializeOwned>(
@@ -629,6 +670,44 @@ impl WriteTx<'_> {
                 encode("commands", rec)?.as_slice()
             )
         );
+        Ok(())
+    }
+
+    pub fn put_enroll_token(
+        &mut self,
+        id: &str,
+        token: &EnrollTokenRecord,
+    ) -> Result<(), StoreError> {
+        let mut t = tryop!("open enroll tokens", self.txn.open_table(ENROLL_TOKENS));
+        tryop!(
+            "write enroll token",
+            t.insert(id, encode("enroll_tokens", token)?.as_slice())
+        );
+        Ok(())
+    }
+
+    pub fn delete_enroll_token(&mut self, id: &str) -> Result<(), StoreError> {
+        let mut t = tryop!("open enroll tokens", self.txn.open_table(ENROLL_TOKENS));
+        tryop!("delete enroll token", t.remove(id));
+        Ok(())
+    }
+
+    pub fn put_credential(
+        &mut self,
+        id: &NodeId,
+        cred: &CredentialRecord,
+    ) -> Result<(), StoreError> {
+        let mut t = tryop!("open credentials", self.txn.open_table(CREDENTIALS));
+        tryop!(
+            "write credential",
+            t.insert(id.as_str(), encode("credentials", cred)?.as_slice())
+        );
+        Ok(())
+    }
+
+    pub fn delete_credential(&mut self, id: &NodeId) -> Result<(), StoreError> {
+        let mut t = tryop!("open credentials", self.txn.open_table(CREDENTIALS));
+        tryop!("delete credential", t.remove(id.as_str()));
         Ok(())
     }
 

@@ -198,3 +198,37 @@ pub struct TokenRecord {
     pub role: Role,
     pub created_at: Timestamp,
 }
+
+/// An enrollment token (DESIGN section 11), keyed by its id. The secret is kept: the
+/// controller checks requests sealed with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollTokenRecord {
+    /// The secret, hex.
+    pub secret: String,
+    pub created_at: Timestamp,
+    #[serde(default)]
+    pub expires_at: Option<Timestamp>,
+    /// How many enrollments it allows; unlimited when unset.
+    #[serde(default)]
+    pub max_uses: Option<u32>,
+    #[serde(default)]
+    pub uses: u32,
+    /// The one node it may enroll (a pre-registration's token).
+    #[serde(default)]
+    pub node: Option<NodeId>,
+}
+
+/// A node's credential: the key it shares with the controller, from enrollment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialRecord {
+    /// The node key, hex.
+    pub key: String,
+    /// The enrollment token it came from.
+    pub token: String,
+    pub enrolled_at: Timestamp,
+    /// Set by the first message proven with this key. Until then the same token may
+    /// enroll the node again (its answer may have been lost); afterwards only after
+    /// `metalbus nodes revoke`.
+    #[serde(default)]
+    pub confirmed: bool,
+}

@@ -1,7 +1,7 @@
 //! What both Metalbus daemons need to reach a broker and to run as a daemon, and nothing
 //! else: broker URLs, the TLS endpoint (rustls with ring), rumqttc options, the reconnect
 //! backoff, the clock (a fake one for tests), logging and the shutdown signal, and human
-//! durations.
+//! durations, and the agent's side of enrollment.
 //!
 //! The controller and the agent both depend on this crate; the controller depends on
 //! the agent crate only for `--local-agent` (its `local-agent` feature).
@@ -10,6 +10,7 @@ mod backoff;
 mod clock;
 pub mod duration;
 mod endpoint;
+pub mod enroll;
 mod logging;
 mod url;
 
@@ -18,3 +19,6 @@ pub use clock::{Clock, FakeClock, SystemClock};
 pub use endpoint::{disconnect, install_crypto_provider, Endpoint, TlsError, MAX_PACKET_BYTES};
 pub use logging::{abort_on_panic, init_logging, shutdown_signal, LogFormat};
 pub use url::{BrokerUrl, BrokerUrlError};
+
+/// The MQTT user name of a client that is enrolling (its password is the token id).
+pub const ENROLL_USER: &str = "metalbus-enroll";

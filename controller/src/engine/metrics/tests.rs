@@ -43,6 +43,8 @@ fn engine_on(store: Store, clock: &Arc<FakeClock>, telemetry: &Arc<Telemetry>) -
             topics: Topics::default(),
             metrics_flush: Duration::from_secs(10),
             controller: Arc::new(crate::config::ControllerConfig::default()),
+            identity: crate::security::ephemeral_identity(),
+            keyring: Default::default(),
         },
     )
     .unwrap()

@@ -1,0 +1,217 @@
+//! Enrollment and credentials (DESIGN section 11): an agent's sealed request becomes a
+//! node key, committed with the token's use count, then put on the keyring and answered
+//! with a reply signed by the controller identity.
+//!
+//! A node's credential is confirmed by the first message proven with it. Until then the
+//! same token may enroll the node again (the answer may have been lost), but only with a
+//! request newer than the one that made it, so a replayed request cannot swap the key.
+//! After that, only `metalbus nodes revoke` frees the node id.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use metalbus_protocol::enroll::{self, EnrollRequest, EnrollToken};
+use metalbus_protocol::proof::{decode_hex, Identity, NodeKey, KEY_BYTES};
+use metalbus_protocol::topic::NodeTopic;
+use metalbus_protocol::{NodeId, Timestamp};
+use tracing::{info, warn};
+
+use super::batch::Batch;
+use super::Engine;
+use crate::publish::{Delivery, Outbound};
+use crate::security::Keyring;
+use crate::store::{CredentialRecord, EnrollTokenRecord, Store, StoreError};
+
+/// The engine's copy of the tokens and credentials, and the keyring it feeds.
+pub(super) struct Credentials {
+    identity: Arc<Identity>,
+    pub(super) keyring: Keyring,
+    tokens: HashMap<String, EnrollTokenRecord>,
+    creds: HashMap<NodeId, CredentialRecord>,
+    /// The newest request time each node enrolled with (in memory: a restart keeps the
+    /// stored credential's `enrolled_at` as the floor).
+    last_request: HashMap<NodeId, Timestamp>,
+}
+
+impl Credentials {
+    pub(super) fn new(identity: Arc<Identity>, keyring: Keyring) -> Self {
+        Self {
+            identity,
+            keyring,
+            tokens: HashMap::new(),
+            creds: HashMap::new(),
+            last_request: HashMap::new(),
+        }
+    }
+
+    /// Replaces the copy with what the store holds, and the keyring with its keys.
+    pub(super) fn reload(&mut self, store: &Store) -> Result<(), StoreError> {
+        self.tokens = store.enroll_tokens()?.into_iter().collect();
+        self.creds.clear();
+        for (id, cred) in store.credentials()? {
+            let (Ok(id), Some(key)) = (NodeId::new(id.clone()), NodeKey::from_hex(&cred.key))
+            else {
+                warn!(node = %id, "a stored credential is unreadable; that node must enroll again");
+                continue;
+            };
+            self.keyring.set(id.clone(), key);
+            self.creds.insert(id, cred);
+        }
+        Ok(())
+    }
+
+    /// A new enrollment token (committed by the caller's batch).
+    #[cfg(test)]
+    pub(super) fn add_token(&mut self, id: String, record: EnrollTokenRecord) {
+        self.tokens.insert(id, record);
+    }
+
+    #[cfg(test)]
+    pub(super) fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Marks a credential confirmed by its first proven message.
+    pub(super) fn heard(&mut self, id: &NodeId, batch: &mut Batch) {
+        if let Some(cred) = self.creds.get_mut(id) {
+            if !cred.confirmed {
+                cred.confirmed = true;
+                batch.credentials.push((id.clone(), Some(cred.clone())));
+            }
+        }
+    }
+}
+
+impl Engine {
+    /// An enrollment request on `{p}/nodes/{id}/enroll`.
+    pub(super) fn on_enroll(
+        &mut self,
+        id: &NodeId,
+        payload: &[u8],
+        now: Timestamp,
+        batch: &mut Batch,
+    ) {
+        let topic = self.cfg.topics.node(id, NodeTopic::Enroll);
+        let request: EnrollRequest = match serde_json::from_slice(payload) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(node = %id, error = %e, "malformed enrollment request ignored");
+                return;
+            }
+        };
+        let nonce = request.nonce.clone();
+        match self.decide_enrollment(id, &topic, payload, request, now, batch) {
+            Ok((key, reply)) => {
+                batch.keys.push((id.clone(), Some(key)));
+                self.answer_enrollment(id, &reply, batch);
+            }
+            Err(why) => {
+                warn!(node = %id, reason = %why, "enrollment refused");
+                let reply = enroll::refusal(&nonce, &self.credentials.identity.public_key(), why);
+                self.answer_enrollment(id, &reply, batch);
+            }
+        }
+    }
+
+    fn decide_enrollment(
+        &mut self,
+        id: &NodeId,
+        topic: &str,
+        payload: &[u8],
+        request: EnrollRequest,
+        now: Timestamp,
+        batch: &mut Batch,
+    ) -> Result<(NodeKey, enroll::EnrollReply), String> {
+        let creds = &mut self.credentials;
+        let Some(record) = creds.tokens.get(&request.token_id).cloned() else {
+            return Err("unknown enrollment token".into());
+        };
+        let Some(secret) = decode_hex::<KEY_BYTES>(&record.secret) else {
+            return Err("the enrollment token is damaged in the store".into());
+        };
+        let token = EnrollToken {
+            anchor: creds.identity.anchor(),
+            id: request.token_id.clone(),
+            secret,
+        };
+        if enroll::check_request(&token, topic, payload).is_err() {
+            return Err("the request is not sealed with the token's secret".into());
+        }
+        if record.expires_at.is_some_and(|at| at <= now) {
+            return Err(format!("enrollment token {} has expired", token.id));
+        }
+        if let Some(node) = &record.node {
+            if node != id {
+                return Err(format!("enrollment token {} is for node {node}", token.id));
+            }
+        }
+        let existing = creds.creds.get(id);
+        let again = match existing {
+            None => false,
+            Some(cred) if !cred.confirmed && cred.token == token.id => true,
+            Some(_) => {
+                return Err(format!(
+                    "node {id} is already enrolled; an operator must revoke it first \
+                     (metalbus nodes revoke {id})"
+                ))
+            }
+        };
+        let floor = creds
+            .last_request
+            .get(id)
+            .copied()
+            .or(existing.map(|c| c.enrolled_at));
+        if again && floor.is_some_and(|f| request.ts <= f) {
+            return Err("a replayed or out-of-date enrollment request".into());
+        }
+        if !again && record.max_uses.is_some_and(|max| record.uses >= max) {
+            return Err(format!("enrollment token {} has been used up", token.id));
+        }
+        let rng = ring::rand::SystemRandom::new();
+        let (reply, key) = enroll::accept(&rng, &token, id, &request, &creds.identity.public_key())
+            .map_err(|e| e.to_string())?;
+        if !again {
+            let mut used = record;
+            used.uses += 1;
+            creds.tokens.insert(token.id.clone(), used.clone());
+            batch.enroll_tokens.push((token.id.clone(), Some(used)));
+        }
+        let cred = CredentialRecord {
+            key: key.to_hex(),
+            token: token.id.clone(),
+            enrolled_at: now,
+            confirmed: false,
+        };
+        creds.creds.insert(id.clone(), cred.clone());
+        creds.last_request.insert(id.clone(), request.ts);
+        batch.credentials.push((id.clone(), Some(cred)));
+        batch.durable = true;
+        info!(node = %id, token = %token.id, hostname = %request.hostname, "node enrolled");
+        Ok((key, reply))
+    }
+
+    /// Signs and queues an enrollment answer (published after the commit).
+    fn answer_enrollment(&mut self, id: &NodeId, reply: &enroll::EnrollReply, batch: &mut Batch) {
+        let topic = self.cfg.topics.node(id, NodeTopic::Enrolled);
+        let signed = serde_json::to_vec(reply)
+            .map_err(|e| e.to_string())
+            .and_then(|body| {
+                self.credentials
+                    .identity
+                    .sign(&topic, &body)
+                    .map_err(|e| e.to_string())
+            });
+        match signed {
+            Ok(payload) => batch.outbound.push(Outbound {
+                topic,
+                payload,
+                delivery: Delivery::AtLeastOnce,
+                retain: false,
+            }),
+            Err(e) => warn!(node = %id, error = %e, "an enrollment answer could not be signed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,264 @@
+//! The controller's side of DESIGN section 11: its identity, the fleet enrollment token,
+//! and the keyring of node keys that ingest checks proofs with and the bus seals
+//! commands and receipts with.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use anyhow::Context;
+use metalbus_protocol::enroll::EnrollToken;
+use metalbus_protocol::proof::{self, hex, Identity, NodeKey};
+use metalbus_protocol::topic::{NodeTopic, Topic, Topics};
+use metalbus_protocol::{NodeId, Timestamp};
+use redb::Durability;
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::store::{EnrollTokenRecord, Store};
+
+/// The controller identity's key file in the data dir.
+pub const IDENTITY_FILE: &str = "identity.key";
+/// The fleet enrollment token's file in the data dir.
+pub const ENROLL_TOKEN_FILE: &str = "enroll.token";
+/// The id of the fleet enrollment token made at first start.
+pub const FLEET_TOKEN_ID: &str = "fleet";
+
+/// Node keys by node id: written by the engine (enrollment, revocation), read by ingest
+/// (proofs) and the bus (seals).
+#[derive(Clone, Default)]
+pub struct Keyring(Arc<RwLock<HashMap<NodeId, NodeKey>>>);
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Keyring({} keys)", self.len())
+    }
+}
+
+impl Keyring {
+    pub fn get(&self, id: &NodeId) -> Option<NodeKey> {
+        self.0.read().ok()?.get(id).cloned()
+    }
+
+    pub fn set(&self, id: NodeId, key: NodeKey) {
+        if let Ok(mut keys) = self.0.write() {
+            keys.insert(id, key);
+        }
+    }
+
+    pub fn remove(&self, id: &NodeId) {
+        if let Ok(mut keys) = self.0.write() {
+            keys.remove(id);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.read().map(|k| k.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The payload to publish on `topic`: sealed with the node's key when it goes to an
+    /// agent (commands, receipts); as it is otherwise. `None` when it goes to an agent
+    /// whose key is unknown (revoked, never enrolled): it could not prove anything.
+    pub fn outbound(&self, topics: &Topics, topic: &str, payload: Vec<u8>) -> Option<Vec<u8>> {
+        match topics.parse(topic) {
+            Ok(Topic::Node(id, NodeTopic::Commands | NodeTopic::Receipts)) => {
+                let key = self.get(&id)?;
+                proof::seal(&key, topic, &payload).ok()
+            }
+            _ => Some(payload),
+        }
+    }
+}
+
+/// Loads the controller identity from the data dir, creating it (0600) at first start.
+pub fn load_identity(data_dir: &Path) -> anyhow::Result<Arc<Identity>> {
+    let path = data_dir.join(IDENTITY_FILE);
+    match std::fs::read(&path) {
+        Ok(der) => {
+            private_file(&path)?;
+            let identity = Identity::from_pkcs8(&der)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            Ok(Arc::new(identity))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let der = Identity::generate_pkcs8(&SystemRandom::new()).map_err(anyhow::Error::msg)?;
+            write_private(&path, &der)?;
+            tracing::info!(path = %path.display(), "generated the controller identity");
+            Ok(Arc::new(
+                Identity::from_pkcs8(&der).map_err(anyhow::Error::msg)?,
+            ))
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// A fresh identity that lives only in memory (tests, benchmarks).
+pub fn ephemeral_identity() -> Arc<Identity> {
+    let der = Identity::generate_pkcs8(&SystemRandom::new()).unwrap_or_default();
+    Arc::new(Identity::from_pkcs8(&der).unwrap_or_else(|e| panic!("ephemeral identity: {e}")))
+}
+
+/// A new enrollment token and its record.
+pub fn new_enroll_token(
+    id: &str,
+    identity: &Identity,
+    now: Timestamp,
+    expires_at: Option<Timestamp>,
+    max_uses: Option<u32>,
+    node: Option<NodeId>,
+) -> anyhow::Result<(EnrollToken, EnrollTokenRecord)> {
+    let mut secret = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut secret)
+        .map_err(|_| anyhow::anyhow!("no randomness for a token"))?;
+    let token = EnrollToken {
+        anchor: identity.anchor(),
+        id: id.to_string(),
+        secret,
+    };
+    let record = EnrollTokenRecord {
+        secret: hex(&secret),
+        created_at: now,
+        expires_at,
+        max_uses,
+        uses: 0,
+        node,
+    };
+    Ok((token, record))
+}
+
+/// On first start, creates the fleet enrollment token and writes `enroll.token` (0600).
+/// Later starts check that the file still belongs to this controller and its store.
+pub fn ensure_enroll_token(
+    store: &mut Store,
+    data_dir: &Path,
+    identity: &Identity,
+    now: Timestamp,
+) -> anyhow::Result<bool> {
+    let path = data_dir.join(ENROLL_TOKEN_FILE);
+    let stored = store
+        .enroll_tokens()?
+        .into_iter()
+        .find(|(id, _)| id == FLEET_TOKEN_ID);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            private_file(&path)?;
+            let token: EnrollToken = text
+                .parse()
+                .with_context(|| format!("in {}", path.display()))?;
+            anyhow::ensure!(
+                token.anchor == identity.anchor(),
+                "{} was made for another controller identity than {}; delete it to have a \
+                 new one generated",
+                path.display(),
+                data_dir.join(IDENTITY_FILE).display()
+            );
+            let known = stored.is_some_and(|(_, r)| r.secret == hex(&token.secret));
+            if !known {
+                let record = EnrollTokenRecord {
+                    secret: hex(&token.secret),
+                    created_at: now,
+                    expires_at: None,
+                    max_uses: None,
+                    uses: 0,
+                    node: None,
+                };
+                store.write(Durability::Immediate, |tx| {
+                    tx.put_enroll_token(&token.id, &record)
+                })?;
+                tracing::warn!(path = %path.display(), "the store did not know the enrollment token in the token file; registered it again");
+            }
+            Ok(false)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let (token, record) =
+                new_enroll_token(FLEET_TOKEN_ID, identity, now, None, None, None)?;
+            store.write(Durability::Immediate, |tx| {
+                tx.put_enroll_token(&token.id, &record)
+            })?;
+            write_private(&path, format!("{token}\n").as_bytes())?;
+            Ok(true)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Refuses a secret file that others can read or that another user owns.
+pub fn private_file(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    anyhow::ensure!(
+        mode & 0o077 == 0,
+        "{} is readable or writable by others (mode {mode:o}); it holds a secret: chmod 600 it",
+        path.display()
+    );
+    let me = rustix::process::geteuid().as_raw();
+    anyhow::ensure!(
+        meta.uid() == me,
+        "{} is owned by uid {}, not by the controller's user (uid {me}); chown it",
+        path.display(),
+        meta.uid()
+    );
+    Ok(())
+}
+
+/// Writes a new secret file, 0600, synced.
+pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_agent_bound_messages_are_sealed_and_only_for_known_nodes() {
+        let ring = Keyring::default();
+        let topics = Topics::default();
+        let n1 = NodeId::new("n1").unwrap();
+        ring.set(n1.clone(), NodeKey::from_bytes([1; 32]));
+        let cmd = topics.node(&n1, NodeTopic::Commands);
+        let sealed = ring.outbound(&topics, &cmd, b"{\"a\":1}".to_vec()).unwrap();
+        assert_eq!(
+            proof::open(&NodeKey::from_bytes([1; 32]), &cmd, &sealed),
+            Ok(())
+        );
+        let state = topics.node(&n1, NodeTopic::State);
+        assert_eq!(
+            ring.outbound(&topics, &state, b"{\"a\":1}".to_vec()),
+            Some(b"{\"a\":1}".to_vec())
+        );
+        let stranger = topics.node(&NodeId::new("n2").unwrap(), NodeTopic::Receipts);
+        assert_eq!(
+            ring.outbound(&topics, &stranger, b"{\"a\":1}".to_vec()),
+            None
+        );
+        ring.remove(&n1);
+        assert_eq!(ring.outbound(&topics, &cmd, b"{\"a\":1}".to_vec()), None);
+    }
+
+    #[test]
+    fn secret_files_must_be_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        write_private(&path, b"x").unwrap();
+        private_file(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let err = private_file(&path).unwrap_err().to_string();
+        assert!(err.contains("mode 640"), "{err}");
+    }
+}

@@ -1,0 +1,154 @@
+//! The agent's side of enrollment over MQTT (DESIGN section 11): connect, send a sealed
+//! request on `{p}/nodes/{id}/enroll`, wait for the controller's signed answer on
+//! `{p}/nodes/{id}/enrolled`, derive the node key. The exchange itself is pure
+//! ([`metalbus_protocol::enroll`]); this is the I/O around it, shared by the agent, its
+//! simulator and the end-to-end tests.
+
+use std::time::Duration;
+
+use metalbus_protocol::enroll::{Attempt, EnrollError, EnrollToken};
+use metalbus_protocol::proof::{NodeKey, KEY_BYTES};
+use metalbus_protocol::topic::{NodeTopic, Topics};
+use metalbus_protocol::{NodeId, Timestamp};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::{Backoff, Endpoint};
+
+/// How long one attempt waits for the controller's answer.
+const ANSWER_WAIT: Duration = Duration::from_secs(10);
+
+/// The outcome of a successful enrollment.
+#[derive(Debug, Clone)]
+pub struct Enrolled {
+    pub key: NodeKey,
+    /// The controller's identity public key (its SHA-256 is the token's anchor).
+    pub identity: [u8; KEY_BYTES],
+}
+
+/// What one attempt ended with.
+enum Outcome {
+    Done(Enrolled),
+    Refused(String),
+    Retry(String),
+    Shutdown,
+}
+
+/// Enrolls `node` with `token`, retrying with backoff until it works or `shutdown` turns
+/// true (`None`). A refusal by the controller is logged and retried more slowly: the
+/// operator may fix it (a new token, a revoked credential) without restarting the agent.
+pub async fn enroll(
+    endpoint: &Endpoint,
+    topics: &Topics,
+    node: &NodeId,
+    hostname: &str,
+    token: &EnrollToken,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<Enrolled> {
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let mut attempt_no = 0u64;
+    loop {
+        if *shutdown.borrow() {
+            return None;
+        }
+        attempt_no += 1;
+        let delay = match attempt(
+            endpoint, topics, node, hostname, token, attempt_no, shutdown,
+        )
+        .await
+        {
+            Outcome::Done(done) => {
+                info!(%node, token = %token.id, "enrolled with the controller");
+                return Some(done);
+            }
+            Outcome::Shutdown => return None,
+            Outcome::Refused(why) => {
+                warn!(%node, token = %token.id, reason = %why, "the controller refused to enroll this node");
+                backoff.ceiling()
+            }
+            Outcome::Retry(why) => {
+                let d = backoff.next_delay(&mut rand::thread_rng());
+                warn!(%node, error = %why, retry_in = ?d, "enrollment attempt failed");
+                d
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => return None,
+        }
+    }
+}
+
+async fn attempt(
+    endpoint: &Endpoint,
+    topics: &Topics,
+    node: &NodeId,
+    hostname: &str,
+    token: &EnrollToken,
+    attempt_no: u64,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Outcome {
+    let rng = ring::rand::SystemRandom::new();
+    let attempt = match Attempt::new(
+        &rng,
+        token,
+        hostname.to_string(),
+        Timestamp::from(std::time::SystemTime::now()),
+    ) {
+        Ok(a) => a,
+        Err(e) => return Outcome::Retry(e.to_string()),
+    };
+    let request_topic = topics.node(node, NodeTopic::Enroll);
+    let reply_topic = topics.node(node, NodeTopic::Enrolled);
+    let payload = match attempt.payload(token, &request_topic) {
+        Ok(p) => p,
+        Err(e) => return Outcome::Retry(e.to_string()),
+    };
+    let mut opts = endpoint.options(&format!("{node}-enroll-{attempt_no}"));
+    opts.set_credentials(crate::ENROLL_USER, token.id.as_str());
+    let (client, mut eventloop) = AsyncClient::new(opts, 16);
+    let deadline = tokio::time::Instant::now() + ANSWER_WAIT;
+    let outcome = loop {
+        let event = tokio::select! {
+            _ = shutdown.changed() => break Outcome::Shutdown,
+            _ = tokio::time::sleep_until(deadline) => {
+                break Outcome::Retry("no answer from the controller in time".into())
+            }
+            e = eventloop.poll() => e,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                let _ = client.try_subscribe(reply_topic.clone(), QoS::AtLeastOnce);
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                let _ = client.try_publish(
+                    request_topic.clone(),
+                    QoS::AtLeastOnce,
+                    false,
+                    payload.clone(),
+                );
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == reply_topic => {
+                // An answer to another attempt, or one not signed by our controller,
+                // leaves this attempt waiting for the real one.
+                let reply = match attempt.check(token, &reply_topic, &p.payload) {
+                    Ok(reply) => reply,
+                    Err(EnrollError::Refused(why)) => break Outcome::Refused(why),
+                    Err(e) => {
+                        warn!(%node, error = %e, "ignored an enrollment answer");
+                        continue;
+                    }
+                };
+                match attempt.finish(token, node, &reply) {
+                    Ok((key, identity)) => break Outcome::Done(Enrolled { key, identity }),
+                    Err(e) => break Outcome::Retry(e.to_string()),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => break Outcome::Retry(format!("broker: {e}")),
+        }
+    };
+    crate::disconnect(&client, &mut eventloop, Duration::from_millis(500)).await;
+    outcome
+}
