@@ -6,13 +6,21 @@
 
 use std::time::Duration;
 
-use metalbus_e2e::{eventually, steps_dir, AgentProc, Controller, Watcher};
+use metalbus_e2e::{eventually, steps_dir, AgentProc, Controller, Mosquitto, Watcher};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replays_duplicates_and_stale_wills_change_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let ctl = Controller::with_config(tmp.path(), &Controller::quick_plan("0.3"), &[]).await;
+    // Through a Mosquitto without ACLs: the replays come from a broker that kept
+    // copies (the embedded broker lets no client publish commands at all).
+    let broker = Mosquitto::start(tmp.path(), "");
+    let ctl = Controller::with_config(
+        tmp.path(),
+        &Controller::quick_plan("0.3"),
+        &["--broker", &broker.url()],
+    )
+    .await;
     let api = ctl.api();
     let counter = tmp.path().join("runs.txt");
     let count_step = format!(
@@ -52,7 +60,7 @@ async fn replays_duplicates_and_stale_wills_change_nothing() {
     let job = before["job"].clone();
     let history_before = api.transitions("dup-1").await.unwrap();
 
-    let raw = Watcher::start(ctl.mqtt_port, "metalbus/v1/nodes/dup-1/reports").await;
+    let raw = Watcher::start(broker.port, "metalbus/v1/nodes/dup-1/reports").await;
     let reports = "metalbus/v1/nodes/dup-1/reports";
     // An old report: seq 2 again, now claiming the install failed.
     let old = json!({"session": session, "seq": 2, "ts": "2026-01-01T00:00:00Z", "kind": "job",

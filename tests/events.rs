@@ -82,10 +82,11 @@ async fn a_nodes_life_is_told_by_its_events() {
 
     // Garbage from the node (made with its key, so it says something about the node)
     // three times: one Warning, counted. Unproven garbage makes no event at all.
-    let raw = Watcher::start(ctl.mqtt_port, "metalbus/v1/nodes/ev-1/rejects").await;
+    let _rejects = Watcher::monitor(&ctl, "metalbus/v1/nodes/ev-1/rejects").await;
+    let key = metalbus_e2e::node_key(&tmp.path().join("agent-ev-1"));
+    let raw = Watcher::node(ctl.mqtt_port, "ev-1", &key, None).await;
     raw.publish("metalbus/v1/nodes/ev-1/inventory", b"{not json".to_vec())
         .await;
-    let key = metalbus_e2e::node_key(&tmp.path().join("agent-ev-1"));
     for _ in 0..3 {
         raw.publish_as(
             &key,

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use metalbus_e2e::{enroll_node, eventually, AgentProc, Api, Controller, Watcher};
+use metalbus_e2e::{enroll_node, eventually, AgentProc, Api, Controller, Mosquitto, Watcher};
 
 fn rejected_total(metrics: &str, reason: &str) -> u64 {
     let prefix = format!("metalbus_ingest_rejected_total{{reason=\"{reason}\"}} ");
@@ -19,10 +19,13 @@ fn rejected_total(metrics: &str, reason: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_is_refused_announced_and_counted() {
     let tmp = tempfile::tempdir().unwrap();
-    let ctl = Controller::start(tmp.path(), &[]).await;
+    // Through a Mosquitto without ACLs, so the garbage reaches the controller's own
+    // checks (the embedded broker's front door refuses most of it first).
+    let broker = Mosquitto::start(tmp.path(), "");
+    let ctl = Controller::start(tmp.path(), &["--broker", &broker.url()]).await;
     let api = ctl.api();
-    let watcher = Watcher::start(ctl.mqtt_port, "metalbus/v1/nodes/+/rejects").await;
-    let raw = Watcher::start(ctl.mqtt_port, "nothing/here").await;
+    let watcher = Watcher::start(broker.port, "metalbus/v1/nodes/+/rejects").await;
+    let raw = Watcher::start(broker.port, "nothing/here").await;
 
     // Node x is enrolled (its key proves the malformed payloads below came from it, so
     // they reach the decoder); node y is not.

@@ -70,7 +70,7 @@ async fn happy_path_manage_to_active_with_progress_and_audit() {
     let tmp = tempfile::tempdir().unwrap();
     let ctl = controller(tmp.path(), "").await;
     let api = ctl.api();
-    let watcher = Watcher::start(ctl.mqtt_port, "metalbus/v1/events/transitions").await;
+    let watcher = Watcher::monitor(&ctl, "metalbus/v1/events/transitions").await;
     let _agent = agent(tmp.path(), &ctl, "happy-1");
     api.wait_state("happy-1", "discovered", WAIT).await;
 
@@ -164,7 +164,7 @@ async fn a_flaky_step_is_retried_until_it_installs() {
     let tmp = tempfile::tempdir().unwrap();
     let ctl = controller(tmp.path(), "").await;
     let api = ctl.api();
-    let states = Watcher::start(ctl.mqtt_port, "metalbus/v1/nodes/flaky-1/state").await;
+    let states = Watcher::monitor(&ctl, "metalbus/v1/nodes/flaky-1/state").await;
     let _agent = agent(tmp.path(), &ctl, "flaky-1");
     api.wait_state("flaky-1", "discovered", WAIT).await;
     let (status, body) = api

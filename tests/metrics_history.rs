@@ -132,8 +132,8 @@ async fn known_samples_give_exact_averages_and_peaks_and_survive_kill_9() {
     let tmp = tempfile::tempdir().unwrap();
     let mut ctl = Controller::start(tmp.path(), &[]).await;
     let api = ctl.api();
-    let client = Watcher::start(ctl.mqtt_port, "nothing/here").await;
     let key = enroll_node(&ctl, NODE).await;
+    let client = Watcher::node(ctl.mqtt_port, NODE, &key, None).await;
     let birth = json!({"online": true, "conn": 1, "session": "mh-session",
         "agent_version": "test", "hostname": "mh-host", "boot_id": null,
         "metrics_interval_s": 60, "ts": "2026-01-01T00:00:00Z"});

@@ -11,7 +11,7 @@ use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use metalbus_e2e::{eventually, AgentProc, Api, Controller, Watcher};
+use metalbus_e2e::{eventually, AgentProc, Api, Controller, Mosquitto, Watcher};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -96,7 +96,10 @@ fn cli(ctl: &Controller, args: &[&str]) -> std::process::Output {
 async fn reboot_and_poweroff_run_the_configured_action_once() {
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
-    let ctl = Controller::start(tmp.path(), &[]).await;
+    // Through a Mosquitto without ACLs, so the test can replay a command as a broker
+    // that kept a copy could (the embedded broker lets no client publish commands).
+    let broker = Mosquitto::start(tmp.path(), "");
+    let ctl = Controller::start(tmp.path(), &["--broker", &broker.url()]).await;
     let api = ctl.api();
     let marker = tmp.path().join("reboots");
     let reboot = script(
@@ -162,7 +165,7 @@ async fn reboot_and_poweroff_run_the_configured_action_once() {
     assert_eq!(lines(&marker), vec![format!("{op} now")]);
 
     // The same command again (a resend after a lost ack): acked, never run again.
-    let raw = Watcher::start(ctl.mqtt_port, "metalbus/v1/nodes/op-1/reports").await;
+    let raw = Watcher::start(broker.port, "metalbus/v1/nodes/op-1/reports").await;
     let again = json!({"command_id": op, "kind": "reboot",
         "issued_at": done["created_at"], "expires_at": done["expires_at"]});
     // Sealed with the node key, as the controller's own resend would be.

@@ -125,7 +125,7 @@ async fn three_agents_discovered_then_will_shutdown_and_restart() {
     assert_eq!(seen, IDS.map(String::from).to_vec());
 
     // An independent subscriber gets each node's retained state.
-    let watcher = Watcher::start(ctl.mqtt_port, "metalbus/v1/#").await;
+    let watcher = Watcher::monitor(&ctl, "metalbus/v1/#").await;
     eventually(
         Duration::from_secs(5),
         "retained state for each node",
@@ -211,11 +211,7 @@ async fn three_agents_discovered_then_will_shutdown_and_restart() {
     assert_eq!(by_id(&after, IDS[0]).unwrap()["online"], false);
     // The surviving agent reconnects to the new broker by itself: a birth of its next
     // connection arrives and the node is online.
-    let watcher = Watcher::start(
-        ctl.mqtt_port,
-        &format!("metalbus/v1/nodes/{}/status", IDS[2]),
-    )
-    .await;
+    let watcher = Watcher::monitor(&ctl, &format!("metalbus/v1/nodes/{}/status", IDS[2])).await;
     eventually(
         Duration::from_secs(20),
         "node c's birth on a new connection",

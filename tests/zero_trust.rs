@@ -1,8 +1,10 @@
 //! The attacks of the zero-trust issue, replayed with a plain anonymous MQTT client
-//! against the release binaries' code: forged commands, a forged Will, a report stream
-//! takeover, one node speaking for another, and `--local-agent`'s admin token. Each must
-//! change nothing. Where it helps, a control sends the same message sealed with the real
-//! node key and shows the path the attack aimed at is real.
+//! through a Mosquitto with no ACL at all (a hostile broker, which lets anyone publish
+//! anything): forged commands, a forged Will, a report stream takeover, one node
+//! speaking for another, and `--local-agent`'s admin token. Each must change nothing:
+//! origin proof alone stops them. Where it helps, a control sends the same message
+//! sealed with the real node key and shows the path the attack aimed at is real. (The
+//! embedded broker refuses these clients at its front door already: tests/front_door.rs.)
 
 #![allow(clippy::unwrap_used)]
 
@@ -11,7 +13,7 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
 
-use metalbus_e2e::{eventually, steps_dir, AgentProc, Api, Controller, Watcher};
+use metalbus_e2e::{eventually, steps_dir, AgentProc, Api, Controller, Mosquitto, Watcher};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -96,7 +98,13 @@ fn read(path: &Path) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_commands_from_an_anonymous_client_run_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let ctl = Controller::with_config(tmp.path(), &Controller::quick_plan("0.2"), &[]).await;
+    let broker = Mosquitto::start(tmp.path(), "");
+    let ctl = Controller::with_config(
+        tmp.path(),
+        &Controller::quick_plan("0.2"),
+        &["--broker", &broker.url()],
+    )
+    .await;
     let api = ctl.api();
     let marker = tmp.path().join("rebooted.txt");
     let config = tmp.path().join("agent.toml");
@@ -123,7 +131,7 @@ async fn forged_commands_from_an_anonymous_client_run_nothing() {
     let image = b"overwritten by an attacker\n".to_vec();
     let url = serve(image.clone());
     let sha = sha256_hex(&image);
-    let reports = Watcher::start(ctl.mqtt_port, "metalbus/v1/nodes/zt-1/reports").await;
+    let reports = Watcher::start(broker.port, "metalbus/v1/nodes/zt-1/reports").await;
     let commands = "metalbus/v1/nodes/zt-1/commands";
 
     // The attacks: plain publishes, as anyone on the network could make them.
@@ -225,7 +233,13 @@ fn same_node(before: &Value, after: &Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_status_reports_and_another_nodes_key_change_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let ctl = Controller::with_config(tmp.path(), &Controller::quick_plan("0.2"), &[]).await;
+    let broker = Mosquitto::start(tmp.path(), "");
+    let ctl = Controller::with_config(
+        tmp.path(),
+        &Controller::quick_plan("0.2"),
+        &["--broker", &broker.url()],
+    )
+    .await;
     let api = ctl.api();
     let steps = steps_dir(tmp.path(), &[]);
     let args = ["--steps-dir", steps.to_str().unwrap()];
@@ -239,7 +253,7 @@ async fn forged_status_reports_and_another_nodes_key_change_nothing() {
     let n = api.wait_state("zt-b", "active", WAIT).await;
     assert!(n["report_session"].is_string(), "{n}");
     let (before, history, events) = snapshot(&api, "zt-b").await;
-    let raw = Watcher::start(ctl.mqtt_port, "nothing/here").await;
+    let raw = Watcher::start(broker.port, "nothing/here").await;
     let base = "metalbus/v1/nodes/zt-b";
 
     // A retained Will with the largest conn: it kept a healthy node offline for good.
@@ -359,7 +373,9 @@ async fn forged_status_reports_and_another_nodes_key_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_write_image_cannot_replace_the_local_agents_admin_token() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut ctl = Controller::start(tmp.path(), &["--local-agent"]).await;
+    let broker = Mosquitto::start(tmp.path(), "");
+    let mut ctl =
+        Controller::start(tmp.path(), &["--local-agent", "--broker", &broker.url()]).await;
     let api = ctl.api();
     let node = eventually(WAIT, "the local agent's node", || {
         let api = api.clone();
@@ -377,7 +393,7 @@ async fn a_forged_write_image_cannot_replace_the_local_agents_admin_token() {
     let token = read(&token_file);
     let image = b"mb_attacker_token\n".to_vec();
     let url = serve(image.clone());
-    let raw = Watcher::start(ctl.mqtt_port, "nothing/here").await;
+    let raw = Watcher::start(broker.port, "nothing/here").await;
     raw.publish(
         &format!("metalbus/v1/nodes/{id}/commands"),
         write_image_install("c-token", &url, &sha256_hex(&image), &token_file),

@@ -15,15 +15,21 @@ use tracing::error;
 
 /// Starts the broker on `listen` and returns the address it listens on (port 0 picks a
 /// free port). Fails at once if the address cannot be bound, so a port clash is a clear
-/// start-up error rather than a silent thread death.
-pub fn start(listen: SocketAddr, topics: &Topics) -> anyhow::Result<SocketAddr> {
+/// start-up error rather than a silent thread death. Only `user` with `password` may
+/// connect: the front door and the controller's own client.
+pub fn start(
+    listen: SocketAddr,
+    topics: &Topics,
+    user: &str,
+    password: &str,
+) -> anyhow::Result<SocketAddr> {
     // Probe the address first: rumqttd binds inside its own thread and only logs failure.
     let probe = TcpListener::bind(listen).with_context(|| {
         format!("cannot listen for MQTT on {listen} (is another broker running?)")
     })?;
     let listen = probe.local_addr()?;
     drop(probe);
-    let mut broker = Broker::new(config(listen, topics));
+    let mut broker = Broker::new(config(listen, topics, user, password));
     std::thread::Builder::new()
         .name("mqtt-broker".into())
         .spawn(move || match broker.start() {
@@ -58,7 +64,7 @@ fn wait_listening(listen: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn config(listen: SocketAddr, topics: &Topics) -> Config {
+fn config(listen: SocketAddr, topics: &Topics, user: &str, password: &str) -> Config {
     let server = ServerSettings {
         name: "v4".into(),
         listen,
@@ -68,7 +74,7 @@ fn config(listen: SocketAddr, topics: &Topics) -> Config {
             connection_timeout_ms: 10_000,
             max_payload_size: MAX_PACKET_BYTES,
             max_inflight_count: 500,
-            auth: None,
+            auth: Some(HashMap::from([(user.to_string(), password.to_string())])),
             external_auth: None,
             // Without this rumqttd disconnects a client that publishes to a topic nobody
             // subscribed to (a monitoring topic with no monitor, say).

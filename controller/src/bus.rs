@@ -41,6 +41,8 @@ pub struct Bus {
     pub publish: PublishQueue,
     /// Node keys: ingest checks proofs with them, commands and receipts are sealed.
     pub keys: Keyring,
+    /// MQTT user name and password.
+    pub login: (String, String),
     /// True while subscribed and connected; `/readyz` reads it.
     pub connected: Arc<AtomicBool>,
 }
@@ -83,10 +85,12 @@ impl Bus {
             engine,
             publish,
             keys,
+            login,
             connected,
         } = self;
         let mut conn_no: u64 = 1;
-        let (client, mut eventloop) = AsyncClient::new(options(&endpoint, &topics, conn_no), 1024);
+        let (client, mut eventloop) =
+            AsyncClient::new(options(&endpoint, &topics, &login, conn_no), 1024);
         let (link_up_tx, link_up) = watch::channel(false);
         let mut sender = tokio::spawn(send_loop(
             client.clone(),
@@ -152,7 +156,7 @@ impl Bus {
                     // A new client id per connection: a lingering old connection's Will
                     // can then never be fired in this connection's name.
                     conn_no += 1;
-                    eventloop.mqtt_options = options(&endpoint, &topics, conn_no);
+                    eventloop.mqtt_options = options(&endpoint, &topics, &login, conn_no);
                     tokio::select! {
                         _ = shutdown.changed() => break,
                         _ = tokio::time::sleep(delay) => {}
@@ -225,10 +229,15 @@ impl Ingest {
     }
 }
 
-fn options(endpoint: &Endpoint, topics: &Topics, conn_no: u64) -> rumqttc::MqttOptions {
+fn options(
+    endpoint: &Endpoint,
+    topics: &Topics,
+    login: &(String, String),
+    conn_no: u64,
+) -> rumqttc::MqttOptions {
     let id = format!("metalbus-controller-{}-{conn_no}", std::process::id());
     let mut opts = endpoint.options(&id);
-    opts.set_credentials(crate::acl::CONTROLLER_USER, "");
+    opts.set_credentials(login.0.as_str(), login.1.as_str());
     opts.set_last_will(LastWill::new(
         topics.controller_status(),
         controller_status(false),

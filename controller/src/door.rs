@@ -26,7 +26,7 @@ use metalbus_link::{ENROLL_USER, MAX_PACKET_BYTES};
 use metalbus_protocol::api::Role;
 use metalbus_protocol::topic::{NodeTopic, Topic, Topics};
 use metalbus_protocol::NodeId;
-use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Login, Packet, PubAck, Publish};
+use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Login, Packet, PubAck};
 use rumqttc::mqttbytes::QoS;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -98,7 +98,11 @@ impl Client {
             (Client::Enrolling, Ok(Topic::Node(_, NodeTopic::Enrolled))) => true,
             (Client::Monitor(_), Ok(Topic::Node(_, kind))) => matches!(
                 kind,
-                NodeTopic::State | NodeTopic::Status | NodeTopic::Inventory | NodeTopic::Metrics
+                NodeTopic::State
+                    | NodeTopic::Status
+                    | NodeTopic::Inventory
+                    | NodeTopic::Metrics
+                    | NodeTopic::Rejects
             ),
             (
                 Client::Monitor(_),
@@ -205,16 +209,27 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut cbuf = BytesMut::with_capacity(4096);
-    let connect = tokio::time::timeout(CONNECT_WAIT, read_packet(&mut client, &mut cbuf, MAX_CONNECT_BYTES))
-        .await
-        .map_err(|_| "no CONNECT in time".to_string())??;
+    let connect = tokio::time::timeout(
+        CONNECT_WAIT,
+        read_packet(&mut client, &mut cbuf, MAX_CONNECT_BYTES),
+    )
+    .await
+    .map_err(|_| "no CONNECT in time".to_string())??;
     let Packet::Connect(mut connect) = connect else {
         return Err("the first packet is not CONNECT".into());
     };
     let who = match door.authenticate(connect.login.as_ref(), connect.last_will.as_ref()) {
         Ok(who) => who,
         Err(code) => {
-            info!(user = connect.login.as_ref().map(|l| l.username.as_str()).unwrap_or(""), ?code, "MQTT client refused");
+            info!(
+                user = connect
+                    .login
+                    .as_ref()
+                    .map(|l| l.username.as_str())
+                    .unwrap_or(""),
+                ?code,
+                "MQTT client refused"
+            );
             let _ = write_packet(&mut client, &refused(code)).await;
             return Err(format!("refused: {code:?}"));
         }
@@ -346,15 +361,14 @@ async fn read_packet<S: AsyncRead + Unpin>(
     }
 }
 
-async fn write_packet<S: AsyncWrite + Unpin>(stream: &mut S, packet: &Packet) -> Result<(), String> {
+async fn write_packet<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    packet: &Packet,
+) -> Result<(), String> {
     let mut out = BytesMut::new();
     encode(packet, &mut out)?;
     stream.write_all(&out).await.map_err(|e| e.to_string())
 }
-
-/// Kept for the `Publish` import: the door re-encodes what it forwards.
-#[allow(dead_code)]
-fn _publish_type(_: &Publish) {}
 
 #[cfg(test)]
 mod tests;

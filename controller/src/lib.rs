@@ -18,6 +18,7 @@ pub mod broker;
 pub mod bus;
 pub mod cli;
 pub mod config;
+pub mod door;
 pub mod engine;
 pub mod ingest;
 pub mod live;

@@ -2,7 +2,7 @@
 //! and the keyring of node keys that ingest checks proofs with and the bus seals
 //! commands and receipts with.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
@@ -15,6 +15,7 @@ use metalbus_protocol::topic::{NodeTopic, Topic, Topics};
 use metalbus_protocol::{NodeId, Timestamp};
 use redb::Durability;
 use ring::rand::{SecureRandom, SystemRandom};
+use tokio::sync::watch;
 
 use crate::store::{EnrollTokenRecord, Store};
 
@@ -25,10 +26,28 @@ pub const ENROLL_TOKEN_FILE: &str = "enroll.token";
 /// The id of the fleet enrollment token made at first start.
 pub const FLEET_TOKEN_ID: &str = "fleet";
 
-/// Node keys by node id: written by the engine (enrollment, revocation), read by ingest
-/// (proofs) and the bus (seals).
-#[derive(Clone, Default)]
-pub struct Keyring(Arc<RwLock<HashMap<NodeId, NodeKey>>>);
+/// Node keys by node id, and the ids of the enrollment tokens: written by the engine
+/// (enrollment, revocation, new tokens), read by ingest (proofs), the bus (seals) and the
+/// broker's front door (logins).
+#[derive(Clone)]
+pub struct Keyring(Arc<Shared>);
+
+struct Shared {
+    keys: RwLock<HashMap<NodeId, NodeKey>>,
+    enroll_tokens: RwLock<HashSet<String>>,
+    /// Bumped whenever a key is removed or replaced, so live connections can look again.
+    revocations: watch::Sender<u64>,
+}
+
+impl Default for Keyring {
+    fn default() -> Self {
+        Self(Arc::new(Shared {
+            keys: RwLock::default(),
+            enroll_tokens: RwLock::default(),
+            revocations: watch::channel(0).0,
+        }))
+    }
+}
 
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -38,27 +57,55 @@ impl std::fmt::Debug for Keyring {
 
 impl Keyring {
     pub fn get(&self, id: &NodeId) -> Option<NodeKey> {
-        self.0.read().ok()?.get(id).cloned()
+        self.0.keys.read().ok()?.get(id).cloned()
     }
 
     pub fn set(&self, id: NodeId, key: NodeKey) {
-        if let Ok(mut keys) = self.0.write() {
-            keys.insert(id, key);
+        let replaced = match self.0.keys.write() {
+            Ok(mut keys) => keys.insert(id, key).is_some(),
+            Err(_) => false,
+        };
+        if replaced {
+            self.0.revocations.send_modify(|n| *n += 1);
         }
     }
 
     pub fn remove(&self, id: &NodeId) {
-        if let Ok(mut keys) = self.0.write() {
-            keys.remove(id);
+        let removed = match self.0.keys.write() {
+            Ok(mut keys) => keys.remove(id).is_some(),
+            Err(_) => false,
+        };
+        if removed {
+            self.0.revocations.send_modify(|n| *n += 1);
         }
     }
 
     pub fn len(&self) -> usize {
-        self.0.read().map(|k| k.len()).unwrap_or(0)
+        self.0.keys.read().map(|k| k.len()).unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Changes whenever a key is removed or replaced.
+    pub fn revocations(&self) -> watch::Receiver<u64> {
+        self.0.revocations.subscribe()
+    }
+
+    /// The enrollment token ids that exist now.
+    pub fn set_enroll_tokens(&self, ids: impl IntoIterator<Item = String>) {
+        if let Ok(mut known) = self.0.enroll_tokens.write() {
+            *known = ids.into_iter().collect();
+        }
+    }
+
+    pub fn has_enroll_token(&self, id: &str) -> bool {
+        self.0
+            .enroll_tokens
+            .read()
+            .map(|k| k.contains(id))
+            .unwrap_or(false)
     }
 
     /// The payload to publish on `topic`: sealed with the node's key when it goes to an
@@ -95,6 +142,15 @@ pub fn load_identity(data_dir: &Path) -> anyhow::Result<Arc<Identity>> {
         }
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
+}
+
+/// 32 random bytes, hex: a password that lives as long as the process.
+pub fn random_secret() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| anyhow::anyhow!("no randomness for a secret"))?;
+    Ok(hex(&bytes))
 }
 
 /// A fresh identity that lives only in memory (tests, benchmarks).

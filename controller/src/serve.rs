@@ -26,7 +26,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use crate::api::{self, auth, AppState};
-use crate::broker;
 use crate::bus::Bus;
 use crate::config::ControllerConfig;
 use crate::engine::{Engine, EngineConfig, Outlets};
@@ -36,6 +35,7 @@ use crate::security::{self, Keyring};
 use crate::store::{Store, StoreReader};
 use crate::telemetry::Telemetry;
 use crate::wake;
+use crate::{broker, door};
 
 /// How long start-up waits for the broker subscription before giving up.
 const BROKER_WAIT: Duration = Duration::from_secs(15);
@@ -96,20 +96,47 @@ pub async fn run(
     }
     let keys = Keyring::default();
 
-    // The embedded broker, unless an external one is configured.
-    let (broker_url, mqtt_addr) = match &cfg.broker {
+    // The embedded broker, unless an external one is configured: rumqttd on an internal
+    // loopback port that only the front door and our own client may log in to, and the
+    // front door on the configured address (DESIGN section 11).
+    let (broker_url, mqtt_addr, bus_url, bus_login, door) = match &cfg.broker {
         Some(url) => {
             info!(broker = %url, ca = ?cfg.broker_ca, "using an external MQTT broker");
-            (url.clone(), None)
+            let login = (crate::acl::CONTROLLER_USER.to_string(), String::new());
+            (url.clone(), None, url.clone(), login, None)
         }
         None => {
-            let addr = broker::start(cfg.mqtt_listen, &topics)?;
+            let public = tokio::net::TcpListener::bind(cfg.mqtt_listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen for MQTT on {} (is another broker running?)",
+                        cfg.mqtt_listen
+                    )
+                })?;
+            let password = security::random_secret()?;
+            let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+            let internal = broker::start(loopback, &topics, door::INTERNAL_USER, &password)?;
+            let addr = public.local_addr()?;
             let url = BrokerUrl {
                 tls: false,
                 host: connect_host(addr),
                 port: addr.port(),
             };
-            (url, Some(addr))
+            let bus_url = BrokerUrl {
+                tls: false,
+                host: "127.0.0.1".into(),
+                port: internal.port(),
+            };
+            let login = (door::INTERNAL_USER.to_string(), password.clone());
+            let door = door::Door {
+                topics: topics.clone(),
+                keys: keys.clone(),
+                store: store.reader(),
+                internal,
+                internal_password: password,
+            };
+            (url, Some(addr), bus_url, login, Some((public, door)))
         }
     };
     let http = tokio::net::TcpListener::bind(cfg.http_listen)
@@ -151,8 +178,11 @@ pub async fn run(
         engine_tx.downgrade(),
     ));
 
+    if let Some((listener, door)) = door {
+        tokio::spawn(door::run(listener, Arc::new(door), stop_rx.clone()));
+    }
     let connected = Arc::new(AtomicBool::new(false));
-    let endpoint = Endpoint::new(broker_url.clone(), cfg.broker_ca.as_deref())?;
+    let endpoint = Endpoint::new(bus_url, cfg.broker_ca.as_deref())?;
     let bus = Bus {
         endpoint,
         topics: topics.clone(),
@@ -160,6 +190,7 @@ pub async fn run(
         engine: engine_tx,
         publish,
         keys,
+        login: bus_login,
         connected: connected.clone(),
     };
     let (ready_tx, ready_rx) = oneshot::channel();

@@ -26,34 +26,81 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    /// Connects to 127.0.0.1:`port`, subscribes to `filter` and waits for the SUBACK.
+    /// Connects anonymously to 127.0.0.1:`port`, subscribes to `filter` and waits for
+    /// the SUBACK (an external broker; the embedded one refuses anonymous clients).
     pub async fn start(port: u16, filter: &str) -> Watcher {
         Self::start_as(port, filter, None).await
     }
 
-    /// The same, with an MQTT user name.
+    /// The same, with an MQTT user name (and no password).
     pub async fn start_as(port: u16, filter: &str, user: Option<&str>) -> Watcher {
+        Self::connect(port, user.map(|u| (u, "")), Some(filter))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A monitoring tool on the controller's broker, logged in with its admin token.
+    pub async fn monitor(ctl: &crate::Controller, filter: &str) -> Watcher {
+        let token = ctl.token();
+        Self::connect(
+            ctl.mqtt_port,
+            Some(("monitor", token.as_str())),
+            Some(filter),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A client logged in as node `id` with its key, as its agent would; it subscribes
+    /// to `filter` when one is given.
+    pub async fn node(
+        port: u16,
+        id: &str,
+        key: &metalbus_protocol::proof::NodeKey,
+        filter: Option<&str>,
+    ) -> Watcher {
+        let password = key.broker_password();
+        Self::connect(port, Some((id, password.as_str())), filter)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Connects with an optional login, subscribes to `filter` if given, and waits for
+    /// the broker's answer (SUBACK, or CONNACK without a filter). Refused: why.
+    pub async fn connect(
+        port: u16,
+        login: Option<(&str, &str)>,
+        filter: Option<&str>,
+    ) -> Result<Watcher, String> {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let id = format!("e2e-watcher-{}-{n}", std::process::id());
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
         opts.set_max_packet_size(8 * 1024 * 1024, 8 * 1024 * 1024);
         opts.set_keep_alive(Duration::from_secs(30));
-        if let Some(u) = user {
-            opts.set_credentials(u, "");
+        if let Some((user, password)) = login {
+            opts.set_credentials(user, password);
         }
         let (client, mut eventloop) = AsyncClient::new(opts, 64);
-        client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+        if let Some(filter) = filter {
+            client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+        }
         let messages = Arc::new(Mutex::new(Vec::new()));
         let sink = messages.clone();
-        let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
-        let mut subscribed_tx = Some(subscribed_tx);
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
+        let mut ready_tx = Some(ready_tx);
+        let wait_suback = filter.is_some();
         let task = tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        if let Some(tx) = subscribed_tx.take() {
-                            let _ = tx.send(());
+                        if let Some(tx) = ready_tx.take() {
+                            let _ = tx.send(Ok(()));
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::ConnAck(_))) if !wait_suback => {
+                        if let Some(tx) = ready_tx.take() {
+                            let _ = tx.send(Ok(()));
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => sink.lock().unwrap().push(Message {
@@ -62,18 +109,24 @@ impl Watcher {
                         retain: p.retain,
                     }),
                     Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                    Err(e) => {
+                        if let Some(tx) = ready_tx.take() {
+                            let _ = tx.send(Err(e.to_string()));
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await
+                    }
                 }
             }
         });
-        tokio::time::timeout(Duration::from_secs(10), subscribed_rx)
-            .await
-            .expect("the broker did not acknowledge the subscription")
-            .unwrap();
-        Watcher {
-            client,
-            messages,
-            task,
+        match tokio::time::timeout(Duration::from_secs(10), ready_rx).await {
+            Ok(Ok(Ok(()))) => Ok(Watcher {
+                client,
+                messages,
+                task,
+            }),
+            Ok(Ok(Err(e))) => Err(format!("the broker refused the client: {e}")),
+            _ => Err("the broker did not answer in time".into()),
         }
     }
 

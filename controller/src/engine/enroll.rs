@@ -47,6 +47,7 @@ impl Credentials {
     /// Replaces the copy with what the store holds, and the keyring with its keys.
     pub(super) fn reload(&mut self, store: &Store) -> Result<(), StoreError> {
         self.tokens = store.enroll_tokens()?.into_iter().collect();
+        self.keyring.set_enroll_tokens(self.tokens.keys().cloned());
         self.creds.clear();
         for (id, cred) in store.credentials()? {
             let (Ok(id), Some(key)) = (NodeId::new(id.clone()), NodeKey::from_hex(&cred.key))
@@ -64,6 +65,7 @@ impl Credentials {
     #[cfg(test)]
     pub(super) fn add_token(&mut self, id: String, record: EnrollTokenRecord) {
         self.tokens.insert(id, record);
+        self.keyring.set_enroll_tokens(self.tokens.keys().cloned());
     }
 
     #[cfg(test)]

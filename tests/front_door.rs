@@ -1,0 +1,192 @@
+//! The embedded broker's front door: who may connect, and what each kind of client may
+//! publish, subscribe to and receive (DESIGN section 11).
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use metalbus_e2e::{eventually, steps_dir, AgentProc, Controller, Watcher};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Whether `w`'s connection is still alive: a publish it may make would fail once the
+/// door has closed it. Probed by a subscription round trip instead: a closed client
+/// never gets its SUBACK.
+async fn connected(port: u16, login: (&str, &str)) -> bool {
+    Watcher::connect(port, Some(login), None).await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_and_unknown_clients_are_refused_at_connect() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctl = Controller::start(tmp.path(), &[]).await;
+    let port = ctl.mqtt_port;
+    for login in [
+        None,
+        Some(("someone", "")),
+        Some(("someone", "mb_not_a_token")),
+        Some(("metalbus-controller", "")),
+        Some(("metalbus-door", "guess")),
+        Some(("metalbus-enroll", "no-such-token")),
+        Some(("some-node", "0000")),
+    ] {
+        let r = Watcher::connect(port, login, Some("metalbus/v1/#")).await;
+        assert!(r.is_err(), "{login:?} was let in");
+    }
+    // The same port takes a monitoring tool with an API token.
+    let token = ctl.token();
+    assert!(connected(port, ("grafana", &token)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_sees_the_fleet_but_no_commands_and_cannot_publish() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctl = Controller::with_config(tmp.path(), &Controller::quick_plan("0.3"), &[]).await;
+    let api = ctl.api();
+    let out = ctl.cli(&["tokens", "create", "--name", "grafana", "--role", "viewer"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let viewer = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let steps = steps_dir(tmp.path(), &[]);
+    let agent = AgentProc::start_with(
+        tmp.path(),
+        &ctl.broker_url(),
+        "fd-1",
+        &["--steps-dir", steps.to_str().unwrap()],
+    );
+    api.wait_state("fd-1", "discovered", WAIT).await;
+
+    let monitor = Watcher::connect(
+        ctl.mqtt_port,
+        Some(("grafana", &viewer)),
+        Some("metalbus/v1/#"),
+    )
+    .await
+    .unwrap();
+    // An install: commands and receipts flow, but never to the monitor.
+    api.post("/api/v1/nodes/fd-1/manage", None).await.unwrap();
+    api.wait_state("fd-1", "active", WAIT).await;
+    let seen = eventually(WAIT, "state and summary at the monitor", || {
+        let msgs = monitor.messages();
+        async move {
+            let has = |suffix: &str| msgs.iter().any(|m| m.topic.ends_with(suffix));
+            if has("/fd-1/state") && has("/summary") && has("/fd-1/status") {
+                Ok(msgs)
+            } else {
+                Err(format!("{} messages", msgs.len()))
+            }
+        }
+    })
+    .await;
+    for m in &seen {
+        for hidden in ["/commands", "/receipts", "/reports", "/enroll", "/enrolled"] {
+            assert!(!m.topic.ends_with(hidden), "the monitor got {}", m.topic);
+        }
+    }
+
+    // Every publish the monitor makes, retained or not, on any topic: its connection is
+    // closed, and nothing reaches the agent or changes what the API shows.
+    let before = api.node("fd-1").await.unwrap();
+    let now = metalbus_protocol::Timestamp::from(std::time::SystemTime::now());
+    let reboot = json!({"command_id": "c-monitor", "kind": "reboot", "issued_at": now,
+        "expires_at": "2999-01-01T00:00:00Z"});
+    let attempts: Vec<(String, Vec<u8>, bool)> = vec![
+        (
+            "metalbus/v1/nodes/fd-1/commands".into(),
+            serde_json::to_vec(&reboot).unwrap(),
+            false,
+        ),
+        (
+            "metalbus/v1/nodes/fd-1/status".into(),
+            br#"{"online":false,"reason":"lost","conn":99}"#.to_vec(),
+            true,
+        ),
+        (
+            "metalbus/v1/nodes/fd-1/state".into(),
+            br#"{"state":"retired"}"#.to_vec(),
+            true,
+        ),
+        ("metalbus/v1/summary".into(), b"{}".to_vec(), true),
+        ("elsewhere/entirely".into(), b"x".to_vec(), false),
+    ];
+    for (topic, payload, retain) in attempts {
+        let m = Watcher::connect(ctl.mqtt_port, Some(("grafana", &viewer)), None)
+            .await
+            .unwrap();
+        if retain {
+            m.publish_retained(&topic, payload).await;
+        } else {
+            m.publish(&topic, payload).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = api.node("fd-1").await.unwrap();
+    for key in ["state", "online", "version", "last_applied_seq", "job"] {
+        assert_eq!(after[key], before[key], "{key} changed");
+    }
+    assert!(
+        !agent.log_text().contains("c-monitor"),
+        "the monitor's command reached the agent"
+    );
+    // A fresh monitor sees the real retained state, not the monitor's.
+    let fresh = Watcher::monitor(&ctl, "metalbus/v1/nodes/fd-1/state").await;
+    let state = eventually(WAIT, "the retained state", || {
+        let msgs = fresh.messages();
+        async move { msgs.last().cloned().ok_or_else(|| "none yet".to_string()) }
+    })
+    .await;
+    assert_eq!(state.json()["state"], "active");
+    let log = ctl.log_text();
+    assert!(log.contains("publish refused; connection closed"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_credential_reaches_only_its_own_topics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctl = Controller::start(tmp.path(), &[]).await;
+    let api = ctl.api();
+    let a = AgentProc::start(tmp.path(), &ctl.broker_url(), "fd-a");
+    let _b = AgentProc::start(tmp.path(), &ctl.broker_url(), "fd-b");
+    for id in ["fd-a", "fd-b"] {
+        api.wait_state(id, "discovered", WAIT).await;
+    }
+    let before = api.node("fd-b").await.unwrap();
+    let history = api.transitions("fd-b").await.unwrap();
+    let key = a.key();
+    let password = key.broker_password();
+    // As node A: subscribing to B's commands is refused.
+    let sub = Watcher::connect(
+        ctl.mqtt_port,
+        Some(("fd-a", &password)),
+        Some("metalbus/v1/nodes/fd-b/commands"),
+    )
+    .await;
+    assert!(sub.is_err(), "A subscribed to B's commands");
+    // Publishing as B on each of B's topics, even sealed with A's key: refused.
+    for kind in ["status", "inventory", "metrics", "reports"] {
+        let w = Watcher::node(ctl.mqtt_port, "fd-a", &key, None).await;
+        w.publish_as(
+            &key,
+            &format!("metalbus/v1/nodes/fd-b/{kind}"),
+            br#"{"online":false,"reason":"lost","conn":99}"#.to_vec(),
+        )
+        .await;
+    }
+    // A cannot log in with B's name, nor leave a Will on B's status.
+    assert!(!connected(ctl.mqtt_port, ("fd-b", &password)).await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = api.node("fd-b").await.unwrap();
+    for k in ["state", "online", "version", "specs", "hostname"] {
+        assert_eq!(after[k], before[k], "{k} changed");
+    }
+    assert_eq!(api.transitions("fd-b").await.unwrap(), history);
+    let (_, events) = api
+        .get("/api/v1/nodes/fd-b/events?type=Warning")
+        .await
+        .unwrap();
+    assert_eq!(events["data"], json!([]), "no warnings on B");
+}
