@@ -70,6 +70,8 @@ enum Event {
 enum SessionEnd {
     Shutdown,
     Lost(String),
+    /// The broker refused our login.
+    Refused(rumqttc::ConnectReturnCode),
 }
 
 /// Counts publish requests against the broker's answers, so a clean stop knows when its
@@ -300,6 +302,16 @@ impl Agent {
                     info!(node = %self.node_id(), "agent stopped");
                     return Ok(());
                 }
+                SessionEnd::Refused(code) => {
+                    // Not a network problem: retrying fast changes nothing.
+                    let delay = backoff.ceiling();
+                    error!(node = %self.node_id(), ?code, retry_in = ?delay, state = %self.cfg.state_dir.display(),
+                        "the broker refused this node's credential (revoked?); to enroll again, delete credential.json in the state dir and start the agent with a new enrollment token");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.changed() => return Ok(()),
+                    }
+                }
                 SessionEnd::Lost(why) => {
                     let delay = backoff.next_delay(&mut rand::thread_rng());
                     warn!(node = %self.node_id(), conn, error = %why, retry_in = ?delay, "broker connection lost");
@@ -426,6 +438,10 @@ impl Agent {
                     debug!(?ev, "mqtt");
                     continue;
                 }
+                Event::Mqtt(Err(ConnectionError::ConnectionRefused(
+                    code @ (rumqttc::ConnectReturnCode::BadUserNamePassword
+                    | rumqttc::ConnectReturnCode::NotAuthorized),
+                ))) => return SessionEnd::Refused(code),
                 Event::Mqtt(Err(e)) => return SessionEnd::Lost(e.to_string()),
                 Event::Job(e) => Input::Job(e),
                 Event::PowerDone(d) => Input::PowerDone(d),

@@ -185,10 +185,11 @@ pub fn decode(
         NodeTopic::Status => {
             let status: Status = typed(value).map_err(bad)?;
             if let Status::Offline(off) = &status {
-                if off.reason == OfflineReason::Stale {
-                    return Err(invalid(
-                        "offline reason \"stale\" is the controller's verdict; agents send lost or shutdown".into(),
-                    ));
+                if matches!(off.reason, OfflineReason::Stale | OfflineReason::Revoked) {
+                    return Err(invalid(format!(
+                        "offline reason \"{}\" is the controller's verdict; agents send lost or shutdown",
+                        off.reason
+                    )));
                 }
             }
             let claimed = status.node_id().cloned();

@@ -162,7 +162,7 @@ pub fn ephemeral_identity() -> Arc<Identity> {
 /// A new enrollment token and its record.
 pub fn new_enroll_token(
     id: &str,
-    identity: &Identity,
+    anchor: [u8; 32],
     now: Timestamp,
     expires_at: Option<Timestamp>,
     max_uses: Option<u32>,
@@ -173,7 +173,7 @@ pub fn new_enroll_token(
         .fill(&mut secret)
         .map_err(|_| anyhow::anyhow!("no randomness for a token"))?;
     let token = EnrollToken {
-        anchor: identity.anchor(),
+        anchor,
         id: id.to_string(),
         secret,
     };
@@ -233,7 +233,7 @@ pub fn ensure_enroll_token(
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let (token, record) =
-                new_enroll_token(FLEET_TOKEN_ID, identity, now, None, None, None)?;
+                new_enroll_token(FLEET_TOKEN_ID, identity.anchor(), now, None, None, None)?;
             store.write(Durability::Immediate, |tx| {
                 tx.put_enroll_token(&token.id, &record)
             })?;

@@ -213,6 +213,7 @@ pub async fn run(
         clock: clock.clone(),
         live,
         stopping: stop_rx.clone(),
+        anchor: identity.anchor(),
     };
     let mut http_stop = stop_rx.clone();
     let http_task = tokio::spawn(api::serve(http, state, async move {

@@ -392,13 +392,41 @@ pub struct PlanView {
     pub steps: Vec<Step>,
 }
 
-/// `POST /tokens`.
+names! {
+    /// What a token is for.
+    pub enum TokenKind as "token kind" {
+        /// An API token: HTTP `Authorization: Bearer`, and the MQTT password of a
+        /// monitoring tool.
+        Api = "api",
+        /// An enrollment token (`MB1:...`), with which an agent gets its node key.
+        Enroll = "enroll",
+    }
+}
+
+/// `POST /tokens`: an API token (`role`), or an enrollment token (`kind: "enroll"`,
+/// optionally limited by `ttl_s`, `uses` and `node`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
+    /// Unique among all tokens. An enrollment token's name is its id: lower-case
+    /// letters, digits, `.`, `_`, `-`, at most 64.
     pub name: String,
-    pub role: Role,
+    /// Required for an API token; not allowed for an enrollment token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    /// `api` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<TokenKind>,
+    /// Enrollment tokens: valid for this many seconds; forever when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_s: Option<u64>,
+    /// Enrollment tokens: how many nodes it may enroll; unlimited when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uses: Option<u32>,
+    /// Enrollment tokens: the one node id it may enroll.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// The new token, shown once.
@@ -406,8 +434,44 @@ pub struct TokenRequest {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenCreated {
     pub name: String,
-    pub role: Role,
+    pub kind: TokenKind,
+    #[serde(default)]
+    pub role: Option<Role>,
     pub token: String,
+    #[serde(default)]
+    pub expires_at: Option<Timestamp>,
+    #[serde(default)]
+    pub max_uses: Option<u32>,
+    #[serde(default)]
+    pub node: Option<NodeId>,
+}
+
+/// One token as `GET /tokens` lists it (never the secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TokenView {
+    pub name: String,
+    pub kind: TokenKind,
+    #[serde(default)]
+    pub role: Option<Role>,
+    pub created_at: Timestamp,
+    #[serde(default)]
+    pub expires_at: Option<Timestamp>,
+    /// Enrollments made with it.
+    #[serde(default)]
+    pub uses: Option<u32>,
+    #[serde(default)]
+    pub max_uses: Option<u32>,
+    #[serde(default)]
+    pub node: Option<NodeId>,
+}
+
+/// `POST /nodes/{node}/revoke`: the node's credential is gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NodeRevoked {
+    pub node_id: NodeId,
+    pub message: String,
 }
 
 /// `GET /operations/{id}`: a command and what became of it.

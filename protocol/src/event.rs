@@ -67,6 +67,9 @@ names! {
         PoweroffFailed,
         WakeRequested,
         WakeFailed,
+        /// An operator revoked the node's credential; its agent is cut off until it
+        /// enrolls again with a new token.
+        CredentialRevoked,
     }
 }
 

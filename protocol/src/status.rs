@@ -15,6 +15,9 @@ names! {
         /// The controller's verdict, never an agent's: nothing heard from the agent for 3 ×
         /// its metrics interval (DESIGN 7.3). Refused in an agent's status.
         Stale = "stale",
+        /// The controller's verdict, never an agent's: an operator revoked the node's
+        /// credential. Refused in an agent's status.
+        Revoked = "revoked",
     }
 }
 

@@ -3,8 +3,12 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use metalbus_protocol::api::{Data, Operation, PlanView, TokenCreated, TokenRequest};
+use metalbus_protocol::api::{
+    Data, NodeRevoked, Operation, PlanView, TokenCreated, TokenKind, TokenRequest, TokenView,
+};
 use metalbus_protocol::api::{ErrorBody, Role};
+use metalbus_protocol::enroll::valid_token_id;
+use metalbus_protocol::NodeId;
 
 use super::auth::{new_token, Caller};
 use super::error::ApiError;
@@ -12,7 +16,8 @@ use super::extract::{ApiJson, Checked};
 use super::lifecycle::{ask, require};
 use super::openapi::ReadErrors;
 use super::AppState;
-use crate::engine::Input;
+use crate::engine::{Input, KeyChange};
+use crate::security;
 
 /// `GET /plans`.
 #[utoipa::path(
@@ -78,19 +83,21 @@ pub async fn operation(
     }))
 }
 
-/// `POST /tokens` (admin): a new token with a role; only its hash is kept.
+/// `POST /tokens` (admin): a new API token with a role (only its hash is kept), or an
+/// enrollment token; either is shown once.
 #[utoipa::path(
     post,
     operation_id = "createToken",
     path = "/api/v1/tokens",
     tag = "admin",
-    summary = "Create an API token (admin); it is shown once",
+    summary = "Create an API or enrollment token (admin); it is shown once",
     request_body = TokenRequest,
     responses(
         (status = 201, body = Data<TokenCreated>),
         (status = 400, description = "Bad request (`Primus.00002`)", body = ErrorBody),
         (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
         (status = 403, description = "The token's role may not do this (`Primus.00004`)", body = ErrorBody),
+        (status = 409, description = "A token with this name exists", body = ErrorBody),
     ),
     security(("bearer" = [])),
 )]
@@ -100,28 +107,255 @@ pub async fn create(
     ApiJson(req): ApiJson<TokenRequest>,
 ) -> Result<(StatusCode, Json<Data<TokenCreated>>), ApiError> {
     require(&caller, Role::Admin)?;
-    let role = req.role;
-    let name = req.name.trim();
-    if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
-        return Err(ApiError::BadRequest(
-            "name must be 1 to 64 characters without control characters".into(),
+    let name = req.name.trim().to_string();
+    let now = state.clock.now();
+    let created = match req.kind.unwrap_or(TokenKind::Api) {
+        TokenKind::Api => {
+            if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+                return Err(ApiError::BadRequest(
+                    "name must be 1 to 64 characters without control characters".into(),
+                ));
+            }
+            let Some(role) = req.role else {
+                return Err(ApiError::BadRequest("an API token needs a role".into()));
+            };
+            if req.ttl_s.is_some() || req.uses.is_some() || req.node.is_some() {
+                return Err(ApiError::BadRequest(
+                    "ttl_s, uses and node are for enrollment tokens (kind \"enroll\")".into(),
+                ));
+            }
+            let (token, hash, record) = new_token(&name, role, now);
+            ask(&state, |reply| Input::Keys {
+                change: KeyChange::ApiToken { hash, record },
+                reply,
+            })
+            .await?;
+            TokenCreated {
+                name,
+                kind: TokenKind::Api,
+                role: Some(role),
+                token,
+                expires_at: None,
+                max_uses: None,
+                node: None,
+            }
+        }
+        TokenKind::Enroll => {
+            if !valid_token_id(&name) {
+                return Err(ApiError::BadRequest(
+                    "an enrollment token's name must be 1 to 64 lower-case letters, digits, \
+                     '.', '_' or '-'"
+                        .into(),
+                ));
+            }
+            if req.role.is_some() {
+                return Err(ApiError::BadRequest(
+                    "an enrollment token has no role".into(),
+                ));
+            }
+            if req.uses == Some(0) || req.ttl_s == Some(0) {
+                return Err(ApiError::BadRequest(
+                    "uses and ttl_s must be at least 1".into(),
+                ));
+            }
+            let ttl = req
+                .ttl_s
+                .filter(|s| *s <= MAX_TOKEN_TTL.as_secs())
+                .map(std::time::Duration::from_secs);
+            if req.ttl_s.is_some() && ttl.is_none() {
+                return Err(ApiError::BadRequest(format!(
+                    "ttl_s may be at most {} (10 years)",
+                    MAX_TOKEN_TTL.as_secs()
+                )));
+            }
+            let node = req
+                .node
+                .map(NodeId::new)
+                .transpose()
+                .map_err(|e| ApiError::BadRequest(format!("node: {e}")))?;
+            let expires_at = ttl.map(|t| now.plus(t));
+            let (token, record) = security::new_enroll_token(
+                &name,
+                state.anchor,
+                now,
+                expires_at,
+                req.uses,
+                node.clone(),
+            )
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+            ask(&state, |reply| Input::Keys {
+                change: KeyChange::EnrollToken {
+                    id: name.clone(),
+                    record,
+                },
+                reply,
+            })
+            .await?;
+            TokenCreated {
+                name,
+                kind: TokenKind::Enroll,
+                role: None,
+                token: token.to_string(),
+                expires_at,
+                max_uses: req.uses,
+                node,
+            }
+        }
+    };
+    Ok((StatusCode::CREATED, Json(Data { data: created })))
+}
+
+/// Longest an enrollment token may be valid for.
+const MAX_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// `GET /tokens` (admin): every token of both kinds, without secrets.
+#[utoipa::path(
+    get,
+    operation_id = "listTokens",
+    path = "/api/v1/tokens",
+    tag = "admin",
+    summary = "List API and enrollment tokens (admin); secrets are never shown",
+    responses(
+        (status = 200, body = Data<Vec<TokenView>>),
+        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
+        (status = 403, description = "The token's role may not do this (`Primus.00004`)", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Data<Vec<TokenView>>>, ApiError> {
+    require(&caller, Role::Admin)?;
+    let mut data: Vec<TokenView> = state
+        .store
+        .tokens()?
+        .into_iter()
+        .map(|(_, t)| TokenView {
+            name: t.name,
+            kind: TokenKind::Api,
+            role: Some(t.role),
+            created_at: t.created_at,
+            expires_at: None,
+            uses: None,
+            max_uses: None,
+            node: None,
+        })
+        .collect();
+    data.extend(
+        state
+            .store
+            .enroll_tokens()?
+            .into_iter()
+            .map(|(id, t)| TokenView {
+                name: id,
+                kind: TokenKind::Enroll,
+                role: None,
+                created_at: t.created_at,
+                expires_at: t.expires_at,
+                uses: Some(t.uses),
+                max_uses: t.max_uses,
+                node: t.node,
+            }),
+    );
+    data.sort_by(|a, b| (a.created_at, &a.name).cmp(&(b.created_at, &b.name)));
+    Ok(Json(Data { data }))
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TokenPath {
+    /// The token's name.
+    #[allow(dead_code)]
+    name: String,
+}
+
+/// `DELETE /tokens/{name}` (admin): the token stops working at once.
+#[utoipa::path(
+    delete,
+    operation_id = "revokeToken",
+    path = "/api/v1/tokens/{name}",
+    tag = "admin",
+    summary = "Revoke an API or enrollment token (admin)",
+    params(TokenPath),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
+        (status = 403, description = "The token's role may not do this (`Primus.00004`)", body = ErrorBody),
+        (status = 404, description = "No token with this name (`Primus.00005`)", body = ErrorBody),
+        (status = 409, description = "The token is the one making the request", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn revoke(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Checked(Path(name)): Checked<Path<String>>,
+) -> Result<StatusCode, ApiError> {
+    require(&caller, Role::Admin)?;
+    if name == caller.name {
+        return Err(ApiError::Conflict(
+            "that is the token making this request; revoke it with another admin token".into(),
         ));
     }
-    let (token, hash, record) = new_token(name, role, state.clock.now());
-    ask(&state, |reply| Input::Token {
-        hash,
-        record,
+    ask(&state, |reply| Input::Keys {
+        change: KeyChange::RevokeToken { name },
         reply,
     })
     .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(Data {
-            data: TokenCreated {
-                name: name.to_string(),
-                role,
-                token,
-            },
-        }),
-    ))
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /nodes/{node}/revoke` (admin): the node's credential ends now; its agent is
+/// disconnected and enrolls again only with a token made after this.
+#[utoipa::path(
+    post,
+    operation_id = "revokeNode",
+    path = "/api/v1/nodes/{node}/revoke",
+    tag = "admin",
+    summary = "Revoke a node's credential (admin)",
+    params(("node" = String, Path, description = "Node id or name")),
+    responses(
+        (status = 200, body = Data<NodeRevoked>),
+        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
+        (status = 403, description = "The token's role may not do this (`Primus.00004`)", body = ErrorBody),
+        (status = 404, description = "No such node (`Primus.00005`)", body = ErrorBody),
+        (status = 409, description = "The node has no credential", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn revoke_node(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Checked(Path(key)): Checked<Path<String>>,
+) -> Result<Json<Data<NodeRevoked>>, ApiError> {
+    require(&caller, Role::Admin)?;
+    // A node record by id or name, or else an enrolled id that never sent a birth.
+    let id = match state.store.find_node(&key)? {
+        Some(node) => node.id,
+        None => state
+            .store
+            .credentials()?
+            .into_iter()
+            .find(|(id, _)| *id == key)
+            .and_then(|(id, _)| NodeId::new(id).ok())
+            .ok_or(ApiError::NodeNotFound)?,
+    };
+    ask(&state, |reply| Input::Keys {
+        change: KeyChange::RevokeNode {
+            id: id.clone(),
+            user: Some(caller.name.clone()),
+        },
+        reply,
+    })
+    .await?;
+    Ok(Json(Data {
+        data: NodeRevoked {
+            message: format!(
+                "node {id}'s credential is revoked; its agent is disconnected and enrolls \
+                 again only with a token made from now on"
+            ),
+            node_id: id,
+        },
+    }))
 }

@@ -37,6 +37,7 @@ impl From<CallError> for ApiError {
     fn from(e: CallError) -> Self {
         match e {
             CallError::NotFound => ApiError::NodeNotFound,
+            CallError::Missing(m) => ApiError::NotFound(m),
             CallError::Stale { .. } | CallError::Conflict(_) => ApiError::Conflict(e.to_string()),
             CallError::Refused(_) | CallError::BadRequest(_) => ApiError::BadRequest(e.to_string()),
             CallError::Store(_) => ApiError::Internal(e.to_string()),

@@ -49,6 +49,8 @@ pub struct AppState {
     pub live: LiveFeed,
     /// Turns true when the controller stops: open event streams end then.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// The controller identity's anchor, which new enrollment tokens carry.
+    pub anchor: [u8; 32],
 }
 
 /// Declares a list of routes once: the `(method, path)` table (in OpenAPI's `{param}`
@@ -87,6 +89,9 @@ routes!(API_ROUTES, api_routes:
     get "/api/v1/plans" => admin::plans,
     get "/api/v1/operations/{id}" => admin::operation,
     post "/api/v1/tokens" => admin::create,
+    get "/api/v1/tokens" => admin::list,
+    delete "/api/v1/tokens/{name}" => admin::revoke,
+    post "/api/v1/nodes/{node}/revoke" => admin::revoke_node,
 );
 
 routes!(OPEN_ROUTES, open_routes:

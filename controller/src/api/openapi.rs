@@ -42,6 +42,9 @@ use super::{admin, events, fleet, lifecycle, metrics, nodes, operations, stream}
         admin::plans,
         admin::operation,
         admin::create,
+        admin::list,
+        admin::revoke,
+        admin::revoke_node,
         super::healthz,
         super::readyz,
         super::metrics,
@@ -181,7 +184,7 @@ mod tests {
             undocumented.is_empty() && unrouted.is_empty(),
             "routes without documentation: {undocumented:?}; documented but not routed: {unrouted:?}"
         );
-        assert_eq!(routed.len(), 26);
+        assert_eq!(routed.len(), 29);
     }
 
     #[test]

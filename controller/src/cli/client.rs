@@ -99,7 +99,7 @@ impl ApiClient {
         })
     }
 
-    async fn get<T: DeserializeOwned>(
+    pub async fn get<T: DeserializeOwned>(
         &self,
         path: &str,
         query: &[(&str, String)],
@@ -142,6 +142,12 @@ impl ApiClient {
         if !(200..300).contains(&status) {
             return Err(api_error(status, &bytes));
         }
+        // 204 No Content: nothing to decode (read as JSON null, i.e. `()`).
+        let bytes = if bytes.is_empty() {
+            b"null"[..].into()
+        } else {
+            bytes
+        };
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
             url,
             why: e.to_string(),
@@ -231,7 +237,7 @@ pub fn node_path(key: &str, rest: &str) -> String {
 
 /// Percent-encodes everything but unreserved characters, so a node name can't change the
 /// path.
-fn encode_path_segment(s: &str) -> String {
+pub fn encode_path_segment(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {

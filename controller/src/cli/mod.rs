@@ -10,14 +10,16 @@ use std::time::SystemTime;
 
 use clap::{Args, Subcommand, ValueEnum};
 use metalbus_protocol::api::{
-    Changed, Data, History, MetricsPeriod, NodeMetrics, NodeView, Operation, OperationStarted,
-    RetryResponse, Role, TokenCreated, TokenRequest,
+    Changed, Data, History, MetricsPeriod, NodeMetrics, NodeRevoked, NodeView, Operation,
+    OperationStarted, RetryResponse, Role, TokenCreated, TokenKind, TokenRequest, TokenView,
 };
 use metalbus_protocol::event::Events;
 use metalbus_protocol::lifecycle::NodeState;
 use metalbus_protocol::Timestamp;
 
-use client::{find_token, node_path, token_files, ApiClient, ClientError, Method};
+use client::{
+    encode_path_segment, find_token, node_path, token_files, ApiClient, ClientError, Method,
+};
 
 /// Flags every client command takes.
 #[derive(Args, Debug, Clone)]
@@ -122,6 +124,13 @@ pub enum NodesCommand {
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
     },
+    /// Revoke a node's credential (admin): its agent is disconnected at once and must
+    /// enroll again with a token made after this.
+    Revoke {
+        node: String,
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Output,
+    },
     /// Retry a failed install or deprovision (install_failed / deprovision_failed).
     Retry {
         node: String,
@@ -210,25 +219,62 @@ pub struct OperationArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum TokensCommand {
-    /// Create an API token; it is printed once, and only its hash is stored.
+    /// Create a token; it is printed once. An API token (--role) is stored as a hash; an
+    /// enrollment token (--enroll) lets agents enroll (metalbus-agent run
+    /// --enroll-token-file FILE), limited by --ttl, --uses and --node.
     Create {
+        /// Unique among all tokens. For --enroll: lower-case letters, digits, . _ -
         #[arg(long)]
         name: String,
         /// viewer (reads), operator (manage, retry, ...), or admin (everything).
-        #[arg(long, value_parser = str::parse::<Role>)]
-        role: Role,
+        #[arg(long, value_parser = str::parse::<Role>, required_unless_present = "enroll", conflicts_with = "enroll")]
+        role: Option<Role>,
+        /// An enrollment token instead of an API token.
+        #[arg(long)]
+        enroll: bool,
+        /// How long the enrollment token is valid, e.g. 24h [default: forever]
+        #[arg(long, value_name = "DURATION", requires = "enroll", value_parser = metalbus_link::duration::parse)]
+        ttl: Option<std::time::Duration>,
+        /// How many nodes the enrollment token may enroll [default: unlimited]
+        #[arg(long, value_name = "N", requires = "enroll")]
+        uses: Option<u32>,
+        /// The one node id the enrollment token may enroll.
+        #[arg(long, value_name = "NODE_ID", requires = "enroll")]
+        node: Option<String>,
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
     },
+    /// List API and enrollment tokens (never their secrets).
+    List {
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Revoke a token by name: it stops working at once.
+    Revoke { name: String },
 }
 
 /// Runs a `tokens` subcommand.
 pub async fn tokens(args: ClientArgs, cmd: TokensCommand) -> Result<String, ClientError> {
     let api = connect(args)?;
     match cmd {
-        TokensCommand::Create { name, role, output } => {
-            let body = serde_json::to_value(TokenRequest { name, role })
-                .map_err(|e| ClientError::Usage(e.to_string()))?;
+        TokensCommand::Create {
+            name,
+            role,
+            enroll,
+            ttl,
+            uses,
+            node,
+            output,
+        } => {
+            let body = serde_json::to_value(TokenRequest {
+                name,
+                role,
+                kind: enroll.then_some(TokenKind::Enroll),
+                ttl_s: ttl.map(|t| t.as_secs().max(1)),
+                uses,
+                node,
+            })
+            .map_err(|e| ClientError::Usage(e.to_string()))?;
             let created: Data<TokenCreated> = api
                 .send(Method::POST, "/api/v1/tokens", &[], Some(body))
                 .await?;
@@ -236,6 +282,20 @@ pub async fn tokens(args: ClientArgs, cmd: TokensCommand) -> Result<String, Clie
                 Output::Table => format!("{}\n", created.data.token),
                 Output::Json => json(&created.data),
             })
+        }
+        TokensCommand::List { output } => {
+            let list: Data<Vec<TokenView>> = api.get("/api/v1/tokens", &[]).await?;
+            Ok(match output {
+                Output::Table => {
+                    render::tokens(&list.data, Timestamp::from(std::time::SystemTime::now()))
+                }
+                Output::Json => json(&list.data),
+            })
+        }
+        TokensCommand::Revoke { name } => {
+            let path = format!("/api/v1/tokens/{}", encode_path_segment(&name));
+            let () = api.send(Method::DELETE, &path, &[], None).await?;
+            Ok(format!("token {name} revoked\n"))
         }
     }
 }
@@ -336,6 +396,15 @@ pub async fn nodes(args: ClientArgs, cmd: NodesCommand) -> Result<String, Client
                 .send(Method::POST, &node_path(&node, "/unmanage"), &[], None)
                 .await?;
             Ok(changed(c, output))
+        }
+        NodesCommand::Revoke { node, output } => {
+            let r: Data<NodeRevoked> = api
+                .send(Method::POST, &node_path(&node, "/revoke"), &[], None)
+                .await?;
+            Ok(match output {
+                Output::Table => format!("{}\n", r.data.message),
+                Output::Json => json(&r.data),
+            })
         }
         NodesCommand::Retry { node, output } => {
             let r: RetryResponse = api

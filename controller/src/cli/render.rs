@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use metalbus_protocol::api::{History, NodeView};
+use metalbus_protocol::api::{History, NodeView, TokenView};
 use metalbus_protocol::event::Events;
 use metalbus_protocol::Timestamp;
 
@@ -220,6 +220,37 @@ pub fn node_detail(n: &NodeView, now: Timestamp) -> String {
 }
 
 /// The audit log, newest first.
+/// `tokens list`: one row per token, never a secret.
+pub fn tokens(list: &[TokenView], now: Timestamp) -> String {
+    let mut rows = vec![
+        ["NAME", "KIND", "ROLE", "CREATED", "EXPIRES", "USES", "NODE"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for t in list {
+        let uses = match (t.uses, t.max_uses) {
+            (Some(u), Some(max)) => format!("{u}/{max}"),
+            (Some(u), None) => u.to_string(),
+            _ => "-".into(),
+        };
+        let expires = match t.expires_at {
+            Some(at) if at <= now => format!("{at} (expired)"),
+            Some(at) => at.to_string(),
+            None => "never".into(),
+        };
+        rows.push(vec![
+            t.name.clone(),
+            t.kind.to_string(),
+            t.role.map_or("-".into(), |r| r.to_string()),
+            ago(Some(t.created_at), now),
+            expires,
+            uses,
+            t.node.as_ref().map_or("-".into(), |n| n.to_string()),
+        ]);
+    }
+    table(&rows)
+}
+
 pub fn history(h: &History, now: Timestamp) -> String {
     let mut rows = vec![["WHEN", "FROM", "TO", "BY", "USER", "COMMENT / DETAILS"]
         .map(String::from)

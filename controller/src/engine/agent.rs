@@ -209,7 +209,7 @@ impl Engine {
             let (kind, message) = match off.reason {
                 OfflineReason::Shutdown => (EventType::Normal, "agent stopped cleanly"),
                 // Refused at ingest; a Will cannot say it.
-                OfflineReason::Lost | OfflineReason::Stale => {
+                OfflineReason::Lost | OfflineReason::Stale | OfflineReason::Revoked => {
                     (EventType::Warning, "agent connection lost")
                 }
             };

@@ -119,6 +119,8 @@ pub(super) struct Batch {
     pub events: Vec<(NodeId, NodeEvent)>,
     /// New API tokens: hash and record.
     pub tokens: Vec<(String, TokenRecord)>,
+    /// Revoked API tokens, by hash.
+    pub deleted_tokens: Vec<String>,
     /// Enrollment tokens written (`None`: deleted).
     pub enroll_tokens: Vec<(String, Option<EnrollTokenRecord>)>,
     /// Node credentials written (`None`: revoked).
@@ -154,6 +156,7 @@ impl Batch {
             && self.commands.is_empty()
             && self.events.is_empty()
             && self.tokens.is_empty()
+            && self.deleted_tokens.is_empty()
             && self.enroll_tokens.is_empty()
             && self.credentials.is_empty()
     }

@@ -91,10 +91,15 @@ pub struct Reply {
 #[derive(Debug, Clone, PartialEq)]
 pub enum CallError {
     NotFound,
-    Stale { given: u64, current: u64 },
+    Stale {
+        given: u64,
+        current: u64,
+    },
     Refused(Refusal),
     BadRequest(String),
     Conflict(String),
+    /// Something other than a node is not there (a token, say).
+    Missing(String),
     Store(String),
 }
 
@@ -107,7 +112,9 @@ impl fmt::Display for CallError {
                 "version {given} is stale; the node is at version {current}"
             ),
             CallError::Refused(r) => write!(f, "{r}"),
-            CallError::BadRequest(m) | CallError::Conflict(m) => f.write_str(m),
+            CallError::BadRequest(m) | CallError::Conflict(m) | CallError::Missing(m) => {
+                f.write_str(m)
+            }
             CallError::Store(m) => write!(f, "store failure: {m}"),
         }
     }

@@ -11,13 +11,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use metalbus_protocol::enroll::{self, EnrollRequest, EnrollToken};
+use metalbus_protocol::event::EventReason;
 use metalbus_protocol::proof::{decode_hex, Identity, NodeKey, KEY_BYTES};
+use metalbus_protocol::status::OfflineReason;
 use metalbus_protocol::topic::NodeTopic;
 use metalbus_protocol::{NodeId, Timestamp};
 use tracing::{info, warn};
 
-use super::batch::Batch;
-use super::Engine;
+use super::batch::{Batch, TokenReplyTo};
+use super::{CallError, Engine, KeyChange};
 use crate::publish::{Delivery, Outbound};
 use crate::security::Keyring;
 use crate::store::{CredentialRecord, EnrollTokenRecord, Store, StoreError};
@@ -50,22 +52,34 @@ impl Credentials {
         self.keyring.set_enroll_tokens(self.tokens.keys().cloned());
         self.creds.clear();
         for (id, cred) in store.credentials()? {
-            let (Ok(id), Some(key)) = (NodeId::new(id.clone()), NodeKey::from_hex(&cred.key))
-            else {
-                warn!(node = %id, "a stored credential is unreadable; that node must enroll again");
+            let Ok(id) = NodeId::new(id.clone()) else {
+                warn!(node = %id, "a stored credential has a bad node id; ignored");
                 continue;
             };
-            self.keyring.set(id.clone(), key);
+            if cred.revoked_at.is_none() {
+                match NodeKey::from_hex(&cred.key) {
+                    Some(key) => self.keyring.set(id.clone(), key),
+                    None => {
+                        warn!(node = %id, "a stored credential is unreadable; that node must enroll again");
+                        continue;
+                    }
+                }
+            }
             self.creds.insert(id, cred);
         }
         Ok(())
     }
 
     /// A new enrollment token (committed by the caller's batch).
-    #[cfg(test)]
     pub(super) fn add_token(&mut self, id: String, record: EnrollTokenRecord) {
         self.tokens.insert(id, record);
         self.keyring.set_enroll_tokens(self.tokens.keys().cloned());
+    }
+
+    fn remove_token(&mut self, id: &str) -> bool {
+        let had = self.tokens.remove(id).is_some();
+        self.keyring.set_enroll_tokens(self.tokens.keys().cloned());
+        had
     }
 
     #[cfg(test)]
@@ -76,7 +90,7 @@ impl Credentials {
     /// Marks a credential confirmed by its first proven message.
     pub(super) fn heard(&mut self, id: &NodeId, batch: &mut Batch) {
         if let Some(cred) = self.creds.get_mut(id) {
-            if !cred.confirmed {
+            if !cred.confirmed && cred.revoked_at.is_none() {
                 cred.confirmed = true;
                 batch.credentials.push((id.clone(), Some(cred.clone())));
             }
@@ -150,6 +164,16 @@ impl Engine {
         let existing = creds.creds.get(id);
         let again = match existing {
             None => false,
+            Some(cred) if cred.revoked_at.is_some() => {
+                let revoked = cred.revoked_at.unwrap_or(now);
+                if record.created_at <= revoked {
+                    return Err(format!(
+                        "node {id} was revoked at {revoked}; enroll it again with a token made \
+                         after that (metalbus tokens create --enroll)"
+                    ));
+                }
+                false
+            }
             Some(cred) if !cred.confirmed && cred.token == token.id => true,
             Some(_) => {
                 return Err(format!(
@@ -162,7 +186,8 @@ impl Engine {
             .last_request
             .get(id)
             .copied()
-            .or(existing.map(|c| c.enrolled_at));
+            .or(existing.map(|c| c.enrolled_at))
+            .filter(|_| again);
         if again && floor.is_some_and(|f| request.ts <= f) {
             return Err("a replayed or out-of-date enrollment request".into());
         }
@@ -183,6 +208,7 @@ impl Engine {
             token: token.id.clone(),
             enrolled_at: now,
             confirmed: false,
+            revoked_at: None,
         };
         creds.creds.insert(id.clone(), cred.clone());
         creds.last_request.insert(id.clone(), request.ts);
@@ -190,6 +216,115 @@ impl Engine {
         batch.durable = true;
         info!(node = %id, token = %token.id, hostname = %request.hostname, "node enrolled");
         Ok((key, reply))
+    }
+
+    /// A token or credential change from an operator: refused at once, or answered
+    /// after the batch commits.
+    pub(super) fn on_keys(
+        &mut self,
+        change: KeyChange,
+        reply: TokenReplyTo,
+        now: Timestamp,
+        batch: &mut Batch,
+    ) {
+        match self.change_keys(change, now, batch) {
+            Ok(()) => {
+                batch.token_replies.push(reply);
+                batch.durable = true;
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    fn change_keys(
+        &mut self,
+        change: KeyChange,
+        now: Timestamp,
+        batch: &mut Batch,
+    ) -> Result<(), CallError> {
+        match change {
+            KeyChange::ApiToken { hash, record } => {
+                self.name_free(&record.name, batch)?;
+                batch.tokens.push((hash, record));
+            }
+            KeyChange::EnrollToken { id, record } => {
+                self.name_free(&id, batch)?;
+                self.credentials.add_token(id.clone(), record.clone());
+                batch.enroll_tokens.push((id, Some(record)));
+            }
+            KeyChange::RevokeToken { name } => {
+                let api: Vec<String> = self
+                    .store
+                    .tokens()
+                    .map_err(|e| CallError::Store(e.to_string()))?
+                    .into_iter()
+                    .filter(|(_, t)| t.name == name)
+                    .map(|(hash, _)| hash)
+                    .collect();
+                let enroll = self.credentials.remove_token(&name);
+                if api.is_empty() && !enroll {
+                    return Err(CallError::Missing(format!("no token named {name:?}")));
+                }
+                if enroll {
+                    batch.enroll_tokens.push((name.clone(), None));
+                }
+                batch.deleted_tokens.extend(api);
+                info!(token = %name, "token revoked");
+            }
+            KeyChange::RevokeNode { id, user } => {
+                let Some(cred) = self
+                    .credentials
+                    .creds
+                    .get_mut(&id)
+                    .filter(|c| c.revoked_at.is_none())
+                else {
+                    return Err(CallError::Conflict(format!(
+                        "node {id} has no credential to revoke"
+                    )));
+                };
+                cred.revoked_at = Some(now);
+                let cred = cred.clone();
+                self.credentials.last_request.remove(&id);
+                batch.credentials.push((id.clone(), Some(cred)));
+                batch.keys.push((id.clone(), None));
+                let by = user.as_deref().unwrap_or("an operator");
+                warn!(node = %id, by, "node credential revoked");
+                if let Some(before) = self.fleet.nodes.get(&id).cloned() {
+                    let mut after = before.clone();
+                    after.online = false;
+                    after.offline_reason = Some(OfflineReason::Revoked);
+                    batch.controller(&id, now).warning(
+                        EventReason::CredentialRevoked,
+                        format!(
+                            "credential revoked by {by}; the agent is cut off until it enrolls \
+                             again with a new token"
+                        ),
+                    );
+                    self.replace(before, after, now, batch);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Token names are unique across both kinds (so `tokens revoke NAME` is one token).
+    fn name_free(&self, name: &str, batch: &Batch) -> Result<(), CallError> {
+        let taken = self.credentials.tokens.contains_key(name)
+            || batch.tokens.iter().any(|(_, t)| t.name == name)
+            || self
+                .store
+                .tokens()
+                .map_err(|e| CallError::Store(e.to_string()))?
+                .iter()
+                .any(|(_, t)| t.name == name);
+        if taken {
+            return Err(CallError::Conflict(format!(
+                "a token named {name:?} exists already"
+            )));
+        }
+        Ok(())
     }
 
     /// Signs and queues an enrollment answer (published after the commit).

@@ -11,7 +11,23 @@ use metalbus_protocol::NodeId;
 use super::batch::TokenReplyTo;
 use super::Call;
 use crate::ingest::RejectReason;
-use crate::store::TokenRecord;
+use crate::store::{EnrollTokenRecord, TokenRecord};
+
+/// What an operator changes about tokens and node credentials.
+#[derive(Debug)]
+pub enum KeyChange {
+    /// A new API token (only its hash is stored).
+    ApiToken { hash: String, record: TokenRecord },
+    /// A new enrollment token.
+    EnrollToken {
+        id: String,
+        record: EnrollTokenRecord,
+    },
+    /// Revoke the token named `name`, of either kind.
+    RevokeToken { name: String },
+    /// Revoke a node's credential.
+    RevokeNode { id: NodeId, user: Option<String> },
+}
 
 /// Something for the engine to apply.
 #[derive(Debug)]
@@ -35,10 +51,9 @@ pub enum Input {
     },
     /// An operator's request from the HTTP API, answered after the commit.
     Call(Box<Call>),
-    /// A new API token to store (only its hash), answered after the commit.
-    Token {
-        hash: String,
-        record: TokenRecord,
+    /// A token or credential change from an operator, answered after the commit.
+    Keys {
+        change: KeyChange,
         reply: TokenReplyTo,
     },
     /// The wake task sent a wake's packets (`error: None`), or could not.
@@ -111,7 +126,7 @@ impl Input {
             },
             Input::Metrics { .. }
             | Input::Call(_)
-            | Input::Token { .. }
+            | Input::Keys { .. }
             | Input::Resync
             | Input::Enroll { .. }
             | Input::Rejected { .. } => return None,

@@ -45,7 +45,7 @@ mod reconcile;
 mod reports;
 
 pub use calls::{Action, Call, CallError, NodeUpdate, Registration, Reply};
-pub use input::Input;
+pub use input::{Input, KeyChange};
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -336,15 +336,7 @@ impl Engine {
                     self.on_sequenced_report(&id, *report, now, &mut batch)
                 }
                 Input::Call(call) => self.on_call(*call, now, &mut batch),
-                Input::Token {
-                    hash,
-                    record,
-                    reply,
-                } => {
-                    batch.tokens.push((hash, record));
-                    batch.token_replies.push(reply);
-                    batch.durable = true;
-                }
+                Input::Keys { change, reply } => self.on_keys(change, reply, now, &mut batch),
                 Input::WakeSent {
                     operation_id,
                     error,
@@ -477,7 +469,7 @@ fn answer_failed(input: Input, e: &StoreError) {
         Input::Call(call) => {
             let _ = call.reply.send(Err(failed()));
         }
-        Input::Token { reply, .. } => {
+        Input::Keys { reply, .. } => {
             let _ = reply.send(Err(failed()));
         }
         _ => {}

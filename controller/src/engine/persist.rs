@@ -45,6 +45,9 @@ impl Engine {
             for (hash, token) in &batch.tokens {
                 tx.put_token(hash, token)?;
             }
+            for hash in &batch.deleted_tokens {
+                tx.delete_token(hash)?;
+            }
             for (id, token) in &batch.enroll_tokens {
                 match token {
                     Some(t) => tx.put_enroll_token(id, t)?,

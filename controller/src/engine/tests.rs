@@ -394,9 +394,11 @@ fn a_failed_commit_publishes_nothing_and_is_retried() {
         ..Default::default()
     }));
     engine.apply(vec![
-        Input::Token {
-            hash: "h".into(),
-            record,
+        Input::Keys {
+            change: super::KeyChange::ApiToken {
+                hash: "h".into(),
+                record,
+            },
             reply,
         },
         register,

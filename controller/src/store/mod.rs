@@ -356,6 +356,11 @@ impl StoreReader {
         self.get(TOKENS, "tokens", hash)
     }
 
+    /// Every API token, by hash.
+    pub fn tokens(&self) -> Result<Vec<(String, TokenRecord)>, StoreError> {
+        self.scan_keyed(TOKENS, "tokens")
+    }
+
     /// Every enrollment token, by id.
     pub fn enroll_tokens(&self) -> Result<Vec<(String, EnrollTokenRecord)>, StoreError> {
         self.scan_keyed(ENROLL_TOKENS, "enroll_tokens")
@@ -708,6 +713,12 @@ impl WriteTx<'_> {
     pub fn delete_credential(&mut self, id: &NodeId) -> Result<(), StoreError> {
         let mut t = tryop!("open credentials", self.txn.open_table(CREDENTIALS));
         tryop!("delete credential", t.remove(id.as_str()));
+        Ok(())
+    }
+
+    pub fn delete_token(&mut self, hash: &str) -> Result<(), StoreError> {
+        let mut t = tryop!("open tokens", self.txn.open_table(TOKENS));
+        tryop!("delete token", t.remove(hash));
         Ok(())
     }
 

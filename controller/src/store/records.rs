@@ -231,4 +231,8 @@ pub struct CredentialRecord {
     /// `metalbus nodes revoke`.
     #[serde(default)]
     pub confirmed: bool,
+    /// Set by `metalbus nodes revoke`: the key is gone, and the node enrolls again only
+    /// with a token made after this.
+    #[serde(default)]
+    pub revoked_at: Option<Timestamp>,
 }

@@ -68,7 +68,7 @@ impl Rig {
     fn token(&mut self, name: &str, max_uses: Option<u32>, node: Option<&str>) -> EnrollToken {
         let (token, record) = security::new_enroll_token(
             name,
-            self.engine.credentials.identity(),
+            self.engine.credentials.identity().anchor(),
             self.clock.now(),
             Some(self.clock.now().plus(std::time::Duration::from_secs(3600))),
             max_uses,
