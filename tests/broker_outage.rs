@@ -7,27 +7,32 @@
 
 use std::time::{Duration, Instant};
 
-use metalbus_e2e::{eventually, Controller, Mosquitto, SimProc};
+use metalbus_e2e::{eventually, Controller, Mosquitto, SimProc, TestPki};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_15_second_broker_outage_mid_job_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut broker = Mosquitto::start(tmp.path(), "");
+    // Over TLS, with enrolled agents: the delivery guarantees hold with security on.
+    let pki = TestPki::generate(tmp.path(), "outage");
+    let mut broker = Mosquitto::start_tls(tmp.path(), &pki);
+    let ca = pki.ca_cert.to_str().unwrap();
     let ctl = Controller::with_config(
         tmp.path(),
         "[lifecycle]\nresend_after = \"1s\"\n",
-        &["--broker", &broker.url()],
+        &["--broker", &broker.tls_url(), "--broker-ca", ca],
     )
     .await;
-    assert!(ctl.broker_url().contains(&broker.port.to_string()));
+    assert_eq!(ctl.broker_url(), broker.tls_url());
     let api = ctl.api();
     // 50 progress events, 500 ms apart: a 25 s job.
     let mut sim = SimProc::start(
         tmp.path(),
-        &broker.url(),
+        &broker.tls_url(),
         3,
         "outage",
         &[
+            "--broker-ca",
+            ca,
             "--progress-events",
             "50",
             "--progress-every",

@@ -3,6 +3,8 @@
 //! end `installed` with each transition in its history exactly once, and every report
 //! applied exactly once: none lost, none twice.
 //!
+//! It runs with TLS on the embedded broker and the API, and enrolled agents.
+//!
 //! Sized for CI by default; `docs/TESTING.md` has the long soak (more nodes, restarts).
 
 #![allow(clippy::unwrap_used)]
@@ -42,7 +44,9 @@ async fn controller_crashes_during_installs_lose_and_repeat_nothing() {
     let mut ctl = Controller::with_config(
         tmp.path(),
         "[lifecycle]\nauto_activate = false\nresend_after = \"1s\"\nretry_backoff = \"500ms\"\n",
-        &[],
+        // With security on: TLS on the broker and the API (the agents pin the
+        // controller's CA through their enrollment token), enrolled agents.
+        &["--mqtt-tls", "--http-tls"],
     )
     .await;
     let api = ctl.api();

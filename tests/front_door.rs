@@ -113,6 +113,8 @@ async fn a_viewer_sees_the_fleet_but_no_commands_and_cannot_publish() {
         ("metalbus/v1/summary".into(), b"{}".to_vec(), true),
         ("elsewhere/entirely".into(), b"x".to_vec(), false),
     ];
+    let tries = attempts.len();
+    let mut publishers = Vec::new();
     for (topic, payload, retain) in attempts {
         let m = Watcher::connect(ctl.mqtt_port, Some(("grafana", &viewer)), None)
             .await
@@ -122,8 +124,21 @@ async fn a_viewer_sees_the_fleet_but_no_commands_and_cannot_publish() {
         } else {
             m.publish(&topic, payload).await;
         }
+        // Kept until the end: dropping a client could stop it before it sends.
+        publishers.push(m);
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    eventually(WAIT, "the door to refuse every publish", || {
+        let n = ctl
+            .log_text()
+            .matches("publish refused; connection closed")
+            .count();
+        async move {
+            (n >= tries)
+                .then_some(())
+                .ok_or_else(|| format!("{n} of {tries} refused"))
+        }
+    })
+    .await;
     let after = api.node("fd-1").await.unwrap();
     for key in ["state", "online", "version", "last_applied_seq", "job"] {
         assert_eq!(after[key], before[key], "{key} changed");
@@ -140,8 +155,7 @@ async fn a_viewer_sees_the_fleet_but_no_commands_and_cannot_publish() {
     })
     .await;
     assert_eq!(state.json()["state"], "active");
-    let log = ctl.log_text();
-    assert!(log.contains("publish refused; connection closed"), "{log}");
+    drop(publishers);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,6 +181,7 @@ async fn a_nodes_credential_reaches_only_its_own_topics() {
     .await;
     assert!(sub.is_err(), "A subscribed to B's commands");
     // Publishing as B on each of B's topics, even sealed with A's key: refused.
+    let mut publishers = Vec::new();
     for kind in ["status", "inventory", "metrics", "reports"] {
         let w = Watcher::node(ctl.mqtt_port, "fd-a", &key, None).await;
         w.publish_as(
@@ -175,10 +190,24 @@ async fn a_nodes_credential_reaches_only_its_own_topics() {
             br#"{"online":false,"reason":"lost","conn":99}"#.to_vec(),
         )
         .await;
+        // Kept until the end: dropping a client could stop it before it sends.
+        publishers.push(w);
     }
-    // A cannot log in with B's name, nor leave a Will on B's status.
+    eventually(WAIT, "the door to refuse A's four publishes", || {
+        let n = ctl
+            .log_text()
+            .matches("publish refused; connection closed")
+            .count();
+        async move {
+            (n >= 4)
+                .then_some(())
+                .ok_or_else(|| format!("{n} of 4 refused"))
+        }
+    })
+    .await;
+    // A cannot log in with B's name.
     assert!(!connected(ctl.mqtt_port, ("fd-b", &password)).await);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop(publishers);
     let after = api.node("fd-b").await.unwrap();
     for k in ["state", "online", "version", "specs", "hostname"] {
         assert_eq!(after[k], before[k], "{k} changed");

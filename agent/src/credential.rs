@@ -88,6 +88,18 @@ pub fn save(state_dir: &Path, cred: &Credential) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The anchor of the controller this agent trusts: the one it enrolled with, or else the
+/// one its enrollment token names. It pins the broker's TLS certificate.
+pub fn anchor(
+    state_dir: &Path,
+    token: Option<&EnrollToken>,
+) -> anyhow::Result<Option<[u8; KEY_BYTES]>> {
+    Ok(match load(state_dir)? {
+        Some(cred) => Some(metalbus_protocol::proof::anchor_of(&cred.identity)),
+        None => token.map(|t| t.anchor),
+    })
+}
+
 /// Reads an enrollment token from a file (the controller's `enroll.token`, or one from
 /// `metalbus tokens create --enroll`).
 pub fn read_token(path: &Path) -> anyhow::Result<EnrollToken> {

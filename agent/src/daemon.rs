@@ -111,6 +111,16 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
+/// The broker endpoint for `cfg`: an `mqtts://` broker is checked against the
+/// controller this agent enrolled with (or its token names), unless a CA file is given.
+pub fn endpoint(cfg: &AgentConfig, state_dir: &std::path::Path) -> anyhow::Result<Endpoint> {
+    let token = cfg.enroll_token()?;
+    Ok(match credential::anchor(state_dir, token.as_ref())? {
+        Some(anchor) => Endpoint::pinned(cfg.broker.clone(), cfg.broker_ca.as_deref(), anchor)?,
+        None => Endpoint::new(cfg.broker.clone(), cfg.broker_ca.as_deref())?,
+    })
+}
+
 impl Prepared {
     /// An agent from parts (`simulate` passes an invented host and job runner): the
     /// stored credential, or else the configured enrollment token, which is then needed.
@@ -227,7 +237,7 @@ impl Agent {
         let host = Arc::new(RealHost::new(cfg.root.clone()));
         let (events_tx, job_events) = mpsc::unbounded_channel();
         let runner = JobRunner::new(node_id.clone(), cfg.steps_dir.clone(), events_tx);
-        let endpoint = Endpoint::new(cfg.broker.clone(), cfg.broker_ca.as_deref())?;
+        let endpoint = endpoint(&cfg, &cfg.state_dir)?;
         Prepared::new(cfg, endpoint, node_id, host, Box::new(runner), job_events)
     }
 

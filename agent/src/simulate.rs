@@ -8,7 +8,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use metalbus_link::Endpoint;
 use metalbus_protocol::command::{Command, CommandId, CommandKind, JobKind};
 use metalbus_protocol::inventory::{CpuInfo, Disk, Inventory, MemoryInfo, Nic, OsInfo};
 use metalbus_protocol::metrics::{MetricsSample, Usage};
@@ -288,7 +287,10 @@ pub async fn run(cfg: SimConfig, shutdown: watch::Receiver<bool>) -> anyhow::Res
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let mut tasks = Vec::new();
     let mut stats = BTreeMap::new();
-    let endpoint = Endpoint::new(cfg.agent.broker.clone(), cfg.agent.broker_ca.as_deref())?;
+    // Every virtual agent trusts the same controller: the token's, or the one the first
+    // agent enrolled with.
+    let first = cfg.agent.state_dir.join(format!("{}-0001", cfg.prefix));
+    let endpoint = crate::daemon::endpoint(&cfg.agent, &first)?;
     // One byte from the prefix, so that two simulations with different prefixes get
     // different addresses.
     let tag = cfg

@@ -35,6 +35,27 @@ pub struct ControllerConfig {
     pub plans: BTreeMap<String, PlanConfig>,
     pub events: EventRetention,
     pub wake: Wake,
+    /// Serve the embedded broker over TLS.
+    pub mqtt_tls: bool,
+    /// Serve the HTTP API over TLS.
+    pub http_tls: bool,
+    /// The certificate both serve; issued by the controller's own CA when unset.
+    pub tls: TlsFiles,
+    /// Allow a plain (non-TLS) listener on an address other than loopback.
+    pub insecure_plain: bool,
+}
+
+/// `[tls]`: the certificate the embedded broker and the API serve.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsFiles {
+    /// PEM certificate chain (the server's certificate first); with `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// Extra DNS names or IP addresses for the certificate the controller issues itself
+    /// (it always covers localhost, loopback, this host's name and the listen addresses).
+    pub names: Vec<String>,
 }
 
 /// `[wake]`: where Wake-on-LAN packets go.
@@ -274,6 +295,32 @@ impl ControllerConfig {
             "events.max_age must be at least 1m"
         );
         anyhow::ensure!(
+            self.tls.cert_file.is_some() == self.tls.key_file.is_some(),
+            "tls.cert_file and tls.key_file go together"
+        );
+        for (what, addr, tls, flag) in [
+            (
+                "MQTT",
+                self.mqtt_listen,
+                self.mqtt_tls,
+                "[mqtt] tls = true (--mqtt-tls)",
+            ),
+            (
+                "HTTP",
+                self.http_listen,
+                self.http_tls,
+                "[http] tls = true (--http-tls)",
+            ),
+        ] {
+            let embedded = what == "HTTP" || self.broker.is_none();
+            anyhow::ensure!(
+                !embedded || tls || addr.ip().is_loopback() || self.insecure_plain,
+                "refusing to serve plain {what} on {addr}, which is not a loopback address: \
+                 set {flag}, or pass --insecure-plain to accept that anyone on the network \
+                 can read it"
+            );
+        }
+        anyhow::ensure!(
             self.broker_ca.is_none() || self.broker.is_some(),
             "broker.ca_file (--broker-ca) is for an external mqtts:// broker; set broker.url (--broker) too"
         );
@@ -321,6 +368,10 @@ impl Default for ControllerConfig {
             plans: demo_plans(),
             events: EventRetention::default(),
             wake: Wake::default(),
+            mqtt_tls: false,
+            http_tls: false,
+            tls: TlsFiles::default(),
+            insecure_plain: false,
         }
     }
 }
@@ -341,6 +392,7 @@ pub struct ControllerFile {
     pub plans: Option<BTreeMap<String, PlanConfig>>,
     pub events: Option<EventRetention>,
     pub wake: Option<Wake>,
+    pub tls: Option<TlsFiles>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -348,6 +400,8 @@ pub struct ControllerFile {
 pub struct MqttSection {
     pub listen: Option<SocketAddr>,
     pub prefix: Option<String>,
+    /// Serve the embedded broker over TLS (`[tls]`).
+    pub tls: Option<bool>,
 }
 
 /// `[broker]`: an external broker (Mosquitto, EMQX, ...) instead of the embedded one.
@@ -364,6 +418,8 @@ pub struct BrokerSection {
 #[serde(deny_unknown_fields)]
 pub struct HttpSection {
     pub listen: Option<SocketAddr>,
+    /// Serve the API over TLS (`[tls]`).
+    pub tls: Option<bool>,
 }
 
 impl ControllerFile {
@@ -388,6 +444,9 @@ impl ControllerFile {
         set(&mut cfg.plans, self.plans.filter(|p| !p.is_empty()));
         set(&mut cfg.events, self.events);
         set(&mut cfg.wake, self.wake);
+        set(&mut cfg.mqtt_tls, self.mqtt.tls);
+        set(&mut cfg.http_tls, self.http.tls);
+        set(&mut cfg.tls, self.tls);
         Ok(())
     }
 }

@@ -178,8 +178,13 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Accepts clients until `shutdown` turns true.
-pub async fn run(listener: TcpListener, door: Arc<Door>, mut shutdown: watch::Receiver<bool>) {
+/// Accepts clients until `shutdown` turns true; over TLS when `tls` is given.
+pub async fn run(
+    listener: TcpListener,
+    door: Arc<Door>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.changed() => return,
@@ -195,8 +200,19 @@ pub async fn run(listener: TcpListener, door: Arc<Door>, mut shutdown: watch::Re
         };
         let _ = stream.set_nodelay(true);
         let door = door.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(why) = serve(stream, &door).await {
+            let result = match tls {
+                None => serve(stream, &door).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(CONNECT_WAIT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve(stream, &door).await,
+                        Ok(Err(e)) => Err(format!("TLS handshake: {e}")),
+                        Err(_) => Err("no TLS handshake in time".into()),
+                    }
+                }
+            };
+            if let Err(why) = result {
                 debug!(%peer, %why, "MQTT client closed");
             }
         });

@@ -29,4 +29,5 @@ pub mod security;
 pub mod serve;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod wake;

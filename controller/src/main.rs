@@ -72,6 +72,17 @@ struct ServeArgs {
     /// Also run an agent for this host, so the controller manages its own machine.
     #[arg(long)]
     local_agent: bool,
+    /// Serve the embedded broker over TLS (mqtts), with the [tls] certificate or one
+    /// the controller issues from its own CA (DATA_DIR/tls/ca.pem).
+    #[arg(long)]
+    mqtt_tls: bool,
+    /// Serve the HTTP API over TLS (https), with the same certificate.
+    #[arg(long)]
+    http_tls: bool,
+    /// Allow a plain listener on a non-loopback address (anyone on the network can read
+    /// it; a warning is logged at every start).
+    #[arg(long)]
+    insecure_plain: bool,
     /// Log format [default: text]
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
@@ -90,9 +101,11 @@ impl ServeArgs {
             mqtt: MqttSection {
                 listen: self.mqtt_listen,
                 prefix: None,
+                tls: self.mqtt_tls.then_some(true),
             },
             http: HttpSection {
                 listen: self.http_listen,
+                tls: self.http_tls.then_some(true),
             },
             broker: BrokerSection {
                 url: self.broker,
@@ -102,9 +115,11 @@ impl ServeArgs {
             plans: None,
             events: None,
             wake: None,
+            tls: None,
         }
         .apply(&mut cfg)?;
         cfg.local_agent = self.local_agent;
+        cfg.insecure_plain = self.insecure_plain;
         Ok(cfg)
     }
 }

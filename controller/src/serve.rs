@@ -50,6 +50,8 @@ pub struct Listening {
     /// The embedded broker; `None` with an external one.
     pub mqtt: Option<SocketAddr>,
     pub http: SocketAddr,
+    /// The API's base URL (`https://` with `[http] tls`).
+    pub api: String,
     /// The broker the controller and a local agent use.
     pub broker: String,
 }
@@ -119,7 +121,7 @@ pub async fn run(
             let internal = broker::start(loopback, &topics, door::INTERNAL_USER, &password)?;
             let addr = public.local_addr()?;
             let url = BrokerUrl {
-                tls: false,
+                tls: cfg.mqtt_tls,
                 host: connect_host(addr),
                 port: addr.port(),
             };
@@ -143,6 +145,28 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", cfg.http_listen))?;
     let http_addr = http.local_addr()?;
+    // One certificate for both listeners, from [tls] or the controller's own CA.
+    let tls = if cfg.mqtt_tls || cfg.http_tls {
+        let mut listening = vec![http_addr];
+        listening.extend(mqtt_addr);
+        let identity_der = std::fs::read(cfg.data_dir.join(security::IDENTITY_FILE))?;
+        Some(crate::tls::server_config(
+            &cfg.data_dir,
+            &identity_der,
+            &cfg.tls,
+            &listening,
+        )?)
+    } else {
+        None
+    };
+    for (what, addr, on) in [
+        ("MQTT", mqtt_addr, cfg.mqtt_tls),
+        ("HTTP", Some(http_addr), cfg.http_tls),
+    ] {
+        if let Some(addr) = addr.filter(|a| !a.ip().is_loopback() && !on) {
+            warn!(%addr, "serving plain {what} on a non-loopback address (--insecure-plain): anyone on the network can read it");
+        }
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (publish, outbound) = PublishQueue::new();
@@ -179,7 +203,16 @@ pub async fn run(
     ));
 
     if let Some((listener, door)) = door {
-        tokio::spawn(door::run(listener, Arc::new(door), stop_rx.clone()));
+        let acceptor = tls
+            .clone()
+            .filter(|_| cfg.mqtt_tls)
+            .map(tokio_rustls::TlsAcceptor::from);
+        tokio::spawn(door::run(
+            listener,
+            Arc::new(door),
+            acceptor,
+            stop_rx.clone(),
+        ));
     }
     let connected = Arc::new(AtomicBool::new(false));
     let endpoint = Endpoint::new(bus_url, cfg.broker_ca.as_deref())?;
@@ -216,7 +249,8 @@ pub async fn run(
         anchor: identity.anchor(),
     };
     let mut http_stop = stop_rx.clone();
-    let http_task = tokio::spawn(api::serve(http, state, async move {
+    let http_tls = tls.filter(|_| cfg.http_tls);
+    let http_task = tokio::spawn(api::serve(http, state, http_tls, async move {
         let _ = http_stop.changed().await;
     }));
 
@@ -231,6 +265,12 @@ pub async fn run(
         &Listening {
             mqtt: mqtt_addr,
             http: http_addr,
+            api: format!(
+                "{}://{}:{}",
+                if cfg.http_tls { "https" } else { "http" },
+                connect_host(http_addr),
+                http_addr.port()
+            ),
             broker: broker_url.to_string(),
         },
     )?;

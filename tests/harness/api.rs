@@ -10,13 +10,32 @@ pub struct Api {
     http: reqwest::Client,
 }
 
+/// An HTTP client that trusts the controller's own CA (`DATA_DIR/tls/ca.pem`) when the
+/// controller made one, as the CLI does.
+pub fn http_client(data_dir: &std::path::Path) -> reqwest::Client {
+    crate::install_crypto_provider();
+    let ca = data_dir.join("tls").join("ca.pem");
+    match std::fs::read(&ca) {
+        Ok(pem) => reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()])
+            .build()
+            .unwrap(),
+        Err(_) => reqwest::Client::new(),
+    }
+}
+
 impl Api {
     pub fn new(base: &str, token: Option<String>) -> Api {
         crate::install_crypto_provider();
+        Self::with_client(base, token, reqwest::Client::new())
+    }
+
+    /// With a client of the caller's (one that trusts a test CA, say).
+    pub fn with_client(base: &str, token: Option<String>, http: reqwest::Client) -> Api {
         Api {
             base: base.to_string(),
             token,
-            http: reqwest::Client::new(),
+            http,
         }
     }
 

@@ -27,7 +27,9 @@ pub async fn enroll_node(ctl: &Controller, node_id: &str) -> metalbus_protocol::
             .unwrap()
             .parse()
             .unwrap();
-    let endpoint = metalbus_link::Endpoint::new(ctl.broker_url().parse().unwrap(), None).unwrap();
+    let endpoint =
+        metalbus_link::Endpoint::pinned(ctl.broker_url().parse().unwrap(), None, token.anchor)
+            .unwrap();
     let node = metalbus_protocol::NodeId::new(node_id).unwrap();
     let (_tx, mut rx) = tokio::sync::watch::channel(false);
     let done = tokio::time::timeout(

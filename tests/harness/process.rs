@@ -78,6 +78,8 @@ pub struct Controller {
     pub data_dir: PathBuf,
     pub mqtt_port: u16,
     pub http_port: u16,
+    /// The API's base URL, from `listen.json` (`https://` when it serves TLS).
+    pub api: String,
     /// The broker URL the controller uses (embedded or external).
     pub broker: String,
     pub log: PathBuf,
@@ -125,6 +127,7 @@ impl Controller {
             data_dir: dir.join("metalbus-data"),
             mqtt_port: 0,
             http_port: 0,
+            api: String::new(),
             broker: String::new(),
             log: PathBuf::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
@@ -172,9 +175,9 @@ impl Controller {
         self.mqtt_port = port("mqtt")
             .unwrap_or_else(|| self.broker.rsplit(':').next().unwrap().parse().unwrap());
         self.http_port = port("http").unwrap();
-        let url = format!("http://127.0.0.1:{}/readyz", self.http_port);
-        crate::install_crypto_provider();
-        let http = reqwest::Client::new();
+        self.api = bound["api"].as_str().unwrap().to_string();
+        let url = format!("{}/readyz", self.api);
+        let http = crate::api::http_client(&self.data_dir);
         eventually(
             Duration::from_secs(20),
             "the controller to be ready",
@@ -198,7 +201,7 @@ impl Controller {
     }
 
     pub fn api_base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
+        self.api.clone()
     }
 
     /// The admin token the controller generated on first start.
@@ -210,7 +213,11 @@ impl Controller {
     }
 
     pub fn api(&self) -> Api {
-        Api::new(&self.api_base(), Some(self.token()))
+        Api::with_client(
+            &self.api_base(),
+            Some(self.token()),
+            crate::api::http_client(&self.data_dir),
+        )
     }
 
     /// SIGTERM, and the exit status.

@@ -1,7 +1,7 @@
 //! The CLI's HTTP client: finds the API and the token, sends requests, and turns API
 //! errors into one-line messages.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use metalbus_protocol::api::{Data, ErrorBody, NodeView, Page};
@@ -49,6 +49,14 @@ impl ClientError {
 }
 
 /// Where the admin token is looked for, in order, after `--token` and `METALBUS_TOKEN`.
+/// Where the controller's own CA certificate is looked for, in order.
+pub fn ca_files() -> Vec<PathBuf> {
+    vec![
+        PathBuf::from("metalbus-data/tls/ca.pem"),
+        PathBuf::from("/var/lib/metalbus/tls/ca.pem"),
+    ]
+}
+
 pub fn token_files() -> Vec<PathBuf> {
     vec![
         PathBuf::from("metalbus-data/admin.token"),
@@ -86,10 +94,27 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
-    pub fn new(base: &str, token: String) -> Result<Self, ClientError> {
+    /// A client of `base` with `token`. An `https://` API's certificate is checked
+    /// against `ca`, else the controller's own CA file when one is found here, else the
+    /// system's roots.
+    pub fn new(base: &str, token: String, ca: Option<&Path>) -> Result<Self, ClientError> {
         metalbus_link::install_crypto_provider();
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
+        if base.starts_with("https://") {
+            let found = ca
+                .map(Path::to_path_buf)
+                .or_else(|| ca_files().into_iter().find(|p| p.exists()));
+            if let Some(path) = found {
+                let pem = std::fs::read(&path).map_err(|e| {
+                    ClientError::Usage(format!("cannot read the CA file {}: {e}", path.display()))
+                })?;
+                let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
+                    ClientError::Usage(format!("{} is not a PEM certificate: {e}", path.display()))
+                })?;
+                builder = builder.tls_certs_only([cert]);
+            }
+        }
+        let http = builder
             .build()
             .map_err(|e| ClientError::Usage(format!("cannot build the HTTP client: {e}")))?;
         Ok(Self {

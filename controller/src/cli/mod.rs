@@ -6,6 +6,7 @@ pub mod client;
 pub mod render;
 pub mod watch;
 
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 use clap::{Args, Subcommand, ValueEnum};
@@ -36,6 +37,11 @@ pub struct ClientArgs {
     /// /var/lib/metalbus/admin.token.
     #[arg(long, global = true, hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM CA certificate that signs an https:// API's certificate. Default: METALBUS_CA,
+    /// then ./metalbus-data/tls/ca.pem, then /var/lib/metalbus/tls/ca.pem (the
+    /// controller's own CA), then the system's roots.
+    #[arg(long, global = true, value_name = "FILE", env = "METALBUS_CA")]
+    pub ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, Default, PartialEq, Eq)]
@@ -306,7 +312,7 @@ fn connect(args: ClientArgs) -> Result<ApiClient, ClientError> {
         std::env::var("METALBUS_TOKEN").ok(),
         &token_files(),
     )?;
-    ApiClient::new(&args.api, token)
+    ApiClient::new(&args.api, token, args.ca.as_deref())
 }
 
 /// Prints a changed node: its message, or the JSON of the node.
@@ -319,12 +325,7 @@ fn changed(c: Changed<NodeView>, output: Output) -> String {
 
 /// Runs a `nodes` subcommand; returns what to print.
 pub async fn nodes(args: ClientArgs, cmd: NodesCommand) -> Result<String, ClientError> {
-    let token = find_token(
-        args.token,
-        std::env::var("METALBUS_TOKEN").ok(),
-        &token_files(),
-    )?;
-    let api = ApiClient::new(&args.api, token)?;
+    let api = connect(args)?;
     let now = Timestamp::from(SystemTime::now());
     match cmd {
         NodesCommand::List {

@@ -79,6 +79,33 @@ impl Endpoint {
         })
     }
 
+    /// An `mqtts://` broker checked against the controller identity that `anchor`
+    /// names (an enrollment token's anchor), or else the system's roots; a plain URL as
+    /// it is. With a CA file, that file decides, as in [`Endpoint::new`].
+    pub fn pinned(
+        url: BrokerUrl,
+        ca_file: Option<&Path>,
+        anchor: [u8; 32],
+    ) -> Result<Self, TlsError> {
+        if !url.tls || ca_file.is_some() {
+            return Self::new(url, ca_file);
+        }
+        install_crypto_provider();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let roots = system_roots(&url).ok();
+        let verifier = crate::pinned::Pinned::new(anchor, provider.clone(), roots);
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Setup(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        Ok(Self {
+            url,
+            tls: Some(Arc::new(config)),
+        })
+    }
+
     /// rumqttc options for `client_id`, with raised packet limits, a clean session and a
     /// 30 s keep-alive.
     pub fn options(&self, client_id: &str) -> MqttOptions {

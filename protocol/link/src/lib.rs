@@ -12,6 +12,7 @@ pub mod duration;
 mod endpoint;
 pub mod enroll;
 mod logging;
+mod pinned;
 mod url;
 
 pub use backoff::Backoff;

@@ -1,0 +1,153 @@
+//! TLS on the embedded broker and the HTTP API with the controller's own CA: an agent with
+//! nothing but the enrollment token trusts the broker (the token pins the CA), the CLI
+//! trusts the API through `DATA_DIR/tls/ca.pem`, a broker of another controller is
+//! refused, and a plain listener on a non-loopback address does not start.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use metalbus_e2e::{
+    bin, eventually, fleet_token_file, steps_dir, AgentProc, Controller, TestPki, Watcher,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_and_the_cli_trust_the_controller_through_its_token_and_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctl = Controller::with_config(
+        tmp.path(),
+        &Controller::quick_plan("0.2"),
+        &["--mqtt-tls", "--http-tls"],
+    )
+    .await;
+    assert!(
+        ctl.broker_url().starts_with("mqtts://"),
+        "{}",
+        ctl.broker_url()
+    );
+    assert!(ctl.api_base().starts_with("https://"), "{}", ctl.api_base());
+    assert!(ctl.data_dir.join("tls/ca.pem").exists());
+    let api = ctl.api();
+
+    // The agent has the broker URL and the token, no CA file.
+    let steps = steps_dir(tmp.path(), &[]);
+    let mut agent = AgentProc::start_with(
+        tmp.path(),
+        &ctl.broker_url(),
+        "tls-1",
+        &["--steps-dir", steps.to_str().unwrap()],
+    );
+    api.wait_state("tls-1", "discovered", WAIT).await;
+    api.post("/api/v1/nodes/tls-1/manage", None).await.unwrap();
+    api.wait_state("tls-1", "active", WAIT).await;
+    // A restart needs no token: the credential names the controller to trust.
+    assert!(agent.terminate().success());
+    let fresh_args = [
+        "run",
+        "--config",
+        "/dev/null",
+        "--broker",
+        &ctl.broker_url(),
+        "--node-id",
+        "tls-1",
+        "--state-dir",
+        &tmp.path().join("agent-tls-1").display().to_string(),
+        "--metrics-interval",
+        "1s",
+    ];
+    let log = tmp.path().join("agent-tls-1-again.log");
+    let mut again = Command::new(bin("metalbus-agent"))
+        .args(fresh_args)
+        .env_remove("METALBUS_ENROLL_TOKEN")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(tmp.path().join("agent-tls-1-again.err")).unwrap())
+        .spawn()
+        .unwrap();
+    eventually(WAIT, "tls-1 back online without a token", || {
+        let api = api.clone();
+        async move {
+            let n = api.node("tls-1").await?;
+            (n["online"] == true).then_some(()).ok_or(n.to_string())
+        }
+    })
+    .await;
+    let _ = again.kill();
+    let _ = again.wait();
+
+    // The CLI finds ./metalbus-data/tls/ca.pem by itself; another CA is refused.
+    let out = ctl.cli(&["nodes", "list", "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let other = TestPki::generate(tmp.path(), "other");
+    let out = ctl.cli(&["nodes", "list", "--ca", other.ca_cert.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(
+        err.contains("certificate") || err.contains("cannot reach"),
+        "{err}"
+    );
+
+    // Plain MQTT to the TLS port gets nowhere.
+    let token = ctl.token();
+    let plain = Watcher::connect(ctl.mqtt_port, Some(("monitor", token.as_str())), Some("#")).await;
+    assert!(plain.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_refuses_the_broker_of_another_controller() {
+    let ours = tempfile::tempdir().unwrap();
+    let theirs = tempfile::tempdir().unwrap();
+    let a = Controller::start(ours.path(), &["--mqtt-tls"]).await;
+    let b = Controller::start(theirs.path(), &["--mqtt-tls"]).await;
+    // Controller A's token, controller B's broker (a rogue broker on the network).
+    let token = fleet_token_file(ours.path());
+    let rogue = AgentProc::start_with(
+        ours.path(),
+        &b.broker_url(),
+        "tls-rogue",
+        &["--enroll-token-file", token.to_str().unwrap()],
+    );
+    eventually(WAIT, "the agent to refuse B's certificate", || {
+        let log = rogue.log_text();
+        async move {
+            log.contains("not from the controller this agent enrolled with")
+                .then_some(())
+                .ok_or(log)
+        }
+    })
+    .await;
+    for ctl in [&a, &b] {
+        let (status, _) = ctl.api().get("/api/v1/nodes/tls-rogue").await.unwrap();
+        assert_eq!(status, 404);
+    }
+}
+
+#[test]
+fn a_plain_listener_off_loopback_needs_an_explicit_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (flag, addr, what) in [
+        ("--mqtt-listen", "0.0.0.0:0", "plain MQTT"),
+        ("--http-listen", "0.0.0.0:0", "plain HTTP"),
+    ] {
+        let out = Command::new(bin("metalbus"))
+            .args([
+                "serve",
+                "--data-dir",
+                tmp.path().join("d").to_str().unwrap(),
+                flag,
+                addr,
+            ])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("refusing to serve {what}")), "{err}");
+        assert!(err.contains("--insecure-plain"), "{err}");
+    }
+}
