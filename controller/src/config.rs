@@ -43,6 +43,10 @@ pub struct ControllerConfig {
     pub tls: TlsFiles,
     /// Allow a plain (non-TLS) listener on an address other than loopback.
     pub insecure_plain: bool,
+    /// Keep Mosquitto's password and ACL files in this dir (external broker only).
+    pub mosquitto_dir: Option<PathBuf>,
+    /// Run after each change of those files.
+    pub mosquitto_reload: Vec<String>,
 }
 
 /// `[tls]`: the certificate the embedded broker and the API serve.
@@ -321,6 +325,10 @@ impl ControllerConfig {
             );
         }
         anyhow::ensure!(
+            self.mosquitto_dir.is_none() || self.broker.is_some(),
+            "broker.mosquitto_dir is for an external Mosquitto; set broker.url (--broker) too"
+        );
+        anyhow::ensure!(
             self.broker_ca.is_none() || self.broker.is_some(),
             "broker.ca_file (--broker-ca) is for an external mqtts:// broker; set broker.url (--broker) too"
         );
@@ -372,6 +380,8 @@ impl Default for ControllerConfig {
             http_tls: false,
             tls: TlsFiles::default(),
             insecure_plain: false,
+            mosquitto_dir: None,
+            mosquitto_reload: Vec::new(),
         }
     }
 }
@@ -412,6 +422,11 @@ pub struct BrokerSection {
     pub url: Option<String>,
     /// PEM file of the CA that signs the broker's certificate (`mqtts://` only).
     pub ca_file: Option<PathBuf>,
+    /// Keep a Mosquitto password file and ACL file here, in step with the nodes'
+    /// credentials (`metalbus mosquitto-config` prints the Mosquitto side).
+    pub mosquitto_dir: Option<PathBuf>,
+    /// Run after each change of those files, e.g. `["systemctl", "reload", "mosquitto"]`.
+    pub reload_command: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -435,6 +450,8 @@ impl ControllerFile {
             cfg.broker = Some(url.parse()?);
         }
         set(&mut cfg.broker_ca, self.broker.ca_file.map(Some));
+        set(&mut cfg.mosquitto_dir, self.broker.mosquitto_dir.map(Some));
+        set(&mut cfg.mosquitto_reload, self.broker.reload_command);
         set(&mut cfg.data_dir, self.data_dir);
         set(&mut cfg.log_format, self.log_format);
         set(&mut cfg.mqtt_listen, self.mqtt.listen);

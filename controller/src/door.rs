@@ -3,7 +3,7 @@
 //!
 //! - **CONNECT** is read first (bounded in size and time) and decides who the client is:
 //!   a node (user = node id, password derived from its key), an enrolling agent (user
-//!   `metalbus-enroll`, password = a known enrollment token id), or a monitoring tool
+//!   `metalbus-enroll.<token id>`, password derived from the token), or a monitoring tool
 //!   (any user, password = an API token of role viewer or above). Anyone else gets
 //!   CONNACK "not authorized" and is closed. The CONNECT is then passed to rumqttd's
 //!   internal listener (loopback, a per-process password) with the client id put in the
@@ -22,8 +22,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use metalbus_link::{ENROLL_USER, MAX_PACKET_BYTES};
+use metalbus_link::MAX_PACKET_BYTES;
 use metalbus_protocol::api::Role;
+use metalbus_protocol::enroll::ENROLL_USER_PREFIX;
 use metalbus_protocol::topic::{NodeTopic, Topic, Topics};
 use metalbus_protocol::NodeId;
 use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Login, Packet, PubAck};
@@ -140,8 +141,9 @@ impl Door {
         will: Option<&rumqttc::mqttbytes::v4::LastWill>,
     ) -> Result<Client, ConnectReturnCode> {
         let login = login.ok_or(ConnectReturnCode::NotAuthorized)?;
-        let client = if login.username == ENROLL_USER {
-            if !self.keys.has_enroll_token(&login.password) {
+        let client = if let Some(id) = login.username.strip_prefix(ENROLL_USER_PREFIX) {
+            let known = self.keys.enroll_password(id);
+            if !known.is_some_and(|p| same(p.as_bytes(), login.password.as_bytes())) {
                 return Err(ConnectReturnCode::BadUserNamePassword);
             }
             Client::Enrolling

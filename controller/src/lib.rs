@@ -23,6 +23,7 @@ pub mod engine;
 pub mod ingest;
 pub mod live;
 pub mod matching;
+pub mod mosquitto;
 pub mod publish;
 pub mod reject_log;
 pub mod security;

@@ -38,7 +38,19 @@ enum Command {
         #[arg(long, default_value = metalbus_protocol::DEFAULT_PREFIX)]
         prefix: String,
     },
-    /// Manage API tokens.
+    /// Print the mosquitto.conf lines for an external Mosquitto whose logins bind each
+    /// client to its node: the controller keeps the password and ACL files in
+    /// [broker] mosquitto_dir.
+    MosquittoConfig {
+        /// The controller's [broker] mosquitto_dir.
+        #[arg(
+            long,
+            value_name = "DIR",
+            default_value = "/var/lib/metalbus/mosquitto"
+        )]
+        dir: PathBuf,
+    },
+    /// Manage API and enrollment tokens.
     Tokens {
         #[command(flatten)]
         client: ClientArgs,
@@ -110,6 +122,8 @@ impl ServeArgs {
             broker: BrokerSection {
                 url: self.broker,
                 ca_file: self.broker_ca,
+                mosquitto_dir: None,
+                reload_command: None,
             },
             lifecycle: None,
             plans: None,
@@ -136,6 +150,10 @@ fn main() -> ExitCode {
         },
         Command::Nodes { client, command } => client_command(cli::nodes(client, command)),
         Command::Tokens { client, command } => client_command(cli::tokens(client, command)),
+        Command::MosquittoConfig { dir } => {
+            print!("{}", metalbus::mosquitto::config_text(&dir));
+            ExitCode::SUCCESS
+        }
         Command::MqttAcl { prefix } => match metalbus_protocol::topic::Topics::new(prefix) {
             Ok(topics) => {
                 print!("{}", metalbus::acl::mosquitto_acl(&topics));

@@ -2,7 +2,7 @@
 //! and the keyring of node keys that ingest checks proofs with and the bus seals
 //! commands and receipts with.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
@@ -34,9 +34,12 @@ pub struct Keyring(Arc<Shared>);
 
 struct Shared {
     keys: RwLock<HashMap<NodeId, NodeKey>>,
-    enroll_tokens: RwLock<HashSet<String>>,
+    /// Enrollment token id → the MQTT password an agent enrolling with it presents.
+    enroll_tokens: RwLock<HashMap<String, String>>,
     /// Bumped whenever a key is removed or replaced, so live connections can look again.
     revocations: watch::Sender<u64>,
+    /// Bumped on every change (for whoever mirrors the accounts, e.g. a Mosquitto file).
+    changes: watch::Sender<u64>,
 }
 
 impl Default for Keyring {
@@ -45,6 +48,7 @@ impl Default for Keyring {
             keys: RwLock::default(),
             enroll_tokens: RwLock::default(),
             revocations: watch::channel(0).0,
+            changes: watch::channel(0).0,
         }))
     }
 }
@@ -61,12 +65,15 @@ impl Keyring {
     }
 
     pub fn set(&self, id: NodeId, key: NodeKey) {
-        let replaced = match self.0.keys.write() {
-            Ok(mut keys) => keys.insert(id, key).is_some(),
-            Err(_) => false,
+        let before = match self.0.keys.write() {
+            Ok(mut keys) => keys.insert(id, key.clone()),
+            Err(_) => return,
         };
-        if replaced {
+        if before.as_ref().is_some_and(|b| *b != key) {
             self.0.revocations.send_modify(|n| *n += 1);
+        }
+        if before.as_ref() != Some(&key) {
+            self.0.changes.send_modify(|n| *n += 1);
         }
     }
 
@@ -77,7 +84,22 @@ impl Keyring {
         };
         if removed {
             self.0.revocations.send_modify(|n| *n += 1);
+            self.0.changes.send_modify(|n| *n += 1);
         }
+    }
+
+    /// Every node key.
+    pub fn all(&self) -> Vec<(NodeId, NodeKey)> {
+        self.0
+            .keys
+            .read()
+            .map(|k| k.iter().map(|(i, k)| (i.clone(), k.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Changes on every change to keys or enrollment tokens.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.0.changes.subscribe()
     }
 
     pub fn len(&self) -> usize {
@@ -93,19 +115,32 @@ impl Keyring {
         self.0.revocations.subscribe()
     }
 
-    /// The enrollment token ids that exist now.
-    pub fn set_enroll_tokens(&self, ids: impl IntoIterator<Item = String>) {
+    /// The enrollment tokens that exist now: id and MQTT password.
+    pub fn set_enroll_tokens(&self, tokens: impl IntoIterator<Item = (String, String)>) {
+        let tokens: HashMap<String, String> = tokens.into_iter().collect();
         if let Ok(mut known) = self.0.enroll_tokens.write() {
-            *known = ids.into_iter().collect();
+            if *known != tokens {
+                *known = tokens;
+                self.0.changes.send_modify(|n| *n += 1);
+            }
         }
     }
 
-    pub fn has_enroll_token(&self, id: &str) -> bool {
-        self.0
+    /// The MQTT password of enrollment token `id`, if it exists.
+    pub fn enroll_password(&self, id: &str) -> Option<String> {
+        self.0.enroll_tokens.read().ok()?.get(id).cloned()
+    }
+
+    /// Every enrollment token's id and MQTT password, by id.
+    pub fn enroll_passwords(&self) -> Vec<(String, String)> {
+        let mut all: Vec<(String, String)> = self
+            .0
             .enroll_tokens
             .read()
-            .map(|k| k.contains(id))
-            .unwrap_or(false)
+            .map(|k| k.iter().map(|(a, b)| (a.clone(), b.clone())).collect())
+            .unwrap_or_default();
+        all.sort();
+        all
     }
 
     /// The payload to publish on `topic`: sealed with the node's key when it goes to an
@@ -151,6 +186,24 @@ pub fn random_secret() -> anyhow::Result<String> {
         .fill(&mut bytes)
         .map_err(|_| anyhow::anyhow!("no randomness for a secret"))?;
     Ok(hex(&bytes))
+}
+
+/// The controller's password on an external broker whose accounts it keeps
+/// (`DATA_DIR/broker.password`, 0600, made at first use).
+pub fn broker_password(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("broker.password");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            private_file(&path)?;
+            Ok(text.trim().to_string())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let password = random_secret()?;
+            write_private(&path, format!("{password}\n").as_bytes())?;
+            Ok(password)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
 }
 
 /// A fresh identity that lives only in memory (tests, benchmarks).

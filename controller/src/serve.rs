@@ -104,7 +104,12 @@ pub async fn run(
     let (broker_url, mqtt_addr, bus_url, bus_login, door) = match &cfg.broker {
         Some(url) => {
             info!(broker = %url, ca = ?cfg.broker_ca, "using an external MQTT broker");
-            let login = (crate::acl::CONTROLLER_USER.to_string(), String::new());
+            // With Mosquitto accounts kept by us, we log in with our own password.
+            let password = match &cfg.mosquitto_dir {
+                Some(_) => security::broker_password(&cfg.data_dir)?,
+                None => String::new(),
+            };
+            let login = (crate::acl::CONTROLLER_USER.to_string(), password);
             (url.clone(), None, url.clone(), login, None)
         }
         None => {
@@ -202,6 +207,17 @@ pub async fn run(
         engine_tx.downgrade(),
     ));
 
+    if let Some(dir) = &cfg.mosquitto_dir {
+        let accounts = crate::mosquitto::Accounts {
+            dir: dir.clone(),
+            topics: topics.clone(),
+            keys: keys.clone(),
+            controller_password: bus_login.1.clone(),
+            reload: cfg.mosquitto_reload.clone(),
+        };
+        accounts.write()?;
+        tokio::spawn(accounts.run(stop_rx.clone()));
+    }
     if let Some((listener, door)) = door {
         let acceptor = tls
             .clone()

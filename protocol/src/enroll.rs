@@ -30,6 +30,10 @@ use crate::{NodeId, Timestamp};
 const TOKEN_TAG: &str = "MB1";
 /// Longest token id.
 pub const MAX_TOKEN_ID: usize = 64;
+/// How an enrolling agent's MQTT user name starts; the token id follows.
+pub const ENROLL_USER_PREFIX: &str = "metalbus-enroll.";
+/// Node ids that start with this are reserved (broker user names of Metalbus itself).
+pub const RESERVED_ID_PREFIX: &str = "metalbus-";
 
 /// What an enrollment token carries.
 #[derive(Clone, PartialEq, Eq)]
@@ -45,6 +49,17 @@ impl EnrollToken {
     /// The HMAC key that seals an enrollment request.
     pub fn seal_key(&self) -> NodeKey {
         NodeKey::from_bytes(self.secret)
+    }
+
+    /// The MQTT user name an agent enrolling with this token logs in with.
+    pub fn broker_user(&self) -> String {
+        format!("{ENROLL_USER_PREFIX}{}", self.id)
+    }
+
+    /// The MQTT password that goes with [`EnrollToken::broker_user`]: derived from the
+    /// secret, which itself is never sent.
+    pub fn broker_password(&self) -> String {
+        self.seal_key().broker_password()
     }
 }
 

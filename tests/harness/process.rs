@@ -487,7 +487,16 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stdout\nmax_packet_size 8388608\n{extra}\n"
+                "listener {port} 127.0.0.1\n{}{}persistence false\nlog_dest stdout\nmax_packet_size 8388608\n{extra}\n",
+                // Anonymous clients are welcome unless `extra` says otherwise.
+                if extra.contains("allow_anonymous") { "" } else { "allow_anonymous true\n" },
+                // Mosquitto started as root drops to its own user, which cannot read the
+                // files of a private temp dir (a password file, a key); keep it root.
+                if rustix::process::geteuid().is_root() && !extra.contains("user root") {
+                    "user root\n"
+                } else {
+                    ""
+                }
             ),
         )
         .unwrap();
@@ -570,6 +579,11 @@ impl Mosquitto {
 
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// Its process id (for a reload with SIGHUP).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// Stops the broker (SIGKILL: a crash, everything in it is gone).

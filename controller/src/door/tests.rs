@@ -28,7 +28,7 @@ fn door() -> (Door, Store) {
         .unwrap();
     let keys = Keyring::default();
     keys.set(id("n1"), NodeKey::from_bytes([1; 32]));
-    keys.set_enroll_tokens(["fleet".to_string()]);
+    keys.set_enroll_tokens([("fleet".to_string(), "fleet-password".to_string())]);
     let door = Door {
         topics: Topics::default(),
         keys,
@@ -50,7 +50,7 @@ fn each_kind_of_client_is_recognised_and_strangers_are_refused() {
     let auth = |l: Option<Login>| door.authenticate(l.as_ref(), None);
     assert_eq!(auth(Some(login("n1", &n1))), Ok(Client::Node(id("n1"))));
     assert_eq!(
-        auth(Some(login(ENROLL_USER, "fleet"))),
+        auth(Some(login("metalbus-enroll.fleet", "fleet-password"))),
         Ok(Client::Enrolling)
     );
     assert_eq!(
@@ -63,7 +63,9 @@ fn each_kind_of_client_is_recognised_and_strangers_are_refused() {
         Some(login("n1", "")),
         Some(login("n1", &NodeKey::from_bytes([2; 32]).broker_password())),
         Some(login("n2", &n1)),
-        Some(login(ENROLL_USER, "other-token")),
+        Some(login("metalbus-enroll.fleet", "fleet")),
+        Some(login("metalbus-enroll.other", "fleet-password")),
+        Some(login("metalbus-enroll", "fleet-password")),
         Some(login("grafana", "mb_wrong")),
         Some(login("metalbus-controller", "")),
         Some(login(INTERNAL_USER, "x")),

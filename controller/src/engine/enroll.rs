@@ -49,7 +49,7 @@ impl Credentials {
     /// Replaces the copy with what the store holds, and the keyring with its keys.
     pub(super) fn reload(&mut self, store: &Store) -> Result<(), StoreError> {
         self.tokens = store.enroll_tokens()?.into_iter().collect();
-        self.keyring.set_enroll_tokens(self.tokens.keys().cloned());
+        self.publish_tokens();
         self.creds.clear();
         for (id, cred) in store.credentials()? {
             let Ok(id) = NodeId::new(id.clone()) else {
@@ -73,13 +73,29 @@ impl Credentials {
     /// A new enrollment token (committed by the caller's batch).
     pub(super) fn add_token(&mut self, id: String, record: EnrollTokenRecord) {
         self.tokens.insert(id, record);
-        self.keyring.set_enroll_tokens(self.tokens.keys().cloned());
+        self.publish_tokens();
     }
 
     fn remove_token(&mut self, id: &str) -> bool {
         let had = self.tokens.remove(id).is_some();
-        self.keyring.set_enroll_tokens(self.tokens.keys().cloned());
+        self.publish_tokens();
         had
+    }
+
+    /// Tells the keyring (the broker's logins) which tokens exist, with the password an
+    /// agent enrolling with each presents.
+    fn publish_tokens(&self) {
+        let anchor = self.identity.anchor();
+        self.keyring
+            .set_enroll_tokens(self.tokens.iter().filter_map(|(id, record)| {
+                let secret = decode_hex::<KEY_BYTES>(&record.secret)?;
+                let token = EnrollToken {
+                    anchor,
+                    id: id.clone(),
+                    secret,
+                };
+                Some((id.clone(), token.broker_password()))
+            }));
     }
 
     #[cfg(test)]
@@ -138,6 +154,12 @@ impl Engine {
         now: Timestamp,
         batch: &mut Batch,
     ) -> Result<(NodeKey, enroll::EnrollReply), String> {
+        if id.as_str().starts_with(enroll::RESERVED_ID_PREFIX) {
+            return Err(format!(
+                "node ids starting with {:?} are reserved",
+                enroll::RESERVED_ID_PREFIX
+            ));
+        }
         let creds = &mut self.credentials;
         let Some(record) = creds.tokens.get(&request.token_id).cloned() else {
             return Err("unknown enrollment token".into());

@@ -106,7 +106,7 @@ async fn attempt(
         Err(e) => return Outcome::Retry(e.to_string()),
     };
     let mut opts = endpoint.options(&format!("{node}-enroll-{attempt_no}"));
-    opts.set_credentials(crate::ENROLL_USER, token.id.as_str());
+    opts.set_credentials(token.broker_user(), token.broker_password());
     let (client, mut eventloop) = AsyncClient::new(opts, 16);
     let deadline = tokio::time::Instant::now() + ANSWER_WAIT;
     let outcome = loop {
@@ -146,6 +146,15 @@ async fn attempt(
                 }
             }
             Ok(_) => {}
+            Err(rumqttc::ConnectionError::ConnectionRefused(
+                code @ (rumqttc::ConnectReturnCode::BadUserNamePassword
+                | rumqttc::ConnectReturnCode::NotAuthorized),
+            )) => {
+                break Outcome::Refused(format!(
+                    "the broker refused the enrollment login ({code:?}): the token is unknown, \
+                     revoked, or its secret is wrong"
+                ))
+            }
             Err(e) => break Outcome::Retry(format!("broker: {e}")),
         }
     };

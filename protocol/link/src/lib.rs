@@ -21,5 +21,5 @@ pub use endpoint::{disconnect, install_crypto_provider, Endpoint, TlsError, MAX_
 pub use logging::{abort_on_panic, init_logging, shutdown_signal, LogFormat};
 pub use url::{BrokerUrl, BrokerUrlError};
 
-/// The MQTT user name of a client that is enrolling (its password is the token id).
+/// The MQTT user name of a client that is enrolling, before the `.<token id>` suffix.
 pub const ENROLL_USER: &str = "metalbus-enroll";
