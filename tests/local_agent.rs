@@ -191,4 +191,47 @@ async fn the_readme_tour_installs_this_machine_with_the_demo_plan_through_the_cl
     let (_, plans) = api.get("/api/v1/plans").await.unwrap();
     assert_eq!(plans["data"][0]["name"], "demo");
     assert_eq!(plans["data"][0]["default"], true);
+
+    // Step 5: a second "host", exactly as the README runs it (from the same directory,
+    // with the fleet enrollment token the controller wrote).
+    let steps = concat!(env!("CARGO_MANIFEST_DIR"), "/../systemd/steps.d");
+    let state = tmp.path().join("demo-2");
+    let log = std::fs::File::create(tmp.path().join("demo-2.log")).unwrap();
+    let mut second = Command::new(bin("metalbus-agent"))
+        .args([
+            "run",
+            "--config",
+            "/dev/null",
+            "--broker",
+            &ctl.broker_url(),
+        ])
+        .args([
+            "--node-id",
+            "demo-2",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ])
+        .args([
+            "--steps-dir",
+            steps,
+            "--enroll-token-file",
+            "metalbus-data/enroll.token",
+        ])
+        .current_dir(tmp.path())
+        .env_remove("METALBUS_ENROLL_TOKEN")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    eventually(Duration::from_secs(20), "demo-2 in `nodes list`", || {
+        let out = stdout(&ctl.cli(&["nodes", "list"]));
+        async move { out.contains("demo-2").then_some(()).ok_or(out) }
+    })
+    .await;
+    assert!(
+        state.join("credential.json").exists(),
+        "it keeps its node key"
+    );
+    let _ = second.kill();
+    let _ = second.wait();
 }

@@ -278,3 +278,66 @@ async fn bad_registrations_are_refused_and_the_cli_registers() {
         .unwrap();
     assert_eq!(status, 403);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registrations_own_token_claims_it_whatever_the_host_looks_like() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctl = Controller::start(tmp.path(), &[]).await;
+    let api = ctl.api();
+    // Hints this host does not match: only the token ties them together.
+    let out = ctl.cli(&[
+        "nodes", "register", "db-7", "--hostname", "db7", "--mac", "02:00:00:00:99:99",
+        "--label", "role=db", "--enroll-token",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let token = text
+        .lines()
+        .find(|l| l.starts_with("MB1:"))
+        .unwrap_or_else(|| panic!("no token in {text}"));
+    let file = tmp.path().join("db-7.token");
+    std::fs::write(&file, token).unwrap();
+    let root = host_root(tmp.path(), "something-else", "02:00:00:00:11:11");
+    let _host = AgentProc::start_with(
+        tmp.path(),
+        &ctl.broker_url(),
+        "host-77",
+        &["--root", root.to_str().unwrap(), "--enroll-token-file", file.to_str().unwrap()],
+    );
+    let n = api.wait_state("host-77", "discovered", WAIT).await;
+    assert_eq!(n["name"], "db-7", "{n}");
+    assert_eq!(n["labels"]["role"], "db", "{n}");
+    let (_, events) = api.get("/api/v1/nodes/host-77/events").await.unwrap();
+    assert!(
+        events["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["reason"] == "NodeMatched"
+                && e["message"].as_str().unwrap().contains("by enrollment token")),
+        "{events}"
+    );
+    // One use: a second host with the same token is refused.
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let second = AgentProc::start_with(
+        &other,
+        &ctl.broker_url(),
+        "host-78",
+        &["--enroll-token-file", file.to_str().unwrap()],
+    );
+    eventually(WAIT, "the second use refused", || {
+        let log = second.log_text();
+        async move { log.contains("has been used up").then_some(()).ok_or(log) }
+    })
+    .await;
+    // Only an admin may ask for a token with a registration.
+    let viewer = ctl.cli(&["tokens", "create", "--name", "ops", "--role", "operator"]);
+    let op = String::from_utf8(viewer.stdout).unwrap().trim().to_string();
+    let (status, _) = api
+        .with_token(Some(&op))
+        .post("/api/v1/nodes", Some(json!({"name": "x-1", "hostname": "x", "enroll_token": true})))
+        .await
+        .unwrap();
+    assert_eq!(status, 403);
+}

@@ -49,6 +49,8 @@ impl AgentFacts {
 /// Which rule matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MatchedBy {
+    /// The agent enrolled with the registration's own one-use token.
+    Token,
     Mac,
     Ip,
     Hostname,
@@ -57,6 +59,7 @@ pub enum MatchedBy {
 impl MatchedBy {
     pub fn as_str(self) -> &'static str {
         match self {
+            MatchedBy::Token => "enrollment token",
             MatchedBy::Mac => "mac",
             MatchedBy::Ip => "ip",
             MatchedBy::Hostname => "hostname",

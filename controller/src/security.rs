@@ -237,6 +237,7 @@ pub fn new_enroll_token(
         max_uses,
         uses: 0,
         node,
+        registration: None,
     };
     Ok((token, record))
 }
@@ -276,6 +277,7 @@ pub fn ensure_enroll_token(
                     max_uses: None,
                     uses: 0,
                     node: None,
+                    registration: None,
                 };
                 store.write(Durability::Immediate, |tx| {
                     tx.put_enroll_token(&token.id, &record)

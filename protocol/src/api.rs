@@ -238,6 +238,20 @@ pub struct RegisterRequest {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     pub group: Option<String>,
+    /// Also make a one-use enrollment token for exactly this host: the agent that
+    /// enrolls with it claims this registration, whatever its MAC, IP or hostname.
+    #[serde(default)]
+    pub enroll_token: bool,
+}
+
+/// `POST /nodes`: the registration, and its one-use enrollment token when asked for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Registered {
+    pub data: NodeView,
+    /// Shown once (`MB1:...`); valid until the registration's discovery timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enroll_token: Option<String>,
 }
 
 impl RegisterRequest {

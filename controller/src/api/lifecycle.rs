@@ -7,10 +7,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::{Extension, Json};
 use metalbus_protocol::api::{
     Changed, Data, History, ManageRequest, NodeUpdateRequest, NodeView, RegisterRequest,
-    RetryResponse, StateChange,
+    Registered, RetryResponse, StateChange,
 };
 use metalbus_protocol::api::{ErrorBody, Role};
 use metalbus_protocol::lifecycle::NodeState;
+use metalbus_protocol::NodeId;
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
@@ -271,7 +272,7 @@ pub async fn retry(
     summary = "Pre-register a node (matched to its agent by MAC, IP, then hostname prefix)",
     request_body = RegisterRequest,
     responses(
-        (status = 201, description = "Registered, waiting for its agent", body = Data<NodeView>),
+        (status = 201, description = "Registered, waiting for its agent (with its one-use enrollment token when asked for)", body = Registered),
         (status = 400, description = "Bad request (`Primus.00002`)", body = ErrorBody),
         (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
         (status = 403, description = "The token's role may not do this (`Primus.00004`)", body = ErrorBody),
@@ -284,9 +285,14 @@ pub async fn register(
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<RegisterRequest>,
-) -> Result<(StatusCode, Json<Data<NodeView>>), ApiError> {
+) -> Result<(StatusCode, Json<Registered>), ApiError> {
     require(&caller, Role::Operator)?;
+    if body.enroll_token {
+        // A token lets a host into the fleet: an admin's call.
+        require(&caller, Role::Admin)?;
+    }
     let hints = body.hints().map_err(ApiError::BadRequest)?;
+    let want_token = body.enroll_token;
     let reg = Registration {
         name: body.name.clone(),
         hints,
@@ -294,12 +300,36 @@ pub async fn register(
         group: body.group,
     };
     let reply = call(&state, body.name, Action::Register(reg), &caller, &headers).await?;
+    let enroll_token = if want_token {
+        Some(registration_token(&state, &reply.node.id).await?)
+    } else {
+        None
+    };
     Ok((
         StatusCode::CREATED,
-        Json(Data {
+        Json(Registered {
             data: view_of(&state, reply.node)?,
+            enroll_token,
         }),
     ))
+}
+
+/// A one-use enrollment token that claims registration `reg`, valid until its
+/// discovery timeout.
+async fn registration_token(state: &AppState, reg: &NodeId) -> Result<String, ApiError> {
+    let now = state.clock.now();
+    let id: String = format!("reg.{reg}").chars().take(64).collect();
+    let expires = now.plus(state.config.lifecycle.timeouts.registered);
+    let (token, mut record) =
+        crate::security::new_enroll_token(&id, state.anchor, now, Some(expires), Some(1), None)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+    record.registration = Some(reg.clone());
+    ask(state, |reply| Input::Keys {
+        change: crate::engine::KeyChange::EnrollToken { id, record },
+        reply,
+    })
+    .await?;
+    Ok(token.to_string())
 }
 
 /// `PATCH /nodes/{node}`: name, labels, group, control_plane.

@@ -12,7 +12,8 @@ use std::time::SystemTime;
 use clap::{Args, Subcommand, ValueEnum};
 use metalbus_protocol::api::{
     Changed, Data, History, MetricsPeriod, NodeMetrics, NodeRevoked, NodeView, Operation,
-    OperationStarted, RetryResponse, Role, TokenCreated, TokenKind, TokenRequest, TokenView,
+    OperationStarted, Registered, RetryResponse, Role, TokenCreated, TokenKind, TokenRequest,
+    TokenView,
 };
 use metalbus_protocol::event::Events;
 use metalbus_protocol::lifecycle::NodeState;
@@ -113,6 +114,10 @@ pub enum NodesCommand {
         labels: Vec<(String, String)>,
         #[arg(long)]
         group: Option<String>,
+        /// Also print a one-use enrollment token for exactly this host (admin): the
+        /// agent that enrolls with it claims this registration.
+        #[arg(long)]
+        enroll_token: bool,
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
     },
@@ -367,22 +372,31 @@ pub async fn nodes(args: ClientArgs, cmd: NodesCommand) -> Result<String, Client
             hostname,
             labels,
             group,
+            enroll_token,
             output,
         } => {
             let labels: std::collections::BTreeMap<String, String> = labels.into_iter().collect();
             let body = serde_json::json!({
                 "name": name, "mac": mac, "ip": ip, "hostname": hostname,
-                "labels": labels, "group": group,
+                "labels": labels, "group": group, "enroll_token": enroll_token,
             });
-            let d: Data<NodeView> = api
+            let d: Registered = api
                 .send(Method::POST, "/api/v1/nodes", &[], Some(body))
                 .await?;
             Ok(match output {
-                Output::Table => format!(
-                    "{}: registered as {} (state {}); waiting for its agent\n",
-                    d.data.name, d.data.id, d.data.state
-                ),
-                Output::Json => json(&d.data),
+                Output::Table => {
+                    let mut out = format!(
+                        "{}: registered as {} (state {}); waiting for its agent\n",
+                        d.data.name, d.data.id, d.data.state
+                    );
+                    if let Some(token) = &d.enroll_token {
+                        out.push_str(&format!(
+                            "enrollment token for this host only (one use):\n{token}\n"
+                        ));
+                    }
+                    out
+                }
+                Output::Json => json(&d),
             })
         }
         NodesCommand::Manage { node, plan, output } => {

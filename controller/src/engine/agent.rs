@@ -51,6 +51,7 @@ impl Engine {
             // An unknown agent. With registrations to match, wait (briefly) for its
             // inventory: MACs and IPs match before hostnames.
             let waiting = self.fleet.has_registrations()
+                && self.token_claim(id).is_none()
                 && !self.arrivals.early.contains_key(id)
                 && self.arrivals.births.len() < MAX_EARLY_INVENTORIES;
             if waiting {
@@ -98,7 +99,10 @@ impl Engine {
     /// MAC, IP, then hostname), or a new `discovered` node.
     pub(super) fn create_node(&mut self, id: &NodeId, b: Birth, now: Timestamp, batch: &mut Batch) {
         let facts = AgentFacts::new(&b.hostname, self.arrivals.early.get(id));
-        let matched = self.match_registration(&facts);
+        let matched = self
+            .token_claim(id)
+            .map(|reg| (reg, MatchedBy::Token))
+            .or_else(|| self.match_registration(&facts));
         let from_birth = |node: NodeRecord| NodeRecord {
             conn: b.conn,
             session: Some(b.session.clone()),
@@ -160,6 +164,16 @@ impl Engine {
             batch.used_early.push((id.clone(), inv.clone()));
             self.on_inventory(id, inv, now, batch);
         }
+    }
+
+    /// The registration the agent's enrollment token names, while it waits for it.
+    fn token_claim(&self, id: &NodeId) -> Option<NodeId> {
+        let reg = self.credentials.claim(id)?;
+        self.fleet
+            .nodes
+            .get(reg)
+            .filter(|n| n.state == NodeState::Registered)
+            .map(|n| n.id.clone())
     }
 
     fn match_registration(&self, facts: &AgentFacts) -> Option<(NodeId, MatchedBy)> {

@@ -103,6 +103,15 @@ impl Credentials {
         &self.identity
     }
 
+    /// The pre-registration node `id` claims, from the token it enrolled with.
+    pub(super) fn claim(&self, id: &NodeId) -> Option<&NodeId> {
+        self.creds
+            .get(id)
+            .filter(|c| c.revoked_at.is_none())?
+            .registration
+            .as_ref()
+    }
+
     /// Marks a credential confirmed by its first proven message.
     pub(super) fn heard(&mut self, id: &NodeId, batch: &mut Batch) {
         if let Some(cred) = self.creds.get_mut(id) {
@@ -220,7 +229,7 @@ impl Engine {
         let (reply, key) = enroll::accept(&rng, &token, id, &request, &creds.identity.public_key())
             .map_err(|e| e.to_string())?;
         if !again {
-            let mut used = record;
+            let mut used = record.clone();
             used.uses += 1;
             creds.tokens.insert(token.id.clone(), used.clone());
             batch.enroll_tokens.push((token.id.clone(), Some(used)));
@@ -231,6 +240,7 @@ impl Engine {
             enrolled_at: now,
             confirmed: false,
             revoked_at: None,
+            registration: record.registration.clone(),
         };
         creds.creds.insert(id.clone(), cred.clone());
         creds.last_request.insert(id.clone(), request.ts);

@@ -213,9 +213,12 @@ pub struct EnrollTokenRecord {
     pub max_uses: Option<u32>,
     #[serde(default)]
     pub uses: u32,
-    /// The one node it may enroll (a pre-registration's token).
+    /// The one node it may enroll.
     #[serde(default)]
     pub node: Option<NodeId>,
+    /// The pre-registration the node it enrolls claims (`nodes register --enroll-token`).
+    #[serde(default)]
+    pub registration: Option<NodeId>,
 }
 
 /// A node's credential: the key it shares with the controller, from enrollment.
@@ -235,4 +238,7 @@ pub struct CredentialRecord {
     /// with a token made after this.
     #[serde(default)]
     pub revoked_at: Option<Timestamp>,
+    /// The pre-registration this node claims when it first appears (from its token).
+    #[serde(default)]
+    pub registration: Option<NodeId>,
 }
