@@ -286,10 +286,22 @@ async fn a_registrations_own_token_claims_it_whatever_the_host_looks_like() {
     let api = ctl.api();
     // Hints this host does not match: only the token ties them together.
     let out = ctl.cli(&[
-        "nodes", "register", "db-7", "--hostname", "db7", "--mac", "02:00:00:00:99:99",
-        "--label", "role=db", "--enroll-token",
+        "nodes",
+        "register",
+        "db-7",
+        "--hostname",
+        "db7",
+        "--mac",
+        "02:00:00:00:99:99",
+        "--label",
+        "role=db",
+        "--enroll-token",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let token = text
         .lines()
@@ -302,7 +314,12 @@ async fn a_registrations_own_token_claims_it_whatever_the_host_looks_like() {
         tmp.path(),
         &ctl.broker_url(),
         "host-77",
-        &["--root", root.to_str().unwrap(), "--enroll-token-file", file.to_str().unwrap()],
+        &[
+            "--root",
+            root.to_str().unwrap(),
+            "--enroll-token-file",
+            file.to_str().unwrap(),
+        ],
     );
     let n = api.wait_state("host-77", "discovered", WAIT).await;
     assert_eq!(n["name"], "db-7", "{n}");
@@ -314,7 +331,10 @@ async fn a_registrations_own_token_claims_it_whatever_the_host_looks_like() {
             .unwrap()
             .iter()
             .any(|e| e["reason"] == "NodeMatched"
-                && e["message"].as_str().unwrap().contains("by enrollment token")),
+                && e["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("by enrollment token")),
         "{events}"
     );
     // One use: a second host with the same token is refused.
@@ -336,7 +356,10 @@ async fn a_registrations_own_token_claims_it_whatever_the_host_looks_like() {
     let op = String::from_utf8(viewer.stdout).unwrap().trim().to_string();
     let (status, _) = api
         .with_token(Some(&op))
-        .post("/api/v1/nodes", Some(json!({"name": "x-1", "hostname": "x", "enroll_token": true})))
+        .post(
+            "/api/v1/nodes",
+            Some(json!({"name": "x-1", "hostname": "x", "enroll_token": true})),
+        )
         .await
         .unwrap();
     assert_eq!(status, 403);

@@ -32,14 +32,7 @@ async fn a_revoked_node_is_cut_off_at_once_and_enrolls_again_only_with_a_new_tok
     let api = ctl.api();
     let agent = AgentProc::start(tmp.path(), &ctl.broker_url(), "rv-1");
     api.wait_state("rv-1", "discovered", WAIT).await;
-    eventually(WAIT, "rv-1 online", || {
-        let api = api.clone();
-        async move {
-            let n = api.node("rv-1").await?;
-            (n["online"] == true).then_some(()).ok_or(n.to_string())
-        }
-    })
-    .await;
+    api.wait_online("rv-1", true, WAIT).await;
 
     let lost_before = agent.log_text().matches("broker connection lost").count();
     let revoked_at = Instant::now();
@@ -139,14 +132,7 @@ async fn after_a_revoke_only_a_newer_token_enrolls_the_node_and_tokens_are_manag
         "rv-2",
         &["--enroll-token-file", file.to_str().unwrap()],
     );
-    eventually(WAIT, "rv-2 online again", || {
-        let api = api.clone();
-        async move {
-            let n = api.node("rv-2").await?;
-            (n["online"] == true).then_some(()).ok_or(n.to_string())
-        }
-    })
-    .await;
+    api.wait_online("rv-2", true, WAIT).await;
 
     // tokens list: both kinds, with their limits, and no secret anywhere.
     let list = tokens(&ctl);

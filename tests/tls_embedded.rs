@@ -66,14 +66,7 @@ async fn agents_and_the_cli_trust_the_controller_through_its_token_and_ca() {
         .stderr(std::fs::File::create(tmp.path().join("agent-tls-1-again.err")).unwrap())
         .spawn()
         .unwrap();
-    eventually(WAIT, "tls-1 back online without a token", || {
-        let api = api.clone();
-        async move {
-            let n = api.node("tls-1").await?;
-            (n["online"] == true).then_some(()).ok_or(n.to_string())
-        }
-    })
-    .await;
+    api.wait_online("tls-1", true, WAIT).await;
     let _ = again.kill();
     let _ = again.wait();
 

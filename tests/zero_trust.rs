@@ -95,16 +95,23 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forged_commands_from_an_anonymous_client_run_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(tmp.path(), "");
+/// A Mosquitto that lets anyone publish anything, and a controller with a quick plan
+/// using it.
+async fn through_a_hostile_broker(dir: &Path) -> (Mosquitto, Controller) {
+    let broker = Mosquitto::start(dir, "");
     let ctl = Controller::with_config(
-        tmp.path(),
+        dir,
         &Controller::quick_plan("0.2"),
         &["--broker", &broker.url()],
     )
     .await;
+    (broker, ctl)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_commands_from_an_anonymous_client_run_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (broker, ctl) = through_a_hostile_broker(tmp.path()).await;
     let api = ctl.api();
     let marker = tmp.path().join("rebooted.txt");
     let config = tmp.path().join("agent.toml");
@@ -233,13 +240,7 @@ fn same_node(before: &Value, after: &Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_status_reports_and_another_nodes_key_change_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(tmp.path(), "");
-    let ctl = Controller::with_config(
-        tmp.path(),
-        &Controller::quick_plan("0.2"),
-        &["--broker", &broker.url()],
-    )
-    .await;
+    let (broker, ctl) = through_a_hostile_broker(tmp.path()).await;
     let api = ctl.api();
     let steps = steps_dir(tmp.path(), &[]);
     let args = ["--steps-dir", steps.to_str().unwrap()];
@@ -339,31 +340,9 @@ async fn forged_status_reports_and_another_nodes_key_change_nothing() {
     // The real agent reconnects (a new conn, with the forged Will still retained): it is
     // online, not "stale", and its report stream is its own: a deprovision goes through.
     assert!(b.terminate().success());
-    eventually(WAIT, "zt-b offline after its clean stop", || {
-        let api = api.clone();
-        async move {
-            let n = api.node("zt-b").await?;
-            if n["online"] == false {
-                Ok(())
-            } else {
-                Err(n.to_string())
-            }
-        }
-    })
-    .await;
+    api.wait_online("zt-b", false, WAIT).await;
     let _b = AgentProc::start_with(tmp.path(), &ctl.broker_url(), "zt-b", &args);
-    eventually(WAIT, "zt-b back online", || {
-        let api = api.clone();
-        async move {
-            let n = api.node("zt-b").await?;
-            if n["online"] == true {
-                Ok(())
-            } else {
-                Err(n.to_string())
-            }
-        }
-    })
-    .await;
+    api.wait_online("zt-b", true, WAIT).await;
     api.post("/api/v1/nodes/zt-b/unmanage", None).await.unwrap();
     let n = api.wait_state("zt-b", "discovered", WAIT).await;
     assert_eq!(n["report_session"], before["report_session"]);

@@ -83,8 +83,16 @@ struct RunArgs {
     /// Program and arguments run for a poweroff command [default: systemctl poweroff]
     #[arg(long, value_name = "ARGV", num_args = 1..)]
     poweroff_command: Option<Vec<String>>,
+    #[command(flatten)]
+    enroll: EnrollArgs,
+}
+
+/// How an agent that is not enrolled yet gets its token (`run` and `simulate` alike).
+#[derive(clap::Args)]
+struct EnrollArgs {
     /// Enrollment token file (the controller's DATA_DIR/enroll.token, or one from
-    /// `metalbus tokens create --enroll`). Needed only until the node is enrolled.
+    /// `metalbus tokens create --enroll`). Needed only until the node is enrolled;
+    /// `simulate` enrolls every virtual agent with it once.
     #[arg(long, value_name = "FILE")]
     enroll_token_file: Option<PathBuf>,
     /// Enrollment token (MB1:...). Prefer --enroll-token-file: a flag shows in `ps`.
@@ -136,18 +144,8 @@ struct SimArgs {
     /// MQTT topic prefix.
     #[arg(long, default_value = metalbus_protocol::DEFAULT_PREFIX)]
     topic_prefix: String,
-    /// Enrollment token file (the controller's DATA_DIR/enroll.token, or one from
-    /// `metalbus tokens create --enroll`). Every virtual agent enrolls with it once.
-    #[arg(long, value_name = "FILE")]
-    enroll_token_file: Option<PathBuf>,
-    /// Enrollment token (MB1:...). Prefer --enroll-token-file: a flag shows in `ps`.
-    #[arg(
-        long,
-        value_name = "TOKEN",
-        env = "METALBUS_ENROLL_TOKEN",
-        hide_env_values = true
-    )]
-    enroll_token: Option<String>,
+    #[command(flatten)]
+    enroll: EnrollArgs,
 }
 
 fn simulate(args: SimArgs) -> anyhow::Result<()> {
@@ -163,8 +161,8 @@ fn simulate(args: SimArgs) -> anyhow::Result<()> {
         // Virtual agents must never power off the machine that runs them.
         reboot_command: Vec::new(),
         poweroff_command: Vec::new(),
-        enroll_token: args.enroll_token,
-        enroll_token_file: args.enroll_token_file,
+        enroll_token: args.enroll.enroll_token,
+        enroll_token_file: args.enroll.enroll_token_file,
         ..AgentConfig::default()
     };
     metalbus_agent::config::check(&agent)?;
@@ -214,11 +212,11 @@ impl RunArgs {
             log_format: self.log_format,
             reboot_command: self.reboot_command,
             poweroff_command: self.poweroff_command,
-            enroll_token_file: self.enroll_token_file,
+            enroll_token_file: self.enroll.enroll_token_file,
         }
         .apply(&mut cfg)?;
-        if self.enroll_token.is_some() {
-            cfg.enroll_token = self.enroll_token;
+        if self.enroll.enroll_token.is_some() {
+            cfg.enroll_token = self.enroll.enroll_token;
         }
         Ok(cfg)
     }

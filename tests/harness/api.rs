@@ -132,6 +132,19 @@ impl Api {
     }
 
     /// GET `path` as text (for `/metrics`).
+    /// Waits (bounded) until node `key` is online, or offline, as `online` says.
+    pub async fn wait_online(&self, key: &str, online: bool, timeout: std::time::Duration) {
+        let what = format!("{key} online = {online}");
+        crate::eventually(timeout, &what, || {
+            let api = self.clone();
+            async move {
+                let n = api.node(key).await?;
+                (n["online"] == online).then_some(()).ok_or(n.to_string())
+            }
+        })
+        .await;
+    }
+
     pub async fn get_text(&self, path: &str) -> Result<String, String> {
         let resp = self
             .http

@@ -19,15 +19,17 @@ use crate::store::{Store, StoreReader};
 use crate::telemetry::Telemetry;
 use crate::wake::WakeRequest;
 
-struct Rig {
-    engine: Engine,
-    out: UnboundedReceiver<Outbound>,
+pub(super) struct Rig {
+    pub(super) engine: Engine,
+    pub(super) out: UnboundedReceiver<Outbound>,
     wakes: UnboundedReceiver<WakeRequest>,
-    clock: Arc<FakeClock>,
-    store: StoreReader,
+    pub(super) clock: Arc<FakeClock>,
+    pub(super) store: StoreReader,
 }
 
-fn rig() -> Rig {
+/// An engine over an in-memory store with the default config (also used by the other
+/// engine parts' tests).
+pub(super) fn rig() -> Rig {
     rig_with(crate::config::ControllerConfig::default())
 }
 

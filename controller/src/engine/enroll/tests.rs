@@ -1,69 +1,29 @@
 //! Enrollment decisions with an in-memory store and a fake clock: what is accepted,
 //! what is refused and why, and that nothing a refusal touches is stored.
 
-use std::sync::Arc;
-
-use metalbus_link::{Clock, FakeClock};
+use metalbus_link::Clock;
 use metalbus_protocol::enroll::{Attempt, EnrollReply, EnrollToken};
 use metalbus_protocol::proof::{self, NodeKey};
 use metalbus_protocol::topic::{NodeTopic, Topics};
 use metalbus_protocol::{NodeId, Timestamp};
 use ring::rand::SystemRandom;
 
-use super::super::{Engine, EngineConfig, Input, Outlets};
-use crate::publish::{Outbound, PublishQueue};
+use super::super::Input;
+use crate::publish::Outbound;
 use crate::security::{self, Keyring};
-use crate::store::Store;
-use crate::telemetry::Telemetry;
 
-struct Rig {
-    engine: Engine,
-    out: tokio::sync::mpsc::UnboundedReceiver<Outbound>,
-    keys: Keyring,
-    clock: Arc<FakeClock>,
-    store: crate::store::StoreReader,
-}
-
-fn rig() -> Rig {
-    let telemetry = Arc::new(Telemetry::new());
-    let store = Store::in_memory(telemetry.clone()).unwrap();
-    let reader = store.reader();
-    let clock = Arc::new(FakeClock::at(1_700_000_000_000));
-    let (publish, out) = PublishQueue::new();
-    let (wake, _) = tokio::sync::mpsc::unbounded_channel();
-    let keys = Keyring::default();
-    let engine = Engine::new(
-        store,
-        Outlets {
-            publish,
-            wake,
-            live: crate::live::LiveFeed::default(),
-        },
-        telemetry,
-        clock.clone(),
-        EngineConfig {
-            topics: Topics::default(),
-            metrics_flush: std::time::Duration::from_secs(10),
-            controller: Arc::new(crate::config::ControllerConfig::default()),
-            identity: security::ephemeral_identity(),
-            keyring: keys.clone(),
-        },
-    )
-    .unwrap();
-    Rig {
-        engine,
-        out,
-        keys,
-        clock,
-        store: reader,
-    }
-}
+use super::super::tests::{rig, Rig};
 
 fn id(s: &str) -> NodeId {
     NodeId::new(s).unwrap()
 }
 
+/// The enrollment steps on the engine tests' rig.
 impl Rig {
+    fn keys(&self) -> Keyring {
+        self.engine.credentials.keyring.clone()
+    }
+
     /// A token in the engine, with limits.
     fn token(&mut self, name: &str, max_uses: Option<u32>, node: Option<&str>) -> EnrollToken {
         let (token, record) = security::new_enroll_token(
@@ -129,7 +89,7 @@ fn an_enrolled_key_is_stored_and_on_the_keyring_before_the_answer_goes_out() {
     let mut r = rig();
     let token = r.token("fleet", None, None);
     let key = r.enroll("n1", &token, t(0)).unwrap();
-    assert_eq!(r.keys.get(&id("n1")), Some(key.clone()));
+    assert_eq!(r.keys().get(&id("n1")), Some(key.clone()));
     let stored = r.store.credentials().unwrap();
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].0, "n1");
@@ -164,7 +124,7 @@ fn refusals_say_why_and_store_nothing() {
     assert!(refused(&mut r, "n1", &wrong_secret).contains("not sealed with the token's secret"));
     assert!(refused(&mut r, "n1", &bound).contains("is for node n9"));
     assert!(r.store.credentials().unwrap().is_empty());
-    assert!(r.keys.is_empty());
+    assert!(r.keys().is_empty());
     // One use: the first node enrolls, the second is refused.
     r.enroll("n1", &token, t(0)).unwrap();
     assert!(refused(&mut r, "n2", &token).contains("used up"));
@@ -194,7 +154,7 @@ fn a_lost_answer_can_be_retried_but_a_replay_cannot_swap_the_key() {
     r.send_raw("n1", first_request.clone());
     // The answer was lost; the agent tries again, later: accepted, a new key.
     let key = r.enroll("n1", &token, t(2_000)).unwrap();
-    assert_eq!(r.keys.get(&id("n1")), Some(key.clone()));
+    assert_eq!(r.keys().get(&id("n1")), Some(key.clone()));
     // The first request replayed (by a broker that kept it): refused, key unchanged.
     let (reply_topic, answer) = r.send_raw("n1", first_request);
     let reply: EnrollReply = serde_json::from_slice(&answer).unwrap();
@@ -207,7 +167,7 @@ fn a_lost_answer_can_be_retried_but_a_replay_cannot_swap_the_key() {
         ),
         Ok(())
     );
-    assert_eq!(r.keys.get(&id("n1")), Some(key.clone()));
+    assert_eq!(r.keys().get(&id("n1")), Some(key.clone()));
     // Once the node has spoken with its key, nobody enrolls it again, not even with a
     // newer request and the right token.
     r.engine.apply(vec![Input::Metrics {
@@ -216,7 +176,7 @@ fn a_lost_answer_can_be_retried_but_a_replay_cannot_swap_the_key() {
     }]);
     let err = r.enroll("n1", &token, t(3_000)).unwrap_err();
     assert!(err.contains("already enrolled"), "{err}");
-    assert_eq!(r.keys.get(&id("n1")), Some(key));
+    assert_eq!(r.keys().get(&id("n1")), Some(key));
     assert_eq!(
         r.store.enroll_tokens().unwrap()[0].1.uses,
         1,
