@@ -205,8 +205,27 @@ async fn a_nodes_credential_reaches_only_its_own_topics() {
         }
     })
     .await;
-    // A cannot log in with B's name.
+    // A cannot log in with B's name, nor leave a Will on B's status.
     assert!(!connected(ctl.mqtt_port, ("fd-b", &password)).await);
+    let mut opts = rumqttc::MqttOptions::new("fd-a-will", "127.0.0.1", ctl.mqtt_port);
+    opts.set_credentials("fd-a", password.as_str());
+    opts.set_last_will(rumqttc::LastWill::new(
+        "metalbus/v1/nodes/fd-b/status",
+        metalbus_protocol::proof::seal(
+            &key,
+            "metalbus/v1/nodes/fd-b/status",
+            br#"{"online":false,"reason":"lost","conn":99}"#,
+        )
+        .unwrap(),
+        rumqttc::QoS::AtLeastOnce,
+        true,
+    ));
+    let (_client, mut events) = rumqttc::AsyncClient::new(opts, 4);
+    let refused = tokio::time::timeout(WAIT, events.poll()).await.unwrap();
+    assert!(
+        matches!(refused, Err(rumqttc::ConnectionError::ConnectionRefused(_))),
+        "a Will on B's status was accepted: {refused:?}"
+    );
     drop(publishers);
     let after = api.node("fd-b").await.unwrap();
     for k in ["state", "online", "version", "specs", "hostname"] {

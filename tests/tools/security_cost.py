@@ -9,7 +9,9 @@ Variants (each with its own controller, data dir and simulator):
   tls    the same, with the embedded broker over TLS (agents pin the controller's CA).
 
 Per variant and fleet size it starts the release controller and `metalbus-agent simulate`
-(metrics every second, so ingest dominates), waits until every node is online, then
+(metrics every second, so ingest dominates) in groups of --batch agents --stagger seconds
+apart (the steady cost, not a whole fleet's connect storm), waits until every node is
+online (the time is counted from the first group), then
 measures the controller over a window: CPU (utime+stime from /proc), messages ingested
 (metalbus_ingest_messages_total) and RSS. It prints one table; ratios are per message,
 against `base` when given, else against `plain`.
@@ -25,6 +27,7 @@ Standard library only. Everything binds 127.0.0.1; every process is stopped at t
 import argparse
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -33,6 +36,18 @@ import time
 import urllib.request
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# What the shipped units allow (LimitNOFILE=65536): the front door holds two sockets per
+# client and rumqttd one more, so 5,000 agents need ~15,000 descriptors. Raising the hard
+# limit needs root; otherwise the soft limit goes up to the hard one.
+NOFILE = 65536
+
+
+def raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, max(hard, NOFILE)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def cpu_seconds(pid):
@@ -76,6 +91,7 @@ def supports(binary, sub, flag):
 
 
 def run(variant, bindir, nodes, args):
+    bindir = os.path.abspath(bindir)
     ctl_bin = os.path.join(bindir, "metalbus")
     agent_bin = os.path.join(bindir, "metalbus-agent")
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,8 +101,8 @@ def run(variant, bindir, nodes, args):
         if variant == "tls":
             cmd.append("--mqtt-tls")
         log = open(os.path.join(tmp, "controller.log"), "w")
-        ctl = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=tmp)
-        sim = None
+        ctl = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=tmp, preexec_fn=raise_nofile)
+        sims = []
         try:
             listen = os.path.join(data, "listen.json")
             deadline = time.time() + 30
@@ -99,14 +115,24 @@ def run(variant, bindir, nodes, args):
             api = bound.get("api") or f"http://{bound['http']}"
             broker = bound["broker"]
             token = open(os.path.join(data, "admin.token")).read().strip()
-            sim_cmd = [agent_bin, "simulate", "--nodes", str(nodes), "--broker", broker,
-                       "--prefix", "bench", "--state-dir", os.path.join(tmp, "sim"),
-                       "--metrics-interval", args.interval]
-            if supports(agent_bin, "simulate", "--enroll-token-file"):
-                sim_cmd += ["--enroll-token-file", os.path.join(data, "enroll.token")]
-            simlog = open(os.path.join(tmp, "sim.log"), "w")
+            # The fleet starts in groups of --batch agents (one simulator each), --stagger
+            # apart: this measures the steady cost of security, not the connect storm of a
+            # whole fleet at once (the fleet issue's subject).
+            enroll = supports(agent_bin, "simulate", "--enroll-token-file")
             started = time.time()
-            sim = subprocess.Popen(sim_cmd, stdout=simlog, stderr=simlog, cwd=tmp)
+            sims = []
+            for i, first in enumerate(range(0, nodes, args.batch)):
+                count = min(args.batch, nodes - first)
+                sim_cmd = [agent_bin, "simulate", "--nodes", str(count), "--broker", broker,
+                           "--prefix", f"bench{i}", "--state-dir", os.path.join(tmp, "sim"),
+                           "--metrics-interval", args.interval]
+                if enroll:
+                    sim_cmd += ["--enroll-token-file", os.path.join(data, "enroll.token")]
+                simlog = open(os.path.join(tmp, f"sim{i}.log"), "w")
+                sims.append(subprocess.Popen(sim_cmd, stdout=simlog, stderr=simlog, cwd=tmp,
+                                             preexec_fn=raise_nofile))
+                if first + count < nodes:
+                    time.sleep(args.stagger)
             up = 0
             while time.time() - started < args.online_timeout:
                 try:
@@ -131,10 +157,10 @@ def run(variant, bindir, nodes, args):
                 "rss_mb": rss_mb(ctl.pid),
             }
         finally:
-            for p in (sim, ctl):
+            for p in sims + [ctl]:
                 if p and p.poll() is None:
                     p.send_signal(signal.SIGTERM)
-            for p in (sim, ctl):
+            for p in sims + [ctl]:
                 if p:
                     try:
                         p.wait(timeout=30)
@@ -150,6 +176,8 @@ def main():
     ap.add_argument("--window", type=float, default=30.0, help="seconds measured per run")
     ap.add_argument("--interval", default="1s", help="the agents' metrics interval")
     ap.add_argument("--online-timeout", type=float, default=300.0)
+    ap.add_argument("--batch", type=int, default=1000, help="agents per simulator")
+    ap.add_argument("--stagger", type=float, default=15.0, help="seconds between simulators")
     args = ap.parse_args()
     rows = []
     for nodes in [int(n) for n in args.nodes.split(",")]:
@@ -158,6 +186,7 @@ def main():
         for variant, bindir in variants:
             print(f"running {variant} with {nodes} agents ...", file=sys.stderr, flush=True)
             rows.append(run(variant, bindir, nodes, args))
+            print(f"  {rows[-1]}", file=sys.stderr, flush=True)
     print()
     print("| variant | agents | all online after | msgs/s | controller CPU | CPU per msg | ratio | RSS |")
     print("|---|---|---|---|---|---|---|---|")
