@@ -238,3 +238,91 @@ async fn a_nodes_credential_reaches_only_its_own_topics() {
         .unwrap();
     assert_eq!(events["data"], json!([]), "no warnings on B");
 }
+
+/// Sends `bytes` on a raw TCP connection to the door and says whether it was closed
+/// (read returns end of file or an error) within `within`.
+async fn closed_after(port: u16, bytes: &[u8], within: Duration) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let _ = s.write_all(bytes).await;
+    let mut buf = [0u8; 64];
+    loop {
+        match tokio::time::timeout(within, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            // A CONNACK refusal before the close is fine.
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_bytes_at_the_door_close_that_client_and_nothing_else() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctl = Controller::start(tmp.path(), &[]).await;
+    let port = ctl.mqtt_port;
+    let token = ctl.token();
+    // A CONNECT whose user name is multibyte and whose password is 60 KB.
+    let mut connect = vec![0x10];
+    let mut body = vec![
+        0,
+        4,
+        b'M',
+        b'Q',
+        b'T',
+        b'T',
+        4,
+        0b1100_0010,
+        0,
+        30,
+        0,
+        1,
+        b'x',
+    ];
+    let user = "nœud-€".as_bytes();
+    body.extend_from_slice(&(user.len() as u16).to_be_bytes());
+    body.extend_from_slice(user);
+    body.extend_from_slice(&60_000u16.to_be_bytes());
+    body.extend_from_slice(&vec![b'p'; 60_000]);
+    let mut len = body.len();
+    loop {
+        let mut b = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            b |= 0x80;
+        }
+        connect.push(b);
+        if len == 0 {
+            break;
+        }
+    }
+    connect.extend_from_slice(&body);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "not MQTT at all",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ),
+        ("bytes that are no packet type", vec![0xff; 64]),
+        (
+            "a PUBLISH before any CONNECT",
+            vec![0x30, 0x05, 0, 1, b'a', b'h', b'i'],
+        ),
+        (
+            "a CONNECT claiming 256 MiB",
+            vec![0x10, 0xff, 0xff, 0xff, 0x7f],
+        ),
+        ("a bad user with a huge password", connect),
+    ];
+    for (what, bytes) in cases {
+        assert!(
+            closed_after(port, &bytes, Duration::from_secs(5)).await,
+            "{what}: still open"
+        );
+    }
+    // None of it stopped the door or the controller.
+    assert!(connected(port, ("grafana", &token)).await);
+    let (status, _) = ctl.api().get("/healthz").await.unwrap();
+    assert_eq!(status, 200);
+}

@@ -176,4 +176,40 @@ async fn after_a_revoke_only_a_newer_token_enrolls_the_node_and_tokens_are_manag
     let own = ctl.cli(&["tokens", "revoke", "admin"]);
     assert!(!own.status.success());
     assert!(String::from_utf8_lossy(&own.stderr).contains("making this request"));
+
+    // Hostile bodies: refused with 400, and nothing is made.
+    let before = tokens(&ctl).len();
+    for body in [
+        serde_json::json!({"name": "é-token", "kind": "enroll"}),
+        serde_json::json!({"name": "Upper", "kind": "enroll"}),
+        serde_json::json!({"name": "a".repeat(65), "kind": "enroll"}),
+        serde_json::json!({"name": "x\u{0}y", "role": "viewer"}),
+        serde_json::json!({"name": "a".repeat(65), "role": "viewer"}),
+        serde_json::json!({"name": "t1", "kind": "enroll", "ttl_s": u64::MAX}),
+        serde_json::json!({"name": "t2", "kind": "enroll", "uses": 0}),
+        serde_json::json!({"name": "t3", "kind": "enroll", "node": "Not/A/Node"}),
+        serde_json::json!({"name": "t4", "kind": "enroll", "role": "admin"}),
+        serde_json::json!({"name": "t5", "role": "viewer", "uses": 3}),
+        serde_json::json!({"name": "t6"}),
+        serde_json::json!({"name": "t7", "role": "viewer", "extra": 1}),
+        serde_json::json!({"name": "t8", "kind": "root"}),
+    ] {
+        let (status, answer) = api
+            .post("/api/v1/tokens", Some(body.clone()))
+            .await
+            .unwrap();
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert!(
+            answer["errorMessage"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{answer}"
+        );
+    }
+    assert_eq!(tokens(&ctl).len(), before, "nothing was made");
+    let (status, _) = api
+        .delete(&format!("/api/v1/tokens/{}", "%E2%82%AC".repeat(300)))
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
 }

@@ -2,8 +2,6 @@
 //! controller identity it enrolled with, kept in `state_dir/credential.json` (0600).
 //! With it the agent needs no token on later starts.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -45,14 +43,12 @@ pub fn load(state_dir: &Path) -> anyhow::Result<Option<Credential>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let mode = std::fs::metadata(&path)?.permissions().mode();
-    anyhow::ensure!(
-        mode & 0o077 == 0,
-        "{} is readable by others (mode {:o}); it holds this node's key: chmod 600 it, or \
-         revoke the node (metalbus nodes revoke) and enroll again",
-        path.display(),
-        mode & 0o777
-    );
+    metalbus_link::files::check_private(&path).map_err(|e| {
+        anyhow::anyhow!(
+            "{e}; it holds this node's key: if others may have read it, revoke the node \
+             (metalbus nodes revoke) and enroll again"
+        )
+    })?;
     let disk: OnDisk =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     let bad = |what: &str| anyhow::anyhow!("{}: {what} is not 64 hex digits", path.display());
@@ -67,25 +63,16 @@ pub fn load(state_dir: &Path) -> anyhow::Result<Option<Credential>> {
 pub fn save(state_dir: &Path, cred: &Credential) -> anyhow::Result<()> {
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("creating {}", state_dir.display()))?;
-    let path = path(state_dir);
-    let tmp = state_dir.join(format!("{FILE}.tmp"));
-    let _ = std::fs::remove_file(&tmp);
     let body = serde_json::to_vec_pretty(&OnDisk {
         node_id: cred.node_id.clone(),
         key: cred.key.to_hex(),
         identity: hex(&cred.identity),
         enrolled_at: Timestamp::from(std::time::SystemTime::now()),
     })?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(&body)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    Ok(metalbus_link::files::write_private(
+        &path(state_dir),
+        &body,
+    )?)
 }
 
 /// The anchor of the controller this agent trusts: the one it enrolled with, or else the
@@ -112,6 +99,7 @@ pub fn read_token(path: &Path) -> anyhow::Result<EnrollToken> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn a_saved_credential_loads_back_and_a_loose_one_is_refused() {

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::engine::Input;
-use crate::ingest::{self, RejectReason, Rejection};
+use crate::ingest::{self, Rejection};
 use crate::publish::{Delivery, Outbound, PublishQueue};
 use crate::reject_log::RejectLog;
 use crate::security::Keyring;
@@ -210,12 +210,12 @@ impl Ingest {
     fn reject(&mut self, r: Rejection) {
         self.telemetry.count_reject(r.reason.as_str());
         self.rejects.record(&r);
-        // A Warning event on a known node. Never waits: when the engine is busy the
-        // event is skipped (the reject is still counted and answered). A message that
-        // does not prove it came from the node says nothing about the node: no event,
-        // or anyone could fill its event window.
-        let unproven = matches!(r.reason, RejectReason::BadProof | RejectReason::NotEnrolled);
-        if let (false, Ok(Topic::Node(id, _))) = (unproven, self.topics.parse(&r.reject.topic)) {
+        // A Warning event on a known node, for a message the node itself made. Never
+        // waits: when the engine is busy the event is skipped (the reject is still
+        // counted and answered).
+        if let (true, Ok(Topic::Node(id, _))) =
+            (r.reason.from_the_node(), self.topics.parse(&r.reject.topic))
+        {
             let _ = self.engine.try_send(Input::Rejected {
                 id,
                 reason: r.reason,

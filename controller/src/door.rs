@@ -229,7 +229,7 @@ where
     let mut cbuf = BytesMut::with_capacity(4096);
     let connect = tokio::time::timeout(
         CONNECT_WAIT,
-        read_packet(&mut client, &mut cbuf, MAX_CONNECT_BYTES),
+        read_connect(&mut client, &mut cbuf, MAX_CONNECT_BYTES),
     )
     .await
     .map_err(|_| "no CONNECT in time".to_string())??;
@@ -364,12 +364,17 @@ fn encode(packet: &Packet, out: &mut BytesMut) -> Result<(), String> {
         .map_err(|e| format!("cannot encode: {e:?}"))
 }
 
-async fn read_packet<S: AsyncRead + Unpin>(
+/// The client's first packet, which must be a CONNECT: any other first byte ends the
+/// connection at once instead of waiting for the rest of a frame that is not one.
+async fn read_connect<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
     max: usize,
 ) -> Result<Packet, String> {
     loop {
+        if buf.first().is_some_and(|b| b >> 4 != 1) {
+            return Err("the first packet is not CONNECT".into());
+        }
         if let Some(p) = next(buf, max)? {
             return Ok(p);
         }

@@ -49,6 +49,19 @@ impl RejectReason {
         RejectReason::BadProof,
     ];
 
+    /// Whether the refused message proved it came from the node on its topic (these are
+    /// the checks made after the proof), and so says something about that node: an event
+    /// of its own. Any other refusal is counted and logged only: anyone could send it.
+    pub fn from_the_node(self) -> bool {
+        matches!(
+            self,
+            RejectReason::BadJson
+                | RejectReason::BadPayload
+                | RejectReason::InvalidValue
+                | RejectReason::NodeIdMismatch
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             RejectReason::BadTopic => "bad_topic",
@@ -434,6 +447,31 @@ mod tests {
         );
         assert_eq!(r.reject.seq, Some(41));
         assert_eq!(r.reason, RejectReason::BadPayload);
+    }
+
+    #[test]
+    fn only_refusals_of_proven_messages_speak_for_the_node() {
+        // Too large, a bad topic, an unsupported kind: checked before the proof.
+        for payload_topic in [
+            ("metalbus/v1/nodes/x/inventory", vec![b'x'; 1024 * 1024]),
+            ("metalbus/v1/nodes/x/commands", b"{}".to_vec()),
+            (
+                "metalbus/v1/nodes/stranger/status",
+                BIRTH.as_bytes().to_vec(),
+            ),
+        ] {
+            let r = reject(payload_topic.0, &payload_topic.1);
+            assert!(!r.reason.from_the_node(), "{:?}", r.reason);
+        }
+        let r = reject("metalbus/v1/nodes/x/inventory", b"{not json}");
+        assert!(r.reason.from_the_node());
+        let raw = super::decode(
+            &t(),
+            &keys(),
+            "metalbus/v1/nodes/x/status",
+            BIRTH.as_bytes(),
+        );
+        assert!(!raw.unwrap_err().reason.from_the_node());
     }
 
     #[test]

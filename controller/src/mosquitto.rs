@@ -176,21 +176,9 @@ impl Accounts {
     }
 }
 
-/// Writes `path` through a temporary file (mode 0640: Mosquitto's group may read it).
+/// Writes `path` whole (mode 0640: Mosquitto's group may read it).
 fn replace(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o640)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    Ok(metalbus_link::files::write_atomic(path, bytes, 0o640)?)
 }
 
 #[cfg(test)]

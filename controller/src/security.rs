@@ -3,8 +3,7 @@
 //! commands and receipts with.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
@@ -14,7 +13,7 @@ use metalbus_protocol::proof::{self, hex, Identity, NodeKey};
 use metalbus_protocol::topic::{NodeTopic, Topic, Topics};
 use metalbus_protocol::{NodeId, Timestamp};
 use redb::Durability;
-use ring::rand::{SecureRandom, SystemRandom};
+use ring::rand::SystemRandom;
 use tokio::sync::watch;
 
 use crate::store::{EnrollTokenRecord, Store};
@@ -180,12 +179,17 @@ pub fn load_identity(data_dir: &Path) -> anyhow::Result<Arc<Identity>> {
 }
 
 /// 32 random bytes, hex: a password that lives as long as the process.
-pub fn random_secret() -> anyhow::Result<String> {
+pub fn random_secret() -> String {
+    hex(&random_bytes())
+}
+
+/// 32 bytes from the thread's CSPRNG (ChaCha, seeded from the OS): for tokens, secrets
+/// and passwords.
+pub fn random_bytes() -> [u8; 32] {
+    use rand::RngCore;
     let mut bytes = [0u8; 32];
-    SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| anyhow::anyhow!("no randomness for a secret"))?;
-    Ok(hex(&bytes))
+    rand::thread_rng().fill_bytes(&mut bytes);
+    bytes
 }
 
 /// The controller's password on an external broker whose accounts it keeps
@@ -198,7 +202,7 @@ pub fn broker_password(data_dir: &Path) -> anyhow::Result<String> {
             Ok(text.trim().to_string())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let password = random_secret()?;
+            let password = random_secret();
             write_private(&path, format!("{password}\n").as_bytes())?;
             Ok(password)
         }
@@ -220,11 +224,8 @@ pub fn new_enroll_token(
     expires_at: Option<Timestamp>,
     max_uses: Option<u32>,
     node: Option<NodeId>,
-) -> anyhow::Result<(EnrollToken, EnrollTokenRecord)> {
-    let mut secret = [0u8; 32];
-    SystemRandom::new()
-        .fill(&mut secret)
-        .map_err(|_| anyhow::anyhow!("no randomness for a token"))?;
+) -> (EnrollToken, EnrollTokenRecord) {
+    let secret = random_bytes();
     let token = EnrollToken {
         anchor,
         id: id.to_string(),
@@ -239,7 +240,7 @@ pub fn new_enroll_token(
         node,
         registration: None,
     };
-    Ok((token, record))
+    (token, record)
 }
 
 /// On first start, creates the fleet enrollment token and writes `enroll.token` (0600).
@@ -288,7 +289,7 @@ pub fn ensure_enroll_token(
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let (token, record) =
-                new_enroll_token(FLEET_TOKEN_ID, identity.anchor(), now, None, None, None)?;
+                new_enroll_token(FLEET_TOKEN_ID, identity.anchor(), now, None, None, None);
             store.write(Durability::Immediate, |tx| {
                 tx.put_enroll_token(&token.id, &record)
             })?;
@@ -301,35 +302,12 @@ pub fn ensure_enroll_token(
 
 /// Refuses a secret file that others can read or that another user owns.
 pub fn private_file(path: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
-    let mode = meta.permissions().mode() & 0o777;
-    anyhow::ensure!(
-        mode & 0o077 == 0,
-        "{} is readable or writable by others (mode {mode:o}); it holds a secret: chmod 600 it",
-        path.display()
-    );
-    let me = rustix::process::geteuid().as_raw();
-    anyhow::ensure!(
-        meta.uid() == me,
-        "{} is owned by uid {}, not by the controller's user (uid {me}); chown it",
-        path.display(),
-        meta.uid()
-    );
-    Ok(())
+    Ok(metalbus_link::files::check_private(path)?)
 }
 
-/// Writes a new secret file, 0600, synced.
+/// Writes a secret file, 0600, synced.
 pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing {}", path.display()))
+    Ok(metalbus_link::files::write_private(path, bytes)?)
 }
 
 #[cfg(test)]
@@ -360,16 +338,5 @@ mod tests {
         );
         ring.remove(&n1);
         assert_eq!(ring.outbound(&topics, &cmd, b"{\"a\":1}".to_vec()), None);
-    }
-
-    #[test]
-    fn secret_files_must_be_private() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("secret");
-        write_private(&path, b"x").unwrap();
-        private_file(&path).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
-        let err = private_file(&path).unwrap_err().to_string();
-        assert!(err.contains("mode 640"), "{err}");
     }
 }

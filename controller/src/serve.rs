@@ -121,7 +121,7 @@ pub async fn run(
                         cfg.mqtt_listen
                     )
                 })?;
-            let password = security::random_secret()?;
+            let password = security::random_secret();
             let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
             let internal = broker::start(loopback, &topics, door::INTERNAL_USER, &password)?;
             let addr = public.local_addr()?;

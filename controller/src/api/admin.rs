@@ -181,8 +181,7 @@ pub async fn create(
                 expires_at,
                 req.uses,
                 node.clone(),
-            )
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+            );
             ask(&state, |reply| Input::Keys {
                 change: KeyChange::EnrollToken {
                     id: name.clone(),

@@ -3,8 +3,6 @@
 //! Only SHA-256 hashes of tokens are stored (DESIGN section 9). On first start the
 //! controller writes a generated admin token to `DATA_DIR/admin.token` with mode 0600.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use anyhow::Context;
@@ -13,7 +11,6 @@ use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::Response;
 use metalbus_protocol::api::Role;
-use rand::RngCore;
 use redb::Durability;
 
 use super::error::ApiError;
@@ -29,18 +26,14 @@ pub struct Caller {
 
 /// A new random token: `mb_` and 64 hex digits (256 bits).
 pub fn generate_token() -> String {
-    let mut bytes = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    format!("mb_{}", hex(&bytes))
+    format!("mb_{}", crate::security::random_secret())
 }
 
 /// Lower-case hex SHA-256 of the token: the store key.
 pub fn token_hash(token: &str) -> String {
-    hex(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    metalbus_protocol::proof::hex(
+        ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref(),
+    )
 }
 
 /// A new token (shown once), its hash (the store key) and its record.
@@ -96,14 +89,7 @@ pub fn ensure_admin_token(
     }
     let (token, hash, record) = new_token("admin", Role::Admin, now);
     store.write(Durability::Immediate, |tx| tx.put_token(&hash, &record))?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    writeln!(f, "{token}").with_context(|| format!("writing {}", path.display()))?;
-    f.sync_all()?;
+    crate::security::write_private(&path, format!("{token}\n").as_bytes())?;
     Ok(true)
 }
 

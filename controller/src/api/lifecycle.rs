@@ -321,8 +321,7 @@ async fn registration_token(state: &AppState, reg: &NodeId) -> Result<String, Ap
     let id: String = format!("reg.{reg}").chars().take(64).collect();
     let expires = now.plus(state.config.lifecycle.timeouts.registered);
     let (token, mut record) =
-        crate::security::new_enroll_token(&id, state.anchor, now, Some(expires), Some(1), None)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        crate::security::new_enroll_token(&id, state.anchor, now, Some(expires), Some(1), None);
     record.registration = Some(reg.clone());
     ask(state, |reply| Input::Keys {
         change: crate::engine::KeyChange::EnrollToken { id, record },

@@ -154,3 +154,36 @@ fn topic_rules_by_kind_of_client() {
     assert!(node.may_receive(&t, &p("commands")));
     assert!(!node.may_receive(&t, &q("commands")));
 }
+
+#[test]
+fn after_login_a_second_connect_or_a_wildcard_publish_ends_the_connection() {
+    let t = Topics::default();
+    let node = Client::Node(id("n1"));
+    let second = Packet::Connect(rumqttc::mqttbytes::v4::Connect::new("again"));
+    assert!(inbound(&node, &t, second).is_err());
+    let publish = |topic: &str| {
+        Packet::Publish(rumqttc::mqttbytes::v4::Publish::new(
+            topic,
+            QoS::AtLeastOnce,
+            "{}",
+        ))
+    };
+    for topic in [
+        "metalbus/v1/nodes/+/status",
+        "metalbus/v1/nodes/#",
+        "metalbus/v1/nodes/n1/status/x",
+        "metalbus/v1/nodes/n€/status",
+    ] {
+        assert!(inbound(&node, &t, publish(topic)).is_err(), "{topic}");
+    }
+    assert!(inbound(&node, &t, publish("metalbus/v1/nodes/n1/status")).is_ok());
+    // A monitor's exactly-once subscription is served at-least-once.
+    let sub = Packet::Subscribe(rumqttc::mqttbytes::v4::Subscribe::new(
+        "metalbus/v1/#",
+        QoS::ExactlyOnce,
+    ));
+    match inbound(&Client::Monitor(Role::Viewer), &t, sub) {
+        Ok(Packet::Subscribe(s)) => assert_eq!(s.filters[0].qos, QoS::AtLeastOnce),
+        other => panic!("{other:?}"),
+    }
+}

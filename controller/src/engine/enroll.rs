@@ -24,6 +24,9 @@ use crate::publish::{Delivery, Outbound};
 use crate::security::Keyring;
 use crate::store::{CredentialRecord, EnrollTokenRecord, Store, StoreError};
 
+/// Longest hostname an enrollment request may carry (it is logged); DNS allows 253.
+const MAX_HOSTNAME: usize = 255;
+
 /// The engine's copy of the tokens and credentials, and the keyring it feeds.
 pub(super) struct Credentials {
     identity: Arc<Identity>,
@@ -163,6 +166,9 @@ impl Engine {
         now: Timestamp,
         batch: &mut Batch,
     ) -> Result<(NodeKey, enroll::EnrollReply), String> {
+        if request.hostname.len() > MAX_HOSTNAME {
+            return Err(format!("hostname is over {MAX_HOSTNAME} bytes"));
+        }
         if id.as_str().starts_with(enroll::RESERVED_ID_PREFIX) {
             return Err(format!(
                 "node ids starting with {:?} are reserved",

@@ -11,6 +11,7 @@ mod clock;
 pub mod duration;
 mod endpoint;
 pub mod enroll;
+pub mod files;
 mod logging;
 mod pinned;
 mod url;

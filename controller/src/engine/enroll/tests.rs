@@ -33,8 +33,7 @@ impl Rig {
             Some(self.clock.now().plus(std::time::Duration::from_secs(3600))),
             max_uses,
             node.map(id),
-        )
-        .unwrap();
+        );
         self.engine.credentials.add_token(name.into(), record);
         token
     }
@@ -181,5 +180,45 @@ fn a_lost_answer_can_be_retried_but_a_replay_cannot_swap_the_key() {
         r.store.enroll_tokens().unwrap()[0].1.uses,
         1,
         "a retry is not a new use"
+    );
+}
+
+#[test]
+fn hostile_requests_get_a_refusal_or_nothing_and_store_nothing() {
+    let mut r = rig();
+    let token = r.token("fleet", None, None);
+    let topic = Topics::default().node(&id("n1"), NodeTopic::Enroll);
+    // A hostname of 100 KB of multibyte text, sealed with the right secret.
+    let mut attempt = r.attempt(&token, t(0));
+    attempt.request.hostname = "é".repeat(50_000);
+    let (_, answer) = r.send_raw("n1", attempt.payload(&token, &topic).unwrap());
+    let reply: EnrollReply = serde_json::from_slice(&answer).unwrap();
+    assert!(reply.error.unwrap().contains("hostname is over"));
+    // A reserved node id.
+    let err = r.enroll("metalbus-controller", &token, t(0)).unwrap_err();
+    assert!(err.contains("reserved"), "{err}");
+    // Keys that are not hex or the wrong length, a nonce of another size: refused.
+    for (field, value) in [("agent_key", "zz"), ("agent_key", "00"), ("nonce", "0011")] {
+        let mut a = r.attempt(&token, t(0));
+        match field {
+            "agent_key" => a.request.agent_key = value.into(),
+            _ => a.request.nonce = value.into(),
+        }
+        let (_, answer) = r.send_raw("n1", a.payload(&token, &topic).unwrap());
+        let reply: EnrollReply = serde_json::from_slice(&answer).unwrap();
+        assert!(reply.error.is_some(), "{field}={value}");
+    }
+    // Not an object, not JSON at all, a huge token id: no answer, or a refusal.
+    for junk in [&b"[]"[..], b"\xff\xfe", b"{\"token_id\":7}"] {
+        r.engine.apply(vec![Input::Enroll {
+            id: id("n1"),
+            payload: junk.to_vec(),
+        }]);
+    }
+    assert!(r.store.credentials().unwrap().is_empty());
+    assert!(r.keys().is_empty());
+    assert_eq!(
+        r.engine.credentials.tokens["fleet"].uses, 0,
+        "no use was counted"
     );
 }
