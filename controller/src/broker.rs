@@ -1,44 +1,95 @@
-//! The embedded MQTT broker (rumqttd), started on its own threads.
+//! The embedded MQTT broker (rumqttd): its router on its own thread, an internal loopback
+//! listener for the controller's own client, and in-process links for the front door.
 //!
 //! rumqttd keeps nothing on disk; Metalbus' delivery guarantees live above MQTT
 //! (DESIGN section 4), so an in-memory broker is enough for one management box.
+//!
+//! Clients of the fleet never reach a rumqttd socket: the front door ([`crate::door`])
+//! owns their sockets and hands each one to the router through a local link
+//! ([`Links`]), so a connected agent costs one file descriptor, not three
+//! (DECISIONS section 64).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use metalbus_link::MAX_PACKET_BYTES;
 use metalbus_protocol::topic::{NodeTopic, Topics};
-use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
+use rumqttd::protocol::v4::V4;
+use rumqttd::{
+    ConnectionSettings, LinkType, Notification, Router, RouterConfig, Server, ServerSettings,
+};
 use tracing::error;
 
-/// Starts the broker on `listen` and returns the address it listens on (port 0 picks a
-/// free port). Fails at once if the address cannot be bound, so a port clash is a clear
-/// start-up error rather than a silent thread death. Only `user` with `password` may
-/// connect: the front door and the controller's own client.
+/// A new session with the router: `(client id, clean session)` to its two halves and
+/// the router's CONNACK. Blocks until the router answers, so call it off the async
+/// workers (`spawn_blocking`).
+pub type Links =
+    Arc<dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), String> + Send + Sync>;
+
+/// The running embedded broker.
+pub struct Embedded {
+    /// The internal listener the controller's own client logs in to.
+    pub internal: SocketAddr,
+    /// Opens in-process sessions for the front door.
+    pub links: Links,
+}
+
+/// Starts the router and the internal listener on `listen` (port 0 picks a free port).
+/// Fails at once if the address cannot be bound, so a port clash is a clear start-up
+/// error rather than a silent thread death. Only `user` with `password` may log in to
+/// the internal listener: the controller's own client.
 pub fn start(
     listen: SocketAddr,
     topics: &Topics,
     user: &str,
     password: &str,
-) -> anyhow::Result<SocketAddr> {
+) -> anyhow::Result<Embedded> {
     // Probe the address first: rumqttd binds inside its own thread and only logs failure.
     let probe = TcpListener::bind(listen).with_context(|| {
         format!("cannot listen for MQTT on {listen} (is another broker running?)")
     })?;
     let listen = probe.local_addr()?;
     drop(probe);
-    let mut broker = Broker::new(config(listen, topics, user, password));
+    let router_tx = Router::new(0, router_config(topics)).spawn();
+    let mut server = Server::new(
+        server_settings(listen, user, password),
+        router_tx.clone(),
+        V4,
+    );
     std::thread::Builder::new()
         .name("mqtt-broker".into())
-        .spawn(move || match broker.start() {
-            Ok(()) => error!("embedded MQTT broker stopped"),
-            Err(e) => error!(error = %e, "embedded MQTT broker failed"),
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => return error!(error = %e, "embedded MQTT broker: no runtime"),
+            };
+            match runtime.block_on(server.start(LinkType::Remote)) {
+                Ok(()) => error!("embedded MQTT broker stopped"),
+                Err(e) => error!(error = %e, "embedded MQTT broker failed"),
+            }
         })
         .context("spawning the broker thread")?;
     wait_listening(listen)?;
-    Ok(listen)
+    let links: Links = Arc::new(move |client_id: &str, clean: bool| {
+        LinkBuilder::new(client_id, router_tx.clone())
+            .clean_session(clean)
+            // Without this rumqttd disconnects a client that publishes to a topic nobody
+            // subscribed to (a monitoring topic with no monitor, say).
+            .dynamic_filters(true)
+            .build()
+            .map_err(|e| e.to_string())
+    });
+    Ok(Embedded {
+        internal: listen,
+        links,
+    })
 }
 
 /// rumqttd binds on its own thread; wait until it accepts connections.
@@ -64,8 +115,8 @@ fn wait_listening(listen: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn config(listen: SocketAddr, topics: &Topics, user: &str, password: &str) -> Config {
-    let server = ServerSettings {
+fn server_settings(listen: SocketAddr, user: &str, password: &str) -> ServerSettings {
+    ServerSettings {
         name: "v4".into(),
         listen,
         tls: None,
@@ -76,11 +127,12 @@ fn config(listen: SocketAddr, topics: &Topics, user: &str, password: &str) -> Co
             max_inflight_count: 500,
             auth: Some(HashMap::from([(user.to_string(), password.to_string())])),
             external_auth: None,
-            // Without this rumqttd disconnects a client that publishes to a topic nobody
-            // subscribed to (a monitoring topic with no monitor, say).
             dynamic_filters: true,
         },
-    };
+    }
+}
+
+fn router_config(topics: &Topics) -> RouterConfig {
     // Filters for every Metalbus topic exist from the start, so their messages share one
     // bounded log per kind instead of one log per node.
     let mut filters: Vec<String> = NodeTopic::ALL
@@ -92,20 +144,15 @@ fn config(listen: SocketAddr, topics: &Topics, user: &str, password: &str) -> Co
         topics.transitions(),
         topics.controller_status(),
     ]);
-    Config {
-        id: 0,
-        router: RouterConfig {
-            max_connections: 20_000,
-            max_outgoing_packet_count: 200,
-            // Each filter's log holds at most 4 segments of 1 MiB (an oversized message
-            // gets a segment of its own): bounded memory per topic kind.
-            max_segment_size: 1024 * 1024,
-            max_segment_count: 4,
-            custom_segment: None,
-            initialized_filters: Some(filters),
-            ..RouterConfig::default()
-        },
-        v4: Some(HashMap::from([("v4".to_string(), server)])),
-        ..Config::default()
+    RouterConfig {
+        max_connections: 20_000,
+        max_outgoing_packet_count: 200,
+        // Each filter's log holds at most 4 segments of 1 MiB (an oversized message
+        // gets a segment of its own): bounded memory per topic kind.
+        max_segment_size: 1024 * 1024,
+        max_segment_count: 4,
+        custom_segment: None,
+        initialized_filters: Some(filters),
+        ..RouterConfig::default()
     }
 }

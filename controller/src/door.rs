@@ -1,40 +1,50 @@
 //! The embedded broker's front door (DESIGN section 11): rumqttd has no topic ACLs, so
-//! every client connects here instead, and only what this door allows reaches it.
+//! every client connects here, and only what this door allows reaches the broker.
 //!
 //! - **CONNECT** is read first (bounded in size and time) and decides who the client is:
 //!   a node (user = node id, password derived from its key), an enrolling agent (user
 //!   `metalbus-enroll.<token id>`, password derived from the token), or a monitoring tool
 //!   (any user, password = an API token of role viewer or above). Anyone else gets
-//!   CONNACK "not authorized" and is closed. The CONNECT is then passed to rumqttd's
-//!   internal listener (loopback, a per-process password) with the client id put in the
-//!   client's own namespace, so no client can take over another's session.
-//! - **Each packet** from the client is decoded with rumqttc's codec: a PUBLISH or
+//!   CONNACK "not authorized" and is closed.
+//! - **The session** is an in-process link to rumqttd's router ([`crate::broker::Links`]),
+//!   with the client id put in the client's own namespace, so no client can take over
+//!   another's session. The door owns the socket: one file descriptor per client, the
+//!   keep-alive, and the Will (published when a connection ends without DISCONNECT).
+//! - **Each packet** from the client is decoded with rumqttd's own v4 codec: a PUBLISH or
 //!   SUBSCRIBE outside the client's topics closes the connection. Packets from the broker
 //!   to a client are checked too: a monitor never receives `commands` or `receipts`
 //!   (what it cannot receive is dropped, and acknowledged to the broker for it).
 //! - **Revocation** closes a node's connections at once: every connection of a node
 //!   watches the keyring and ends when its key is gone or replaced.
 //!
-//! The controller's own MQTT client connects to the internal listener directly.
+//! The controller's own MQTT client connects to rumqttd's internal listener directly.
 
-use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
+use futures_util::FutureExt;
 use metalbus_link::MAX_PACKET_BYTES;
 use metalbus_protocol::api::Role;
 use metalbus_protocol::enroll::ENROLL_USER_PREFIX;
 use metalbus_protocol::topic::{NodeTopic, Topic, Topics};
 use metalbus_protocol::NodeId;
-use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Login, Packet, PubAck};
-use rumqttc::mqttbytes::QoS;
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::protocol::v4::V4;
+use rumqttd::protocol::{
+    ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill, Login, Packet,
+    PingResp, Protocol, PubAck, PubAckReason, Publish, QoS,
+};
+use rumqttd::Notification;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::api::auth::token_hash;
+use crate::broker::Links;
 use crate::security::Keyring;
 use crate::store::StoreReader;
 
@@ -42,7 +52,7 @@ use crate::store::StoreReader;
 const CONNECT_WAIT: Duration = Duration::from_secs(10);
 /// Largest CONNECT accepted (its Will included).
 const MAX_CONNECT_BYTES: usize = 64 * 1024;
-/// The user the door logs in to rumqttd with.
+/// The user the controller's own client logs in to rumqttd's internal listener with.
 pub const INTERNAL_USER: &str = "metalbus-door";
 
 /// Who a client proved to be.
@@ -119,18 +129,19 @@ pub struct Door {
     pub topics: Topics,
     pub keys: Keyring,
     pub store: StoreReader,
-    /// rumqttd's internal listener.
-    pub internal: SocketAddr,
-    /// The password of [`INTERNAL_USER`].
-    pub internal_password: String,
+    /// Sessions with rumqttd's router.
+    pub links: Links,
 }
 
 /// Why a CONNECT is refused.
 fn refused(code: ConnectReturnCode) -> Packet {
-    Packet::ConnAck(ConnAck {
-        session_present: false,
-        code,
-    })
+    Packet::ConnAck(
+        ConnAck {
+            session_present: false,
+            code,
+        },
+        None,
+    )
 }
 
 impl Door {
@@ -138,7 +149,7 @@ impl Door {
     pub fn authenticate(
         &self,
         login: Option<&Login>,
-        will: Option<&rumqttc::mqttbytes::v4::LastWill>,
+        will: Option<&LastWill>,
     ) -> Result<Client, ConnectReturnCode> {
         let login = login.ok_or(ConnectReturnCode::NotAuthorized)?;
         let client = if let Some(id) = login.username.strip_prefix(ENROLL_USER_PREFIX) {
@@ -164,7 +175,9 @@ impl Door {
         // Only a node has a Will, and only on its own status topic.
         if let Some(will) = will {
             let own = match &client {
-                Client::Node(id) => will.topic == self.topics.node(id, NodeTopic::Status),
+                Client::Node(id) => {
+                    will.topic == self.topics.node(id, NodeTopic::Status).as_bytes()
+                }
                 _ => false,
             };
             if !own {
@@ -178,6 +191,34 @@ impl Door {
 /// Compares two secrets without an early exit.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Runs the door on its own threads until `shutdown` turns true: rumqttd's links hand
+/// packets to the router with blocking sends, which must not stall the controller's own
+/// runtime (the API and the engine's feeders).
+pub fn spawn(
+    listener: std::net::TcpListener,
+    door: Arc<Door>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("mqtt-door")
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("mqtt-door".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => run(listener, door, tls, shutdown).await,
+                    Err(e) => warn!(error = %e, "MQTT front door cannot listen"),
+                }
+            })
+        })?;
+    Ok(())
 }
 
 /// Accepts clients until `shutdown` turns true; over TLS when `tls` is given.
@@ -221,6 +262,9 @@ pub async fn run(
     }
 }
 
+/// Gives clients with an empty client id distinct sessions.
+static ANONYMOUS: AtomicU64 = AtomicU64::new(0);
+
 /// One client, from CONNECT to close.
 async fn serve<S>(mut client: S, door: &Door) -> Result<(), String>
 where
@@ -233,104 +277,301 @@ where
     )
     .await
     .map_err(|_| "no CONNECT in time".to_string())??;
-    let Packet::Connect(mut connect) = connect else {
+    let Packet::Connect(connect, _, will, _, login) = connect else {
         return Err("the first packet is not CONNECT".into());
     };
-    let who = match door.authenticate(connect.login.as_ref(), connect.last_will.as_ref()) {
+    let who = match door.authenticate(login.as_ref(), will.as_ref()) {
         Ok(who) => who,
         Err(code) => {
             info!(
-                user = connect
-                    .login
-                    .as_ref()
-                    .map(|l| l.username.as_str())
-                    .unwrap_or(""),
+                user = login.as_ref().map(|l| l.username.as_str()).unwrap_or(""),
                 ?code,
                 "MQTT client refused"
             );
-            let _ = write_packet(&mut client, &refused(code)).await;
+            let _ = write_packet(&mut client, refused(code)).await;
             return Err(format!("refused: {code:?}"));
         }
     };
+    // As rumqttd: a client must promise to speak now and then, or it could hold a
+    // session open for ever.
+    if connect.keep_alive == 0 {
+        let _ = write_packet(&mut client, refused(ConnectReturnCode::ServiceUnavailable)).await;
+        return Err("keep-alive 0 is not accepted".into());
+    }
     let key_at_start = match &who {
         Client::Node(id) => door.keys.get(id),
         _ => None,
     };
     let mut revocations = door.keys.revocations();
     // The client's session lives in its own namespace.
-    connect.client_id = match &who {
-        Client::Node(id) => format!("node:{id}:{}", connect.client_id),
-        other => format!("{}:{}", other.label(), connect.client_id),
+    let own_id = match connect.client_id.as_str() {
+        "" => format!("~{}", ANONYMOUS.fetch_add(1, Ordering::Relaxed)),
+        id => id.to_string(),
     };
-    connect.login = Some(Login::new(INTERNAL_USER, door.internal_password.clone()));
-    let mut broker = TcpStream::connect(door.internal)
-        .await
-        .map_err(|e| format!("internal broker: {e}"))?;
-    let _ = broker.set_nodelay(true);
-    write_packet(&mut broker, &Packet::Connect(connect)).await?;
-    let mut bbuf = BytesMut::with_capacity(4096);
+    let session = match &who {
+        Client::Node(id) => format!("node:{id}:{own_id}"),
+        other => format!("{}:{own_id}", other.label()),
+    };
+    let (mut tx, mut rx, connack) = match open(door, session.clone(), connect.clean_session).await {
+        Ok(link) => link,
+        Err(why) => {
+            let _ = write_packet(&mut client, refused(ConnectReturnCode::ServiceUnavailable)).await;
+            return Err(why);
+        }
+    };
     let mut out = BytesMut::with_capacity(4096);
-    loop {
-        tokio::select! {
-            n = client.read_buf(&mut cbuf) => {
-                if n.map_err(|e| e.to_string())? == 0 {
-                    return Ok(());
-                }
-                out.clear();
-                while let Some(packet) = next(&mut cbuf, MAX_PACKET_BYTES)? {
-                    let packet = inbound(&who, &door.topics, packet)?;
-                    encode(&packet, &mut out)?;
-                }
-                broker.write_all(&out).await.map_err(|e| e.to_string())?;
-            }
-            n = broker.read_buf(&mut bbuf) => {
-                if n.map_err(|e| e.to_string())? == 0 {
-                    return Err("the broker closed the connection".into());
-                }
-                out.clear();
-                let mut acks = BytesMut::new();
-                while let Some(packet) = next(&mut bbuf, MAX_PACKET_BYTES)? {
-                    match packet {
-                        Packet::Publish(p) if !who.may_receive(&door.topics, &p.topic) => {
-                            if p.qos != QoS::AtMostOnce {
-                                encode(&Packet::PubAck(PubAck::new(p.pkid)), &mut acks)?;
-                            }
-                        }
-                        other => encode(&other, &mut out)?,
+    if let Some(packet) = Option::<Packet>::from(connack) {
+        encode(packet, &mut out)?;
+    }
+    // MQTT 3.1.1 section 3.1.2.10: one and a half keep-alive periods without a packet.
+    let idle = Duration::from_secs(u64::from(connect.keep_alive)) * 3 / 2;
+    let mut deadline = Instant::now() + idle;
+    // `Ok(())`: the client said DISCONNECT, and its Will is discarded. `Err`: any other
+    // end, and the Will is published.
+    let end: Result<(), String> = async {
+        client.write_all(&out).await.map_err(|e| e.to_string())?;
+        loop {
+            out.clear();
+            tokio::select! {
+                n = client.read_buf(&mut cbuf) => {
+                    if n.map_err(|e| e.to_string())? == 0 {
+                        return Err("closed by the client".into());
+                    }
+                    deadline = Instant::now() + idle;
+                    let said_disconnect =
+                        from_client(&who, &door.topics, &mut cbuf, &mut tx, &mut out).await?;
+                    client.write_all(&out).await.map_err(|e| e.to_string())?;
+                    if said_disconnect {
+                        return Ok(());
                     }
                 }
-                client.write_all(&out).await.map_err(|e| e.to_string())?;
-                if !acks.is_empty() {
-                    broker.write_all(&acks).await.map_err(|e| e.to_string())?;
+                n = rx.next() => {
+                    // An error: the router dropped the session (taken over by a newer
+                    // connection with the same client id, say).
+                    let first = n.map_err(|e| format!("the broker ended the session: {e}"))?;
+                    let ended = to_client(&who, &door.topics, first, &mut rx, &mut tx, &mut out).await;
+                    client.write_all(&out).await.map_err(|e| e.to_string())?;
+                    ended?;
                 }
-            }
-            r = revocations.changed(), if key_at_start.is_some() => {
-                if r.is_err() {
-                    return Ok(());
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err("keep-alive expired".into());
                 }
-                if let Client::Node(id) = &who {
-                    if door.keys.get(id) != key_at_start {
-                        info!(node = %id, "credential revoked; connection closed");
-                        return Ok(());
+                r = revocations.changed(), if key_at_start.is_some() => {
+                    let revoked = match (&who, r) {
+                        (Client::Node(id), Ok(())) => door.keys.get(id) != key_at_start,
+                        _ => true,
+                    };
+                    if revoked {
+                        info!(session = %session, "credential revoked; connection closed");
+                        return Err("credential revoked".into());
                     }
                 }
             }
         }
+    }
+    .await;
+    if end.is_err() {
+        // Leave the router first, then publish the Will on a session of its own (this
+        // one may already be gone, taken over by a newer connection).
+        let _ = tx.send(disconnect()).await;
+        if let Some(will) = will {
+            publish_will(door, &session, will).await;
+        }
+    }
+    end
+}
+
+/// Opens the client's session with the router, off the async workers: the router
+/// answers on its own thread, and a busy router must not stall other clients.
+async fn open(
+    door: &Door,
+    session: String,
+    clean: bool,
+) -> Result<(LinkTx, LinkRx, Notification), String> {
+    let links = door.links.clone();
+    tokio::task::spawn_blocking(move || links(&session, clean))
+        .await
+        .map_err(|e| format!("opening a session: {e}"))?
+        .map_err(|e| format!("the broker refused the session: {e}"))
+}
+
+/// Publishes a client's Will through a short session of its own.
+async fn publish_will(door: &Door, session: &str, will: LastWill) {
+    let name = format!("metalbus-will:{session}");
+    let Ok((mut tx, _rx, _)) = open(door, name, true).await else {
+        warn!(
+            session,
+            "could not publish a Will: the broker refused its session"
+        );
+        return;
+    };
+    // The router sees the publish, then the end of the session, in order.
+    let _ = tx.send(Packet::Publish(will_publish(will), None)).await;
+    let _ = tx.send(disconnect()).await;
+}
+
+/// The Will as a PUBLISH with its own QoS and retain flag. rumqttd's `Publish` keeps
+/// its QoS and packet id to itself, so it is built from rumqttd's own serialised form.
+fn will_publish(will: LastWill) -> Publish {
+    let mut raw = BytesMut::with_capacity(5 + will.topic.len() + will.message.len());
+    raw.put_u8(0b0011_0000 | u8::from(will.retain) | ((will.qos as u8) << 1));
+    raw.put_u16(1);
+    raw.put_u16(will.topic.len() as u16);
+    raw.extend_from_slice(&will.topic);
+    raw.extend_from_slice(&will.message);
+    Publish::deserialize(raw.freeze())
+}
+
+/// The QoS and packet id of a publish (rumqttd keeps them to itself).
+fn qos_and_pkid(publish: &Publish) -> (u8, u16) {
+    let raw = publish.serialize();
+    ((raw[0] >> 1) & 0b11, u16::from_be_bytes([raw[1], raw[2]]))
+}
+
+fn disconnect() -> Packet {
+    Packet::Disconnect(
+        Disconnect {
+            reason_code: DisconnectReasonCode::NormalDisconnection,
+        },
+        None,
+    )
+}
+
+/// Checks what the client sent and hands it to the router in one batch; answers
+/// PINGREQ itself (into `out`). `Ok(true)` when the client said DISCONNECT.
+async fn from_client(
+    who: &Client,
+    topics: &Topics,
+    buf: &mut BytesMut,
+    tx: &mut LinkTx,
+    out: &mut BytesMut,
+) -> Result<bool, String> {
+    let mut batch = Vec::new();
+    let mut said_disconnect = false;
+    let checked = loop {
+        match next(buf, MAX_PACKET_BYTES) {
+            Ok(None) => break Ok(()),
+            Ok(Some(Packet::PingReq(_))) => encode(Packet::PingResp(PingResp), out)?,
+            Ok(Some(Packet::Disconnect(..))) => {
+                batch.push(disconnect());
+                said_disconnect = true;
+                break Ok(());
+            }
+            Ok(Some(packet)) => match inbound(who, topics, packet) {
+                Ok(p) => batch.push(p),
+                Err(why) => break Err(why),
+            },
+            Err(why) => break Err(why),
+        }
+    };
+    // What came before a forbidden packet still reaches the broker, as it would have
+    // over a socket.
+    to_router(tx, batch).await?;
+    checked.map(|()| said_disconnect)
+}
+
+/// Hands packets to the router, waking it once for the whole batch.
+async fn to_router(tx: &mut LinkTx, mut batch: Vec<Packet>) -> Result<(), String> {
+    let Some(last) = batch.pop() else {
+        return Ok(());
+    };
+    tx.buffer().extend(batch);
+    tx.send(last)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("the broker is gone: {e}"))
+}
+
+/// Turns what the router has for the client into bytes in `out`: the first
+/// notification and every one already waiting. An error when the router ends the
+/// session.
+async fn to_client(
+    who: &Client,
+    topics: &Topics,
+    first: Option<Notification>,
+    rx: &mut LinkRx,
+    tx: &mut LinkTx,
+    out: &mut BytesMut,
+) -> Result<(), String> {
+    let mut unscheduled = false;
+    let mut dropped = Vec::new();
+    let mut next = first;
+    loop {
+        if let Some(notification) = next.take() {
+            match notification {
+                Notification::Forward(f) => {
+                    let topic = std::str::from_utf8(&f.publish.topic).unwrap_or("");
+                    if who.may_receive(topics, topic) {
+                        encode(Packet::Publish(f.publish, None), out)?;
+                    } else {
+                        // Not for this client: acknowledged for it, so the router's
+                        // in-flight window does not fill with what it will never get.
+                        let (qos, pkid) = qos_and_pkid(&f.publish);
+                        if qos > 0 {
+                            let reason = PubAckReason::Success;
+                            dropped.push(Packet::PubAck(PubAck { pkid, reason }, None));
+                        }
+                    }
+                }
+                other => match Option::<Packet>::from(other) {
+                    // The router paused this session while its buffer was full.
+                    None => unscheduled = true,
+                    Some(packet @ Packet::Disconnect(..)) => {
+                        encode(packet, out)?;
+                        return Err("disconnected by the broker".into());
+                    }
+                    Some(packet) => encode(packet, out)?,
+                },
+            }
+        }
+        // More that is already waiting, without waiting for it.
+        match rx.next().now_or_never() {
+            Some(Ok(n)) => next = n,
+            Some(Err(e)) => return Err(format!("the broker ended the session: {e}")),
+            None => break,
+        }
+    }
+    to_router(tx, dropped).await?;
+    if unscheduled {
+        // Everything it had is in `out` now: let it send more.
+        rx.wake()
+            .await
+            .map_err(|e| format!("the broker is gone: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The client speaks MQTT 3.1.1, which has no properties; the router's packets may
+/// carry some, which rumqttd's v4 encoder refuses by panicking.
+fn without_properties(packet: Packet) -> Packet {
+    match packet {
+        Packet::ConnAck(p, _) => Packet::ConnAck(p, None),
+        Packet::Publish(p, _) => Packet::Publish(p, None),
+        Packet::PubAck(p, _) => Packet::PubAck(p, None),
+        Packet::SubAck(p, _) => Packet::SubAck(p, None),
+        Packet::UnsubAck(p, _) => Packet::UnsubAck(p, None),
+        Packet::PubRec(p, _) => Packet::PubRec(p, None),
+        Packet::PubRel(p, _) => Packet::PubRel(p, None),
+        Packet::PubComp(p, _) => Packet::PubComp(p, None),
+        Packet::Disconnect(p, _) => Packet::Disconnect(p, None),
+        other => other,
     }
 }
 
 /// Checks one packet from the client; a forbidden one ends the connection.
 fn inbound(who: &Client, topics: &Topics, packet: Packet) -> Result<Packet, String> {
     match packet {
-        Packet::Publish(p) => {
-            if who.may_publish(topics, &p.topic) {
-                Ok(Packet::Publish(p))
+        Packet::Publish(p, _) => {
+            let topic = std::str::from_utf8(&p.topic).unwrap_or("");
+            if who.may_publish(topics, topic) {
+                Ok(Packet::Publish(p, None))
             } else {
-                warn!(client = who.label(), topic = %p.topic, "publish refused; connection closed");
-                Err(format!("may not publish on {}", p.topic))
+                let topic = String::from_utf8_lossy(&p.topic);
+                warn!(client = who.label(), %topic, "publish refused; connection closed");
+                Err(format!("may not publish on {topic}"))
             }
         }
-        Packet::Subscribe(mut s) => {
+        Packet::Subscribe(mut s, _) => {
             for f in &mut s.filters {
                 if !who.may_subscribe(topics, &f.path) {
                     warn!(client = who.label(), filter = %f.path, "subscription refused; connection closed");
@@ -341,25 +582,28 @@ fn inbound(who: &Client, topics: &Topics, packet: Packet) -> Result<Packet, Stri
                     f.qos = QoS::AtLeastOnce;
                 }
             }
-            Ok(Packet::Subscribe(s))
+            Ok(Packet::Subscribe(s, None))
         }
-        Packet::Connect(_) => Err("a second CONNECT".into()),
-        other => Ok(other),
+        Packet::Connect(..) => Err("a second CONNECT".into()),
+        // What only a server sends.
+        Packet::ConnAck(..) | Packet::SubAck(..) | Packet::UnsubAck(..) | Packet::PingResp(_) => {
+            Err("a packet only a server sends".into())
+        }
+        other => Ok(without_properties(other)),
     }
 }
 
 /// The next whole packet in `buf`, `None` when more bytes are needed.
 fn next(buf: &mut BytesMut, max: usize) -> Result<Option<Packet>, String> {
-    match Packet::read(buf, max) {
+    match V4.read_mut(buf, max) {
         Ok(p) => Ok(Some(p)),
-        Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
+        Err(rumqttd::protocol::Error::InsufficientBytes(_)) => Ok(None),
         Err(e) => Err(format!("malformed packet: {e:?}")),
     }
 }
 
-fn encode(packet: &Packet, out: &mut BytesMut) -> Result<(), String> {
-    packet
-        .write(out, MAX_PACKET_BYTES)
+fn encode(packet: Packet, out: &mut BytesMut) -> Result<(), String> {
+    V4.write(without_properties(packet), out)
         .map(|_| ())
         .map_err(|e| format!("cannot encode: {e:?}"))
 }
@@ -384,10 +628,7 @@ async fn read_connect<S: AsyncRead + Unpin>(
     }
 }
 
-async fn write_packet<S: AsyncWrite + Unpin>(
-    stream: &mut S,
-    packet: &Packet,
-) -> Result<(), String> {
+async fn write_packet<S: AsyncWrite + Unpin>(stream: &mut S, packet: Packet) -> Result<(), String> {
     let mut out = BytesMut::new();
     encode(packet, &mut out)?;
     stream.write_all(&out).await.map_err(|e| e.to_string())

@@ -123,7 +123,7 @@ pub async fn run(
                 })?;
             let password = security::random_secret();
             let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-            let internal = broker::start(loopback, &topics, door::INTERNAL_USER, &password)?;
+            let embedded = broker::start(loopback, &topics, door::INTERNAL_USER, &password)?;
             let addr = public.local_addr()?;
             let url = BrokerUrl {
                 tls: cfg.mqtt_tls,
@@ -133,15 +133,14 @@ pub async fn run(
             let bus_url = BrokerUrl {
                 tls: false,
                 host: "127.0.0.1".into(),
-                port: internal.port(),
+                port: embedded.internal.port(),
             };
             let login = (door::INTERNAL_USER.to_string(), password.clone());
             let door = door::Door {
                 topics: topics.clone(),
                 keys: keys.clone(),
                 store: store.reader(),
-                internal,
-                internal_password: password,
+                links: embedded.links,
             };
             (url, Some(addr), bus_url, login, Some((public, door)))
         }
@@ -223,12 +222,12 @@ pub async fn run(
             .clone()
             .filter(|_| cfg.mqtt_tls)
             .map(tokio_rustls::TlsAcceptor::from);
-        tokio::spawn(door::run(
-            listener,
+        door::spawn(
+            listener.into_std()?,
             Arc::new(door),
             acceptor,
             stop_rx.clone(),
-        ));
+        )?;
     }
     let connected = Arc::new(AtomicBool::new(false));
     let endpoint = Endpoint::new(bus_url, cfg.broker_ca.as_deref())?;

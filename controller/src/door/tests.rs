@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use metalbus_protocol::proof::NodeKey;
-use rumqttc::mqttbytes::v4::LastWill;
 
 use super::*;
 use crate::store::{Store, TokenRecord};
@@ -33,14 +32,16 @@ fn door() -> (Door, Store) {
         topics: Topics::default(),
         keys,
         store: store.reader(),
-        internal: "127.0.0.1:1".parse().unwrap(),
-        internal_password: "x".into(),
+        links: Arc::new(|_: &str, _: bool| Err("no broker in unit tests".to_string())),
     };
     (door, store)
 }
 
 fn login(u: &str, p: &str) -> Login {
-    Login::new(u, p)
+    Login {
+        username: u.into(),
+        password: p.into(),
+    }
 }
 
 #[test]
@@ -79,7 +80,12 @@ fn each_kind_of_client_is_recognised_and_strangers_are_refused() {
 fn only_a_node_may_leave_a_will_and_only_on_its_own_status() {
     let (door, _store) = door();
     let n1 = login("n1", &NodeKey::from_bytes([1; 32]).broker_password());
-    let will = |topic: &str| LastWill::new(topic, b"{}".to_vec(), QoS::AtLeastOnce, true);
+    let will = |topic: &str| LastWill {
+        topic: topic.to_string().into(),
+        message: "{}".into(),
+        qos: QoS::AtLeastOnce,
+        retain: true,
+    };
     let own = will("metalbus/v1/nodes/n1/status");
     assert!(door.authenticate(Some(&n1), Some(&own)).is_ok());
     let other = will("metalbus/v1/nodes/n2/status");
@@ -159,15 +165,20 @@ fn topic_rules_by_kind_of_client() {
 fn after_login_a_second_connect_or_a_wildcard_publish_ends_the_connection() {
     let t = Topics::default();
     let node = Client::Node(id("n1"));
-    let second = Packet::Connect(rumqttc::mqttbytes::v4::Connect::new("again"));
+    let second = Packet::Connect(
+        rumqttd::protocol::Connect {
+            keep_alive: 30,
+            client_id: "again".into(),
+            clean_session: true,
+        },
+        None,
+        None,
+        None,
+        None,
+    );
     assert!(inbound(&node, &t, second).is_err());
-    let publish = |topic: &str| {
-        Packet::Publish(rumqttc::mqttbytes::v4::Publish::new(
-            topic,
-            QoS::AtLeastOnce,
-            "{}",
-        ))
-    };
+    let publish =
+        |topic: &str| Packet::Publish(Publish::new(topic.to_string(), "{}".into(), false), None);
     for topic in [
         "metalbus/v1/nodes/+/status",
         "metalbus/v1/nodes/#",
@@ -178,12 +189,70 @@ fn after_login_a_second_connect_or_a_wildcard_publish_ends_the_connection() {
     }
     assert!(inbound(&node, &t, publish("metalbus/v1/nodes/n1/status")).is_ok());
     // A monitor's exactly-once subscription is served at-least-once.
-    let sub = Packet::Subscribe(rumqttc::mqttbytes::v4::Subscribe::new(
-        "metalbus/v1/#",
-        QoS::ExactlyOnce,
-    ));
+    let sub = Packet::Subscribe(
+        rumqttd::protocol::Subscribe {
+            pkid: 1,
+            filters: vec![rumqttd::protocol::Filter {
+                path: "metalbus/v1/#".into(),
+                qos: QoS::ExactlyOnce,
+                nolocal: false,
+                preserve_retain: false,
+                retain_forward_rule: rumqttd::protocol::RetainForwardRule::OnEverySubscribe,
+            }],
+        },
+        None,
+    );
     match inbound(&Client::Monitor(Role::Viewer), &t, sub) {
-        Ok(Packet::Subscribe(s)) => assert_eq!(s.filters[0].qos, QoS::AtLeastOnce),
+        Ok(Packet::Subscribe(s, _)) => assert_eq!(s.filters[0].qos, QoS::AtLeastOnce),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn a_will_keeps_its_qos_retain_flag_topic_and_message() {
+    for (qos, retain) in [
+        (QoS::AtMostOnce, false),
+        (QoS::AtLeastOnce, true),
+        (QoS::ExactlyOnce, false),
+    ] {
+        let will = LastWill {
+            topic: "metalbus/v1/nodes/n1/status".into(),
+            message: "{\"online\":false,\"reason\":\"lost\"}".into(),
+            qos,
+            retain,
+        };
+        let p = will_publish(will.clone());
+        assert_eq!(qos_and_pkid(&p), (qos as u8, 1));
+        assert_eq!(p.retain, retain);
+        assert_eq!(p.topic, will.topic);
+        assert_eq!(p.payload, will.message);
+        // The encoder the door writes with agrees.
+        let mut out = BytesMut::new();
+        encode(Packet::Publish(p, None), &mut out).unwrap();
+        assert_eq!((out[0] >> 1) & 0b11, qos as u8);
+        assert_eq!(out[0] & 1, u8::from(retain));
+    }
+}
+
+#[test]
+fn a_ping_is_answered_by_the_door_and_garbage_is_an_error_not_a_panic() {
+    let mut out = BytesMut::new();
+    let mut buf = BytesMut::from(&[0xC0u8, 0x00][..]);
+    assert!(matches!(next(&mut buf, 1024), Ok(Some(Packet::PingReq(_)))));
+    for bytes in [
+        &[0xF0u8, 0x00][..],             // reserved packet type 15
+        &[0x00, 0x00],                   // reserved packet type 0
+        &[0xE0, 0x01, 0x00],             // DISCONNECT with a body (v5 only)
+        &[0x30, 0xFF, 0xFF, 0xFF, 0xFF], // remaining length over four bytes
+        &[0x82, 0x02, 0x00, 0x01],       // SUBSCRIBE with no filter
+        &[0x30, 0x03, 0x00, 0x05, 0x61], // topic longer than the packet
+    ] {
+        let mut buf = BytesMut::from(bytes);
+        assert!(next(&mut buf, 1024).is_err(), "{bytes:?}");
+    }
+    // Over the size limit: refused from the fixed header alone.
+    let mut buf = BytesMut::from(&[0x30u8, 0xFF, 0x7F][..]);
+    assert!(next(&mut buf, 1024).is_err());
+    encode(Packet::PingResp(PingResp), &mut out).unwrap();
+    assert_eq!(&out[..], &[0xD0, 0x00]);
 }
