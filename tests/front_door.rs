@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use metalbus_e2e::{eventually, steps_dir, AgentProc, Controller, Watcher};
+use metalbus_e2e::{enroll_node, eventually, steps_dir, AgentProc, Controller, Watcher};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -239,6 +239,53 @@ async fn a_nodes_credential_reaches_only_its_own_topics() {
     assert_eq!(events["data"], json!([]), "no warnings on B");
 }
 
+/// A raw MQTT 3.1.1 CONNECT (clean session) with an optional login and an optional Will
+/// (QoS 1, retained).
+fn connect_packet(
+    client_id: &str,
+    keep_alive: u16,
+    login: Option<(&[u8], &[u8])>,
+    will: Option<(&str, &[u8])>,
+) -> Vec<u8> {
+    fn field(out: &mut Vec<u8>, bytes: &[u8]) {
+        out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+        out.extend_from_slice(bytes);
+    }
+    let mut flags = 0b0000_0010;
+    if will.is_some() {
+        flags |= 0b0010_1100;
+    }
+    if login.is_some() {
+        flags |= 0b1100_0000;
+    }
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, flags];
+    body.extend_from_slice(&keep_alive.to_be_bytes());
+    field(&mut body, client_id.as_bytes());
+    if let Some((topic, payload)) = will {
+        field(&mut body, topic.as_bytes());
+        field(&mut body, payload);
+    }
+    if let Some((user, password)) = login {
+        field(&mut body, user);
+        field(&mut body, password);
+    }
+    let mut packet = vec![0x10];
+    let mut len = body.len();
+    loop {
+        let mut b = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            b |= 0x80;
+        }
+        packet.push(b);
+        if len == 0 {
+            break;
+        }
+    }
+    packet.extend_from_slice(&body);
+    packet
+}
+
 /// Sends `bytes` on a raw TCP connection to the door and says whether it was closed
 /// (read returns end of file or an error) within `within`.
 async fn closed_after(port: u16, bytes: &[u8], within: Duration) -> bool {
@@ -265,40 +312,12 @@ async fn hostile_bytes_at_the_door_close_that_client_and_nothing_else() {
     let port = ctl.mqtt_port;
     let token = ctl.token();
     // A CONNECT whose user name is multibyte and whose password is 60 KB.
-    let mut connect = vec![0x10];
-    let mut body = vec![
-        0,
-        4,
-        b'M',
-        b'Q',
-        b'T',
-        b'T',
-        4,
-        0b1100_0010,
-        0,
+    let connect = connect_packet(
+        "x",
         30,
-        0,
-        1,
-        b'x',
-    ];
-    let user = "nœud-€".as_bytes();
-    body.extend_from_slice(&(user.len() as u16).to_be_bytes());
-    body.extend_from_slice(user);
-    body.extend_from_slice(&60_000u16.to_be_bytes());
-    body.extend_from_slice(&vec![b'p'; 60_000]);
-    let mut len = body.len();
-    loop {
-        let mut b = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            b |= 0x80;
-        }
-        connect.push(b);
-        if len == 0 {
-            break;
-        }
-    }
-    connect.extend_from_slice(&body);
+        Some(("nœud-€".as_bytes(), &vec![b'p'; 60_000])),
+        None,
+    );
     let cases: Vec<(&str, Vec<u8>)> = vec![
         (
             "not MQTT at all",
@@ -325,4 +344,90 @@ async fn hostile_bytes_at_the_door_close_that_client_and_nothing_else() {
     assert!(connected(port, ("grafana", &token)).await);
     let (status, _) = ctl.api().get("/healthz").await.unwrap();
     assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_door_keeps_the_keep_alive_and_publishes_a_will_only_without_disconnect() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let ctl = Controller::start(tmp.path(), &[]).await;
+    let key = enroll_node(&ctl, "fd-ka").await;
+    let password = key.broker_password();
+    let topic = "metalbus/v1/nodes/fd-ka/status";
+    let monitor = Watcher::monitor(&ctl, topic).await;
+    let will = |conn: u64| {
+        let body = format!(r#"{{"online":false,"reason":"lost","conn":{conn}}}"#);
+        metalbus_protocol::proof::seal(&key, topic, body.as_bytes()).unwrap()
+    };
+    let session = |client_id: &str, keep_alive: u16, conn: u64| {
+        let login = ("fd-ka".as_bytes(), password.as_bytes());
+        connect_packet(
+            client_id,
+            keep_alive,
+            Some(login),
+            Some((topic, &will(conn))),
+        )
+    };
+    // A client that says DISCONNECT leaves no Will.
+    let mut polite = tokio::net::TcpStream::connect(("127.0.0.1", ctl.mqtt_port))
+        .await
+        .unwrap();
+    polite.write_all(&session("polite", 30, 1)).await.unwrap();
+    connack(&mut polite).await;
+    polite.write_all(&[0xE0, 0]).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(WAIT, polite.read_to_end(&mut rest)).await;
+    // A client that goes silent: its PINGREQ is answered, then after one and a half
+    // keep-alive periods the door closes it and publishes its Will.
+    let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", ctl.mqtt_port))
+        .await
+        .unwrap();
+    silent.write_all(&session("silent", 1, 2)).await.unwrap();
+    connack(&mut silent).await;
+    silent.write_all(&[0xC0, 0]).await.unwrap();
+    let mut pong = [0u8; 2];
+    tokio::time::timeout(WAIT, silent.read_exact(&mut pong))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pong, [0xD0, 0], "PINGRESP");
+    let quiet_from = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(WAIT, silent.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "a silent client was kept open");
+    assert!(
+        quiet_from.elapsed() >= Duration::from_secs(1),
+        "closed before its keep-alive ran out"
+    );
+    eventually(WAIT, "the silent client's Will", || {
+        let conns: Vec<u64> = monitor
+            .messages()
+            .iter()
+            .filter(|m| m.topic == topic)
+            .filter_map(|m| m.json()["conn"].as_u64())
+            .collect();
+        async move {
+            (conns.contains(&2))
+                .then_some(())
+                .ok_or_else(|| format!("status messages seen: {conns:?}"))
+        }
+    })
+    .await;
+    let conns: Vec<u64> = monitor
+        .messages()
+        .iter()
+        .filter_map(|m| m.json()["conn"].as_u64())
+        .collect();
+    assert_eq!(conns, vec![2], "only the silent client's Will");
+}
+
+/// Reads a CONNACK and checks it accepts the session.
+async fn connack(s: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut ack = [0u8; 4];
+    tokio::time::timeout(WAIT, s.read_exact(&mut ack))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ack, [0x20, 2, 0, 0], "CONNACK accepted");
 }

@@ -541,11 +541,25 @@ async fn to_client(
     Ok(())
 }
 
-/// The client speaks MQTT 3.1.1, which has no properties; the router's packets may
-/// carry some, which rumqttd's v4 encoder refuses by panicking.
+/// The client speaks MQTT 3.1.1, which has no properties and six CONNACK codes; the
+/// router's packets may carry either, which rumqttd's v4 encoder refuses by panicking.
 fn without_properties(packet: Packet) -> Packet {
+    use ConnectReturnCode::*;
     match packet {
-        Packet::ConnAck(p, _) => Packet::ConnAck(p, None),
+        Packet::ConnAck(mut p, _) => {
+            if !matches!(
+                p.code,
+                Success
+                    | RefusedProtocolVersion
+                    | ClientIdentifierNotValid
+                    | ServiceUnavailable
+                    | BadUserNamePassword
+                    | NotAuthorized
+            ) {
+                p.code = ServiceUnavailable;
+            }
+            Packet::ConnAck(p, None)
+        }
         Packet::Publish(p, _) => Packet::Publish(p, None),
         Packet::PubAck(p, _) => Packet::PubAck(p, None),
         Packet::SubAck(p, _) => Packet::SubAck(p, None),

@@ -36,9 +36,10 @@ import time
 import urllib.request
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-# What the shipped units allow (LimitNOFILE=65536): the front door holds two sockets per
-# client and rumqttd one more, so 5,000 agents need ~15,000 descriptors. Raising the hard
-# limit needs root; otherwise the soft limit goes up to the hard one.
+# What the shipped units allow (LimitNOFILE=65536). The front door holds one socket per
+# agent (DECISIONS section 64), but the simulators hold one per agent too, and enrollment
+# adds a short connection per agent. Raising the hard limit needs root; otherwise the soft
+# limit goes up to the hard one.
 NOFILE = 65536
 
 

@@ -255,4 +255,12 @@ fn a_ping_is_answered_by_the_door_and_garbage_is_an_error_not_a_panic() {
     assert!(next(&mut buf, 1024).is_err());
     encode(Packet::PingResp(PingResp), &mut out).unwrap();
     assert_eq!(&out[..], &[0xD0, 0x00]);
+    // A v5-only CONNACK code is sent as "server unavailable", not a panic.
+    out.clear();
+    let ack = ConnAck {
+        session_present: false,
+        code: ConnectReturnCode::QuotaExceeded,
+    };
+    encode(Packet::ConnAck(ack, None), &mut out).unwrap();
+    assert_eq!(&out[..], &[0x20, 0x02, 0x00, 0x03]);
 }
