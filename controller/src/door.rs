@@ -329,7 +329,7 @@ where
     // `Ok(())`: the client said DISCONNECT, and its Will is discarded. `Err`: any other
     // end, and the Will is published.
     let end: Result<(), String> = async {
-        client.write_all(&out).await.map_err(|e| e.to_string())?;
+        write_within(&mut client, &out, idle).await?;
         loop {
             out.clear();
             tokio::select! {
@@ -340,7 +340,7 @@ where
                     deadline = Instant::now() + idle;
                     let said_disconnect =
                         from_client(&who, &door.topics, &mut cbuf, &mut tx, &mut out).await?;
-                    client.write_all(&out).await.map_err(|e| e.to_string())?;
+                    write_within(&mut client, &out, idle).await?;
                     if said_disconnect {
                         return Ok(());
                     }
@@ -350,7 +350,7 @@ where
                     // connection with the same client id, say).
                     let first = n.map_err(|e| format!("the broker ended the session: {e}"))?;
                     let ended = to_client(&who, &door.topics, first, &mut rx, &mut tx, &mut out).await;
-                    client.write_all(&out).await.map_err(|e| e.to_string())?;
+                    write_within(&mut client, &out, idle).await?;
                     ended?;
                 }
                 _ = tokio::time::sleep_until(deadline) => {
@@ -379,6 +379,19 @@ where
         }
     }
     end
+}
+
+/// Writes to the client, which must take the bytes within `limit` (its keep-alive and a
+/// half): a client that stops reading is closed, instead of holding its task for ever.
+async fn write_within<S: AsyncWrite + Unpin>(
+    client: &mut S,
+    bytes: &[u8],
+    limit: Duration,
+) -> Result<(), String> {
+    match tokio::time::timeout(limit, client.write_all(bytes)).await {
+        Ok(written) => written.map_err(|e| e.to_string()),
+        Err(_) => Err("the client stopped reading".into()),
+    }
 }
 
 /// Opens the client's session with the router, off the async workers: the router

@@ -264,3 +264,15 @@ fn a_ping_is_answered_by_the_door_and_garbage_is_an_error_not_a_panic() {
     encode(Packet::ConnAck(ack, None), &mut out).unwrap();
     assert_eq!(&out[..], &[0x20, 0x02, 0x00, 0x03]);
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_given_up_on() {
+    let (mut door_side, _client_side) = tokio::io::duplex(64);
+    let limit = Duration::from_millis(50);
+    assert!(write_within(&mut door_side, &[0u8; 32], limit)
+        .await
+        .is_ok());
+    // The client reads nothing: the pipe fills and the write gives up.
+    let stuck = write_within(&mut door_side, &[0u8; 4096], limit).await;
+    assert_eq!(stuck, Err("the client stopped reading".to_string()));
+}
