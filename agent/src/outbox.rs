@@ -244,13 +244,14 @@ impl AgentStore {
             match seq {
                 None => Queued::Dropped,
                 Some(seq) => {
-                    let report = Report {
+                    let mut report = Report {
                         session: self.session.clone(),
                         seq,
                         ts: now,
                         body,
                         node_id: Some(node_id.clone()),
                     };
+                    report.fit();
                     db!(
                         outbox.insert(seq, serde_json::to_vec(&report)?.as_slice()),
                         "write report"

@@ -203,24 +203,37 @@ impl Ingest {
                 }
             }
             Ok(None) => debug!(topic, "retained message cleared"),
-            Err(rejection) => self.reject(rejection),
+            Err(rejection) => self.reject(rejection).await,
         }
     }
 
-    fn reject(&mut self, r: Rejection) {
+    async fn reject(&mut self, r: Rejection) {
         self.telemetry.count_reject(r.reason.as_str());
         self.rejects.record(&r);
-        // A Warning event on a known node, for a message the node itself made. Never
-        // waits: when the engine is busy the event is skipped (the reject is still
-        // counted and answered).
         if let (true, Ok(Topic::Node(id, _))) =
-            (r.reason.from_the_node(), self.topics.parse(&r.reject.topic))
+            (r.from_the_node(), self.topics.parse(&r.reject.topic))
         {
-            let _ = self.engine.try_send(Input::Rejected {
-                id,
-                reason: r.reason,
-                error: r.reject.error.clone(),
-            });
+            let error = format!("{}: {}", r.reason.as_str(), r.reject.error);
+            match r.place.clone() {
+                // A report takes its place in the node's stream, so it is never skipped:
+                // the agent's later reports wait behind it.
+                Some(place) => {
+                    let _ = self
+                        .engine
+                        .send(Input::RefusedReport {
+                            id,
+                            place: *place,
+                            error,
+                        })
+                        .await;
+                }
+                // A Warning event on a known node, for a message the node itself made.
+                // Never waits: when the engine is busy the event is skipped (the reject
+                // is still counted and answered).
+                None => {
+                    let _ = self.engine.try_send(Input::Rejected { id, error });
+                }
+            }
         }
         if let Some(topic) = r.reply_topic {
             self.publish

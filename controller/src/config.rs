@@ -39,6 +39,8 @@ pub struct ControllerConfig {
     pub mqtt_tls: bool,
     /// Serve the HTTP API over TLS.
     pub http_tls: bool,
+    /// HTTP connections open at once (`[http] max_connections`).
+    pub http_max_connections: usize,
     /// The certificate both serve; issued by the controller's own CA when unset.
     pub tls: TlsFiles,
     /// Allow a plain (non-TLS) listener on an address other than loopback.
@@ -378,6 +380,7 @@ impl Default for ControllerConfig {
             wake: Wake::default(),
             mqtt_tls: false,
             http_tls: false,
+            http_max_connections: crate::api::MAX_CONNECTIONS,
             tls: TlsFiles::default(),
             insecure_plain: false,
             mosquitto_dir: None,
@@ -435,6 +438,8 @@ pub struct HttpSection {
     pub listen: Option<SocketAddr>,
     /// Serve the API over TLS (`[tls]`).
     pub tls: Option<bool>,
+    /// HTTP connections open at once; more wait until one closes.
+    pub max_connections: Option<usize>,
 }
 
 impl ControllerFile {
@@ -463,6 +468,13 @@ impl ControllerFile {
         set(&mut cfg.wake, self.wake);
         set(&mut cfg.mqtt_tls, self.mqtt.tls);
         set(&mut cfg.http_tls, self.http.tls);
+        if let Some(n) = self.http.max_connections {
+            anyhow::ensure!(
+                (1..=65_536).contains(&n),
+                "[http] max_connections is {n}; it must be 1..=65536"
+            );
+            cfg.http_max_connections = n;
+        }
         set(&mut cfg.tls, self.tls);
         Ok(())
     }

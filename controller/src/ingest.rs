@@ -11,7 +11,7 @@ use metalbus_protocol::proof;
 use metalbus_protocol::report::Report;
 use metalbus_protocol::status::{OfflineReason, Status};
 use metalbus_protocol::topic::{NodeTopic, Topic, TopicError, Topics};
-use metalbus_protocol::MAX_PAYLOAD_BYTES;
+use metalbus_protocol::{NodeId, MAX_COUNTER, MAX_PAYLOAD_BYTES, MAX_SESSION_BYTES};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -85,6 +85,40 @@ pub struct Rejection {
     /// `{p}/nodes/{id}/rejects`, when the topic named a node (even an invalid one).
     pub reply_topic: Option<String>,
     pub reject: Reject,
+    /// For a report that proved it came from the node: its place in the node's stream.
+    /// The engine takes that place (receipted, with a `MessageRejected` event), so one
+    /// bad report never holds back the ones after it.
+    pub place: Option<Box<Place>>,
+}
+
+impl Rejection {
+    /// Whether the refused message says something about its node (see
+    /// [`RejectReason::from_the_node`]); a placed report always does.
+    pub fn from_the_node(&self) -> bool {
+        self.reason.from_the_node() || self.place.is_some()
+    }
+}
+
+/// A report's place in its node's stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    pub session: String,
+    pub seq: u64,
+}
+
+impl Place {
+    /// The place a report's JSON claims, when it is one a real outbox could have made.
+    fn of(value: &Value) -> Option<Place> {
+        let session = value.get("session")?.as_str()?;
+        let seq = value.get("seq")?.as_u64()?;
+        let fits = (1..=MAX_COUNTER).contains(&seq)
+            && !session.is_empty()
+            && session.len() <= MAX_SESSION_BYTES;
+        fits.then(|| Place {
+            session: session.to_string(),
+            seq,
+        })
+    }
 }
 
 /// The topic kind label for `metalbus_ingest_messages_total{kind}`.
@@ -114,6 +148,7 @@ pub fn decode(
             error,
             seq,
         },
+        place: None,
     };
     let (id, kind) = match topics.parse(topic) {
         Ok(Topic::Node(id, kind)) => (id, kind),
@@ -144,16 +179,21 @@ pub fn decode(
             None,
         ));
     }
-    if payload.len() > MAX_PAYLOAD_BYTES {
-        return Err(refuse(
+    let too_large = (payload.len() > MAX_PAYLOAD_BYTES).then(|| {
+        refuse(
             RejectReason::TooLarge,
-            reply,
+            reply.clone(),
             format!(
                 "payload is {} bytes; the limit is {MAX_PAYLOAD_BYTES}",
                 payload.len()
             ),
             None,
-        ));
+        )
+    });
+    // A report too large to apply still takes its place in the stream once its proof
+    // holds (below); anything else too large is refused unread.
+    if let Some(refusal) = too_large.clone().filter(|_| kind != NodeTopic::Reports) {
+        return Err(refusal);
     }
     if payload.is_empty() {
         return Ok(None);
@@ -183,6 +223,28 @@ pub fn decode(
             None,
         )
     })?;
+    let place = (kind == NodeTopic::Reports)
+        .then(|| Place::of(&value))
+        .flatten()
+        .map(Box::new);
+    let placed = |mut r: Rejection| {
+        r.place = place.clone();
+        r
+    };
+    if let Some(refusal) = too_large {
+        return Err(placed(refusal));
+    }
+    proven(id, kind, value, &refuse, reply).map_err(placed)
+}
+
+/// The checks after the proof held: the payload's shape, values and claimed node id.
+fn proven(
+    id: NodeId,
+    kind: NodeTopic,
+    value: Value,
+    refuse: &dyn Fn(RejectReason, Option<String>, String, Option<u64>) -> Rejection,
+    reply: Option<String>,
+) -> Result<Option<Input>, Rejection> {
     let seq = value.get("seq").and_then(Value::as_u64);
     if !value.is_object() {
         return Err(refuse(
@@ -197,6 +259,7 @@ pub fn decode(
     let (input, claimed) = match kind {
         NodeTopic::Status => {
             let status: Status = typed(value).map_err(bad)?;
+            status.validate().map_err(|e| invalid(e.to_string()))?;
             if let Status::Offline(off) = &status {
                 if matches!(off.reason, OfflineReason::Stale | OfflineReason::Revoked) {
                     return Err(invalid(format!(
@@ -385,6 +448,53 @@ mod tests {
             assert_eq!(r.reject.topic, topic);
             assert!(!r.reject.error.is_empty());
         }
+    }
+
+    #[test]
+    fn a_proven_report_is_refused_in_its_place_and_an_unproven_one_is_not() {
+        let topic = "metalbus/v1/nodes/x/reports";
+        let ack = |reason: &str| {
+            format!(
+                r#"{{"session":"o1","seq":7,"ts":"2026-01-01T00:00:00Z","kind":"ack","command_id":"c","accepted":false,"reason":"{reason}"}}"#
+            )
+        };
+        let placed = Some(Box::new(Place {
+            session: "o1".into(),
+            seq: 7,
+        }));
+        // A reason over 8 KiB, and a report over the 256 KiB limit: refused, placed.
+        for (reason, want) in [
+            ("r".repeat(9000), RejectReason::InvalidValue),
+            ("r".repeat(MAX_PAYLOAD_BYTES), RejectReason::TooLarge),
+        ] {
+            let r = reject(topic, ack(&reason).as_bytes());
+            assert_eq!((r.reason, r.place.clone()), (want, placed.clone()));
+            assert!(r.from_the_node());
+        }
+        // The same bytes without the node's proof: no place, nothing for the node.
+        let big = ack(&"r".repeat(MAX_PAYLOAD_BYTES));
+        let r = super::decode(&t(), &keys(), topic, big.as_bytes()).unwrap_err();
+        assert_eq!((r.reason, r.place.clone()), (RejectReason::BadProof, None));
+        assert!(!r.from_the_node());
+        // A place no outbox makes (seq 0, beyond 2^53, an empty or huge session) is none.
+        for (session, seq) in [
+            ("o1".to_string(), 0),
+            ("o1".to_string(), MAX_COUNTER + 1),
+            (String::new(), 1),
+            ("s".repeat(MAX_SESSION_BYTES + 1), 1),
+        ] {
+            let report = format!(
+                r#"{{"session":"{session}","seq":{seq},"ts":"2026-01-01T00:00:00Z","kind":"ack","command_id":"c","accepted":true}}"#
+            );
+            let r = reject(topic, report.as_bytes());
+            assert_eq!(r.place, None, "{seq}");
+        }
+        // Other topics never get a place.
+        let r = reject(
+            "metalbus/v1/nodes/x/inventory",
+            br#"{"session":"o1","seq":7}"#,
+        );
+        assert_eq!(r.place, None);
     }
 
     #[test]

@@ -118,6 +118,7 @@ impl ServeArgs {
             http: HttpSection {
                 listen: self.http_listen,
                 tls: self.http_tls.then_some(true),
+                max_connections: None,
             },
             broker: BrokerSection {
                 url: self.broker,

@@ -113,12 +113,15 @@ pub fn pick(
 /// `prefix` matches `hostname` when it is the whole hostname or is followed by `-` or
 /// `.` in it (case-insensitive). A hostname shorter than the prefix never matches, and
 /// `web-1` does not match `web-10`.
+/// Compared as bytes: a prefix's length may fall inside a multibyte character of the
+/// hostname (`web` against `w€b`), where a `str` cannot be split.
 pub fn hostname_matches(prefix: &str, hostname: &str) -> bool {
+    let (prefix, hostname) = (prefix.as_bytes(), hostname.as_bytes());
     if prefix.is_empty() || hostname.len() < prefix.len() {
         return false;
     }
     let (head, rest) = hostname.split_at(prefix.len());
-    head.eq_ignore_ascii_case(prefix) && (rest.is_empty() || rest.starts_with(['-', '.']))
+    head.eq_ignore_ascii_case(prefix) && matches!(rest.first(), None | Some(b'-' | b'.'))
 }
 
 #[cfg(test)]
@@ -246,6 +249,11 @@ mod tests {
             "not a prefix"
         );
         assert!(!hostname_matches("", "anything"), "empty prefix");
+        // A prefix whose length ends inside a multibyte character: no panic, no match.
+        assert!(!hostname_matches("web", "w€b"));
+        assert!(!hostname_matches("w€", "w€b"));
+        assert!(hostname_matches("w€b", "w€b-1"));
+        assert!(!hostname_matches("€", "é"));
     }
 
     #[test]

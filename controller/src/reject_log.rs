@@ -65,6 +65,7 @@ mod tests {
                 error: "e".into(),
                 seq: None,
             },
+            place: None,
         };
         let mut log = RejectLog::default();
         let t0 = Instant::now();

@@ -23,6 +23,32 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    pub limit: String,
+}
+
+/// A bound of docs/LIMITS.md whose hits are counted in
+/// `metalbus_limit_hits_total{limit}` (every label exists at 0 from the start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// Reports held back for a gap, per node and in all.
+    HeldReports,
+    /// Early inventories and births waiting for their inventory.
+    EarlyInventories,
+}
+
+impl Limit {
+    pub const ALL: [Limit; 2] = [Limit::HeldReports, Limit::EarlyInventories];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::HeldReports => "held_reports",
+            Limit::EarlyInventories => "early_inventories",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransitionLabels {
     pub from: String,
     pub to: String,
@@ -75,6 +101,7 @@ pub struct Telemetry {
     pub ingest_messages: Family<KindLabel, Counter>,
     pub ingest_rejected: Family<ReasonLabel, Counter>,
     pub ingest_stale: Counter,
+    pub limit_hits: Family<LimitLabel, Counter>,
     pub reports_refused: Counter,
     pub reports_applied: Counter,
     pub reports_duplicate: Counter,
@@ -100,6 +127,12 @@ impl Telemetry {
         let ingest_messages = Family::<KindLabel, Counter>::default();
         let ingest_rejected = Family::<ReasonLabel, Counter>::default();
         let ingest_stale = Counter::default();
+        let limit_hits = Family::<LimitLabel, Counter>::default();
+        for limit in Limit::ALL {
+            let _ = limit_hits.get_or_create(&LimitLabel {
+                limit: limit.as_str().into(),
+            });
+        }
         let reports_refused = Counter::default();
         let reports_applied = Counter::default();
         let reports_duplicate = Counter::default();
@@ -125,6 +158,11 @@ impl Telemetry {
             "metalbus_ingest_rejected",
             "Agent messages refused, by reason",
             ingest_rejected.clone(),
+        );
+        registry.register(
+            "metalbus_limit_hits",
+            "Inputs dropped or refused at a bound of docs/LIMITS.md, by limit",
+            limit_hits.clone(),
         );
         registry.register(
             "metalbus_ingest_stale",
@@ -207,6 +245,7 @@ impl Telemetry {
             ingest_messages,
             ingest_rejected,
             ingest_stale,
+            limit_hits,
             reports_refused,
             reports_applied,
             reports_duplicate,
@@ -228,6 +267,14 @@ impl Telemetry {
     pub fn count_message(&self, kind: &str) {
         self.ingest_messages
             .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
+    }
+
+    pub fn count_limit(&self, limit: Limit) {
+        self.limit_hits
+            .get_or_create(&LimitLabel {
+                limit: limit.as_str().into(),
+            })
             .inc();
     }
 

@@ -45,5 +45,14 @@ pub use timestamp::{Timestamp, TimestampError};
 /// Largest payload the controller accepts on any agent topic (DESIGN section 3).
 pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
 
+/// Largest counter (`seq`, `conn`) accepted from the network: 2^53 - 1, the largest
+/// integer every JSON reader (JavaScript's included) holds exactly. An agent counting
+/// one a millisecond reaches it after 285,000 years, so a larger one is a forgery or a
+/// bug, and refusing it keeps `+ 1` from overflowing anywhere.
+pub const MAX_COUNTER: u64 = (1 << 53) - 1;
+
+/// Longest agent session id accepted (agents make 32 hex digits).
+pub const MAX_SESSION_BYTES: usize = 128;
+
 /// The default MQTT topic prefix.
 pub const DEFAULT_PREFIX: &str = "metalbus/v1";

@@ -269,6 +269,22 @@ mod tests {
     }
 
     #[test]
+    fn more_than_max_entries_is_refused() {
+        let mut s = sample();
+        let fs = s.filesystems.as_ref().unwrap()[0].clone();
+        s.filesystems = Some(vec![fs.clone(); MetricsSample::MAX_ENTRIES]);
+        assert_eq!(s.validate(), Ok(()));
+        s.filesystems = Some(vec![fs; MetricsSample::MAX_ENTRIES + 1]);
+        assert!(matches!(
+            s.validate(),
+            Err(MetricsError::TooMany {
+                field: "filesystems",
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn parses_and_derives_percentages() {
         let s = sample();
         s.validate().unwrap();

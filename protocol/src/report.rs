@@ -64,8 +64,10 @@ pub struct Report {
 pub enum ReportError {
     #[error("progress is {0}; it must be 0..=100")]
     Progress(u8),
-    #[error("seq must be 1 or more")]
+    #[error("seq must be 1..={}", crate::MAX_COUNTER)]
     Seq,
+    #[error("session must be 1..={} bytes", crate::MAX_SESSION_BYTES)]
+    Session,
     #[error("{field} is {len} bytes; at most {max} are accepted")]
     TooLong {
         field: &'static str,
@@ -80,8 +82,11 @@ impl Report {
     pub const MAX_TEXT: usize = 1024;
 
     pub fn validate(&self) -> Result<(), ReportError> {
-        if self.seq == 0 {
+        if !(1..=crate::MAX_COUNTER).contains(&self.seq) {
             return Err(ReportError::Seq);
+        }
+        if !(1..=crate::MAX_SESSION_BYTES).contains(&self.session.len()) {
+            return Err(ReportError::Session);
         }
         let too_long = |field, s: &Option<String>, max| match s {
             Some(s) if s.len() > max => Err(ReportError::TooLong {
@@ -110,11 +115,59 @@ impl Report {
         }
     }
 
+    /// Makes the report one the controller accepts, whatever its text: each text field
+    /// cut to its limit (an `error` keeps its end, where the cause usually is; the rest
+    /// keep their start) and progress capped at 100. An agent queues nothing it could
+    /// never deliver: a refused report would be sent again for ever.
+    pub fn fit(&mut self) {
+        match &mut self.body {
+            ReportBody::Ack { reason, .. } => cut(reason, Self::MAX_ERROR, false),
+            ReportBody::Job {
+                progress,
+                step,
+                message,
+                error,
+                ..
+            } => {
+                if let Some(p) = progress.as_mut() {
+                    *p = (*p).min(100);
+                }
+                cut(step, Self::MAX_TEXT, false);
+                cut(message, Self::MAX_TEXT, false);
+                cut(error, Self::MAX_ERROR, true);
+            }
+        }
+    }
+
     pub fn command_id(&self) -> &CommandId {
         match &self.body {
             ReportBody::Ack { command_id, .. } | ReportBody::Job { command_id, .. } => command_id,
         }
     }
+}
+
+/// Cuts `text` to at most `max` bytes on a character boundary, marked with `…`; keeps the
+/// end when `tail`, else the start.
+fn cut(text: &mut Option<String>, max: usize, tail: bool) {
+    const MARK: &str = "…";
+    let Some(t) = text.as_mut() else { return };
+    if t.len() <= max {
+        return;
+    }
+    let room = max - MARK.len();
+    *t = if tail {
+        let mut from = t.len() - room;
+        while !t.is_char_boundary(from) {
+            from += 1;
+        }
+        format!("{MARK}{}", &t[from..])
+    } else {
+        let mut to = room;
+        while !t.is_char_boundary(to) {
+            to -= 1;
+        }
+        format!("{}{MARK}", &t[..to])
+    };
 }
 
 #[cfg(test)]
@@ -163,5 +216,67 @@ mod tests {
         )
         .unwrap();
         assert_eq!(zero.validate(), Err(ReportError::Seq));
+        let ack = |session: &str, seq: u64| {
+            serde_json::from_str::<Report>(&format!(
+                r#"{{"session":"{session}","seq":{seq},"ts":"2026-01-01T00:00:00Z","kind":"ack","command_id":"c","accepted":true}}"#
+            ))
+            .unwrap()
+        };
+        assert_eq!(ack("s", u64::MAX).validate(), Err(ReportError::Seq));
+        assert_eq!(
+            ack("s", crate::MAX_COUNTER + 1).validate(),
+            Err(ReportError::Seq)
+        );
+        assert_eq!(ack("s", crate::MAX_COUNTER).validate(), Ok(()));
+        assert_eq!(
+            ack(&"s".repeat(129), 1).validate(),
+            Err(ReportError::Session)
+        );
+        assert_eq!(ack("", 1).validate(), Err(ReportError::Session));
+    }
+
+    #[test]
+    fn fit_makes_any_report_one_the_controller_accepts() {
+        let long = "é€".repeat(10_000);
+        let mut ack: Report = serde_json::from_str(
+            r#"{"session":"s","seq":1,"ts":"2026-01-01T00:00:00Z","kind":"ack","command_id":"c","accepted":false}"#,
+        )
+        .unwrap();
+        if let ReportBody::Ack { reason, .. } = &mut ack.body {
+            *reason = Some(long.clone());
+        }
+        assert!(ack.validate().is_err());
+        ack.fit();
+        assert_eq!(ack.validate(), Ok(()));
+        let mut job: Report = serde_json::from_str(
+            r#"{"session":"s","seq":2,"ts":"2026-01-01T00:00:00Z","kind":"job","command_id":"c","job":"install","status":"failed","progress":250}"#,
+        )
+        .unwrap();
+        if let ReportBody::Job {
+            step,
+            message,
+            error,
+            ..
+        } = &mut job.body
+        {
+            *step = Some(long.clone());
+            *message = Some(long.clone());
+            *error = Some(format!("{long}the cause"));
+        }
+        job.fit();
+        assert_eq!(job.validate(), Ok(()));
+        let ReportBody::Job {
+            error, progress, ..
+        } = &job.body
+        else {
+            unreachable!()
+        };
+        assert_eq!(*progress, Some(100));
+        assert!(error.as_deref().unwrap().ends_with("the cause"));
+        assert!(serde_json::to_vec(&job).unwrap().len() < crate::MAX_PAYLOAD_BYTES);
+        // Text within its limit is left alone.
+        let mut short = Some("ok".to_string());
+        cut(&mut short, 8, false);
+        assert_eq!(short.as_deref(), Some("ok"));
     }
 }

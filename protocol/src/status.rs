@@ -50,6 +50,21 @@ pub struct Offline {
     pub node_id: Option<NodeId>,
 }
 
+/// Why a status was refused beyond plain type errors.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StatusError {
+    #[error("conn must be at most {}", crate::MAX_COUNTER)]
+    Conn,
+    #[error("metrics_interval_s is {0}; at most {max} is accepted", max = Status::MAX_METRICS_INTERVAL_S)]
+    MetricsInterval(u32),
+    #[error("{field} is {len} bytes; at most {max} are accepted")]
+    TooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+}
+
 /// A `status` payload, told apart by its `online` field.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Status {
@@ -71,6 +86,49 @@ impl Status {
             Status::Offline(o) => o.node_id.as_ref(),
         }
     }
+
+    /// Bounds beyond types: counters JSON can hold exactly, text of sane length, and a
+    /// metrics interval staleness can be computed from (3 x at most a day).
+    pub fn validate(&self) -> Result<(), StatusError> {
+        let (conn, session) = match self {
+            Status::Birth(b) => (b.conn, Some(b.session.as_str())),
+            Status::Offline(o) => (o.conn, o.session.as_deref()),
+        };
+        if conn > crate::MAX_COUNTER {
+            return Err(StatusError::Conn);
+        }
+        let too_long = |field, len: usize, max| {
+            if len > max {
+                Err(StatusError::TooLong { field, len, max })
+            } else {
+                Ok(())
+            }
+        };
+        too_long(
+            "session",
+            session.map_or(0, str::len),
+            crate::MAX_SESSION_BYTES,
+        )?;
+        if let Status::Birth(b) = self {
+            too_long("hostname", b.hostname.len(), Self::MAX_HOSTNAME)?;
+            too_long("agent_version", b.agent_version.len(), Self::MAX_TEXT)?;
+            too_long(
+                "boot_id",
+                b.boot_id.as_deref().map_or(0, str::len),
+                Self::MAX_TEXT,
+            )?;
+            if b.metrics_interval_s > Self::MAX_METRICS_INTERVAL_S {
+                return Err(StatusError::MetricsInterval(b.metrics_interval_s));
+            }
+        }
+        Ok(())
+    }
+
+    /// A DNS name's limit.
+    pub const MAX_HOSTNAME: usize = 255;
+    pub const MAX_TEXT: usize = 128;
+    /// One day.
+    pub const MAX_METRICS_INTERVAL_S: u32 = 86_400;
 
     /// The payload, with `online` set. An error rather than an empty payload: an empty
     /// retained message would clear the topic.
@@ -115,6 +173,34 @@ impl Serialize for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn out_of_range_numbers_and_long_text_are_refused() {
+        let birth = |extra: &str| {
+            let json = format!(
+                r#"{{"online":true,"conn":1,"session":"s","agent_version":"v","hostname":"h","boot_id":null,"metrics_interval_s":15,"ts":"2026-01-01T00:00:00Z"{extra}}}"#
+            );
+            serde_json::from_str::<Status>(&json).unwrap()
+        };
+        assert_eq!(birth("").validate(), Ok(()));
+        let max = crate::MAX_COUNTER;
+        let cases = [
+            format!(r#","conn":{}"#, max + 1),
+            format!(r#","conn":{}"#, u64::MAX),
+            r#","metrics_interval_s":86401"#.to_string(),
+            format!(r#","metrics_interval_s":{}"#, u32::MAX),
+            format!(r#","hostname":"{}""#, "h".repeat(256)),
+            format!(r#","session":"{}""#, "€".repeat(43)),
+            format!(r#","agent_version":"{}""#, "v".repeat(129)),
+        ];
+        for extra in cases {
+            assert!(birth(&extra).validate().is_err(), "{extra}");
+        }
+        assert_eq!(birth(&format!(r#","conn":{max}"#)).validate(), Ok(()));
+        let will = format!(r#"{{"online":false,"reason":"lost","conn":{}}}"#, u64::MAX);
+        let will: Status = serde_json::from_str(&will).unwrap();
+        assert_eq!(will.validate(), Err(StatusError::Conn));
+    }
 
     #[test]
     fn birth_round_trip_matches_the_design_example() {

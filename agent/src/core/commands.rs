@@ -78,7 +78,11 @@ impl Core {
             }
         }
         info!(command = %cmd.command_id, kind = %cmd.kind, "command received");
-        let ack = self.dispatch(&cmd, out, actions);
+        // Every kind is checked, not only the ones that run jobs.
+        let ack = match cmd.validate() {
+            Ok(()) => self.dispatch(&cmd, out, actions),
+            Err(e) => Ack::no(e.to_string()),
+        };
         if !ack.accepted {
             warn!(command = %cmd.command_id, reason = ?ack.reason, "command refused");
         }

@@ -247,28 +247,92 @@ fn check_plan(steps_dir: &Path, plan: &Plan) -> Result<(), String> {
     Ok(())
 }
 
+/// A script the agent runs as its own user (root, on a real host) must be one only root
+/// or that user can change: a regular file, not a symlink (whose target could be
+/// swapped), owned by root or the agent's user, writable by neither group nor others,
+/// in a directory with the same ownership and modes (or anyone could swap the file).
 fn check_script(steps_dir: &Path, script: &str) -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let trusted = |meta: &std::fs::Metadata, what: &str| -> Result<(), String> {
+        let me = rustix::process::geteuid().as_raw();
+        if meta.uid() != 0 && meta.uid() != me {
+            return Err(format!(
+                "{what} is owned by uid {}, neither root nor the agent's user; refusing to run it",
+                meta.uid()
+            ));
+        }
+        if meta.permissions().mode() & 0o022 != 0 {
+            return Err(format!(
+                "{what} is writable by its group or by anyone; refusing to run it"
+            ));
+        }
+        Ok(())
+    };
+    let dir = std::fs::metadata(steps_dir)
+        .map_err(|e| format!("steps_dir {} cannot be read: {e}", steps_dir.display()))?;
+    trusted(&dir, &format!("steps_dir {}", steps_dir.display()))?;
     let path = steps_dir.join(script);
-    let meta = match std::fs::metadata(&path) {
+    let meta = match std::fs::symlink_metadata(&path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(format!("unknown script '{script}'"))
         }
         Err(e) => return Err(format!("script '{script}' cannot be read: {e}")),
     };
+    if meta.file_type().is_symlink() {
+        return Err(format!(
+            "script '{script}' is a symbolic link; refusing to run it"
+        ));
+    }
     if !meta.is_file() {
         return Err(format!("script '{script}' is not a regular file"));
     }
-    // A script anyone may rewrite would let any local user run code as the agent.
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if meta.permissions().mode() & 0o002 != 0 {
-            return Err(format!(
-                "script '{script}' is writable by anyone; refusing to run it"
-            ));
-        }
-    }
+    trusted(&meta, &format!("script '{script}'"))?;
     // access(2) answers for the agent's own user, which is who will run it.
     rustix::fs::access(&path, rustix::fs::Access::EXEC_OK)
         .map_err(|_| format!("script '{script}' is not executable"))
+}
+
+#[cfg(test)]
+mod script_tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::check_script;
+
+    fn mode(path: &std::path::Path, mode: u32) {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn only_a_script_nobody_else_can_change_is_run() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("steps.d");
+        std::fs::create_dir(&dir).unwrap();
+        mode(&dir, 0o755);
+        let script = dir.join("wipe");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        mode(&script, 0o755);
+        assert_eq!(check_script(&dir, "wipe"), Ok(()));
+        for (m, word) in [(0o775, "group"), (0o757, "anyone"), (0o644, "executable")] {
+            mode(&script, m);
+            let e = check_script(&dir, "wipe").unwrap_err();
+            assert!(e.contains(word), "{m:o}: {e}");
+        }
+        mode(&script, 0o755);
+        // A symlink to a good script is refused: its target could be swapped.
+        std::os::unix::fs::symlink(&script, dir.join("link")).unwrap();
+        let e = check_script(&dir, "link").unwrap_err();
+        assert!(e.contains("symbolic link"), "{e}");
+        // A directory others may write to: anyone could replace the script.
+        for m in [0o775, 0o777] {
+            mode(&dir, m);
+            let e = check_script(&dir, "wipe").unwrap_err();
+            assert!(e.contains("steps_dir"), "{m:o}: {e}");
+        }
+        mode(&dir, 0o755);
+        assert_eq!(
+            check_script(&dir, "nope").unwrap_err(),
+            "unknown script 'nope'"
+        );
+    }
 }

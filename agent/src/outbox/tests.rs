@@ -247,3 +247,32 @@ fn a_power_action_is_recorded_apart_from_the_job_and_receipts_are_seen() {
     s.set_power(None).unwrap();
     assert_eq!(s.power().unwrap(), None);
 }
+
+#[test]
+fn a_report_is_queued_only_in_a_shape_the_controller_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = AgentStore::open(dir.path()).unwrap();
+    let huge = "€".repeat(100_000);
+    let ack = ReportBody::Ack {
+        command_id: cid("c1"),
+        accepted: false,
+        reason: Some(huge.clone()),
+    };
+    s.queue(ack, ts(), &node(), 0).unwrap();
+    let mut failed = event("c1", JobStatus::Failed);
+    if let ReportBody::Job { error, step, .. } = &mut failed {
+        *error = Some(huge.clone());
+        *step = Some(huge);
+    }
+    s.queue(failed, ts(), &node(), 0).unwrap();
+    let pending = s.pending(0, 10).unwrap();
+    assert_eq!(pending.len(), 2);
+    for r in pending {
+        assert_eq!(r.validate(), Ok(()), "seq {}", r.seq);
+        let bytes = serde_json::to_vec(&r).unwrap().len();
+        assert!(
+            bytes < metalbus_protocol::MAX_PAYLOAD_BYTES,
+            "{bytes} bytes"
+        );
+    }
+}

@@ -25,6 +25,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// The request (its body included) took longer than the API allows.
+    #[error("{0}")]
+    Timeout(String),
     #[error("{0}")]
     Conflict(String),
     #[error("internal error")]
@@ -48,7 +51,9 @@ impl From<CallError> for ApiError {
 impl ApiError {
     fn code(&self) -> ErrorCode {
         match self {
-            ApiError::BadRequest(_) | ApiError::MethodNotAllowed(_) => ErrorCode::BadRequest,
+            ApiError::BadRequest(_) | ApiError::MethodNotAllowed(_) | ApiError::Timeout(_) => {
+                ErrorCode::BadRequest
+            }
             ApiError::Unauthorized(_) => ErrorCode::Unauthorized,
             ApiError::Forbidden => ErrorCode::Forbidden,
             ApiError::NodeNotFound | ApiError::NotFound(_) => ErrorCode::NotFound,
@@ -68,6 +73,7 @@ impl IntoResponse for ApiError {
         let code = self.code();
         let status = match self {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             _ => StatusCode::from_u16(code.http_status())
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         };
@@ -88,6 +94,7 @@ mod tests {
             (ApiError::NodeNotFound, 404, "Primus.00005"),
             (ApiError::Conflict("x".into()), 409, "Primus.00006"),
             (ApiError::MethodNotAllowed("x".into()), 405, "Primus.00002"),
+            (ApiError::Timeout("x".into()), 408, "Primus.00002"),
             (
                 ApiError::Store(StoreError::Schema { found: "9".into() }),
                 500,

@@ -17,14 +17,18 @@ pub mod views;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, Method, StatusCode, Uri};
-use axum::response::IntoResponse;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::{middleware, Json, Router};
 use metalbus_link::Clock;
 use metalbus_protocol::api::Health;
 use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
 
 use crate::config::ControllerConfig;
 use crate::engine::Input;
@@ -116,66 +120,114 @@ pub fn router(state: AppState) -> Router {
     api.merge(open_routes())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
+        .layer(middleware::from_fn(request_deadline))
         .with_state(state)
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then finishes open requests.
+/// How long a client has to send a request's headers; also how long an idle
+/// keep-alive connection stays open (hyper starts the same timer while it waits for the
+/// next request).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request must be answered (its body read, the engine asked) within this. Event
+/// streams are answered at once; their body is not bounded.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP connections open at once by default (`[http] max_connections`); more wait in
+/// the listen backlog until one closes, so the API cannot take every file descriptor
+/// the embedded broker needs.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Largest request head (line and headers) read.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Serves `router` on `listener` (over TLS when `tls` is given) until `shutdown`
+/// resolves, then lets open requests finish. Each connection: the TLS handshake and the
+/// headers within [`HEADER_TIMEOUT`], at most `[http] max_connections` at once.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    match tls {
-        None => {
-            axum::serve(listener, router(state))
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-        Some(tls) => {
-            serve_tls(listener, router(state), tls, shutdown).await;
-            Ok(())
-        }
-    }
-}
-
-/// HTTPS: each connection's TLS handshake (bounded in time), then HTTP/1.1 by hyper.
-/// New connections stop at `shutdown`; open ones end with the controller's other
-/// tasks (event streams end on `stopping`).
-async fn serve_tls(
-    listener: TcpListener,
-    app: Router,
-    tls: Arc<rustls::ServerConfig>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let permits = Arc::new(Semaphore::new(state.config.http_max_connections.max(1)));
+    let app = router(state);
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
-        let (tcp, _) = tokio::select! {
-            _ = &mut shutdown => return,
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let tcp = tokio::select! {
+            _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok(a) => a,
+                Ok((tcp, _)) => tcp,
                 Err(e) => {
-                    tracing::warn!(error = %e, "HTTPS accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    // Out of file descriptors, say: back off instead of spinning.
+                    tracing::warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
         };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        tokio::spawn(async move {
-            let handshake =
-                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp));
-            let Ok(Ok(stream)) = handshake.await else {
-                return;
-            };
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .with_upgrades()
-                .await;
+        let (app, acceptor, stop) = (app.clone(), acceptor.clone(), stop_rx.clone());
+        connections.spawn(async move {
+            match acceptor {
+                None => connection(tcp, app, stop).await,
+                Some(acceptor) => {
+                    if let Ok(Ok(tls)) =
+                        tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await
+                    {
+                        connection(tls, app, stop).await;
+                    }
+                }
+            }
+            drop(permit);
         });
+        while connections.try_join_next().is_some() {}
+    }
+    let _ = stop_tx.send(true);
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// One HTTP/1.1 connection, until it closes or `stop` asks it to finish what it has.
+async fn connection<S>(stream: S, app: Router, mut stop: watch::Receiver<bool>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES);
+    let conn = builder
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// Answers 408 when a request is not answered within [`REQUEST_TIMEOUT`]: a client that
+/// sends its body slowly, or a call the engine is slow with, holds nothing for ever.
+async fn request_deadline(request: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Timeout(format!(
+            "the request was not complete within {} s",
+            REQUEST_TIMEOUT.as_secs()
+        ))
+        .into_response(),
     }
 }
 
@@ -209,7 +261,7 @@ async fn healthz() -> Json<Health> {
     ),
 )]
 async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, (StatusCode, Json<Health>)> {
-    let store_ok = state.store.nodes().is_ok();
+    let store_ok = state.store.ping().is_ok();
     let mqtt_ok = state.mqtt_connected.load(Ordering::SeqCst);
     let status = match (store_ok, mqtt_ok) {
         (true, true) => "ok",

@@ -12,16 +12,23 @@ use metalbus_protocol::metrics::MetricsSample;
 use metalbus_protocol::status::{Birth, Offline, OfflineReason, Status};
 use metalbus_protocol::{NodeId, Timestamp};
 use serde_json::Value;
-use tracing::{debug, error, info};
+use std::time::Duration;
+
+use tracing::{debug, error, info, warn};
 
 use super::batch::{Batch, Tally};
 use super::lifecycle::Ctx;
 use super::Engine;
 use crate::matching::{self, AgentFacts, Candidate, MatchedBy};
 use crate::store::{NodeRecord, StoredInventory};
+use crate::telemetry::Limit;
 
-/// Inventories that arrive before their node's first birth wait here; bounded.
-const MAX_EARLY_INVENTORIES: usize = 1_000;
+/// Inventories that arrive before their node's first birth wait here, and births of
+/// new agents wait for their inventory: bounded in number (docs/LIMITS.md).
+pub(super) const MAX_EARLY_INVENTORIES: usize = 10_000;
+/// An early inventory whose birth has not come after this long is dropped: an agent
+/// sends both within seconds, and sends its inventory again after every birth.
+const EARLY_INVENTORY_TTL: Duration = Duration::from_secs(600);
 
 /// New agents on their way in: births of unknown agents waiting (briefly) for their
 /// inventory, so that they can be matched to registrations by MAC and IP, and
@@ -29,7 +36,8 @@ const MAX_EARLY_INVENTORIES: usize = 1_000;
 #[derive(Default)]
 pub(super) struct Arrivals {
     pub births: HashMap<NodeId, (Birth, Timestamp)>,
-    pub early: HashMap<NodeId, Inventory>,
+    /// With when each arrived.
+    pub early: HashMap<NodeId, (Inventory, Timestamp)>,
 }
 
 impl Engine {
@@ -98,7 +106,7 @@ impl Engine {
     /// A node for an agent seen for the first time: the registration it matches (by
     /// MAC, IP, then hostname), or a new `discovered` node.
     pub(super) fn create_node(&mut self, id: &NodeId, b: Birth, now: Timestamp, batch: &mut Batch) {
-        let facts = AgentFacts::new(&b.hostname, self.arrivals.early.get(id));
+        let facts = AgentFacts::new(&b.hostname, self.arrivals.early.get(id).map(|(i, _)| i));
         let matched = self
             .token_claim(id)
             .map(|reg| (reg, MatchedBy::Token))
@@ -160,8 +168,8 @@ impl Engine {
             self.run_machine(id, Event::AgentMatched, ctx, now, batch);
         }
         self.touch(id, now);
-        if let Some(inv) = self.arrivals.early.remove(id) {
-            batch.used_early.push((id.clone(), inv.clone()));
+        if let Some((inv, at)) = self.arrivals.early.remove(id) {
+            batch.used_early.push((id.clone(), (inv.clone(), at)));
             self.on_inventory(id, inv, now, batch);
         }
     }
@@ -248,15 +256,20 @@ impl Engine {
     ) {
         let Some(before) = self.fleet.nodes.get(id).cloned() else {
             if let Some((birth, _)) = self.arrivals.births.remove(id) {
-                self.arrivals.early.insert(id.clone(), inv);
+                self.arrivals.early.insert(id.clone(), (inv, now));
                 self.create_node(id, birth, now, batch);
                 return;
             }
-            if self.arrivals.early.len() >= MAX_EARLY_INVENTORIES {
-                debug!(node = %id, "too many early inventories; dropping one");
+            let early = &mut self.arrivals.early;
+            if early.len() >= MAX_EARLY_INVENTORIES {
+                early.retain(|_, (_, at)| *at > now.minus(EARLY_INVENTORY_TTL));
+            }
+            if early.len() >= MAX_EARLY_INVENTORIES && !early.contains_key(id) {
+                warn!(node = %id, limit = MAX_EARLY_INVENTORIES, "too many early inventories; this one is dropped (the agent sends it again after its birth)");
+                batch.counts.limit(Limit::EarlyInventories);
                 return;
             }
-            self.arrivals.early.insert(id.clone(), inv);
+            early.insert(id.clone(), (inv, now));
             return;
         };
         self.touch(id, now);

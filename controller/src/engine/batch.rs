@@ -18,7 +18,7 @@ use crate::publish::Outbound;
 use crate::store::{
     AuditEntry, CommandRecord, CredentialRecord, EnrollTokenRecord, StoredInventory, TokenRecord,
 };
-use crate::telemetry::Telemetry;
+use crate::telemetry::{Limit, Telemetry};
 use crate::wake::WakeRequest;
 use metalbus_protocol::proof::NodeKey;
 
@@ -66,11 +66,17 @@ pub(super) struct Counts {
     pub durations: Vec<(NodeState, f64)>,
     /// Commands sent and each status they reached.
     pub commands: Vec<(CommandKind, CommandStatus)>,
+    /// Inputs dropped at a bound (docs/LIMITS.md).
+    pub limits: Vec<Limit>,
 }
 
 impl Counts {
     pub(super) fn add(&mut self, tally: Tally) {
         self.tallies[tally as usize] += 1;
+    }
+
+    pub(super) fn limit(&mut self, limit: Limit) {
+        self.limits.push(limit);
     }
 
     /// Adds everything to the telemetry: called after a successful commit only.
@@ -98,6 +104,9 @@ impl Counts {
         for (kind, status) in self.commands {
             t.count_command(kind, status);
         }
+        for limit in self.limits {
+            t.count_limit(limit);
+        }
     }
 }
 
@@ -111,7 +120,7 @@ pub(super) struct Batch {
     pub deleted: Vec<(NodeId, String)>,
     pub inventories: BTreeMap<NodeId, StoredInventory>,
     /// Early inventories this batch used; put back if the commit fails.
-    pub used_early: Vec<(NodeId, Inventory)>,
+    pub used_early: Vec<(NodeId, (Inventory, Timestamp))>,
     /// Audit entries with their per-node number.
     pub audits: Vec<(u64, AuditEntry)>,
     pub commands: Vec<CommandRecord>,

@@ -24,8 +24,8 @@ use crate::publish::{Delivery, Outbound};
 use crate::security::Keyring;
 use crate::store::{CredentialRecord, EnrollTokenRecord, Store, StoreError};
 
-/// Longest hostname an enrollment request may carry (it is logged); DNS allows 253.
-const MAX_HOSTNAME: usize = 255;
+/// Longest hostname an enrollment request may carry (it is logged): a birth's.
+const MAX_HOSTNAME: usize = metalbus_protocol::status::Status::MAX_HOSTNAME;
 
 /// The engine's copy of the tokens and credentials, and the keyring it feeds.
 pub(super) struct Credentials {

@@ -10,7 +10,7 @@ use metalbus_protocol::NodeId;
 
 use super::batch::TokenReplyTo;
 use super::Call;
-use crate::ingest::RejectReason;
+use crate::ingest::Place;
 use crate::store::{EnrollTokenRecord, TokenRecord};
 
 /// What an operator changes about tokens and node credentials.
@@ -72,7 +72,13 @@ pub enum Input {
     /// the node is known.
     Rejected {
         id: NodeId,
-        reason: RejectReason,
+        error: String,
+    },
+    /// A report ingest refused, in its place in the node's stream: the place is taken
+    /// (receipted) with a Warning event, so the reports after it move on.
+    RefusedReport {
+        id: NodeId,
+        place: Place,
         error: String,
     },
 }
@@ -84,7 +90,8 @@ impl Input {
             Input::Status { id, .. }
             | Input::Inventory { id, .. }
             | Input::Metrics { id, .. }
-            | Input::Report { id, .. } => Some(id),
+            | Input::Report { id, .. }
+            | Input::RefusedReport { id, .. } => Some(id),
             _ => None,
         }
     }
@@ -98,6 +105,7 @@ impl Input {
             Input::Status { .. }
                 | Input::Inventory { .. }
                 | Input::Report { .. }
+                | Input::RefusedReport { .. }
                 | Input::WakeSent { .. }
         )
     }
@@ -116,6 +124,11 @@ impl Input {
             Input::Report { id, report } => Input::Report {
                 id: id.clone(),
                 report: report.clone(),
+            },
+            Input::RefusedReport { id, place, error } => Input::RefusedReport {
+                id: id.clone(),
+                place: place.clone(),
+                error: error.clone(),
             },
             Input::WakeSent {
                 operation_id,

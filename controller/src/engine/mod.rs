@@ -58,7 +58,6 @@ use metalbus_protocol::controller::Summary;
 use metalbus_protocol::event::EventReason;
 use metalbus_protocol::machine::Event;
 use metalbus_protocol::proof::Identity;
-use metalbus_protocol::report::Report;
 use metalbus_protocol::topic::Topics;
 use metalbus_protocol::{NodeId, Timestamp};
 use redb::Durability;
@@ -73,6 +72,7 @@ use enroll::Credentials;
 use fleet::{Fleet, Heartbeats};
 use lifecycle::Ctx;
 use reconcile::Reconciler;
+use reports::Sequenced;
 
 use crate::config::ControllerConfig;
 use crate::live::LiveFeed;
@@ -139,7 +139,7 @@ pub struct Engine {
     /// Install resends waiting for their backoff: (due, node), earliest first.
     install_retries: BinaryHeap<Reverse<(Timestamp, NodeId)>>,
     /// Reports that came after a gap, per node, by seq.
-    held: HashMap<NodeId, BTreeMap<u64, Report>>,
+    held: HashMap<NodeId, BTreeMap<u64, Sequenced>>,
     /// Wake calls answered once their packets went out.
     waiting_wakes: HashMap<CommandId, (ReplyTo, Done)>,
     retry: Retry,
@@ -333,7 +333,11 @@ impl Engine {
                 }
                 Input::Metrics { id, sample } => self.on_metrics(&id, sample, now),
                 Input::Report { id, report } => {
-                    self.on_sequenced_report(&id, *report, now, &mut batch)
+                    self.on_sequenced_report(&id, Sequenced::Report(report), now, &mut batch)
+                }
+                Input::RefusedReport { id, place, error } => {
+                    let refused = Sequenced::Refused { place, error };
+                    self.on_sequenced_report(&id, refused, now, &mut batch)
                 }
                 Input::Call(call) => self.on_call(*call, now, &mut batch),
                 Input::Keys { change, reply } => self.on_keys(change, reply, now, &mut batch),
@@ -343,12 +347,11 @@ impl Engine {
                 } => self.on_wake_sent(&operation_id, error, now, &mut batch),
                 Input::Resync => resync = true,
                 Input::Enroll { id, payload } => self.on_enroll(&id, &payload, now, &mut batch),
-                Input::Rejected { id, reason, error } => {
+                Input::Rejected { id, error } => {
                     if self.fleet.nodes.contains_key(&id) {
-                        batch.agent(&id, now).warning(
-                            EventReason::MessageRejected,
-                            format!("{}: {error}", reason.as_str()),
-                        );
+                        batch
+                            .agent(&id, now)
+                            .warning(EventReason::MessageRejected, error);
                     }
                 }
             }
@@ -379,8 +382,8 @@ impl Engine {
         if self.reload().is_ok() {
             self.retry.reload = false;
         }
-        for (id, inv) in batch.used_early {
-            self.arrivals.early.insert(id, inv);
+        for (id, early) in batch.used_early {
+            self.arrivals.early.insert(id, early);
         }
         // Resends that fired in this batch are lost with it: arm them again, a second
         // later so a failing store is not hammered.

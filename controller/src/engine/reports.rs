@@ -13,9 +13,41 @@ use super::batch::{Batch, Tally};
 use super::lifecycle::Ctx;
 use super::operations::PowerReport;
 use super::Engine;
+use crate::ingest::Place;
+use crate::telemetry::Limit;
 
-/// Reports kept per node while waiting for a gap to fill.
-const MAX_HELD_REPORTS: usize = 1024;
+/// Reports kept per node while waiting for a gap to fill. Each is at most ~20 KiB once
+/// valid (a refused one is held as its place only), and the agent sends them again
+/// anyway: holding is only a shortcut.
+pub(super) const MAX_HELD_REPORTS: usize = 256;
+/// Reports held for all nodes together.
+pub(super) const MAX_HELD_REPORTS_TOTAL: usize = 16_384;
+
+/// One place in a node's report stream.
+#[derive(Debug)]
+pub(crate) enum Sequenced {
+    /// A report to apply.
+    Report(Box<Report>),
+    /// A report ingest refused: its place is taken with a Warning event, so the stream
+    /// moves on (DESIGN section 4: refuse, never stall).
+    Refused { place: Place, error: String },
+}
+
+impl Sequenced {
+    fn session(&self) -> &str {
+        match self {
+            Sequenced::Report(r) => &r.session,
+            Sequenced::Refused { place, .. } => &place.session,
+        }
+    }
+
+    fn seq(&self) -> u64 {
+        match self {
+            Sequenced::Report(r) => r.seq,
+            Sequenced::Refused { place, .. } => place.seq,
+        }
+    }
+}
 
 impl Engine {
     /// A report from the agent's outbox: applied strictly in `seq` order per session.
@@ -24,7 +56,7 @@ impl Engine {
     pub(super) fn on_sequenced_report(
         &mut self,
         id: &NodeId,
-        report: Report,
+        report: Sequenced,
         now: Timestamp,
         batch: &mut Batch,
     ) {
@@ -33,17 +65,17 @@ impl Engine {
             return;
         };
         self.touch(id, now);
-        if node.old_sessions.contains(&report.session) {
+        if node.old_sessions.iter().any(|s| s == report.session()) {
             batch.counts.add(Tally::Duplicate);
-            debug!(node = %id, session = %report.session, "report of an earlier agent session dropped");
+            debug!(node = %id, session = %report.session(), "report of an earlier agent session dropped");
             return;
         }
         let mut last = node.last_applied_seq;
-        if node.report_session.as_deref() != Some(report.session.as_str()) {
+        if node.report_session.as_deref() != Some(report.session()) {
             // A new outbox: numbering starts at 1. (A node that never reported takes the
             // session as it finds it: the controller's store may be younger than the
             // agent's outbox.)
-            if report.seq != 1 && node.report_session.is_some() {
+            if report.seq() != 1 && node.report_session.is_some() {
                 self.hold(id, report, batch);
                 return;
             }
@@ -53,25 +85,33 @@ impl Engine {
                 let excess = after.old_sessions.len().saturating_sub(4);
                 after.old_sessions.drain(..excess);
             }
-            after.report_session = Some(report.session.clone());
-            after.last_applied_seq = report.seq - 1;
+            after.report_session = Some(report.session().to_string());
+            after.last_applied_seq = report.seq() - 1;
             last = after.last_applied_seq;
             self.held.remove(id);
             self.replace(node, after, now, batch);
         }
-        if report.seq <= last {
+        if report.seq() <= last {
             batch.counts.add(Tally::Duplicate);
             batch.receipts.insert(id.clone());
             return;
         }
-        if report.seq > last + 1 {
+        if report.seq() > last + 1 {
             self.hold(id, report, batch);
             return;
         }
         let mut next = Some(report);
         while let Some(r) = next {
-            let seq = r.seq;
-            self.on_report(id, r, now, batch);
+            let seq = r.seq();
+            match r {
+                Sequenced::Report(r) => self.on_report(id, *r, now, batch),
+                Sequenced::Refused { error, .. } => {
+                    warn!(node = %id, seq, %error, "refused report takes its place in the stream");
+                    batch
+                        .agent(id, now)
+                        .warning(EventReason::MessageRejected, error);
+                }
+            }
             if let Some(n) = self.fleet.nodes.get_mut(id) {
                 n.last_applied_seq = seq;
             }
@@ -84,11 +124,15 @@ impl Engine {
     }
 
     /// Keeps a report that came after a gap (bounded; the agent resends anyway).
-    fn hold(&mut self, id: &NodeId, report: Report, batch: &mut Batch) {
+    fn hold(&mut self, id: &NodeId, report: Sequenced, batch: &mut Batch) {
         batch.counts.add(Tally::HeldBack);
+        let total: usize = self.held.values().map(|h| h.len()).sum();
         let held = self.held.entry(id.clone()).or_default();
-        if held.len() < MAX_HELD_REPORTS {
-            held.insert(report.seq, report);
+        if held.len() < MAX_HELD_REPORTS && total < MAX_HELD_REPORTS_TOTAL {
+            held.insert(report.seq(), report);
+        } else if !held.contains_key(&report.seq()) {
+            debug!(node = %id, seq = report.seq(), "held reports full; the agent sends this one again");
+            batch.counts.limit(Limit::HeldReports);
         }
     }
 

@@ -603,6 +603,98 @@ fn reports_apply_in_seq_order_once_and_are_receipted() {
     assert_eq!(h.len(), 4);
 }
 
+fn refused(session: &str, seq: u64) -> Input {
+    Input::RefusedReport {
+        id: NodeId::new("n1").unwrap(),
+        place: crate::ingest::Place {
+            session: session.into(),
+            seq,
+        },
+        error: "invalid_value: reason is 9000 bytes; at most 8192 are accepted".into(),
+    }
+}
+
+#[test]
+fn a_refused_report_takes_its_place_so_the_stream_moves_on() {
+    let mut r = rig();
+    r.engine.apply(vec![birth("n1", 1, "s", "h")]);
+    let (input, _answer) = call(super::Action::Manage { plan: None });
+    r.engine.apply(vec![input]);
+    let cmd = r.node("n1").job.unwrap().command_id;
+    r.engine.apply(vec![report("o1", 1, &cmd, "started")]);
+    r.published();
+    // 2 is refused; 3 arrived first and waits for it. Both then apply, receipted to 3.
+    r.engine.apply(vec![report("o1", 3, &cmd, "complete")]);
+    assert!(receipts(&r.published()).is_empty());
+    r.engine.apply(vec![refused("o1", 2)]);
+    assert_eq!(r.node("n1").last_applied_seq, 3);
+    assert_eq!(r.node("n1").state, NodeState::Active);
+    assert_eq!(receipts(&r.published()), vec![3]);
+    let warning = events(&r)
+        .into_iter()
+        .find(|e| e.reason == EventReason::MessageRejected)
+        .expect("a MessageRejected event");
+    assert!(
+        warning.message.contains("9000 bytes"),
+        "{}",
+        warning.message
+    );
+    // Sent again (the agent did not get the receipt): a duplicate, receipted again.
+    r.engine.apply(vec![refused("o1", 2)]);
+    assert_eq!(receipts(&r.published()), vec![3]);
+    // A refused first report of a new outbox starts that outbox.
+    r.engine.apply(vec![refused("o2", 1)]);
+    assert_eq!(r.node("n1").report_session.as_deref(), Some("o2"));
+    assert_eq!(receipts(&r.published()), vec![1]);
+}
+
+fn limit_hits(r: &Rig, limit: &str) -> u64 {
+    let line = format!("metalbus_limit_hits_total{{limit=\"{limit}\"}} ");
+    r.engine
+        .telemetry
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(line.as_str()))
+        .unwrap_or_else(|| panic!("no {line}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn held_reports_are_bounded_per_node_and_the_overflow_counted() {
+    let mut r = rig();
+    r.engine.apply(vec![birth("n1", 1, "s", "h")]);
+    assert_eq!(limit_hits(&r, "held_reports"), 0, "exists at 0");
+    r.engine.apply(vec![report("o1", 1, "c-1", "progress")]);
+    // 2 is missing; 3..=300 wait, but only MAX_HELD_REPORTS of them are kept.
+    let late: Vec<Input> = (3..=300)
+        .map(|seq| report("o1", seq, "c-1", "progress"))
+        .collect();
+    r.engine.apply(late);
+    let kept = super::reports::MAX_HELD_REPORTS as u64;
+    assert_eq!(limit_hits(&r, "held_reports"), 298 - kept);
+    r.engine.apply(vec![report("o1", 2, "c-1", "progress")]);
+    assert_eq!(r.node("n1").last_applied_seq, 2 + kept);
+}
+
+#[test]
+fn early_inventories_are_bounded_and_expire() {
+    let mut r = rig();
+    let max = super::agent::MAX_EARLY_INVENTORIES;
+    let early: Vec<Input> = (0..max).map(|i| inventory(&format!("e{i}"), 4)).collect();
+    r.engine.apply(early);
+    assert_eq!(r.engine.arrivals.early.len(), max);
+    r.engine.apply(vec![inventory("late", 4)]);
+    assert!(!r.engine.arrivals.early.contains_key(&id("late")));
+    assert_eq!(limit_hits(&r, "early_inventories"), 1);
+    // Ten minutes on, the old ones are gone and a new one has room.
+    r.clock.advance(std::time::Duration::from_secs(601));
+    r.engine.apply(vec![inventory("late", 4)]);
+    assert_eq!(r.engine.arrivals.early.len(), 1);
+    assert!(r.engine.arrivals.early.contains_key(&id("late")));
+}
+
 #[test]
 fn unacknowledged_commands_are_sent_again_until_acked() {
     let mut r = rig();
@@ -713,8 +805,7 @@ fn rejected_messages_of_known_nodes_collapse_into_one_counted_warning() {
     let mut r = rig();
     let rejected = |n: &str| Input::Rejected {
         id: id(n),
-        reason: crate::ingest::RejectReason::BadJson,
-        error: "not JSON: expected value at line 1 column 1".into(),
+        error: "bad_json: not JSON: expected value at line 1 column 1".into(),
     };
     r.engine.apply(vec![rejected("n1")]);
     assert!(events(&r).is_empty(), "no events for unknown nodes");

@@ -324,6 +324,14 @@ impl StoreReader {
         }
     }
 
+    /// Whether the store answers: a read transaction that opens the nodes table and
+    /// reads no record (what `/readyz` asks, on every probe, without decoding the fleet).
+    pub fn ping(&self) -> Result<(), StoreError> {
+        let txn = tryop!("begin read", self.db()?.begin_read());
+        tryop!("open nodes", txn.open_table(NODES));
+        Ok(())
+    }
+
     /// Every node, in id order.
     pub fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
         self.scan(NODES, "nodes")
