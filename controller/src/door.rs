@@ -661,5 +661,27 @@ async fn write_packet<S: AsyncWrite + Unpin>(stream: &mut S, packet: Packet) -> 
     stream.write_all(&out).await.map_err(|e| e.to_string())
 }
 
+/// For fuzzing (`crate::fuzz`): decodes `data` as a client's packets after CONNECT,
+/// checks each as a node's and as a monitor's, and encodes what passes. Never panics.
+#[doc(hidden)]
+pub fn fuzz_packets(data: &[u8]) {
+    let topics = Topics::default();
+    let who = [
+        Client::Node(NodeId::new("n1").expect("a valid id")),
+        Client::Monitor(Role::Viewer),
+        Client::Enrolling,
+    ];
+    let mut buf = BytesMut::from(data);
+    let mut out = BytesMut::new();
+    while let Ok(Some(packet)) = next(&mut buf, MAX_PACKET_BYTES) {
+        for client in &who {
+            if let Ok(p) = inbound(client, &topics, packet.clone()) {
+                out.clear();
+                let _ = encode(p, &mut out);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

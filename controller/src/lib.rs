@@ -20,6 +20,8 @@ pub mod cli;
 pub mod config;
 pub mod door;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod ingest;
 pub mod live;
 pub mod matching;

@@ -26,6 +26,8 @@ pub mod controller;
 pub mod enroll;
 pub mod event;
 pub mod fleet;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod inventory;
 pub mod lifecycle;
 pub mod machine;
