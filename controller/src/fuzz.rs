@@ -13,8 +13,7 @@ use crate::door;
 use crate::ingest;
 use crate::security::Keyring;
 
-/// A fuzz target: takes any bytes, and panics only on a bug.
-pub type Target = fn(&[u8]);
+use metalbus_protocol::fuzz::Target;
 
 /// The targets, by name (the file names under `controller/fuzz/fuzz_targets/`).
 pub const TARGETS: [(&str, Target); 2] = [("ingest", ingest_message), ("mqtt_packet", mqtt_packet)];
@@ -71,19 +70,7 @@ mod tests {
     #[test]
     fn the_fuzz_corpus_replays_without_a_panic() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
-        let mut replayed = 0;
-        for (name, target) in TARGETS {
-            for dir in ["corpus", "artifacts"] {
-                let Ok(entries) = std::fs::read_dir(root.join(dir).join(name)) else {
-                    continue;
-                };
-                for entry in entries.flatten() {
-                    let bytes = std::fs::read(entry.path()).unwrap();
-                    target(&bytes);
-                    replayed += 1;
-                }
-            }
-        }
+        let replayed = metalbus_protocol::fuzz::replay(&root, &TARGETS);
         assert!(replayed >= TARGETS.len(), "only {replayed} inputs replayed");
     }
 }

@@ -104,27 +104,34 @@ pub fn sealed(data: &[u8]) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::TARGETS;
-
-    /// Replays every corpus and crash file under `protocol/fuzz/` through its target.
-    #[test]
-    fn the_fuzz_corpus_replays_without_a_panic() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
-        let mut replayed = 0;
-        for (name, target) in TARGETS {
-            for dir in ["corpus", "artifacts"] {
-                let Ok(entries) = std::fs::read_dir(root.join(dir).join(name)) else {
-                    continue;
-                };
-                for entry in entries.flatten() {
-                    let bytes = std::fs::read(entry.path()).unwrap();
+/// Runs every corpus and crash file under `root/{corpus,artifacts}/TARGET/` through its
+/// target, for the `cargo test` replay of each crate's fuzz corpus; the number run.
+pub fn replay(root: &std::path::Path, targets: &[(&str, Target)]) -> usize {
+    let mut replayed = 0;
+    for (name, target) in targets {
+        for dir in ["corpus", "artifacts"] {
+            let Ok(entries) = std::fs::read_dir(root.join(dir).join(name)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if let Ok(bytes) = std::fs::read(entry.path()) {
                     target(&bytes);
                     replayed += 1;
                 }
             }
         }
+    }
+    replayed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{replay, TARGETS};
+
+    #[test]
+    fn the_fuzz_corpus_replays_without_a_panic() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+        let replayed = replay(&root, &TARGETS);
         assert!(replayed >= TARGETS.len(), "only {replayed} inputs replayed");
     }
 }
