@@ -151,6 +151,8 @@ async fn a_half_sent_request_is_closed_after_the_header_timeout() {
         healthz_raw(ctl.http_port, WAIT).await.as_deref(),
         Some("HTTP/1.1 200 OK")
     );
+    // (An idle keep-alive connection closed by the same timer counts too.)
+    assert!(limit_hits(&ctl, "http_slow_clients").await >= 20);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,6 +179,20 @@ async fn http_connections_are_capped_and_the_cap_frees_as_they_close() {
         healthz_raw(ctl.http_port, WAIT).await.as_deref(),
         Some("HTTP/1.1 200 OK")
     );
+    assert_ne!(limit_hits(&ctl, "http_connections").await, 0);
+}
+
+/// `metalbus_limit_hits_total{limit}` of the controller.
+async fn limit_hits(ctl: &Controller, limit: &str) -> u64 {
+    let metrics = ctl.api().get_text("/metrics").await.unwrap();
+    let series = format!("metalbus_limit_hits_total{{limit=\"{limit}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .unwrap_or_else(|| panic!("no {series} in {metrics}"))
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,4 +216,280 @@ async fn a_body_that_never_arrives_is_answered_408_not_held_for_ever() {
     let text = String::from_utf8_lossy(&buf[..n]);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("not complete within 30 s"), "{text}");
+    assert!(limit_hits(&ctl, "http_slow_clients").await >= 1);
+}
+
+/// Events of `node` as (reason, message), newest first, up to 100.
+async fn events_of(api: &metalbus_e2e::Api, node: &str) -> Vec<(String, String)> {
+    let (_, body) = api
+        .get(&format!("/api/v1/nodes/{node}/events?limit=100"))
+        .await
+        .unwrap();
+    body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["reason"].as_str().unwrap_or("").to_string(),
+                e["message"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_retains_only_bounded_messages_and_its_rejects_keep_to_their_share() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctl = Controller::with_config(
+        tmp.path(),
+        "[events]\nmax_per_node = 40\nmax_per_reason = 10\n",
+        &[],
+    )
+    .await;
+    let api = ctl.api();
+    let key = enroll_node(&ctl, "rt").await;
+    let node = Watcher::node(ctl.mqtt_port, "rt", &key, None).await;
+    let status = "metalbus/v1/nodes/rt/status";
+    let seal = |body: Vec<u8>| metalbus_protocol::proof::seal(&key, status, &body).unwrap();
+    node.publish_retained(status, seal(birth("small"))).await;
+    api.wait_state("rt", "discovered", WAIT).await;
+    // A birth padded past the retained bound: the controller takes it, the broker does
+    // not keep it.
+    let mut big: serde_json::Value = serde_json::from_slice(&birth("big")).unwrap();
+    big["conn"] = 2.into();
+    big["pad"] = "p".repeat(6_000).into();
+    node.publish_retained(status, seal(big.to_string().into_bytes()))
+        .await;
+    eventually(WAIT, "the padded birth applied", || {
+        let api = api.clone();
+        async move {
+            let host = api.node("rt").await?["hostname"].clone();
+            (host == "big")
+                .then_some(())
+                .ok_or(format!("hostname {host}"))
+        }
+    })
+    .await;
+    let late = Watcher::monitor(&ctl, status).await;
+    eventually(WAIT, "the retained status", || {
+        let got: Vec<serde_json::Value> = late.messages().iter().map(|m| m.json()).collect();
+        async move {
+            match got.as_slice() {
+                [one] => Ok(one["hostname"].clone()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    assert_eq!(late.messages()[0].json()["hostname"], "small");
+
+    // Forty inventories refused for forty different reasons: at most ten of them are
+    // kept, and the node's other events stay.
+    let before: Vec<String> = events_of(&api, "rt")
+        .await
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
+    assert!(before.iter().any(|r| r != "MessageRejected"), "{before:?}");
+    let inventory = "metalbus/v1/nodes/rt/inventory";
+    for i in 0..40 {
+        // The parse error names a different column each time.
+        let bad = format!("{{\"hostname\":\"rt\",\"cpu\":{}oops}}", " ".repeat(i));
+        node.publish_as(&key, inventory, bad.into_bytes()).await;
+    }
+    eventually(WAIT, "the rejects recorded", || {
+        let api = api.clone();
+        async move {
+            let events = events_of(&api, "rt").await;
+            let rejected = events.iter().filter(|e| e.0 == "MessageRejected").count();
+            (rejected == 10)
+                .then_some(events)
+                .ok_or(format!("{rejected} MessageRejected kept"))
+        }
+    })
+    .await;
+    let after: Vec<String> = events_of(&api, "rt")
+        .await
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
+    for reason in before.iter().filter(|r| *r != "MessageRejected") {
+        assert!(after.contains(reason), "{reason} was pushed out: {after:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_are_capped_and_free_as_they_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let ctl = Controller::with_config(tmp.path(), "[http]\nmax_event_streams = 2\n", &[]).await;
+    let open = || async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", ctl.http_port))
+            .await
+            .unwrap();
+        let head = format!(
+            "GET /api/v1/events/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+            ctl.token()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let status = String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string();
+        (s, status, String::from_utf8_lossy(&buf[..n]).to_string())
+    };
+    let (first, status, _) = open().await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let (_second, status, _) = open().await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let (_, status, text) = open().await;
+    assert_eq!(status, "HTTP/1.1 503 Service Unavailable", "{text}");
+    assert!(text.contains("max_event_streams"), "{text}");
+    assert_eq!(limit_hits(&ctl, "event_streams").await, 1);
+    // The rest of the API still answers, and a closed stream frees its place.
+    assert_eq!(
+        healthz_raw(ctl.http_port, WAIT).await.as_deref(),
+        Some("HTTP/1.1 200 OK")
+    );
+    drop(first);
+    eventually(WAIT, "a free place", || {
+        let open = open();
+        async move {
+            let (_, status, _) = open.await;
+            (status == "HTTP/1.1 200 OK").then_some(()).ok_or(status)
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaked_fleet_token_cannot_enroll_past_the_waiting_bound() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctl = Controller::with_config(tmp.path(), "[enroll]\nmax_waiting_nodes = 2\n", &[]).await;
+    let api = ctl.api();
+    let key = enroll_node(&ctl, "wa").await;
+    enroll_node(&ctl, "wb").await;
+    // The third waits: the controller refuses it (the agent would retry slowly).
+    let third = tokio::time::timeout(Duration::from_secs(5), enroll_node(&ctl, "wc")).await;
+    assert!(third.is_err(), "a third node enrolled past the bound");
+    assert_ne!(limit_hits(&ctl, "waiting_nodes").await, 0);
+    assert!(api.node("wc").await.is_err());
+    // An operator takes one on (here: retires it); then there is room.
+    let node = Watcher::node(ctl.mqtt_port, "wa", &key, None).await;
+    node.publish_as(&key, "metalbus/v1/nodes/wa/status", birth("wa"))
+        .await;
+    api.wait_state("wa", "discovered", WAIT).await;
+    let out = ctl.cli(&["nodes", "retire", "wa"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    api.wait_state("wa", "retired", WAIT).await;
+    enroll_node(&ctl, "wc").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_clients_are_capped_and_the_cap_frees_as_they_close() {
+    use tokio::io::AsyncReadExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let ctl = Controller::with_config(tmp.path(), "[mqtt]\nmax_connections = 3\n", &[]).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let s = tokio::net::TcpStream::connect(("127.0.0.1", ctl.mqtt_port))
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    // Let the door accept the three before the fourth comes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut fourth = tokio::net::TcpStream::connect(("127.0.0.1", ctl.mqtt_port))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(3), fourth.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the fourth connection was not closed at once: {closed:?}"
+    );
+    assert_ne!(limit_hits(&ctl, "mqtt_connections").await, 0);
+    drop(held);
+    eventually(WAIT, "a monitor connects once the three are gone", || {
+        let (port, token) = (ctl.mqtt_port, ctl.token());
+        async move {
+            Watcher::connect(port, Some(("monitor", token.as_str())), None)
+                .await
+                .map(|_| ())
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_heads_and_bodies_are_refused_and_a_silent_tls_client_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let ctl = Controller::start(tmp.path(), &[]).await;
+    let answer = |request: Vec<u8>| async move {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", ctl.http_port))
+            .await
+            .unwrap();
+        // The server may answer and close before it has read everything.
+        let _ = s.write_all(&request).await;
+        let mut buf = vec![0u8; 512];
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string()
+    };
+    // A head over 64 KiB.
+    let head = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+        "p".repeat(100 * 1024)
+    );
+    assert_eq!(
+        answer(head.into_bytes()).await,
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
+    // A body over 2 MiB.
+    let body = format!("{{\"name\":\"{}\"}}", "n".repeat(3 * 1024 * 1024));
+    let mut request = format!(
+        "POST /api/v1/nodes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        ctl.token(),
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body.as_bytes());
+    assert_eq!(answer(request).await, "HTTP/1.1 413 Payload Too Large");
+    assert_eq!(limit_hits(&ctl, "http_too_large").await, 2);
+    drop(ctl);
+
+    // Over TLS: a client that never starts its handshake is closed after 10 s.
+    let tmp = tempfile::tempdir().unwrap();
+    let ctl = Controller::with_config(tmp.path(), "[http]\ntls = true\n", &[]).await;
+    let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", ctl.http_port))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(WAIT, silent.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "a silent TLS client was kept open");
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(limit_hits(&ctl, "http_slow_clients").await >= 1);
 }

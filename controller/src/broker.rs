@@ -47,6 +47,7 @@ pub fn start(
     topics: &Topics,
     user: &str,
     password: &str,
+    max_clients: usize,
 ) -> anyhow::Result<Embedded> {
     // Probe the address first: rumqttd binds inside its own thread and only logs failure.
     let probe = TcpListener::bind(listen).with_context(|| {
@@ -54,7 +55,7 @@ pub fn start(
     })?;
     let listen = probe.local_addr()?;
     drop(probe);
-    let router_tx = Router::new(0, router_config(topics)).spawn();
+    let router_tx = Router::new(0, router_config(topics, max_clients)).spawn();
     let mut server = Server::new(
         server_settings(listen, user, password),
         router_tx.clone(),
@@ -132,7 +133,11 @@ fn server_settings(listen: SocketAddr, user: &str, password: &str) -> ServerSett
     }
 }
 
-fn router_config(topics: &Topics) -> RouterConfig {
+/// Sessions beyond the front door's clients: the controller's own, and the short ones
+/// that publish Wills.
+const EXTRA_SESSIONS: usize = 1024;
+
+fn router_config(topics: &Topics, max_clients: usize) -> RouterConfig {
     // Filters for every Metalbus topic exist from the start, so their messages share one
     // bounded log per kind instead of one log per node.
     let mut filters: Vec<String> = NodeTopic::ALL
@@ -145,7 +150,9 @@ fn router_config(topics: &Topics) -> RouterConfig {
         topics.controller_status(),
     ]);
     RouterConfig {
-        max_connections: 20_000,
+        // The front door caps its clients (`[mqtt] max_connections`); the router only
+        // backs that up.
+        max_connections: max_clients + EXTRA_SESSIONS,
         max_outgoing_packet_count: 200,
         // Each filter's log holds at most 4 segments of 1 MiB (an oversized message
         // gets a segment of its own): bounded memory per topic kind.

@@ -41,6 +41,12 @@ pub struct ControllerConfig {
     pub http_tls: bool,
     /// HTTP connections open at once (`[http] max_connections`).
     pub http_max_connections: usize,
+    /// Event streams (`/api/v1/events/stream`) open at once (`[http] max_event_streams`).
+    pub http_max_event_streams: usize,
+    /// Clients of the embedded broker connected at once (`[mqtt] max_connections`).
+    pub mqtt_max_connections: usize,
+    /// Enrolled nodes no operator has taken on yet (`[enroll] max_waiting_nodes`).
+    pub max_waiting_nodes: usize,
     /// The certificate both serve; issued by the controller's own CA when unset.
     pub tls: TlsFiles,
     /// Allow a plain (non-TLS) listener on an address other than loopback.
@@ -87,6 +93,9 @@ impl Default for Wake {
 pub struct EventRetention {
     /// Most events kept per node; the oldest go first.
     pub max_per_node: u32,
+    /// Most of those with one reason (a flood of one kind cannot push out the others);
+    /// the oldest of that reason goes first.
+    pub max_per_reason: u32,
     /// Events not repeated for this long are dropped.
     #[serde(with = "duration")]
     pub max_age: Duration,
@@ -96,6 +105,7 @@ impl Default for EventRetention {
     fn default() -> Self {
         Self {
             max_per_node: 200,
+            max_per_reason: 50,
             max_age: Duration::from_secs(14 * 24 * 3600),
         }
     }
@@ -297,6 +307,10 @@ impl ControllerConfig {
             "events.max_per_node must be at least 1"
         );
         anyhow::ensure!(
+            self.events.max_per_reason >= 1,
+            "events.max_per_reason must be at least 1"
+        );
+        anyhow::ensure!(
             self.events.max_age >= Duration::from_secs(60),
             "events.max_age must be at least 1m"
         );
@@ -334,6 +348,14 @@ impl ControllerConfig {
             self.broker_ca.is_none() || self.broker.is_some(),
             "broker.ca_file (--broker-ca) is for an external mqtts:// broker; set broker.url (--broker) too"
         );
+        let l = &self.lifecycle;
+        for (name, d, least) in [
+            ("resend_after", l.resend_after, Duration::from_millis(100)),
+            ("command_ttl", l.command_ttl, Duration::from_secs(1)),
+        ] {
+            // Zero would resend every command on every engine tick, or expire it at once.
+            anyhow::ensure!(d >= least, "lifecycle.{name} must be at least {least:?}");
+        }
         anyhow::ensure!(
             self.lifecycle.max_install_attempts >= 1,
             "lifecycle.max_install_attempts must be at least 1"
@@ -381,6 +403,9 @@ impl Default for ControllerConfig {
             mqtt_tls: false,
             http_tls: false,
             http_max_connections: crate::api::MAX_CONNECTIONS,
+            http_max_event_streams: crate::api::MAX_EVENT_STREAMS,
+            max_waiting_nodes: MAX_WAITING_NODES,
+            mqtt_max_connections: MQTT_MAX_CONNECTIONS,
             tls: TlsFiles::default(),
             insecure_plain: false,
             mosquitto_dir: None,
@@ -401,6 +426,8 @@ pub struct ControllerFile {
     pub http: HttpSection,
     #[serde(default)]
     pub broker: BrokerSection,
+    #[serde(default)]
+    pub enroll: EnrollSection,
     pub lifecycle: Option<Lifecycle>,
     pub plans: Option<BTreeMap<String, PlanConfig>>,
     pub events: Option<EventRetention>,
@@ -415,6 +442,8 @@ pub struct MqttSection {
     pub prefix: Option<String>,
     /// Serve the embedded broker over TLS (`[tls]`).
     pub tls: Option<bool>,
+    /// Clients connected at once; more are closed at once.
+    pub max_connections: Option<usize>,
 }
 
 /// `[broker]`: an external broker (Mosquitto, EMQX, ...) instead of the embedded one.
@@ -440,7 +469,27 @@ pub struct HttpSection {
     pub tls: Option<bool>,
     /// HTTP connections open at once; more wait until one closes.
     pub max_connections: Option<usize>,
+    /// Event streams open at once; more are refused with 503.
+    pub max_event_streams: Option<usize>,
 }
+
+/// `[enroll]`: what enrollment may create.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollSection {
+    /// Enrolled nodes no operator has taken on yet (still `discovered`, not claimed by a
+    /// registration); enrollment is refused beyond it.
+    pub max_waiting_nodes: Option<usize>,
+}
+
+/// Default of `[mqtt] max_connections`: a rack room of agents and its monitors. The
+/// unit's `LimitNOFILE` leaves room for it.
+pub const MQTT_MAX_CONNECTIONS: usize = 20_000;
+
+/// Default of `[enroll] max_waiting_nodes`: the embedded broker's connection cap, so a
+/// whole rack room can enroll at once but a leaked multi-use token cannot grow the
+/// store without bound.
+pub const MAX_WAITING_NODES: usize = 20_000;
 
 impl ControllerFile {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
@@ -474,6 +523,27 @@ impl ControllerFile {
                 "[http] max_connections is {n}; it must be 1..=65536"
             );
             cfg.http_max_connections = n;
+        }
+        if let Some(n) = self.mqtt.max_connections {
+            anyhow::ensure!(
+                (1..=1_000_000).contains(&n),
+                "[mqtt] max_connections is {n}; it must be 1..=1000000"
+            );
+            cfg.mqtt_max_connections = n;
+        }
+        if let Some(n) = self.http.max_event_streams {
+            anyhow::ensure!(
+                (1..=65_536).contains(&n),
+                "[http] max_event_streams is {n}; it must be 1..=65536"
+            );
+            cfg.http_max_event_streams = n;
+        }
+        if let Some(n) = self.enroll.max_waiting_nodes {
+            anyhow::ensure!(
+                n >= 1,
+                "[enroll] max_waiting_nodes is 0; it must be at least 1"
+            );
+            cfg.max_waiting_nodes = n;
         }
         set(&mut cfg.tls, self.tls);
         Ok(())
@@ -575,6 +645,18 @@ installed = \"1m\"\n",
             .unwrap_err()
             .to_string()
             .contains("unknown field `installed`"));
+    }
+
+    #[test]
+    fn zero_resend_and_ttl_are_refused() {
+        for (key, value) in [("resend_after", "0s"), ("command_ttl", "0s")] {
+            let text = format!("[lifecycle]\n{key} = \"{value}\"\n");
+            let file: ControllerFile = toml::from_str(&text).unwrap();
+            let mut cfg = ControllerConfig::default();
+            file.apply(&mut cfg).unwrap();
+            let err = cfg.check().unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
     }
 
     #[test]

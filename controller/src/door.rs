@@ -47,6 +47,7 @@ use crate::api::auth::token_hash;
 use crate::broker::Links;
 use crate::security::Keyring;
 use crate::store::StoreReader;
+use crate::telemetry::{Limit, Telemetry};
 
 /// How long a client has to send its CONNECT.
 const CONNECT_WAIT: Duration = Duration::from_secs(10);
@@ -131,6 +132,51 @@ pub struct Door {
     pub store: StoreReader,
     /// Sessions with rumqttd's router.
     pub links: Links,
+    /// Where bounds hit are counted.
+    pub telemetry: Arc<Telemetry>,
+    /// One permit per open client connection (`[mqtt] max_connections`).
+    pub clients: Arc<tokio::sync::Semaphore>,
+}
+
+/// Largest retained status a node may leave in the broker (a birth or its Will is a few
+/// hundred bytes). A larger one still reaches its subscribers, just not retained.
+pub const MAX_RETAINED_STATUS: usize = 4 * 1024;
+/// Largest retained inventory: the largest the controller accepts, with its proof.
+pub const MAX_RETAINED_INVENTORY: usize = metalbus_protocol::MAX_PAYLOAD_BYTES + 256;
+
+/// The most `who` may leave retained on `topic`: a node on its own status and inventory
+/// (DESIGN section 3), nothing anywhere else. So the broker's retained store holds at
+/// most two bounded messages per node.
+fn retain_bound(who: &Client, topics: &Topics, topic: &[u8]) -> usize {
+    let topic = std::str::from_utf8(topic).unwrap_or("");
+    match (who, topics.parse(topic)) {
+        (Client::Node(me), Ok(Topic::Node(id, NodeTopic::Status))) if id == *me => {
+            MAX_RETAINED_STATUS
+        }
+        (Client::Node(me), Ok(Topic::Node(id, NodeTopic::Inventory))) if id == *me => {
+            MAX_RETAINED_INVENTORY
+        }
+        _ => 0,
+    }
+}
+
+/// Clears the retain flag of a publish over what `who` may retain there; true when it
+/// did.
+fn bound_retained(who: &Client, topics: &Topics, packet: &mut Packet) -> bool {
+    match packet {
+        Packet::Publish(p, _)
+            if p.retain && p.payload.len() > retain_bound(who, topics, &p.topic) =>
+        {
+            debug!(
+                client = who.label(),
+                size = p.payload.len(),
+                "publish not retained: over the bound"
+            );
+            p.retain = false;
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Why a CONNECT is refused.
@@ -241,10 +287,18 @@ pub async fn run(
                 }
             },
         };
+        // At the cap a connection is closed at once: holding it to answer would spend
+        // the very descriptors the cap protects. Agents retry with backoff.
+        let Ok(permit) = door.clients.clone().try_acquire_owned() else {
+            door.telemetry.count_limit(Limit::MqttConnections);
+            debug!(%peer, "MQTT connection closed: at [mqtt] max_connections");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let door = door.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let result = match tls {
                 None => serve(stream, &door).await,
                 Some(acceptor) => {
@@ -339,7 +393,7 @@ where
                     }
                     deadline = Instant::now() + idle;
                     let said_disconnect =
-                        from_client(&who, &door.topics, &mut cbuf, &mut tx, &mut out).await?;
+                        from_client(&who, door, &mut cbuf, &mut tx, &mut out).await?;
                     write_within(&mut client, &out, idle).await?;
                     if said_disconnect {
                         return Ok(());
@@ -375,7 +429,7 @@ where
         // one may already be gone, taken over by a newer connection).
         let _ = tx.send(disconnect()).await;
         if let Some(will) = will {
-            publish_will(door, &session, will).await;
+            publish_will(door, &who, &session, will).await;
         }
     }
     end
@@ -409,7 +463,7 @@ async fn open(
 }
 
 /// Publishes a client's Will through a short session of its own.
-async fn publish_will(door: &Door, session: &str, will: LastWill) {
+async fn publish_will(door: &Door, who: &Client, session: &str, will: LastWill) {
     let name = format!("metalbus-will:{session}");
     let Ok((mut tx, _rx, _)) = open(door, name, true).await else {
         warn!(
@@ -418,8 +472,12 @@ async fn publish_will(door: &Door, session: &str, will: LastWill) {
         );
         return;
     };
+    let mut will = Packet::Publish(will_publish(will), None);
+    if bound_retained(who, &door.topics, &mut will) {
+        door.telemetry.count_limit(Limit::RetainedSize);
+    }
     // The router sees the publish, then the end of the session, in order.
-    let _ = tx.send(Packet::Publish(will_publish(will), None)).await;
+    let _ = tx.send(will).await;
     let _ = tx.send(disconnect()).await;
 }
 
@@ -454,7 +512,7 @@ fn disconnect() -> Packet {
 /// PINGREQ itself (into `out`). `Ok(true)` when the client said DISCONNECT.
 async fn from_client(
     who: &Client,
-    topics: &Topics,
+    door: &Door,
     buf: &mut BytesMut,
     tx: &mut LinkTx,
     out: &mut BytesMut,
@@ -470,8 +528,13 @@ async fn from_client(
                 said_disconnect = true;
                 break Ok(());
             }
-            Ok(Some(packet)) => match inbound(who, topics, packet) {
-                Ok(p) => batch.push(p),
+            Ok(Some(packet)) => match inbound(who, &door.topics, packet) {
+                Ok(mut p) => {
+                    if bound_retained(who, &door.topics, &mut p) {
+                        door.telemetry.count_limit(Limit::RetainedSize);
+                    }
+                    batch.push(p);
+                }
                 Err(why) => break Err(why),
             },
             Err(why) => break Err(why),
@@ -675,7 +738,8 @@ pub fn fuzz_packets(data: &[u8]) {
     let mut out = BytesMut::new();
     while let Ok(Some(packet)) = next(&mut buf, MAX_PACKET_BYTES) {
         for client in &who {
-            if let Ok(p) = inbound(client, &topics, packet.clone()) {
+            if let Ok(mut p) = inbound(client, &topics, packet.clone()) {
+                bound_retained(client, &topics, &mut p);
                 out.clear();
                 let _ = encode(p, &mut out);
             }

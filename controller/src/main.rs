@@ -114,11 +114,13 @@ impl ServeArgs {
                 listen: self.mqtt_listen,
                 prefix: None,
                 tls: self.mqtt_tls.then_some(true),
+                max_connections: None,
             },
             http: HttpSection {
                 listen: self.http_listen,
                 tls: self.http_tls.then_some(true),
                 max_connections: None,
+                max_event_streams: None,
             },
             broker: BrokerSection {
                 url: self.broker,
@@ -126,6 +128,7 @@ impl ServeArgs {
                 mosquitto_dir: None,
                 reload_command: None,
             },
+            enroll: Default::default(),
             lifecycle: None,
             plans: None,
             events: None,

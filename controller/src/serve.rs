@@ -123,7 +123,13 @@ pub async fn run(
                 })?;
             let password = security::random_secret();
             let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-            let embedded = broker::start(loopback, &topics, door::INTERNAL_USER, &password)?;
+            let embedded = broker::start(
+                loopback,
+                &topics,
+                door::INTERNAL_USER,
+                &password,
+                cfg.mqtt_max_connections,
+            )?;
             let addr = public.local_addr()?;
             let url = BrokerUrl {
                 tls: cfg.mqtt_tls,
@@ -141,6 +147,8 @@ pub async fn run(
                 keys: keys.clone(),
                 store: store.reader(),
                 links: embedded.links,
+                telemetry: telemetry.clone(),
+                clients: Arc::new(tokio::sync::Semaphore::new(cfg.mqtt_max_connections)),
             };
             (url, Some(addr), bus_url, login, Some((public, door)))
         }
@@ -262,6 +270,7 @@ pub async fn run(
         live,
         stopping: stop_rx.clone(),
         anchor: identity.anchor(),
+        streams: Arc::new(tokio::sync::Semaphore::new(cfg.http_max_event_streams)),
     };
     let mut http_stop = stop_rx.clone();
     let http_tls = tls.filter(|_| cfg.http_tls);

@@ -35,15 +35,50 @@ pub enum Limit {
     HeldReports,
     /// Early inventories and births waiting for their inventory.
     EarlyInventories,
+    /// Enrolled nodes no operator has taken on yet.
+    WaitingNodes,
+    /// Stored events of one reason per node.
+    EventsPerReason,
+    /// Open event streams.
+    EventStreams,
+    /// A retained publish over what the front door lets a client retain there.
+    RetainedSize,
+    /// MQTT connections to the front door.
+    MqttConnections,
+    /// HTTP connections: one waits for a place.
+    HttpConnections,
+    /// HTTP clients too slow with their TLS handshake, headers or request.
+    HttpSlowClients,
+    /// HTTP heads or bodies over their size.
+    HttpTooLarge,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 2] = [Limit::HeldReports, Limit::EarlyInventories];
+    pub const ALL: [Limit; 10] = [
+        Limit::HeldReports,
+        Limit::EarlyInventories,
+        Limit::WaitingNodes,
+        Limit::EventsPerReason,
+        Limit::EventStreams,
+        Limit::RetainedSize,
+        Limit::MqttConnections,
+        Limit::HttpConnections,
+        Limit::HttpSlowClients,
+        Limit::HttpTooLarge,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Limit::HeldReports => "held_reports",
             Limit::EarlyInventories => "early_inventories",
+            Limit::WaitingNodes => "waiting_nodes",
+            Limit::EventsPerReason => "events_per_reason",
+            Limit::EventStreams => "event_streams",
+            Limit::RetainedSize => "retained_size",
+            Limit::MqttConnections => "mqtt_connections",
+            Limit::HttpConnections => "http_connections",
+            Limit::HttpSlowClients => "http_slow_clients",
+            Limit::HttpTooLarge => "http_too_large",
         }
     }
 }

@@ -102,6 +102,20 @@ impl Controller {
             .unwrap()
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Its resident memory now, in KiB, from `/proc` (`None` once it has exited).
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
     /// The config most tests install with: a default plan `quick`, one demo step of
     /// `seconds`.
     pub fn quick_plan(seconds: &str) -> String {

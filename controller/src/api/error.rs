@@ -30,6 +30,12 @@ pub enum ApiError {
     Timeout(String),
     #[error("{0}")]
     Conflict(String),
+    /// A request body over the API's limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// A bound on what the API holds open at once was reached; try again later.
+    #[error("{0}")]
+    Busy(String),
     #[error("internal error")]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -51,14 +57,15 @@ impl From<CallError> for ApiError {
 impl ApiError {
     fn code(&self) -> ErrorCode {
         match self {
-            ApiError::BadRequest(_) | ApiError::MethodNotAllowed(_) | ApiError::Timeout(_) => {
-                ErrorCode::BadRequest
-            }
+            ApiError::BadRequest(_)
+            | ApiError::MethodNotAllowed(_)
+            | ApiError::Timeout(_)
+            | ApiError::TooLarge(_) => ErrorCode::BadRequest,
             ApiError::Unauthorized(_) => ErrorCode::Unauthorized,
             ApiError::Forbidden => ErrorCode::Forbidden,
             ApiError::NodeNotFound | ApiError::NotFound(_) => ErrorCode::NotFound,
             ApiError::Conflict(_) => ErrorCode::Conflict,
-            ApiError::Store(_) | ApiError::Internal(_) => ErrorCode::Internal,
+            ApiError::Store(_) | ApiError::Internal(_) | ApiError::Busy(_) => ErrorCode::Internal,
         }
     }
 }
@@ -74,6 +81,8 @@ impl IntoResponse for ApiError {
         let status = match self {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::from_u16(code.http_status())
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         };
@@ -95,6 +104,8 @@ mod tests {
             (ApiError::Conflict("x".into()), 409, "Primus.00006"),
             (ApiError::MethodNotAllowed("x".into()), 405, "Primus.00002"),
             (ApiError::Timeout("x".into()), 408, "Primus.00002"),
+            (ApiError::Busy("x".into()), 503, "Primus.00001"),
+            (ApiError::TooLarge("x".into()), 413, "Primus.00002"),
             (
                 ApiError::Store(StoreError::Schema { found: "9".into() }),
                 500,

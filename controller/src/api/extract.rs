@@ -5,6 +5,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
+use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
@@ -57,7 +58,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
         axum::Json::<T>::from_request(req, state)
             .await
             .map(|axum::Json(v)| ApiJson(v))
-            .map_err(|e: JsonRejection| ApiError::BadRequest(e.body_text()))
+            .map_err(|e: JsonRejection| body_refused(e.status(), e.body_text()))
     }
 }
 
@@ -71,12 +72,27 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = Bytes::from_request(req, state)
             .await
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(OptionalJson(T::default()));
-        }
-        serde_json::from_slice(&bytes)
-            .map(OptionalJson)
-            .map_err(|e| ApiError::BadRequest(format!("bad JSON body: {e}")))
+            .map_err(|e| body_refused(e.status(), e.body_text()))?;
+        optional_json(&bytes).map(OptionalJson)
     }
+}
+
+/// A body axum refused: 413 when it is over the body limit (docs/LIMITS.md), else 400.
+fn body_refused(status: StatusCode, text: String) -> ApiError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::TooLarge(format!(
+            "the request body is over the limit of {} bytes",
+            super::MAX_BODY_BYTES
+        ))
+    } else {
+        ApiError::BadRequest(text)
+    }
+}
+
+/// An [`OptionalJson`] body from its bytes: all whitespace (or none) is `T::default()`.
+pub fn optional_json<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest(format!("bad JSON body: {e}")))
 }

@@ -34,7 +34,7 @@ use crate::config::ControllerConfig;
 use crate::engine::Input;
 use crate::live::LiveFeed;
 use crate::store::StoreReader;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{Limit, Telemetry};
 use error::ApiError;
 
 /// What handlers share.
@@ -55,6 +55,8 @@ pub struct AppState {
     pub stopping: tokio::sync::watch::Receiver<bool>,
     /// The controller identity's anchor, which new enrollment tokens carry.
     pub anchor: [u8; 32],
+    /// One permit per open event stream (`[http] max_event_streams`).
+    pub streams: Arc<Semaphore>,
 }
 
 /// Declares a list of routes once: the `(method, path)` table (in OpenAPI's `{param}`
@@ -120,7 +122,11 @@ pub fn router(state: AppState) -> Router {
     api.merge(open_routes())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
-        .layer(middleware::from_fn(request_deadline))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            state.telemetry.clone(),
+            request_deadline,
+        ))
         .with_state(state)
 }
 
@@ -135,6 +141,11 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// the listen backlog until one closes, so the API cannot take every file descriptor
 /// the embedded broker needs.
 pub const MAX_CONNECTIONS: usize = 1024;
+/// Default of `[http] max_event_streams`: event streams open at once. Each holds a
+/// connection and a copy of every committed change, so they are fewer than connections.
+pub const MAX_EVENT_STREAMS: usize = 256;
+/// Largest request body read (413 beyond it).
+pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 /// Largest request head (line and headers) read.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
@@ -148,12 +159,16 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(state.config.http_max_connections.max(1)));
+    let telemetry = state.telemetry.clone();
     let app = router(state);
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
+        if permits.available_permits() == 0 {
+            telemetry.count_limit(Limit::HttpConnections);
+        }
         let permit = tokio::select! {
             _ = &mut shutdown => break,
             permit = permits.clone().acquire_owned() => match permit {
@@ -174,14 +189,15 @@ pub async fn serve(
             },
         };
         let (app, acceptor, stop) = (app.clone(), acceptor.clone(), stop_rx.clone());
+        let telemetry = telemetry.clone();
         connections.spawn(async move {
             match acceptor {
-                None => connection(tcp, app, stop).await,
+                None => connection(tcp, app, stop, &telemetry).await,
                 Some(acceptor) => {
-                    if let Ok(Ok(tls)) =
-                        tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await
-                    {
-                        connection(tls, app, stop).await;
+                    match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => connection(tls, app, stop, &telemetry).await,
+                        Ok(Err(_)) => {}
+                        Err(_) => telemetry.count_limit(Limit::HttpSlowClients),
                     }
                 }
             }
@@ -195,8 +211,12 @@ pub async fn serve(
 }
 
 /// One HTTP/1.1 connection, until it closes or `stop` asks it to finish what it has.
-async fn connection<S>(stream: S, app: Router, mut stop: watch::Receiver<bool>)
-where
+async fn connection<S>(
+    stream: S,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+    telemetry: &Telemetry,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper_util::service::TowerToHyperService::new(app);
@@ -204,30 +224,49 @@ where
     builder
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
-        .max_buf_size(MAX_HEAD_BYTES);
+        .max_header_size(MAX_HEAD_BYTES);
     let conn = builder
         .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
         _ = stop.changed() => {
             conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
+        if e.is_timeout() {
+            telemetry.count_limit(Limit::HttpSlowClients);
+        } else if e.is_parse_too_large() {
+            telemetry.count_limit(Limit::HttpTooLarge);
         }
     }
 }
 
 /// Answers 408 when a request is not answered within [`REQUEST_TIMEOUT`]: a client that
 /// sends its body slowly, or a call the engine is slow with, holds nothing for ever.
-async fn request_deadline(request: Request, next: Next) -> Response {
+async fn request_deadline(
+    State(telemetry): State<Arc<Telemetry>>,
+    request: Request,
+    next: Next,
+) -> Response {
     match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => ApiError::Timeout(format!(
-            "the request was not complete within {} s",
-            REQUEST_TIMEOUT.as_secs()
-        ))
-        .into_response(),
+        Ok(response) => {
+            if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                telemetry.count_limit(Limit::HttpTooLarge);
+            }
+            response
+        }
+        Err(_) => {
+            telemetry.count_limit(Limit::HttpSlowClients);
+            ApiError::Timeout(format!(
+                "the request was not complete within {} s",
+                REQUEST_TIMEOUT.as_secs()
+            ))
+            .into_response()
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 //! `removed`. The reader subscribes before the snapshot is read, so a change that
 //! commits in between is seen (possibly twice: states are idempotent), never missed.
 //! A reader too slow to keep up gets `lagged` with the number of changes it missed.
+//! At most `[http] max_event_streams` are open at once; one more is refused with 503.
 
 use metalbus_protocol::api::ErrorBody;
 use std::convert::Infallible;
@@ -18,6 +19,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::error::ApiError;
 use super::AppState;
 use crate::engine::Engine;
+use crate::telemetry::Limit;
 
 fn sse(name: &str, body: &impl serde::Serialize) -> Event {
     Event::default()
@@ -36,12 +38,20 @@ fn sse(name: &str, body: &impl serde::Serialize) -> Event {
         (status = 200, description = "`text/event-stream`: events `state`, `ready`, `transition`, `event`, `removed`, `lagged` (docs/PROTOCOL.md)", content_type = "text/event-stream", body = String),
         (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
         (status = 500, description = "Internal error (`Primus.00001`)", body = ErrorBody),
+        (status = 503, description = "As many event streams are open as `[http] max_event_streams` allows (`Primus.00001`)", body = ErrorBody),
     ),
     security(("bearer" = [])),
 )]
 pub async fn events(
     State(state): State<AppState>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let Ok(permit) = state.streams.clone().try_acquire_owned() else {
+        state.telemetry.count_limit(Limit::EventStreams);
+        return Err(ApiError::Busy(format!(
+            "{} event streams are open, the most this controller allows ([http] max_event_streams); try again later",
+            state.config.http_max_event_streams
+        )));
+    };
     let rx = state.live.subscribe();
     let mut nodes = state.store.nodes()?;
     nodes.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
@@ -51,7 +61,8 @@ pub async fn events(
         .collect();
     snapshot.push(sse("ready", &serde_json::json!({ "nodes": nodes.len() })));
 
-    let live = stream::unfold(rx, |mut rx| async move {
+    // The permit lives as long as the stream: it is freed when the client goes.
+    let live = stream::unfold((rx, permit), |(mut rx, permit)| async move {
         let event = match rx.recv().await {
             Ok(ev) => sse(ev.name(), &*ev),
             Err(RecvError::Lagged(missed)) => {
@@ -59,7 +70,7 @@ pub async fn events(
             }
             Err(RecvError::Closed) => return None,
         };
-        Some((event, rx))
+        Some((event, (rx, permit)))
     });
     let mut stopping = state.stopping.clone();
     let stop = async move {

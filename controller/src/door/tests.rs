@@ -33,6 +33,8 @@ fn door() -> (Door, Store) {
         keys,
         store: store.reader(),
         links: Arc::new(|_: &str, _: bool| Err("no broker in unit tests".to_string())),
+        telemetry: Arc::new(crate::telemetry::Telemetry::new()),
+        clients: Arc::new(tokio::sync::Semaphore::new(16)),
     };
     (door, store)
 }
@@ -206,6 +208,41 @@ fn after_login_a_second_connect_or_a_wildcard_publish_ends_the_connection() {
         Ok(Packet::Subscribe(s, _)) => assert_eq!(s.filters[0].qos, QoS::AtLeastOnce),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn a_node_retains_only_its_status_and_inventory_and_only_up_to_their_bounds() {
+    let t = Topics::default();
+    let node = Client::Node(id("n1"));
+    let retained = |topic: &str, size: usize| {
+        let payload = vec![b' '; size];
+        let mut p = Packet::Publish(Publish::new(topic.as_bytes().to_vec(), payload, true), None);
+        let stripped = bound_retained(&node, &t, &mut p);
+        match p {
+            Packet::Publish(p, _) => {
+                assert_eq!(p.retain, !stripped);
+                assert_eq!(p.payload.len(), size, "the payload is forwarded whole");
+                p.retain
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    let status = "metalbus/v1/nodes/n1/status";
+    let inventory = "metalbus/v1/nodes/n1/inventory";
+    assert!(retained(status, 300));
+    assert!(retained(status, MAX_RETAINED_STATUS));
+    assert!(!retained(status, MAX_RETAINED_STATUS + 1));
+    assert!(retained(inventory, MAX_RETAINED_INVENTORY));
+    assert!(!retained(inventory, MAX_RETAINED_INVENTORY + 1));
+    for k in ["metrics", "reports"] {
+        assert!(!retained(&format!("metalbus/v1/nodes/n1/{k}"), 10), "{k}");
+    }
+    // An enrolling agent retains nothing, on any node's topic.
+    let mut p = Packet::Publish(
+        Publish::new("metalbus/v1/nodes/x/enroll".to_string(), "{}".into(), true),
+        None,
+    );
+    assert!(bound_retained(&Client::Enrolling, &t, &mut p));
 }
 
 #[test]

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use metalbus_protocol::enroll::{self, EnrollRequest, EnrollToken};
 use metalbus_protocol::event::EventReason;
+use metalbus_protocol::lifecycle::NodeState;
 use metalbus_protocol::proof::{decode_hex, Identity, NodeKey, KEY_BYTES};
 use metalbus_protocol::status::OfflineReason;
 use metalbus_protocol::topic::NodeTopic;
@@ -23,6 +24,7 @@ use super::{CallError, Engine, KeyChange};
 use crate::publish::{Delivery, Outbound};
 use crate::security::Keyring;
 use crate::store::{CredentialRecord, EnrollTokenRecord, Store, StoreError};
+use crate::telemetry::Limit;
 
 /// Longest hostname an enrollment request may carry (it is logged): a birth's.
 const MAX_HOSTNAME: usize = metalbus_protocol::status::Status::MAX_HOSTNAME;
@@ -231,6 +233,16 @@ impl Engine {
         if !again && record.max_uses.is_some_and(|max| record.uses >= max) {
             return Err(format!("enrollment token {} has been used up", token.id));
         }
+        let max_waiting = self.cfg.controller.max_waiting_nodes;
+        if !again && record.registration.is_none() && self.waiting_nodes() >= max_waiting {
+            batch.counts.limit(Limit::WaitingNodes);
+            return Err(format!(
+                "{max_waiting} enrolled nodes are waiting for an operator ([enroll] \
+                 max_waiting_nodes); manage, register or retire some, or revoke the ones \
+                 that are not yours (metalbus nodes revoke NODE)"
+            ));
+        }
+        let creds = &mut self.credentials;
         let rng = ring::rand::SystemRandom::new();
         let (reply, key) = enroll::accept(&rng, &token, id, &request, &creds.identity.public_key())
             .map_err(|e| e.to_string())?;
@@ -254,6 +266,23 @@ impl Engine {
         batch.durable = true;
         info!(node = %id, token = %token.id, hostname = %request.hostname, "node enrolled");
         Ok((key, reply))
+    }
+
+    /// Enrolled nodes no operator has taken on: a live credential not made for a
+    /// registration whose node has not been born yet or is still `discovered`.
+    fn waiting_nodes(&self) -> usize {
+        let nodes = &self.fleet.nodes;
+        self.credentials
+            .creds
+            .iter()
+            .filter(|(id, c)| {
+                c.revoked_at.is_none()
+                    && c.registration.is_none()
+                    && nodes
+                        .get(*id)
+                        .is_none_or(|n| n.state == NodeState::Discovered)
+            })
+            .count()
     }
 
     /// A token or credential change from an operator: refused at once, or answered

@@ -48,7 +48,7 @@ pub use calls::{Action, Call, CallError, NodeUpdate, Registration, Reply};
 pub use input::{Input, KeyChange};
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -139,7 +139,7 @@ pub struct Engine {
     /// Install resends waiting for their backoff: (due, node), earliest first.
     install_retries: BinaryHeap<Reverse<(Timestamp, NodeId)>>,
     /// Reports that came after a gap, per node, by seq.
-    held: HashMap<NodeId, BTreeMap<u64, Sequenced>>,
+    held: reports::Held,
     /// Wake calls answered once their packets went out.
     waiting_wakes: HashMap<CommandId, (ReplyTo, Done)>,
     retry: Retry,
@@ -171,7 +171,7 @@ impl Engine {
             arrivals: Arrivals::default(),
             commands,
             install_retries: BinaryHeap::new(),
-            held: HashMap::new(),
+            held: reports::Held::default(),
             waiting_wakes: HashMap::new(),
             retry: Retry::default(),
             reconciler: Reconciler {

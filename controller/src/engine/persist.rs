@@ -7,14 +7,19 @@ use tracing::{error, info};
 
 use super::batch::Batch;
 use super::Engine;
-use crate::store::StoreError;
+use crate::store::{EventBounds, StoreError};
+use crate::telemetry::Limit;
 
 impl Engine {
     /// One transaction: nodes, inventories, audit entries, commands, events and tokens.
     pub(super) fn commit(&mut self, batch: &Batch, now: Timestamp) -> Result<(), StoreError> {
         let retention = self.cfg.controller.events;
         let cutoff = now.minus(retention.max_age);
-        let max_events = usize::try_from(retention.max_per_node).unwrap_or(usize::MAX);
+        let keep = EventBounds {
+            per_node: usize::try_from(retention.max_per_node).unwrap_or(usize::MAX),
+            per_reason: usize::try_from(retention.max_per_reason).unwrap_or(usize::MAX),
+        };
+        let mut dropped_for_reason = 0u64;
         let durability = if batch.durable {
             Durability::Immediate
         } else {
@@ -40,7 +45,7 @@ impl Engine {
                 tx.put_command(rec)?;
             }
             for (id, event) in &batch.events {
-                tx.put_event(id, event, max_events, cutoff)?;
+                dropped_for_reason += u64::from(tx.put_event(id, event, keep, cutoff)?);
             }
             for (hash, token) in &batch.tokens {
                 tx.put_token(hash, token)?;
@@ -61,7 +66,11 @@ impl Engine {
                 }
             }
             Ok(())
-        })
+        })?;
+        for _ in 0..dropped_for_reason {
+            self.telemetry.count_limit(Limit::EventsPerReason);
+        }
+        Ok(())
     }
 
     /// Drops events older than `[events] max_age`, also of nodes that no longer add any.

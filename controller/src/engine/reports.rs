@@ -7,6 +7,8 @@ use metalbus_protocol::event::EventReason;
 use metalbus_protocol::machine::Event;
 use metalbus_protocol::report::{JobStatus, Report, ReportBody};
 use metalbus_protocol::{NodeId, Timestamp};
+use std::collections::{BTreeMap, HashMap};
+
 use tracing::{debug, warn};
 
 use super::batch::{Batch, Tally};
@@ -22,6 +24,71 @@ use crate::telemetry::Limit;
 pub(super) const MAX_HELD_REPORTS: usize = 256;
 /// Reports held for all nodes together.
 pub(super) const MAX_HELD_REPORTS_TOTAL: usize = 16_384;
+/// Bytes of reports (as JSON) held per node.
+pub(super) const MAX_HELD_BYTES: usize = 1024 * 1024;
+/// Bytes of reports held for all nodes together.
+pub(super) const MAX_HELD_BYTES_TOTAL: usize = 64 * 1024 * 1024;
+
+/// Reports waiting for a gap to fill, per node, with their count and size in all.
+#[derive(Debug, Default)]
+pub(super) struct Held {
+    by_node: HashMap<NodeId, BTreeMap<u64, (Sequenced, usize)>>,
+    count: usize,
+    bytes: usize,
+}
+
+impl Held {
+    /// Keeps `report` unless a bound of count or bytes, per node or in all, would be
+    /// passed; false when it was not kept.
+    fn insert(&mut self, id: &NodeId, report: Sequenced) -> bool {
+        let size = report.size();
+        let held = self.by_node.entry(id.clone()).or_default();
+        if held.contains_key(&report.seq()) {
+            return true;
+        }
+        let node_bytes: usize = held.values().map(|(_, b)| b).sum();
+        let fits = held.len() < MAX_HELD_REPORTS
+            && self.count < MAX_HELD_REPORTS_TOTAL
+            && node_bytes + size <= MAX_HELD_BYTES
+            && self.bytes + size <= MAX_HELD_BYTES_TOTAL;
+        if fits {
+            held.insert(report.seq(), (report, size));
+            self.count += 1;
+            self.bytes += size;
+        }
+        fits
+    }
+
+    /// Takes the report held at `seq` for `id`.
+    fn take(&mut self, id: &NodeId, seq: u64) -> Option<Sequenced> {
+        let held = self.by_node.get_mut(id)?;
+        let (report, size) = held.remove(&seq)?;
+        if held.is_empty() {
+            self.by_node.remove(id);
+        }
+        self.count -= 1;
+        self.bytes -= size;
+        Some(report)
+    }
+
+    /// Forgets every report held for `id`.
+    fn clear(&mut self, id: &NodeId) {
+        for (_, size) in self
+            .by_node
+            .remove(id)
+            .into_iter()
+            .flat_map(BTreeMap::into_values)
+        {
+            self.count -= 1;
+            self.bytes -= size;
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
 
 /// One place in a node's report stream.
 #[derive(Debug)]
@@ -45,6 +112,14 @@ impl Sequenced {
         match self {
             Sequenced::Report(r) => r.seq,
             Sequenced::Refused { place, .. } => place.seq,
+        }
+    }
+
+    /// About what holding it costs: its JSON size.
+    fn size(&self) -> usize {
+        match self {
+            Sequenced::Report(r) => serde_json::to_vec(r).map_or(0, |v| v.len()),
+            Sequenced::Refused { place, error } => place.session.len() + error.len() + 16,
         }
     }
 }
@@ -88,7 +163,7 @@ impl Engine {
             after.report_session = Some(report.session().to_string());
             after.last_applied_seq = report.seq() - 1;
             last = after.last_applied_seq;
-            self.held.remove(id);
+            self.held.clear(id);
             self.replace(node, after, now, batch);
         }
         if report.seq() <= last {
@@ -119,19 +194,16 @@ impl Engine {
             batch.durable = true;
             batch.receipts.insert(id.clone());
             batch.counts.add(Tally::Applied);
-            next = self.held.get_mut(id).and_then(|h| h.remove(&(seq + 1)));
+            next = self.held.take(id, seq + 1);
         }
     }
 
     /// Keeps a report that came after a gap (bounded; the agent resends anyway).
     fn hold(&mut self, id: &NodeId, report: Sequenced, batch: &mut Batch) {
         batch.counts.add(Tally::HeldBack);
-        let total: usize = self.held.values().map(|h| h.len()).sum();
-        let held = self.held.entry(id.clone()).or_default();
-        if held.len() < MAX_HELD_REPORTS && total < MAX_HELD_REPORTS_TOTAL {
-            held.insert(report.seq(), report);
-        } else if !held.contains_key(&report.seq()) {
-            debug!(node = %id, seq = report.seq(), "held reports full; the agent sends this one again");
+        let seq = report.seq();
+        if !self.held.insert(id, report) {
+            debug!(node = %id, seq, "held reports full; the agent sends this one again");
             batch.counts.limit(Limit::HeldReports);
         }
     }

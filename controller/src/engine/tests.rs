@@ -33,7 +33,7 @@ pub(super) fn rig() -> Rig {
     rig_with(crate::config::ControllerConfig::default())
 }
 
-fn rig_with(cfg: crate::config::ControllerConfig) -> Rig {
+pub(super) fn rig_with(cfg: crate::config::ControllerConfig) -> Rig {
     let telemetry = Arc::new(Telemetry::new());
     let store = Store::in_memory(telemetry.clone()).unwrap();
     let clock = Arc::new(FakeClock::at(1_700_000_000_000));
@@ -96,7 +96,7 @@ impl Rig {
     }
 
     /// The controller restarts: a new engine over the same store, with `cfg`.
-    fn restart(self, cfg: crate::config::ControllerConfig) -> Rig {
+    pub(super) fn restart(self, cfg: crate::config::ControllerConfig) -> Rig {
         let store = self.engine.into_store();
         let (engine, out, wakes) = engine_on(store, &self.clock, Arc::new(Telemetry::new()), cfg);
         Rig {
@@ -112,7 +112,7 @@ fn id(s: &str) -> NodeId {
     NodeId::new(s).unwrap()
 }
 
-fn birth(node: &str, conn: u64, session: &str, hostname: &str) -> Input {
+pub(super) fn birth(node: &str, conn: u64, session: &str, hostname: &str) -> Input {
     Input::Status {
         id: id(node),
         status: Status::Birth(Birth {
@@ -648,7 +648,7 @@ fn a_refused_report_takes_its_place_so_the_stream_moves_on() {
     assert_eq!(receipts(&r.published()), vec![1]);
 }
 
-fn limit_hits(r: &Rig, limit: &str) -> u64 {
+pub(super) fn limit_hits(r: &Rig, limit: &str) -> u64 {
     let line = format!("metalbus_limit_hits_total{{limit=\"{limit}\"}} ");
     r.engine
         .telemetry
@@ -1569,4 +1569,33 @@ fn a_wake_is_queued_handed_to_the_wake_task_and_answered_with_its_outcome() {
         error: None,
     }]);
     assert!(r.store.command("c-not-a-wake").unwrap().is_none());
+}
+
+#[test]
+fn held_reports_are_bounded_in_bytes_per_node() {
+    let mut r = rig();
+    r.engine.apply(vec![birth("n1", 1, "s", "h")]);
+    r.engine.apply(vec![report("o1", 1, "c-1", "progress")]);
+    // 2 is missing; the rest wait, each about 8 KiB: the node's byte bound, not its
+    // count bound, stops them.
+    let big = |seq: u64| {
+        let mut input = report("o1", seq, "c-1", "failed");
+        if let Input::Report { report, .. } = &mut input {
+            if let metalbus_protocol::report::ReportBody::Job { error, .. } = &mut report.body {
+                *error = Some("e".repeat(8_000));
+            }
+        }
+        input
+    };
+    r.engine.apply((3..=200).map(big).collect());
+    let held = r.engine.held.bytes();
+    assert!(held <= super::reports::MAX_HELD_BYTES, "{held}");
+    assert!(held > super::reports::MAX_HELD_BYTES - 10_000, "{held}");
+    let kept = held / 8_000;
+    assert!(kept < super::reports::MAX_HELD_REPORTS, "{kept}");
+    assert!(limit_hits(&r, "held_reports") >= 198 - kept as u64);
+    // The gap fills: everything held applies and is let go.
+    r.engine.apply(vec![report("o1", 2, "c-1", "progress")]);
+    assert_eq!(r.engine.held.bytes(), 0);
+    assert!(r.node("n1").last_applied_seq > 2);
 }

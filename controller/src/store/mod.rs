@@ -52,6 +52,13 @@ const COMMANDS: TableDefinition<&str, &[u8]> = TableDefinition::new("commands");
 /// store-wide facts, e.g. `schema`
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
+/// How many events a node keeps: in all, and with one reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventBounds {
+    pub per_node: usize,
+    pub per_reason: usize,
+}
+
 const SCHEMA_VERSION: &[u8] = b"1";
 
 /// Store failures, with what was being done.
@@ -613,15 +620,18 @@ impl WriteTx<'_> {
     }
 
     /// Records `event` for `node`. A repeat of one of the node's stored events replaces
-    /// it with `count` bumped, moved to the newest place. Keeps at most `max_per_node`
-    /// events and drops the node's events last seen before `cutoff`.
+    /// it with `count` bumped, moved to the newest place. Keeps at most `keep.per_node`
+    /// events, at most `keep.per_reason` of them with the event's reason (the oldest of
+    /// that reason goes first, so one noisy reason cannot push out the others), and
+    /// drops the node's events last seen before `cutoff`. True when an event was dropped
+    /// for its reason.
     pub fn put_event(
         &mut self,
         node: &NodeId,
         event: &NodeEvent,
-        max_per_node: usize,
+        keep: EventBounds,
         cutoff: Timestamp,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let mut t = tryop!("open events", self.txn.open_table(EVENTS));
         let key = node.as_str();
         // An unreadable entry (`None`) is dropped rather than blocking every later event.
@@ -647,15 +657,43 @@ impl WriteTx<'_> {
             "write events",
             t.insert((key, next), encode("events", &record)?.as_slice())
         );
-        // Oldest first: drop the aged, then whatever is over the limit.
-        let keep_from = stored.len().saturating_sub(max_per_node.saturating_sub(1));
-        for (i, (n, ev)) in stored.iter().enumerate() {
+        // Oldest first: the oldest of this reason over its bound, then the aged, then
+        // whatever is over the node's bound.
+        let same_reason: Vec<usize> = (0..stored.len())
+            .filter(|&i| {
+                stored[i]
+                    .1
+                    .as_ref()
+                    .is_some_and(|e| e.reason == event.reason)
+            })
+            .collect();
+        let over_reason = same_reason
+            .len()
+            .saturating_sub(keep.per_reason.saturating_sub(1));
+        let mut dropped = vec![false; stored.len()];
+        for &i in &same_reason[..over_reason] {
+            dropped[i] = true;
+        }
+        let kept_before = stored.len() - over_reason;
+        let mut over_node = kept_before.saturating_sub(keep.per_node.saturating_sub(1));
+        for (i, (_, ev)) in stored.iter().enumerate() {
             let aged = ev.as_ref().is_none_or(|e| e.last_timestamp < cutoff);
-            if i < keep_from || aged {
+            if dropped[i] {
+                continue;
+            }
+            if over_node > 0 {
+                over_node -= 1;
+                dropped[i] = true;
+            } else if aged {
+                dropped[i] = true;
+            }
+        }
+        for (i, (n, _)) in stored.iter().enumerate() {
+            if dropped[i] {
                 tryop!("write events", t.remove((key, *n)));
             }
         }
-        Ok(())
+        Ok(over_reason > 0)
     }
 
     /// Drops every event last seen before `cutoff`; returns how many.
@@ -817,13 +855,50 @@ mod tests {
     }
 
     fn put(store: &mut Store, e: &NodeEvent, max: usize, cutoff_s: i64) {
+        put_within(store, e, max, max, cutoff_s);
+    }
+
+    fn put_within(
+        store: &mut Store,
+        e: &NodeEvent,
+        per_node: usize,
+        per_reason: usize,
+        cutoff_s: i64,
+    ) -> bool {
         let node = NodeId::new("n1").unwrap();
         let cutoff = Timestamp::from_unix_millis(cutoff_s * 1000);
+        let keep = EventBounds {
+            per_node,
+            per_reason,
+        };
         store
             .write(Durability::Immediate, |tx| {
-                tx.put_event(&node, e, max, cutoff)
+                tx.put_event(&node, e, keep, cutoff)
             })
-            .unwrap();
+            .unwrap()
+    }
+
+    #[test]
+    fn one_noisy_reason_cannot_push_the_others_out() {
+        let mut store = Store::in_memory(Arc::new(Telemetry::new())).unwrap();
+        let (n, w) = (EventType::Normal, EventType::Warning);
+        use EventReason::{MessageRejected as R, NodeOnline as A, StuckState as D};
+        assert!(!put_within(&mut store, &ev(n, A, 1), 10, 3, 0));
+        assert!(!put_within(&mut store, &ev(w, D, 2), 10, 3, 0));
+        // A flood of distinct texts with one reason: each is a new event.
+        let mut dropped = 0;
+        for i in 0..50 {
+            let mut flood = ev(w, R, 10 + i);
+            flood.message = format!("rejected #{i}");
+            dropped += u32::from(put_within(&mut store, &flood, 10, 3, 0));
+        }
+        assert_eq!(dropped, 47);
+        let kept = stored(&store, EventFilter::default());
+        assert_eq!(kept, vec![(R, 1), (R, 1), (R, 1), (D, 1), (A, 1)]);
+        let newest = &store
+            .events(&NodeId::new("n1").unwrap(), &EventFilter::default(), 1)
+            .unwrap()[0];
+        assert_eq!(newest.message, "rejected #49");
     }
 
     fn stored(store: &Store, filter: EventFilter) -> Vec<(EventReason, u64)> {

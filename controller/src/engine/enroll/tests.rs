@@ -12,7 +12,7 @@ use super::super::Input;
 use crate::publish::Outbound;
 use crate::security::{self, Keyring};
 
-use super::super::tests::{rig, Rig};
+use super::super::tests::{birth, limit_hits, rig, Rig};
 
 fn id(s: &str) -> NodeId {
     NodeId::new(s).unwrap()
@@ -102,6 +102,31 @@ fn an_enrolled_key_is_stored_and_on_the_keyring_before_the_answer_goes_out() {
         sample: serde_json::from_str(r#"{"ts":"2026-01-01T00:00:00Z"}"#).unwrap(),
     }]);
     assert!(r.store.credentials().unwrap()[0].1.confirmed);
+}
+
+#[test]
+fn a_multi_use_token_cannot_grow_the_fleet_past_the_waiting_bound() {
+    let mut r = rig();
+    let cfg = crate::config::ControllerConfig {
+        max_waiting_nodes: 2,
+        ..Default::default()
+    };
+    r.engine.cfg.controller = std::sync::Arc::new(cfg);
+    let token = r.token("fleet", None, None);
+    r.enroll("w1", &token, t(0)).unwrap();
+    r.enroll("w2", &token, t(0)).unwrap();
+    let refused = r.enroll("w3", &token, t(0)).unwrap_err();
+    assert!(refused.contains("max_waiting_nodes"), "{refused}");
+    assert_eq!(r.store.credentials().unwrap().len(), 2);
+    assert_eq!(limit_hits(&r, "waiting_nodes"), 1);
+    // The lost answer of a waiting node may still be retried.
+    r.enroll("w2", &token, t(1)).unwrap();
+    // Once an operator takes one on (here: the node left `discovered`), there is room.
+    r.engine.apply(vec![birth("w1", 1, "s", "w1")]);
+    r.enroll("w3", &token, t(0)).unwrap_err();
+    let w1 = r.engine.fleet.nodes.get_mut(&id("w1")).unwrap();
+    w1.state = metalbus_protocol::lifecycle::NodeState::Pending;
+    r.enroll("w3", &token, t(0)).unwrap();
 }
 
 #[test]
