@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use metalbus_protocol::status::Status;
 use serde::Deserialize;
 
 pub use metalbus_link::LogFormat;
@@ -160,6 +161,16 @@ pub fn check(cfg: &AgentConfig) -> anyhow::Result<()> {
             humantime::format_duration(cfg.metrics_interval)
         );
     }
+    // Every birth announces it, and the controller refuses a birth with more than this:
+    // the node would never come online.
+    let longest = Duration::from_secs(u64::from(Status::MAX_METRICS_INTERVAL_S));
+    if cfg.metrics_interval > longest {
+        anyhow::bail!(
+            "metrics_interval {} is too long; use at most {}",
+            humantime::format_duration(cfg.metrics_interval),
+            humantime::format_duration(longest)
+        );
+    }
     if cfg.resend_after < Duration::from_millis(100) {
         anyhow::bail!("resend_after must be at least 100ms");
     }
@@ -213,6 +224,19 @@ mod tests {
         assert!(bad.apply(&mut cfg).is_err());
         cfg.metrics_interval = Duration::from_millis(1);
         assert!(check(&cfg).is_err());
+    }
+
+    /// Found by the `agent_config` fuzz target (`agent/fuzz/artifacts/agent_config/`).
+    #[test]
+    fn a_metrics_interval_the_controller_refuses_is_refused() {
+        let mut cfg = AgentConfig {
+            metrics_interval: Duration::from_secs(24 * 3600),
+            ..AgentConfig::default()
+        };
+        check(&cfg).unwrap();
+        cfg.metrics_interval = Duration::from_secs(2 * 24 * 3600);
+        let err = check(&cfg).unwrap_err().to_string();
+        assert_eq!(err, "metrics_interval 2days is too long; use at most 1day");
     }
 
     #[test]

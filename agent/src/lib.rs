@@ -21,6 +21,8 @@ pub mod config;
 pub mod core;
 pub mod credential;
 pub mod daemon;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod host;
 pub mod jobs;
 pub mod outbox;

@@ -1,14 +1,28 @@
-//! Entry points for fuzzing the controller's own decoding of network bytes (issue 12):
-//! ingest (behind the origin proof, which the `ingest` target can add) and the front
-//! door's MQTT packet decoding and checks. The protocol's decoders have targets of their
-//! own (`metalbus_protocol::fuzz`).
+//! Entry points for fuzzing the controller's own decoding of outside bytes (issue 12):
+//! ingest (behind the origin proof, which the `ingest` target can add), the front
+//! door's MQTT packet decoding and checks, the config file `serve` reads, and the HTTP
+//! API's request bodies. The protocol's decoders have targets of their own
+//! (`metalbus_protocol::fuzz`).
 //!
 //! `controller/fuzz/` runs them under libFuzzer; `cargo test` replays their corpus.
 
+use std::fmt::Debug;
+
+use axum::response::IntoResponse;
+use metalbus_protocol::api::{
+    ManageRequest, NodeUpdateRequest, RegisterRequest, StateChange, TokenRequest,
+};
+use metalbus_protocol::enroll::{valid_token_id, EnrollToken};
 use metalbus_protocol::proof::{self, NodeKey};
 use metalbus_protocol::topic::Topics;
-use metalbus_protocol::{NodeId, MAX_COUNTER};
+use metalbus_protocol::{NodeId, Timestamp, MAX_COUNTER};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
+use crate::api::admin::{NewToken, MAX_TOKEN_TTL};
+use crate::api::error::ApiError;
+use crate::api::{extract, lifecycle};
+use crate::config::{ControllerConfig, ControllerFile};
 use crate::door;
 use crate::ingest;
 use crate::security::Keyring;
@@ -16,7 +30,12 @@ use crate::security::Keyring;
 use metalbus_protocol::fuzz::Target;
 
 /// The targets, by name (the file names under `controller/fuzz/fuzz_targets/`).
-pub const TARGETS: [(&str, Target); 2] = [("ingest", ingest_message), ("mqtt_packet", mqtt_packet)];
+pub const TARGETS: [(&str, Target); 4] = [
+    ("ingest", ingest_message),
+    ("mqtt_packet", mqtt_packet),
+    ("config", config_file),
+    ("http_body", http_body),
+];
 
 const KINDS: [&str; 8] = [
     "status",
@@ -62,9 +81,198 @@ pub fn mqtt_packet(data: &[u8]) {
     door::fuzz_packets(data);
 }
 
+/// The config file as `metalbus serve --config FILE` takes it: text (the loader's
+/// `read_to_string` refuses bytes that are not UTF-8), then everything `serve` does
+/// before it opens anything; a refusal's message is made as the daemon prints it. What
+/// passes has plans the agent takes.
+pub fn config_file(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match resolve(text) {
+        Err(e) => {
+            let _ = format!("{e:#}");
+        }
+        Ok(cfg) => {
+            for name in cfg.plans.keys() {
+                let plan = cfg
+                    .pick_plan(Some(name))
+                    .expect("a configured plan is found");
+                assert_eq!(plan.validate(), Ok(()));
+            }
+            assert_eq!(cfg.deprovision_plan().validate(), Ok(()));
+            let _ = cfg.pick_plan(None);
+        }
+    }
+}
+
+/// `ControllerFile::load` after the read, `apply` over the defaults, then `serve::run`'s
+/// own checks.
+fn resolve(text: &str) -> anyhow::Result<ControllerConfig> {
+    let file: ControllerFile = toml::from_str(text)?;
+    let mut cfg = ControllerConfig::default();
+    file.apply(&mut cfg)?;
+    cfg.check()?;
+    Topics::new(cfg.prefix.clone())?;
+    Ok(cfg)
+}
+
+/// Every API route that reads a request body, as `API_ROUTES` names it, with what reads
+/// it; the `http_body` target's first byte picks one.
+pub const BODY_ROUTES: [(&str, &str, Target); 5] = [
+    ("post", "/api/v1/nodes", register_body),
+    ("patch", "/api/v1/nodes/{node}", update_body),
+    ("patch", "/api/v1/nodes/{node}/state", state_body),
+    ("post", "/api/v1/nodes/{node}/manage", manage_body),
+    ("post", "/api/v1/tokens", token_body),
+];
+
+/// The POST routes whose handlers read no body (whatever is sent is ignored).
+pub const BODYLESS_ROUTES: [&str; 6] = [
+    "/api/v1/nodes/{node}/unmanage",
+    "/api/v1/nodes/{node}/retry",
+    "/api/v1/nodes/{node}/reboot",
+    "/api/v1/nodes/{node}/poweroff",
+    "/api/v1/nodes/{node}/wake",
+    "/api/v1/nodes/{node}/revoke",
+];
+
+/// A request body for the route the first byte picks: decoded as its handler's
+/// extractor decodes it, then checked as the handler checks it before the engine.
+pub fn http_body(data: &[u8]) {
+    let Some((&pick, body)) = data.split_first() else {
+        return;
+    };
+    let (_, _, decode) = BODY_ROUTES[usize::from(pick) % BODY_ROUTES.len()];
+    decode(body);
+}
+
+/// What `ApiJson` does once the content type is right: axum's decoding, and the 400
+/// made from its refusal.
+fn api_json<T: DeserializeOwned>(body: &[u8]) -> Option<T> {
+    match axum::Json::<T>::from_bytes(body) {
+        Ok(axum::Json(value)) => Some(value),
+        Err(e) => {
+            refused(ApiError::BadRequest(e.body_text()));
+            None
+        }
+    }
+}
+
+/// The answer a refused body gets.
+fn refused(e: ApiError) {
+    let _ = e.into_response();
+}
+
+/// A body the API reads is one the CLI can send: it encodes, and decodes to itself.
+fn round_trips<T: Serialize + DeserializeOwned + PartialEq + Debug>(value: &T) {
+    let json = serde_json::to_vec(value).expect("a decoded body encodes");
+    let back: T = serde_json::from_slice(&json).expect("and decodes again");
+    assert_eq!(&back, value);
+}
+
+/// `POST /nodes`: the hints are checked; checked hints check again to themselves.
+fn register_body(body: &[u8]) {
+    let Some(req) = api_json::<RegisterRequest>(body) else {
+        return;
+    };
+    round_trips(&req);
+    match lifecycle::registration(req) {
+        Err(e) => refused(e),
+        Ok(reg) => {
+            let hints = reg.hints;
+            let again = RegisterRequest {
+                name: reg.name,
+                mac: hints.mac.clone(),
+                ip: hints.ip.map(|ip| ip.to_string()),
+                hostname: hints.hostname.clone(),
+                labels: reg.labels,
+                group: reg.group,
+                enroll_token: false,
+            };
+            assert_eq!(again.hints(), Ok(hints));
+        }
+    }
+}
+
+/// `PATCH /nodes/{node}`: the handler checks nothing itself (the engine checks names
+/// and labels).
+fn update_body(body: &[u8]) {
+    if let Some(req) = api_json::<NodeUpdateRequest>(body) {
+        round_trips(&req);
+    }
+}
+
+/// `PATCH /nodes/{node}/state`: only the caller's role depends on it.
+fn state_body(body: &[u8]) {
+    if let Some(req) = api_json::<StateChange>(body) {
+        round_trips(&req);
+    }
+}
+
+/// `POST /nodes/{node}/manage`: an optional body (`OptionalJson`).
+fn manage_body(body: &[u8]) {
+    match extract::optional_json::<ManageRequest>(body) {
+        Ok(req) => round_trips(&req),
+        Err(e) => refused(e),
+    }
+}
+
+/// `POST /tokens`: what passes makes a token whose text the agent reads back, with an
+/// expiry the API can write.
+fn token_body(body: &[u8]) {
+    let Some(req) = api_json::<TokenRequest>(body) else {
+        return;
+    };
+    round_trips(&req);
+    match NewToken::check(req) {
+        Err(e) => refused(e),
+        Ok(NewToken::Api { name, .. }) => {
+            assert!((1..=64).contains(&name.len()));
+            assert!(!name.chars().any(char::is_control));
+        }
+        Ok(NewToken::Enroll { name, ttl, .. }) => {
+            assert!(valid_token_id(&name));
+            let token = EnrollToken {
+                anchor: [1; 32],
+                id: name,
+                secret: [2; 32],
+            };
+            assert_eq!(token.to_string().parse::<EnrollToken>(), Ok(token));
+            if let Some(ttl) = ttl {
+                assert!(ttl <= MAX_TOKEN_TTL);
+                let expires = Timestamp::from_unix_millis(1_767_225_600_000).plus(ttl);
+                assert_eq!(Timestamp::parse(&expires.to_string()), Ok(expires));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::TARGETS;
+    use super::{BODYLESS_ROUTES, BODY_ROUTES, TARGETS};
+
+    /// The `http_body` target covers every route that takes a body: a new POST, PUT or
+    /// PATCH route is listed in `BODY_ROUTES` or `BODYLESS_ROUTES` before this passes.
+    #[test]
+    fn every_route_with_a_body_is_fuzzed() {
+        for (method, path) in crate::api::API_ROUTES {
+            if !matches!(*method, "post" | "put" | "patch") {
+                continue;
+            }
+            let fuzzed = BODY_ROUTES.iter().any(|(m, p, _)| m == method && p == path);
+            assert!(
+                fuzzed || BODYLESS_ROUTES.contains(path),
+                "{method} {path} is not in BODY_ROUTES or BODYLESS_ROUTES"
+            );
+        }
+        for (method, path, _) in BODY_ROUTES {
+            assert!(
+                crate::api::API_ROUTES.contains(&(method, path)),
+                "{method} {path}"
+            );
+        }
+    }
 
     /// Replays every corpus and crash file under `controller/fuzz/` through its target.
     #[test]

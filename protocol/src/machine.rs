@@ -473,10 +473,15 @@ pub fn apply(node: &Lifecycle, event: Event, policy: &Policy) -> Result<Outcome,
         effects: Vec::new(),
     };
     let state = node.state;
+    // What `PATCH state` could reach, less the target this event cannot: `manage` on an
+    // `install_failed` node must not answer "valid targets: pending".
     let invalid = |to: NodeState, force: bool| Refusal::Invalid {
         from: state,
         to,
-        valid: admin_targets(state, force),
+        valid: admin_targets(state, force)
+            .into_iter()
+            .filter(|s| *s != to)
+            .collect(),
     };
     match event {
         Event::Manage => match state {
@@ -670,7 +675,7 @@ fn on_job(
         (JobKind::Install, JobStatus::Complete, Installing) => run.installed(policy),
         // Failed while installing, or refused by the agent (a rejected ack) while pending.
         (JobKind::Install, JobStatus::Failed, Pending | Installing) => {
-            run.node.install_attempts += 1;
+            run.node.install_attempts = run.node.install_attempts.saturating_add(1);
             let attempt = run.node.install_attempts;
             let error = error.unwrap_or_else(|| "install failed".to_string());
             run.node.last_install_error = Some(error.clone());
@@ -747,5 +752,7 @@ pub fn markdown() -> String {
     out
 }
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;

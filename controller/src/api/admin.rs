@@ -1,5 +1,7 @@
 //! Fleet-wide endpoints: the configured plans and API tokens.
 
+use std::time::Duration;
+
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
@@ -107,23 +109,9 @@ pub async fn create(
     ApiJson(req): ApiJson<TokenRequest>,
 ) -> Result<(StatusCode, Json<Data<TokenCreated>>), ApiError> {
     require(&caller, Role::Admin)?;
-    let name = req.name.trim().to_string();
     let now = state.clock.now();
-    let created = match req.kind.unwrap_or(TokenKind::Api) {
-        TokenKind::Api => {
-            if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
-                return Err(ApiError::BadRequest(
-                    "name must be 1 to 64 characters without control characters".into(),
-                ));
-            }
-            let Some(role) = req.role else {
-                return Err(ApiError::BadRequest("an API token needs a role".into()));
-            };
-            if req.ttl_s.is_some() || req.uses.is_some() || req.node.is_some() {
-                return Err(ApiError::BadRequest(
-                    "ttl_s, uses and node are for enrollment tokens (kind \"enroll\")".into(),
-                ));
-            }
+    let created = match NewToken::check(req)? {
+        NewToken::Api { name, role } => {
             let (token, hash, record) = new_token(&name, role, now);
             ask(&state, |reply| Input::Keys {
                 change: KeyChange::ApiToken { hash, record },
@@ -140,46 +128,19 @@ pub async fn create(
                 node: None,
             }
         }
-        TokenKind::Enroll => {
-            if !valid_token_id(&name) {
-                return Err(ApiError::BadRequest(
-                    "an enrollment token's name must be 1 to 64 lower-case letters, digits, \
-                     '.', '_' or '-'"
-                        .into(),
-                ));
-            }
-            if req.role.is_some() {
-                return Err(ApiError::BadRequest(
-                    "an enrollment token has no role".into(),
-                ));
-            }
-            if req.uses == Some(0) || req.ttl_s == Some(0) {
-                return Err(ApiError::BadRequest(
-                    "uses and ttl_s must be at least 1".into(),
-                ));
-            }
-            let ttl = req
-                .ttl_s
-                .filter(|s| *s <= MAX_TOKEN_TTL.as_secs())
-                .map(std::time::Duration::from_secs);
-            if req.ttl_s.is_some() && ttl.is_none() {
-                return Err(ApiError::BadRequest(format!(
-                    "ttl_s may be at most {} (10 years)",
-                    MAX_TOKEN_TTL.as_secs()
-                )));
-            }
-            let node = req
-                .node
-                .map(NodeId::new)
-                .transpose()
-                .map_err(|e| ApiError::BadRequest(format!("node: {e}")))?;
+        NewToken::Enroll {
+            name,
+            ttl,
+            uses,
+            node,
+        } => {
             let expires_at = ttl.map(|t| now.plus(t));
             let (token, record) = security::new_enroll_token(
                 &name,
                 state.anchor,
                 now,
                 expires_at,
-                req.uses,
+                uses,
                 node.clone(),
             );
             ask(&state, |reply| Input::Keys {
@@ -196,7 +157,7 @@ pub async fn create(
                 role: None,
                 token: token.to_string(),
                 expires_at,
-                max_uses: req.uses,
+                max_uses: uses,
                 node,
             }
         }
@@ -204,8 +165,88 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(Data { data: created })))
 }
 
+/// A `POST /tokens` body, checked: the token to make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NewToken {
+    Api {
+        name: String,
+        role: Role,
+    },
+    Enroll {
+        name: String,
+        ttl: Option<Duration>,
+        uses: Option<u32>,
+        node: Option<NodeId>,
+    },
+}
+
+impl NewToken {
+    /// Checks a `POST /tokens` body before anything is made or the engine is asked.
+    pub fn check(req: TokenRequest) -> Result<NewToken, ApiError> {
+        let name = req.name.trim().to_string();
+        match req.kind.unwrap_or(TokenKind::Api) {
+            TokenKind::Api => {
+                if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+                    return Err(ApiError::BadRequest(
+                        "name must be 1 to 64 characters without control characters".into(),
+                    ));
+                }
+                let Some(role) = req.role else {
+                    return Err(ApiError::BadRequest("an API token needs a role".into()));
+                };
+                if req.ttl_s.is_some() || req.uses.is_some() || req.node.is_some() {
+                    return Err(ApiError::BadRequest(
+                        "ttl_s, uses and node are for enrollment tokens (kind \"enroll\")".into(),
+                    ));
+                }
+                Ok(NewToken::Api { name, role })
+            }
+            TokenKind::Enroll => {
+                if !valid_token_id(&name) {
+                    return Err(ApiError::BadRequest(
+                        "an enrollment token's name must be 1 to 64 lower-case letters, digits, \
+                         '.', '_' or '-'"
+                            .into(),
+                    ));
+                }
+                if req.role.is_some() {
+                    return Err(ApiError::BadRequest(
+                        "an enrollment token has no role".into(),
+                    ));
+                }
+                if req.uses == Some(0) || req.ttl_s == Some(0) {
+                    return Err(ApiError::BadRequest(
+                        "uses and ttl_s must be at least 1".into(),
+                    ));
+                }
+                let ttl = req
+                    .ttl_s
+                    .filter(|s| *s <= MAX_TOKEN_TTL.as_secs())
+                    .map(Duration::from_secs);
+                if req.ttl_s.is_some() && ttl.is_none() {
+                    return Err(ApiError::BadRequest(format!(
+                        "ttl_s may be at most {} (10 years)",
+                        MAX_TOKEN_TTL.as_secs()
+                    )));
+                }
+                let node = req
+                    .node
+                    .map(NodeId::new)
+                    .transpose()
+                    .map_err(|e| ApiError::BadRequest(format!("node: {e}")))?;
+                Ok(NewToken::Enroll {
+                    name,
+                    ttl,
+                    uses: req.uses,
+                    node,
+                })
+            }
+        }
+    }
+}
+
 /// Longest an enrollment token may be valid for.
-const MAX_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 24 * 3600);
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// `GET /tokens` (admin): every token of both kinds, without secrets.
 #[utoipa::path(

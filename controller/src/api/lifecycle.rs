@@ -291,15 +291,10 @@ pub async fn register(
         // A token lets a host into the fleet: an admin's call.
         require(&caller, Role::Admin)?;
     }
-    let hints = body.hints().map_err(ApiError::BadRequest)?;
     let want_token = body.enroll_token;
-    let reg = Registration {
-        name: body.name.clone(),
-        hints,
-        labels: body.labels,
-        group: body.group,
-    };
-    let reply = call(&state, body.name, Action::Register(reg), &caller, &headers).await?;
+    let reg = registration(body)?;
+    let key = reg.name.clone();
+    let reply = call(&state, key, Action::Register(reg), &caller, &headers).await?;
     let enroll_token = if want_token {
         Some(registration_token(&state, &reply.node.id).await?)
     } else {
@@ -312,6 +307,17 @@ pub async fn register(
             enroll_token,
         }),
     ))
+}
+
+/// A `POST /nodes` body, checked (its hints) before the engine sees it.
+pub fn registration(body: RegisterRequest) -> Result<Registration, ApiError> {
+    let hints = body.hints().map_err(ApiError::BadRequest)?;
+    Ok(Registration {
+        name: body.name,
+        hints,
+        labels: body.labels,
+        group: body.group,
+    })
 }
 
 /// A one-use enrollment token that claims registration `reg`, valid until its

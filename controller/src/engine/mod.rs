@@ -491,4 +491,6 @@ impl EngineHandle {
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
