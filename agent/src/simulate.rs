@@ -1,6 +1,8 @@
 //! `metalbus-agent simulate`: N virtual agents in one process, for load and fault tests.
 //! Each runs the real daemon code (MQTT, birth and Will, the durable outbox, receipts,
-//! command de-duplication) over an invented host and a job runner that only emits events.
+//! command de-duplication, the reconnect policy) over an invented host and a job runner
+//! that only emits events. Their reconnect jitter is drawn from the seed and the node id,
+//! so a run repeats its spread and no two agents draw alike.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,7 +23,7 @@ use tracing::{info, warn};
 
 use crate::config::AgentConfig;
 use crate::core::DeliveryStats;
-use crate::daemon::Prepared;
+use crate::daemon::{ConnectStats, Prepared};
 use crate::host::Host;
 use crate::jobs::{Ack, JobEvent, Jobs};
 
@@ -252,11 +254,20 @@ pub struct NodeStats {
     pub resent: u64,
     pub receipted: u64,
     pub pending: u64,
+    /// Connection attempts; beyond the first, each is a reconnect.
+    pub attempts: u64,
+    /// Attempts the broker accepted.
+    pub connects: u64,
+    /// Attempts given up for want of a CONNACK within the wait.
+    pub timeouts: u64,
 }
 
-fn snapshot(all: &BTreeMap<String, Arc<DeliveryStats>>) -> BTreeMap<String, NodeStats> {
+/// One virtual agent's live counters.
+type Counters = (Arc<DeliveryStats>, Arc<ConnectStats>);
+
+fn snapshot(all: &BTreeMap<String, Counters>) -> BTreeMap<String, NodeStats> {
     all.iter()
-        .map(|(id, s)| {
+        .map(|(id, (s, c))| {
             (
                 id.clone(),
                 NodeStats {
@@ -265,13 +276,26 @@ fn snapshot(all: &BTreeMap<String, Arc<DeliveryStats>>) -> BTreeMap<String, Node
                     resent: s.resent.load(Ordering::Relaxed),
                     receipted: s.receipted.load(Ordering::Relaxed),
                     pending: s.pending.load(Ordering::Relaxed),
+                    attempts: c.attempts.load(Ordering::Relaxed),
+                    connects: c.connected.load(Ordering::Relaxed),
+                    timeouts: c.timeouts.load(Ordering::Relaxed),
                 },
             )
         })
         .collect()
 }
 
-fn write_stats(path: &PathBuf, all: &BTreeMap<String, Arc<DeliveryStats>>) {
+/// The seed of one agent's reconnect jitter: the run's seed and the node id (so two
+/// simulations with different prefixes draw apart), FNV-1a folded.
+fn reconnect_seed(seed: u64, id: &NodeId) -> u64 {
+    id.as_str()
+        .bytes()
+        .fold(seed ^ 0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+}
+
+fn write_stats(path: &PathBuf, all: &BTreeMap<String, Counters>) {
     let tmp = path.with_extension("tmp");
     let body = serde_json::to_vec_pretty(&snapshot(all)).unwrap_or_default();
     if std::fs::write(&tmp, body)
@@ -319,7 +343,7 @@ pub async fn run(cfg: SimConfig, shutdown: watch::Receiver<bool>) -> anyhow::Res
         let mut agent_cfg = cfg.agent.clone();
         agent_cfg.state_dir = cfg.agent.state_dir.join(id.as_str());
         agent_cfg.node_id = Some(id.to_string());
-        let agent = Prepared::new(
+        let mut agent = Prepared::new(
             agent_cfg,
             endpoint.clone(),
             id.clone(),
@@ -327,7 +351,8 @@ pub async fn run(cfg: SimConfig, shutdown: watch::Receiver<bool>) -> anyhow::Res
             Box::new(jobs),
             job_events,
         )?;
-        stats.insert(id.to_string(), agent.stats());
+        agent.seed_reconnect(reconnect_seed(cfg.seed, &id));
+        stats.insert(id.to_string(), (agent.stats(), agent.connect_stats()));
         tasks.push(tokio::spawn(agent.run(shutdown.clone())));
     }
     info!(nodes = cfg.nodes, broker = %cfg.agent.broker, "simulated agents started");
@@ -360,7 +385,29 @@ pub async fn run(cfg: SimConfig, shutdown: watch::Receiver<bool>) -> anyhow::Res
         sent = sum(|s| s.sent),
         resent = sum(|s| s.resent),
         pending = sum(|s| s.pending),
+        attempts = sum(|s| s.attempts),
+        timeouts = sum(|s| s.timeouts),
         "simulation stopped"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_agent_of_two_simulations_draws_its_own_jitter_and_the_same_each_run() {
+        let mut seeds = std::collections::BTreeSet::new();
+        for prefix in ["a", "b"] {
+            for i in 1..=5_000 {
+                let id = NodeId::new(format!("{prefix}-{i:04}")).unwrap();
+                assert_eq!(reconnect_seed(7, &id), reconnect_seed(7, &id));
+                seeds.insert(reconnect_seed(7, &id));
+            }
+        }
+        assert_eq!(seeds.len(), 10_000);
+        let id = NodeId::new("a-0001").unwrap();
+        assert_ne!(reconnect_seed(7, &id), reconnect_seed(8, &id));
+    }
 }

@@ -1,6 +1,6 @@
 //! Where the broker is and how to reach it: the `Endpoint` (URL plus the TLS client
 //! settings, with rustls and the ring provider), rumqttc options with the packet limits,
-//! and a clean disconnect.
+//! how long a connection attempt may take, and a clean disconnect.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -156,6 +156,20 @@ fn system_roots(url: &BrokerUrl) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// Sets how long `eventloop` waits for the broker to accept its connection (the
+/// [`crate::Reconnect`] policy decides it). rumqttc's "connection timeout" bounds the
+/// whole attempt: the DNS lookup, the TCP connect, the TLS handshake, and CONNECT until
+/// its CONNACK; past it `poll` returns `Network timeout` and the socket is dropped.
+/// rumqttc counts it in whole seconds, so `wait` is rounded up, to 1 s at least. It also
+/// bounds each flush of a write once connected (`Flush timeout`), so a connection made
+/// after a long wait tolerates an equally slow broker while it lasts.
+pub fn set_connack_wait(eventloop: &mut EventLoop, wait: Duration) {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    eventloop
+        .network_options
+        .set_connection_timeout(secs.max(1));
+}
+
 /// Sends DISCONNECT, which makes the broker drop the Will, and drives the event loop until
 /// it is written or `within` passes.
 pub async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop, within: Duration) {
@@ -171,4 +185,33 @@ pub async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop, within:
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connack_wait_reaches_rumqttc_in_whole_seconds_rounded_up() {
+        let url: BrokerUrl = "mqtt://127.0.0.1:1883".parse().unwrap();
+        let endpoint = Endpoint::new(url, None).unwrap();
+        let (_client, mut eventloop) = AsyncClient::new(endpoint.options("n1-c1"), 1);
+        // rumqttc's default, which agents had before the policy.
+        assert_eq!(eventloop.network_options.connection_timeout(), 5);
+        for (wait_ms, secs) in [
+            (0, 1),
+            (1, 1),
+            (1_000, 1),
+            (1_001, 2),
+            (5_000, 5),
+            (60_000, 60),
+        ] {
+            set_connack_wait(&mut eventloop, Duration::from_millis(wait_ms));
+            assert_eq!(
+                eventloop.network_options.connection_timeout(),
+                secs,
+                "{wait_ms} ms"
+            );
+        }
+    }
 }

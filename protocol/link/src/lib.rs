@@ -1,7 +1,7 @@
 //! What both Metalbus daemons need to reach a broker and to run as a daemon, and nothing
 //! else: broker URLs, the TLS endpoint (rustls with ring), rumqttc options, the reconnect
-//! backoff, the clock (a fake one for tests), logging and the shutdown signal, and human
-//! durations, and the agent's side of enrollment.
+//! backoff and the agents' reconnect policy, the clock (a fake one for tests), logging
+//! and the shutdown signal, and human durations, and the agent's side of enrollment.
 //!
 //! The controller and the agent both depend on this crate; the controller depends on
 //! the agent crate only for `--local-agent` (its `local-agent` feature).
@@ -16,9 +16,11 @@ mod logging;
 mod pinned;
 mod url;
 
-pub use backoff::Backoff;
+pub use backoff::{Backoff, Reconnect};
 pub use clock::{Clock, FakeClock, SystemClock};
-pub use endpoint::{disconnect, install_crypto_provider, Endpoint, TlsError, MAX_PACKET_BYTES};
+pub use endpoint::{
+    disconnect, install_crypto_provider, set_connack_wait, Endpoint, TlsError, MAX_PACKET_BYTES,
+};
 pub use logging::{abort_on_panic, init_logging, shutdown_signal, LogFormat};
 pub use url::{BrokerUrl, BrokerUrlError};
 
