@@ -6,10 +6,13 @@
 //!   `metalbus-enroll.<token id>`, password derived from the token), or a monitoring tool
 //!   (any user, password = an API token of role viewer or above). Anyone else gets
 //!   CONNACK "not authorized" and is closed.
-//! - **The session** is an in-process link to rumqttd's router ([`crate::broker::Links`]),
-//!   with the client id put in the client's own namespace, so no client can take over
-//!   another's session. The door owns the socket: one file descriptor per client, the
-//!   keep-alive, and the Will (published when a connection ends without DISCONNECT).
+//! - **The session**: nodes share one session with rumqttd's router, the [`hub`]; the
+//!   door answers their CONNECT, SUBSCRIBE and PUBLISH itself and hands each node its
+//!   own `commands` and `receipts`. Monitors and enrolling agents get an in-process link
+//!   of their own ([`crate::broker::Links`]), with the client id put in the client's own
+//!   namespace, so no client can take over another's session. The door owns the socket:
+//!   one file descriptor per client, the keep-alive, and the Will (published when a
+//!   connection ends without DISCONNECT).
 //! - **Each packet** from the client is decoded with rumqttd's own v4 codec: a PUBLISH or
 //!   SUBSCRIBE outside the client's topics closes the connection. Packets from the broker
 //!   to a client are checked too: a monitor never receives `commands` or `receipts`
@@ -34,14 +37,19 @@ use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::{
     ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill, Login, Packet,
-    PingResp, Protocol, PubAck, PubAckReason, Publish, QoS,
+    PingResp, Protocol, PubAck, PubAckReason, Publish, QoS, SubAck, SubscribeReasonCode, UnsubAck,
+    UnsubAckReason,
 };
 use rumqttd::Notification;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
+
+use hub::Hub;
+
+mod hub;
 
 use crate::api::auth::token_hash;
 use crate::broker::Links;
@@ -274,6 +282,13 @@ pub async fn run(
     tls: Option<tokio_rustls::TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let hub = match Hub::start(door.links.clone(), &door.topics).await {
+        Ok(hub) => hub,
+        Err(e) => {
+            error!(error = %e, "the MQTT front door cannot start");
+            return;
+        }
+    };
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.changed() => return,
@@ -296,14 +311,15 @@ pub async fn run(
         };
         let _ = stream.set_nodelay(true);
         let door = door.clone();
+        let hub = hub.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let result = match tls {
-                None => serve(stream, &door).await,
+                None => serve(stream, &door, &hub).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(CONNECT_WAIT, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => serve(stream, &door).await,
+                        Ok(Ok(stream)) => serve(stream, &door, &hub).await,
                         Ok(Err(e)) => Err(format!("TLS handshake: {e}")),
                         Err(_) => Err("no TLS handshake in time".into()),
                     }
@@ -320,7 +336,7 @@ pub async fn run(
 static ANONYMOUS: AtomicU64 = AtomicU64::new(0);
 
 /// One client, from CONNECT to close.
-async fn serve<S>(mut client: S, door: &Door) -> Result<(), String>
+async fn serve<S>(mut client: S, door: &Door, hub: &Arc<Hub>) -> Result<(), String>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -362,6 +378,15 @@ where
         "" => format!("~{}", ANONYMOUS.fetch_add(1, Ordering::Relaxed)),
         id => id.to_string(),
     };
+    if matches!(who, Client::Node(_) | Client::Enrolling) {
+        let node = NodeConnection {
+            who,
+            client_id: own_id,
+            idle: Duration::from_secs(u64::from(connect.keep_alive)) * 3 / 2,
+            will,
+        };
+        return serve_node(client, cbuf, door, hub, node).await;
+    }
     let session = match &who {
         Client::Node(id) => format!("node:{id}:{own_id}"),
         other => format!("{}:{own_id}", other.label()),
@@ -428,11 +453,226 @@ where
         // Leave the router first, then publish the Will on a session of its own (this
         // one may already be gone, taken over by a newer connection).
         let _ = tx.send(disconnect()).await;
+        // Only a node has a Will (`authenticate`), and nodes are served by
+        // `serve_node`.
+        debug_assert!(will.is_none(), "a Will outside serve_node");
+    }
+    end
+}
+
+/// What [`serve_node`] needs to know of a node's connection.
+struct NodeConnection {
+    /// A node, or an agent enrolling.
+    who: Client,
+    client_id: String,
+    /// One and a half keep-alive periods.
+    idle: Duration,
+    will: Option<LastWill>,
+}
+
+/// A node's connection, through the [`Hub`]: the door answers CONNECT, SUBSCRIBE and
+/// PUBLISH itself and hands the node only its own `commands` and `receipts`. An
+/// enrolling agent's the same way: it gets the `enrolled` answer of the node id it
+/// subscribed for.
+async fn serve_node<S>(
+    mut client: S,
+    mut cbuf: BytesMut,
+    door: &Door,
+    hub: &Arc<Hub>,
+    node: NodeConnection,
+) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let NodeConnection {
+        who,
+        client_id,
+        idle,
+        will,
+    } = node;
+    let (key_at_start, mut place) = match &who {
+        Client::Node(id) => (door.keys.get(id), Some(hub.attach(id, &client_id))),
+        _ => (None, None),
+    };
+    let mut revocations = door.keys.revocations();
+    let mut subscribed: Vec<String> = Vec::new();
+    let mut out = BytesMut::with_capacity(1024);
+    let connack = ConnAck {
+        session_present: false,
+        code: ConnectReturnCode::Success,
+    };
+    encode(Packet::ConnAck(connack, None), &mut out)?;
+    let mut deadline = Instant::now() + idle;
+    let end: Result<(), String> = async {
+        write_within(&mut client, &out, idle).await?;
+        loop {
+            out.clear();
+            tokio::select! {
+                n = client.read_buf(&mut cbuf) => {
+                    if n.map_err(|e| e.to_string())? == 0 {
+                        return Err("closed by the client".into());
+                    }
+                    deadline = Instant::now() + idle;
+                    let said_disconnect =
+                        from_node(&who, door, hub, &mut cbuf, &mut out, &mut subscribed).await?;
+                    if let (Client::Enrolling, None) = (&who, &place) {
+                        place = enrolling_for(&door.topics, &subscribed)
+                            .map(|id| hub.attach(&id, &client_id));
+                    }
+                    write_within(&mut client, &out, idle).await?;
+                    if said_disconnect {
+                        return Ok(());
+                    }
+                }
+                m = next_for(&mut place) => {
+                    let Some(first) = m else {
+                        // The same client connected again: its Will would carry the
+                        // same `conn` as the birth it is about to send, and the
+                        // controller would take it for the newer word. No Will.
+                        debug!(client = %client_id, "taken over by a newer connection with the same client id");
+                        return Ok(());
+                    };
+                    let mut next = Some(first);
+                    while let Some(publish) = next {
+                        let topic = std::str::from_utf8(&publish.topic).unwrap_or("");
+                        if subscribed.iter().any(|s| s == topic) {
+                            encode(Packet::Publish(publish, None), &mut out)?;
+                        }
+                        next = place.as_mut().and_then(|p| p.rx.try_recv().ok());
+                    }
+                    write_within(&mut client, &out, idle).await?;
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err("keep-alive expired".into());
+                }
+                r = revocations.changed(), if key_at_start.is_some() => {
+                    let revoked = match (&who, r) {
+                        (Client::Node(id), Ok(())) => door.keys.get(id) != key_at_start,
+                        _ => true,
+                    };
+                    if revoked {
+                        info!(client = %client_id, "credential revoked; connection closed");
+                        return Err("credential revoked".into());
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    drop(place);
+    if end.is_err() {
         if let Some(will) = will {
-            publish_will(door, &who, &session, will).await;
+            let mut will = Packet::Publish(will_publish(will), None);
+            if bound_retained(&who, &door.topics, &mut will) {
+                door.telemetry.count_limit(Limit::RetainedSize);
+            }
+            if let Packet::Publish(p, _) = will {
+                if let Err(e) = hub.publish(p).await {
+                    warn!(client = %client_id, error = %e, "could not publish a Will");
+                }
+            }
         }
     }
     end
+}
+
+/// The next message for this connection; never, while it has no place in the hub.
+async fn next_for(place: &mut Option<hub::Attached>) -> Option<Publish> {
+    match place {
+        Some(p) => p.rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The node id an enrolling agent subscribed for (`{p}/nodes/{id}/enrolled`).
+fn enrolling_for(topics: &Topics, subscribed: &[String]) -> Option<NodeId> {
+    subscribed.iter().find_map(|f| match topics.parse(f) {
+        Ok(Topic::Node(id, NodeTopic::Enrolled)) => Some(id),
+        _ => None,
+    })
+}
+
+/// Checks what a node sent and answers it: its publishes go to the router through the
+/// hub (acknowledged once handed over; the report stream's receipts are the end-to-end
+/// acknowledgement), its subscriptions are kept here. `Ok(true)` on DISCONNECT.
+async fn from_node(
+    who: &Client,
+    door: &Door,
+    hub: &Hub,
+    buf: &mut BytesMut,
+    out: &mut BytesMut,
+    subscribed: &mut Vec<String>,
+) -> Result<bool, String> {
+    loop {
+        let packet = match next(buf, MAX_PACKET_BYTES)? {
+            None => return Ok(false),
+            Some(Packet::PingReq(_)) => {
+                encode(Packet::PingResp(PingResp), out)?;
+                continue;
+            }
+            Some(Packet::Disconnect(..)) => return Ok(true),
+            Some(packet) => inbound(who, &door.topics, packet)?,
+        };
+        match packet {
+            mut packet @ Packet::Publish(..) => {
+                if bound_retained(who, &door.topics, &mut packet) {
+                    door.telemetry.count_limit(Limit::RetainedSize);
+                }
+                let Packet::Publish(p, _) = packet else {
+                    continue;
+                };
+                let (qos, pkid) = qos_and_pkid(&p);
+                if qos > 1 {
+                    return Err("exactly-once publishes are not offered".into());
+                }
+                hub.publish(p).await?;
+                if qos == 1 {
+                    let reason = PubAckReason::Success;
+                    encode(Packet::PubAck(PubAck { pkid, reason }, None), out)?;
+                }
+            }
+            Packet::Subscribe(s, _) => {
+                for f in &s.filters {
+                    if !subscribed.contains(&f.path) {
+                        subscribed.push(f.path.clone());
+                    }
+                }
+                // Delivered at most once (see `hub`): QoS 0 granted.
+                let return_codes = s
+                    .filters
+                    .iter()
+                    .map(|_| SubscribeReasonCode::Success(QoS::AtMostOnce))
+                    .collect();
+                encode(
+                    Packet::SubAck(
+                        SubAck {
+                            pkid: s.pkid,
+                            return_codes,
+                        },
+                        None,
+                    ),
+                    out,
+                )?;
+            }
+            Packet::Unsubscribe(u, _) => {
+                subscribed.retain(|s| !u.filters.contains(s));
+                let reasons = u.filters.iter().map(|_| UnsubAckReason::Success).collect();
+                encode(
+                    Packet::UnsubAck(
+                        UnsubAck {
+                            pkid: u.pkid,
+                            reasons,
+                        },
+                        None,
+                    ),
+                    out,
+                )?;
+            }
+            // Acknowledgements of QoS 0 deliveries do not come; anything else a client
+            // may send needs no answer.
+            _ => {}
+        }
+    }
 }
 
 /// Writes to the client, which must take the bytes within `limit` (its keep-alive and a
@@ -460,25 +700,6 @@ async fn open(
         .await
         .map_err(|e| format!("opening a session: {e}"))?
         .map_err(|e| format!("the broker refused the session: {e}"))
-}
-
-/// Publishes a client's Will through a short session of its own.
-async fn publish_will(door: &Door, who: &Client, session: &str, will: LastWill) {
-    let name = format!("metalbus-will:{session}");
-    let Ok((mut tx, _rx, _)) = open(door, name, true).await else {
-        warn!(
-            session,
-            "could not publish a Will: the broker refused its session"
-        );
-        return;
-    };
-    let mut will = Packet::Publish(will_publish(will), None);
-    if bound_retained(who, &door.topics, &mut will) {
-        door.telemetry.count_limit(Limit::RetainedSize);
-    }
-    // The router sees the publish, then the end of the session, in order.
-    let _ = tx.send(will).await;
-    let _ = tx.send(disconnect()).await;
 }
 
 /// The Will as a PUBLISH with its own QoS and retain flag. rumqttd's `Publish` keeps

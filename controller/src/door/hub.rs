@@ -1,0 +1,317 @@
+//! The node hub: every enrolled node's connection shares one session with rumqttd's
+//! router, instead of a session each (issue 13).
+//!
+//! A session costs the router per-connection queues and, for each new subscription, a
+//! scan of every retained message (rumqttd 0.20 `read_retained_messages`), so a fleet
+//! connecting at once cost O(N²) on the router's one thread. Nodes need neither: they
+//! publish on their own topics and receive only their own `commands` and `receipts`,
+//! which are never retained. So the hub holds one session subscribed to
+//! `{p}/nodes/+/commands`, `{p}/nodes/+/receipts` and `{p}/nodes/+/enrolled` and hands
+//! each message to the connections of its node (an enrolling agent's connection takes
+//! its place once it subscribes for the node id it enrolls); what they publish goes to
+//! the router through the same session. Monitors keep a session of their own: they need
+//! a general broker (wildcards, retained messages).
+//!
+//! Delivery inside the process is at most once, as between any broker and a client whose
+//! connection drops: the end-to-end guarantees (DESIGN section 4) do not rest on it.
+//! Commands are sent again until acknowledged, and reports until receipted.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use futures_util::FutureExt;
+use metalbus_protocol::topic::{NodeTopic, Topic, Topics};
+use metalbus_protocol::NodeId;
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::protocol::{Packet, Publish};
+use rumqttd::Notification;
+use tokio::sync::mpsc;
+use tracing::{debug, error, warn};
+
+use crate::broker::Links;
+
+/// The hub's session name with the router.
+const SESSION: &str = "metalbus-door:nodes";
+/// Messages waiting for one node connection; more are dropped (sent again end to end).
+const PER_CONNECTION: usize = 64;
+/// Packets waiting for the router from all node connections together; a connection
+/// waits when it is full, and so, through TCP, does its agent.
+const TO_ROUTER: usize = 4096;
+
+/// One connection of a node, as the hub knows it.
+struct Seat {
+    serial: u64,
+    client_id: String,
+    tx: mpsc::Sender<Publish>,
+}
+
+/// What node connections share: the way to the router, and who is connected.
+pub struct Hub {
+    to_router: mpsc::Sender<Packet>,
+    seats: Mutex<HashMap<NodeId, Vec<Seat>>>,
+    serial: AtomicU64,
+}
+
+/// A node connection's place in the hub: dropping it leaves.
+pub struct Attached {
+    hub: Arc<Hub>,
+    id: NodeId,
+    serial: u64,
+    /// Messages for this connection; `None` once a newer connection with the same
+    /// client id took its place.
+    pub rx: mpsc::Receiver<Publish>,
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        let mut seats = self.hub.lock();
+        if let Some(list) = seats.get_mut(&self.id) {
+            list.retain(|s| s.serial != self.serial);
+            if list.is_empty() {
+                seats.remove(&self.id);
+            }
+        }
+    }
+}
+
+impl Hub {
+    /// Opens the hub's session and starts its two tasks on the current runtime (the
+    /// door's): one writes to the router, one hands out what the router forwards.
+    pub async fn start(links: Links, topics: &Topics) -> Result<Arc<Hub>, String> {
+        let (mut tx, rx, _) = tokio::task::spawn_blocking(move || links(SESSION, true))
+            .await
+            .map_err(|e| format!("opening the node hub's session: {e}"))??;
+        for kind in [NodeTopic::Commands, NodeTopic::Receipts, NodeTopic::Enrolled] {
+            tx.subscribe(topics.node_filter(kind))
+                .map_err(|e| format!("the node hub could not subscribe: {e}"))?;
+        }
+        let (to_router, queue) = mpsc::channel(TO_ROUTER);
+        let hub = Arc::new(Hub {
+            to_router,
+            seats: Mutex::new(HashMap::new()),
+            serial: AtomicU64::new(1),
+        });
+        tokio::spawn(write(tx, queue));
+        tokio::spawn(hand_out(hub.clone(), topics.clone(), rx));
+        Ok(hub)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Vec<Seat>>> {
+        self.seats.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes a place for a connection of node `id`. A connection of that node with the
+    /// same client id loses its place (MQTT's session takeover): its channel closes.
+    pub fn attach(self: &Arc<Self>, id: &NodeId, client_id: &str) -> Attached {
+        let serial = self.serial.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(PER_CONNECTION);
+        let mut seats = self.lock();
+        let list = seats.entry(id.clone()).or_default();
+        list.retain(|s| s.client_id != client_id);
+        list.push(Seat {
+            serial,
+            client_id: client_id.to_string(),
+            tx,
+        });
+        Attached {
+            hub: self.clone(),
+            id: id.clone(),
+            serial,
+            rx,
+        }
+    }
+
+    /// Hands a node's publish to the router; waits while the router is behind.
+    pub async fn publish(&self, publish: Publish) -> Result<(), String> {
+        self.to_router
+            .send(Packet::Publish(publish, None))
+            .await
+            .map_err(|_| "the node hub has stopped".to_string())
+    }
+
+    /// Connections of `id` now.
+    #[cfg(test)]
+    pub fn connections(&self, id: &NodeId) -> usize {
+        self.lock().get(id).map_or(0, Vec::len)
+    }
+
+    /// Gives `publish` to every connection of its node.
+    fn deliver(&self, topics: &Topics, publish: Publish) {
+        let topic = std::str::from_utf8(&publish.topic).unwrap_or("");
+        let Ok(Topic::Node(id, NodeTopic::Commands | NodeTopic::Receipts | NodeTopic::Enrolled)) =
+            topics.parse(topic)
+        else {
+            return;
+        };
+        let seats = self.lock();
+        for seat in seats.get(&id).into_iter().flatten() {
+            if seat.tx.try_send(publish.clone()).is_err() {
+                debug!(node = %id, "a node connection is behind; message dropped (sent again end to end)");
+            }
+        }
+    }
+}
+
+/// Writes what node connections publish to the router, a batch per wake-up.
+async fn write(mut tx: LinkTx, mut queue: mpsc::Receiver<Packet>) {
+    let mut batch = Vec::new();
+    while queue.recv_many(&mut batch, 256).await > 0 {
+        let Some(last) = batch.pop() else { continue };
+        tx.buffer().extend(batch.drain(..));
+        if let Err(e) = tx.send(last).await {
+            error!(error = %e, "the broker is gone; node connections can no longer publish");
+            return;
+        }
+    }
+}
+
+/// Hands what the router forwards to the node connections it is for.
+async fn hand_out(hub: Arc<Hub>, topics: Topics, mut rx: LinkRx) {
+    loop {
+        let first = match rx.next().await {
+            Ok(n) => n,
+            Err(e) => {
+                error!(error = %e, "the broker ended the node hub's session");
+                return;
+            }
+        };
+        let mut unscheduled = false;
+        let mut next = first;
+        loop {
+            match next.take() {
+                Some(Notification::Forward(f)) => hub.deliver(&topics, f.publish),
+                Some(Notification::Unschedule) => unscheduled = true,
+                Some(Notification::Disconnect(..)) => {
+                    warn!("the broker disconnected the node hub");
+                    return;
+                }
+                // Acknowledgements of what nodes published.
+                Some(_) | None => {}
+            }
+            match rx.next().now_or_never() {
+                Some(Ok(n)) => next = n,
+                Some(Err(e)) => {
+                    error!(error = %e, "the broker ended the node hub's session");
+                    return;
+                }
+                None => break,
+            }
+        }
+        if unscheduled {
+            if let Err(e) = rx.wake().await {
+                error!(error = %e, "the broker is gone");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn hub() -> (Arc<Hub>, mpsc::Receiver<Packet>) {
+        let (to_router, queue) = mpsc::channel(8);
+        let hub = Arc::new(Hub {
+            to_router,
+            seats: Mutex::new(HashMap::new()),
+            serial: AtomicU64::new(1),
+        });
+        (hub, queue)
+    }
+
+    fn id(s: &str) -> NodeId {
+        NodeId::new(s).unwrap()
+    }
+
+    fn publish(topic: &str) -> Publish {
+        Publish::new(topic.to_string(), "{}".into(), false)
+    }
+
+    #[test]
+    fn a_message_reaches_every_connection_of_its_node_and_no_other() {
+        let (hub, _queue) = hub();
+        let t = Topics::default();
+        let mut a1 = hub.attach(&id("a"), "a-c1");
+        let mut a2 = hub.attach(&id("a"), "a-watch");
+        let mut b = hub.attach(&id("b"), "b-c1");
+        hub.deliver(&t, publish("metalbus/v1/nodes/a/commands"));
+        hub.deliver(&t, publish("metalbus/v1/nodes/b/receipts"));
+        // Not a node's commands or receipts: nobody.
+        hub.deliver(&t, publish("metalbus/v1/nodes/a/state"));
+        hub.deliver(&t, publish("metalbus/v1/summary"));
+        hub.deliver(&t, publish("metalbus/v1/nodes/../commands"));
+        let topic = |p: Publish| String::from_utf8(p.topic.to_vec()).unwrap();
+        assert_eq!(
+            topic(a1.rx.try_recv().unwrap()),
+            "metalbus/v1/nodes/a/commands"
+        );
+        assert_eq!(
+            topic(a2.rx.try_recv().unwrap()),
+            "metalbus/v1/nodes/a/commands"
+        );
+        assert_eq!(
+            topic(b.rx.try_recv().unwrap()),
+            "metalbus/v1/nodes/b/receipts"
+        );
+        assert!(a1.rx.try_recv().is_err());
+        assert!(b.rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn the_same_client_id_takes_over_and_leaving_frees_the_place() {
+        let (hub, _queue) = hub();
+        let mut old = hub.attach(&id("a"), "a-c1");
+        let new = hub.attach(&id("a"), "a-c1");
+        // The old connection's channel is closed: it ends.
+        assert!(matches!(
+            old.rx.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ));
+        assert_eq!(hub.connections(&id("a")), 1);
+        // The old one leaving does not remove the new one.
+        drop(old);
+        assert_eq!(hub.connections(&id("a")), 1);
+        drop(new);
+        assert_eq!(hub.connections(&id("a")), 0);
+        assert!(hub.lock().is_empty());
+    }
+
+    #[test]
+    fn a_connection_that_is_behind_loses_messages_not_the_hub() {
+        let (hub, _queue) = hub();
+        let t = Topics::default();
+        let mut slow = hub.attach(&id("a"), "a-c1");
+        for _ in 0..PER_CONNECTION + 10 {
+            hub.deliver(&t, publish("metalbus/v1/nodes/a/commands"));
+        }
+        let mut got = 0;
+        while slow.rx.try_recv().is_ok() {
+            got += 1;
+        }
+        assert_eq!(got, PER_CONNECTION);
+    }
+
+    #[tokio::test]
+    async fn publishes_wait_for_the_router_in_order() {
+        let (hub, mut queue) = hub();
+        for n in 0..3 {
+            hub.publish(publish(&format!("metalbus/v1/nodes/a/x{n}")))
+                .await
+                .unwrap();
+        }
+        for n in 0..3 {
+            match queue.recv().await.unwrap() {
+                Packet::Publish(p, _) => {
+                    assert_eq!(p.topic, format!("metalbus/v1/nodes/a/x{n}").as_bytes())
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        drop(queue);
+        assert!(hub.publish(publish("metalbus/v1/nodes/a/x")).await.is_err());
+    }
+}
