@@ -82,7 +82,11 @@ impl Hub {
         let (mut tx, rx, _) = tokio::task::spawn_blocking(move || links(SESSION, true))
             .await
             .map_err(|e| format!("opening the node hub's session: {e}"))??;
-        for kind in [NodeTopic::Commands, NodeTopic::Receipts, NodeTopic::Enrolled] {
+        for kind in [
+            NodeTopic::Commands,
+            NodeTopic::Receipts,
+            NodeTopic::Enrolled,
+        ] {
             tx.subscribe(topics.node_filter(kind))
                 .map_err(|e| format!("the node hub could not subscribe: {e}"))?;
         }
