@@ -653,7 +653,5 @@ impl Publisher for Discard {
     }
 }
 
-/// The daemon against a fake broker on loopback that leaves some CONNECTs unanswered:
-/// what a timed-out attempt may and may not leave behind.
 #[cfg(test)]
 mod tests;

@@ -335,7 +335,8 @@ pub async fn run(
 /// Gives clients with an empty client id distinct sessions.
 static ANONYMOUS: AtomicU64 = AtomicU64::new(0);
 
-/// One client, from CONNECT to close.
+/// One client, from CONNECT to close: agents (enrolled or enrolling) through the hub
+/// ([`serve_node`]), monitors with a router session of their own.
 async fn serve<S>(mut client: S, door: &Door, hub: &Arc<Hub>) -> Result<(), String>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -368,11 +369,6 @@ where
         let _ = write_packet(&mut client, refused(ConnectReturnCode::ServiceUnavailable)).await;
         return Err("keep-alive 0 is not accepted".into());
     }
-    let key_at_start = match &who {
-        Client::Node(id) => door.keys.get(id),
-        _ => None,
-    };
-    let mut revocations = door.keys.revocations();
     // The client's session lives in its own namespace.
     let own_id = match connect.client_id.as_str() {
         "" => format!("~{}", ANONYMOUS.fetch_add(1, Ordering::Relaxed)),
@@ -387,10 +383,8 @@ where
         };
         return serve_node(client, cbuf, door, hub, node).await;
     }
-    let session = match &who {
-        Client::Node(id) => format!("node:{id}:{own_id}"),
-        other => format!("{}:{own_id}", other.label()),
-    };
+    // What is left is a monitor: a session of its own with the router.
+    let session = format!("{}:{own_id}", who.label());
     let (mut tx, mut rx, connack) = match open(door, session.clone(), connect.clean_session).await {
         Ok(link) => link,
         Err(why) => {
@@ -405,8 +399,7 @@ where
     // MQTT 3.1.1 section 3.1.2.10: one and a half keep-alive periods without a packet.
     let idle = Duration::from_secs(u64::from(connect.keep_alive)) * 3 / 2;
     let mut deadline = Instant::now() + idle;
-    // `Ok(())`: the client said DISCONNECT, and its Will is discarded. `Err`: any other
-    // end, and the Will is published.
+    // `Ok(())`: the client said DISCONNECT. `Err`: any other end, and the session is left.
     let end: Result<(), String> = async {
         write_within(&mut client, &out, idle).await?;
         loop {
@@ -435,27 +428,13 @@ where
                 _ = tokio::time::sleep_until(deadline) => {
                     return Err("keep-alive expired".into());
                 }
-                r = revocations.changed(), if key_at_start.is_some() => {
-                    let revoked = match (&who, r) {
-                        (Client::Node(id), Ok(())) => door.keys.get(id) != key_at_start,
-                        _ => true,
-                    };
-                    if revoked {
-                        info!(session = %session, "credential revoked; connection closed");
-                        return Err("credential revoked".into());
-                    }
-                }
             }
         }
     }
     .await;
     if end.is_err() {
-        // Leave the router first, then publish the Will on a session of its own (this
-        // one may already be gone, taken over by a newer connection).
+        // Leave the router (a monitor has no Will: `authenticate` refuses one).
         let _ = tx.send(disconnect()).await;
-        // Only a node has a Will (`authenticate`), and nodes are served by
-        // `serve_node`.
-        debug_assert!(will.is_none(), "a Will outside serve_node");
     }
     end
 }

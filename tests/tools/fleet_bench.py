@@ -64,10 +64,9 @@ import time
 import urllib.error
 import urllib.request
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-# What the shipped units allow (LimitNOFILE=65536). Raising the hard limit needs
-# CAP_SYS_RESOURCE; otherwise the soft limit goes up to the hard one.
-NOFILE = 65536
+# The open-file limit as the shipped units set it, shared with the security cost script.
+from security_cost import CLK_TCK, raise_nofile  # noqa: E402
+
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 NODE = re.compile(r"\bnode=(\S+)")
 KIND = re.compile(r'kind="([^"]*)"')
@@ -77,14 +76,6 @@ SETTLE = 5.0
 
 # ---------------------------------------------------------------------------------------
 # Processes
-
-
-def raise_nofile():
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, max(hard, NOFILE)))
-    except (ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 class Procs:

@@ -1,3 +1,6 @@
+//! The daemon against a fake broker on loopback that leaves some CONNECTs unanswered:
+//! what a timed-out attempt may and may not leave behind.
+
 use std::time::Instant;
 
 use metalbus_link::Backoff;

@@ -134,6 +134,19 @@ impl Hub {
             .map_err(|_| "the node hub has stopped".to_string())
     }
 
+    /// A hub without a router: what nodes publish waits in the returned queue (at most
+    /// `queue` packets).
+    #[cfg(test)]
+    pub fn detached(queue: usize) -> (Arc<Hub>, mpsc::Receiver<Packet>) {
+        let (to_router, rx) = mpsc::channel(queue);
+        let hub = Arc::new(Hub {
+            to_router,
+            seats: Mutex::new(HashMap::new()),
+            serial: AtomicU64::new(1),
+        });
+        (hub, rx)
+    }
+
     /// Connections of `id` now.
     #[cfg(test)]
     pub fn connections(&self, id: &NodeId) -> usize {
@@ -218,13 +231,7 @@ mod tests {
     use super::*;
 
     fn hub() -> (Arc<Hub>, mpsc::Receiver<Packet>) {
-        let (to_router, queue) = mpsc::channel(8);
-        let hub = Arc::new(Hub {
-            to_router,
-            seats: Mutex::new(HashMap::new()),
-            serial: AtomicU64::new(1),
-        });
-        (hub, queue)
+        Hub::detached(8)
     }
 
     fn id(s: &str) -> NodeId {

@@ -313,3 +313,160 @@ async fn a_client_that_stops_reading_is_given_up_on() {
     let stuck = write_within(&mut door_side, &[0u8; 4096], limit).await;
     assert_eq!(stuck, Err("the client stopped reading".to_string()));
 }
+
+/// Bytes a client would send: `packets` encoded one after the other.
+fn wire(packets: Vec<Packet>) -> BytesMut {
+    let mut buf = BytesMut::new();
+    for p in packets {
+        V4.write(p, &mut buf).unwrap();
+    }
+    buf
+}
+
+fn qos1_publish(topic: &str, payload: Vec<u8>, retain: bool, pkid: u16) -> Packet {
+    publish_with_qos(1, topic, payload, retain, pkid)
+}
+
+fn publish_with_qos(qos: u8, topic: &str, payload: Vec<u8>, retain: bool, pkid: u16) -> Packet {
+    // rumqttd's `Publish` keeps QoS and packet id to itself: made from raw bytes.
+    let mut raw = BytesMut::new();
+    raw.put_u8(0b0011_0000 | (qos << 1) | u8::from(retain));
+    let len = 2 + topic.len() + 2 + payload.len();
+    let mut n = len;
+    loop {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            b |= 0x80;
+        }
+        raw.put_u8(b);
+        if n == 0 {
+            break;
+        }
+    }
+    raw.put_u16(topic.len() as u16);
+    raw.extend_from_slice(topic.as_bytes());
+    raw.put_u16(pkid);
+    raw.extend_from_slice(&payload);
+    next(&mut raw, MAX_PACKET_BYTES).unwrap().unwrap()
+}
+
+fn subscribe(path: &str) -> Packet {
+    Packet::Subscribe(
+        rumqttd::protocol::Subscribe {
+            pkid: 7,
+            filters: vec![rumqttd::protocol::Filter {
+                path: path.into(),
+                qos: QoS::AtLeastOnce,
+                nolocal: false,
+                preserve_retain: false,
+                retain_forward_rule: rumqttd::protocol::RetainForwardRule::OnEverySubscribe,
+            }],
+        },
+        None,
+    )
+}
+
+#[tokio::test]
+async fn an_agent_through_the_hub_is_answered_by_the_door_and_bounded() {
+    let (door, _store) = door();
+    let (hub, mut queue) = Hub::detached(16);
+    let node = Client::Node(id("n1"));
+    let mut subscribed = Vec::new();
+    let mut out = BytesMut::new();
+    // Its own subscription is granted, its publish handed over and acknowledged; a
+    // status padded past the retained bound is handed over, not retained.
+    let mut buf = wire(vec![
+        subscribe("metalbus/v1/nodes/n1/commands"),
+        qos1_publish(
+            "metalbus/v1/nodes/n1/status",
+            vec![b' '; MAX_RETAINED_STATUS + 1],
+            true,
+            9,
+        ),
+    ]);
+    let said = from_node(&node, &door, &hub, &mut buf, &mut out, &mut subscribed).await;
+    assert_eq!(said, Ok(false));
+    assert_eq!(subscribed, ["metalbus/v1/nodes/n1/commands"]);
+    let mut answers = out.clone();
+    assert!(matches!(next(&mut answers, 1024), Ok(Some(Packet::SubAck(s, _))) if s.pkid == 7));
+    assert!(matches!(next(&mut answers, 1024), Ok(Some(Packet::PubAck(a, _))) if a.pkid == 9));
+    match queue.try_recv() {
+        Ok(Packet::Publish(p, _)) => assert!(!p.retain, "kept retained past the bound"),
+        other => panic!("{other:?}"),
+    }
+    let hits = door
+        .telemetry
+        .limit_hits
+        .get_or_create(&crate::telemetry::LimitLabel {
+            limit: "retained_size".into(),
+        })
+        .get();
+    assert_eq!(hits, 1);
+
+    // Each of these ends the connection and hands nothing over.
+    for packet in [
+        qos1_publish("metalbus/v1/nodes/n2/status", b"{}".to_vec(), false, 1),
+        qos1_publish("metalbus/v1/nodes/n€/status", b"{}".to_vec(), false, 1),
+        subscribe("metalbus/v1/nodes/n2/commands"),
+        subscribe("metalbus/v1/nodes/+/commands"),
+        subscribe("metalbus/v1/#"),
+    ] {
+        let mut buf = wire(vec![packet.clone()]);
+        let ended = from_node(&node, &door, &hub, &mut buf, &mut out, &mut subscribed).await;
+        assert!(ended.is_err(), "{packet:?}");
+        assert!(queue.try_recv().is_err(), "{packet:?} reached the broker");
+    }
+    // Exactly-once is not offered, even on its own topic.
+    let exactly_once =
+        publish_with_qos(2, "metalbus/v1/nodes/n1/metrics", b"{}".to_vec(), false, 3);
+    let mut buf = wire(vec![exactly_once]);
+    let ended = from_node(&node, &door, &hub, &mut buf, &mut out, &mut subscribed).await;
+    assert!(ended.is_err());
+    assert!(queue.try_recv().is_err());
+    // Garbage is an error, not a panic.
+    let mut garbage = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, 0xff][..]);
+    assert!(
+        from_node(&node, &door, &hub, &mut garbage, &mut out, &mut subscribed)
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn an_enrolling_agent_takes_the_place_of_the_id_it_subscribed_for_only() {
+    let (door, _store) = door();
+    let (hub, _queue) = Hub::detached(4);
+    let mut subscribed = Vec::new();
+    let mut out = BytesMut::new();
+    let mut buf = wire(vec![subscribe("metalbus/v1/nodes/new-1/enrolled")]);
+    let said = from_node(
+        &Client::Enrolling,
+        &door,
+        &hub,
+        &mut buf,
+        &mut out,
+        &mut subscribed,
+    )
+    .await;
+    assert_eq!(said, Ok(false));
+    assert_eq!(enrolling_for(&door.topics, &subscribed), Some(id("new-1")));
+    // It may not listen to a node's commands, or to every answer.
+    for path in [
+        "metalbus/v1/nodes/new-1/commands",
+        "metalbus/v1/nodes/+/enrolled",
+    ] {
+        let mut buf = wire(vec![subscribe(path)]);
+        let ended = from_node(
+            &Client::Enrolling,
+            &door,
+            &hub,
+            &mut buf,
+            &mut out,
+            &mut subscribed,
+        )
+        .await;
+        assert!(ended.is_err(), "{path}");
+    }
+    assert_eq!(enrolling_for(&door.topics, &[]), None);
+}
