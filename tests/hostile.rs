@@ -433,6 +433,40 @@ async fn mqtt_clients_are_capped_and_the_cap_frees_as_they_close() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitors_are_capped_apart_from_agents_and_the_cap_frees_as_they_close() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctl = Controller::with_config(tmp.path(), "[mqtt]\nmax_monitors = 2\n", &[]).await;
+    let (port, token) = (ctl.mqtt_port, ctl.token());
+    let monitor = || Watcher::connect(port, Some(("monitor", token.as_str())), None);
+    let first = monitor().await.unwrap();
+    let _second = monitor().await.unwrap();
+    let third = monitor().await;
+    assert!(
+        third.as_ref().is_err_and(|e| e.contains("refused")),
+        "a third monitor: {:?}",
+        third.map(|_| ())
+    );
+    assert_eq!(limit_hits(&ctl, "mqtt_monitors").await, 1);
+    // Agents do not count against it: two nodes still connect (they share the hub's
+    // session with the router).
+    for id in ["mon-a", "mon-b"] {
+        let key = enroll_node(&ctl, id).await;
+        Watcher::node(
+            port,
+            id,
+            &key,
+            Some(&format!("metalbus/v1/nodes/{id}/commands")),
+        )
+        .await;
+    }
+    drop(first);
+    eventually(WAIT, "a monitor connects once one is gone", || async {
+        monitor().await.map(|_| ())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_heads_and_bodies_are_refused_and_a_silent_tls_client_is_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let tmp = tempfile::tempdir().unwrap();

@@ -47,7 +47,7 @@ pub fn start(
     topics: &Topics,
     user: &str,
     password: &str,
-    max_clients: usize,
+    max_monitors: usize,
 ) -> anyhow::Result<Embedded> {
     // Probe the address first: rumqttd binds inside its own thread and only logs failure.
     let probe = TcpListener::bind(listen).with_context(|| {
@@ -55,7 +55,7 @@ pub fn start(
     })?;
     let listen = probe.local_addr()?;
     drop(probe);
-    let router_tx = Router::new(0, router_config(topics, max_clients)).spawn();
+    let router_tx = Router::new(0, router_config(topics, max_monitors)).spawn();
     let mut server = Server::new(
         server_settings(listen, user, password),
         router_tx.clone(),
@@ -133,11 +133,11 @@ fn server_settings(listen: SocketAddr, user: &str, password: &str) -> ServerSett
     }
 }
 
-/// Sessions beyond the front door's clients: the controller's own, and the short ones
-/// that publish Wills.
-const EXTRA_SESSIONS: usize = 1024;
+/// Sessions beyond the monitors': the controller's own client, the door's node hub,
+/// and room for sessions that linger a moment after their connection closed.
+const EXTRA_SESSIONS: usize = 64;
 
-fn router_config(topics: &Topics, max_clients: usize) -> RouterConfig {
+fn router_config(topics: &Topics, max_monitors: usize) -> RouterConfig {
     // Filters for every Metalbus topic exist from the start, so their messages share one
     // bounded log per kind instead of one log per node.
     let mut filters: Vec<String> = NodeTopic::ALL
@@ -150,9 +150,10 @@ fn router_config(topics: &Topics, max_clients: usize) -> RouterConfig {
         topics.controller_status(),
     ]);
     RouterConfig {
-        // The front door caps its clients (`[mqtt] max_connections`); the router only
-        // backs that up.
-        max_connections: max_clients + EXTRA_SESSIONS,
+        // Agents share one session (the door's node hub); each monitor has one, and the
+        // door caps them (`[mqtt] max_monitors`). rumqttd sets aside room for this
+        // many sessions at start.
+        max_connections: max_monitors + EXTRA_SESSIONS,
         max_outgoing_packet_count: 200,
         // Each filter's log holds at most 4 segments of 1 MiB (an oversized message
         // gets a segment of its own): bounded memory per topic kind.

@@ -45,6 +45,9 @@ pub struct ControllerConfig {
     pub http_max_event_streams: usize,
     /// Clients of the embedded broker connected at once (`[mqtt] max_connections`).
     pub mqtt_max_connections: usize,
+    /// Of those, monitors (viewer or operator tokens) at once (`[mqtt] max_monitors`):
+    /// each costs a session in rumqttd's router, which is sized for them.
+    pub mqtt_max_monitors: usize,
     /// Enrolled nodes no operator has taken on yet (`[enroll] max_waiting_nodes`).
     pub max_waiting_nodes: usize,
     /// The certificate both serve; issued by the controller's own CA when unset.
@@ -406,6 +409,7 @@ impl Default for ControllerConfig {
             http_max_event_streams: crate::api::MAX_EVENT_STREAMS,
             max_waiting_nodes: MAX_WAITING_NODES,
             mqtt_max_connections: MQTT_MAX_CONNECTIONS,
+            mqtt_max_monitors: MQTT_MAX_MONITORS,
             tls: TlsFiles::default(),
             insecure_plain: false,
             mosquitto_dir: None,
@@ -444,6 +448,8 @@ pub struct MqttSection {
     pub tls: Option<bool>,
     /// Clients connected at once; more are closed at once.
     pub max_connections: Option<usize>,
+    /// Monitors (token logins) connected at once; more are refused at CONNECT.
+    pub max_monitors: Option<usize>,
 }
 
 /// `[broker]`: an external broker (Mosquitto, EMQX, ...) instead of the embedded one.
@@ -485,6 +491,12 @@ pub struct EnrollSection {
 /// Default of `[mqtt] max_connections`: a rack room of agents and its monitors. The
 /// unit's `LimitNOFILE` leaves room for it.
 pub const MQTT_MAX_CONNECTIONS: usize = 20_000;
+
+/// Default of `[mqtt] max_monitors`: dashboards, `mosquitto_sub` sessions and
+/// integrations, not agents (they share one router session, DECISIONS §70). rumqttd
+/// sets aside about 1.7 KB per session it may hold at start (18 MB when it was sized
+/// for every client, DECISIONS §71).
+pub const MQTT_MAX_MONITORS: usize = 1_000;
 
 /// Default of `[enroll] max_waiting_nodes`: the embedded broker's connection cap, so a
 /// whole rack room can enroll at once but a leaked multi-use token cannot grow the
@@ -530,6 +542,13 @@ impl ControllerFile {
                 "[mqtt] max_connections is {n}; it must be 1..=1000000"
             );
             cfg.mqtt_max_connections = n;
+        }
+        if let Some(n) = self.mqtt.max_monitors {
+            anyhow::ensure!(
+                (1..=100_000).contains(&n),
+                "[mqtt] max_monitors is {n}; it must be 1..=100000"
+            );
+            cfg.mqtt_max_monitors = n;
         }
         if let Some(n) = self.http.max_event_streams {
             anyhow::ensure!(

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::FutureExt;
 use metalbus_link::MAX_PACKET_BYTES;
 use metalbus_protocol::api::Role;
@@ -61,6 +61,9 @@ use crate::telemetry::{Limit, Telemetry};
 const CONNECT_WAIT: Duration = Duration::from_secs(10);
 /// Largest CONNECT accepted (its Will included).
 const MAX_CONNECT_BYTES: usize = 64 * 1024;
+/// A connection's read buffer to start with: an agent's CONNECT and its usual reports
+/// fit (a metrics sample is about 600 bytes); larger packets grow it for a while.
+const READ_BUFFER: usize = 1024;
 /// The user the controller's own client logs in to rumqttd's internal listener with.
 pub const INTERNAL_USER: &str = "metalbus-door";
 
@@ -144,6 +147,8 @@ pub struct Door {
     pub telemetry: Arc<Telemetry>,
     /// One permit per open client connection (`[mqtt] max_connections`).
     pub clients: Arc<tokio::sync::Semaphore>,
+    /// One permit per monitor's router session (`[mqtt] max_monitors`).
+    pub monitors: Arc<tokio::sync::Semaphore>,
 }
 
 /// Largest retained status a node may leave in the broker (a birth or its Will is a few
@@ -315,20 +320,43 @@ pub async fn run(
         let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            // Boxed: the task holds the state of plain MQTT or of TLS, not the larger.
             let result = match tls {
-                None => serve(stream, &door, &hub).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(CONNECT_WAIT, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => serve(stream, &door, &hub).await,
-                        Ok(Err(e)) => Err(format!("TLS handshake: {e}")),
-                        Err(_) => Err("no TLS handshake in time".into()),
-                    }
-                }
+                None => Box::pin(serve(stream, &door, &hub)).await,
+                Some(acceptor) => Box::pin(serve_tls(acceptor, stream, &door, &hub)).await,
             };
             if let Err(why) = result {
                 debug!(%peer, %why, "MQTT client closed");
             }
         });
+    }
+}
+
+/// A client over TLS: the handshake, then [`serve`].
+async fn serve_tls(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    door: &Door,
+    hub: &Arc<Hub>,
+) -> Result<(), String> {
+    // The handshake's state in a box of its own, freed once it is done, and the TLS
+    // stream (2.4 KB of rustls state) on the heap once: held by value, it took a slot
+    // in this future and another in each future it was moved into (48 MB for 10,000
+    // agents, heaptrack, DECISIONS §71).
+    let stream = Box::pin(handshake(acceptor, stream)).await?;
+    serve(stream, door, hub).await
+}
+
+type TlsStream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+async fn handshake(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+) -> Result<Box<TlsStream>, String> {
+    match tokio::time::timeout(CONNECT_WAIT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Ok(Box::new(stream)),
+        Ok(Err(e)) => Err(format!("TLS handshake: {e}")),
+        Err(_) => Err("no TLS handshake in time".into()),
     }
 }
 
@@ -341,13 +369,39 @@ async fn serve<S>(mut client: S, door: &Door, hub: &Arc<Hub>) -> Result<(), Stri
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut cbuf = BytesMut::with_capacity(4096);
-    let connect = tokio::time::timeout(
-        CONNECT_WAIT,
-        read_connect(&mut client, &mut cbuf, MAX_CONNECT_BYTES),
-    )
-    .await
-    .map_err(|_| "no CONNECT in time".to_string())??;
+    let mut cbuf = BytesMut::with_capacity(READ_BUFFER);
+    // Each phase boxed: a connection's task holds only the state of the phase it is in,
+    // and of the path it took, not the largest of them (DECISIONS §71).
+    let accepted = Box::pin(accept(&mut client, &mut cbuf, door)).await?;
+    match accepted {
+        Accepted::Node(node) => Box::pin(serve_node(client, cbuf, door, hub, node)).await,
+        Accepted::Monitor(monitor) => {
+            let Ok(_permit) = door.monitors.clone().try_acquire_owned() else {
+                door.telemetry.count_limit(Limit::MqttMonitors);
+                info!(session = %monitor.session, "MQTT monitor refused: at [mqtt] max_monitors");
+                let _ =
+                    write_packet(&mut client, refused(ConnectReturnCode::ServiceUnavailable)).await;
+                return Err("at [mqtt] max_monitors".into());
+            };
+            Box::pin(serve_monitor(client, cbuf, door, monitor)).await
+        }
+    }
+}
+
+/// Who a client is, once its CONNECT is accepted.
+enum Accepted {
+    Node(NodeConnection),
+    Monitor(Monitor),
+}
+
+/// Reads and checks the client's CONNECT; answers a refusal itself.
+async fn accept<S>(client: &mut S, cbuf: &mut BytesMut, door: &Door) -> Result<Accepted, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let connect = tokio::time::timeout(CONNECT_WAIT, read_connect(client, cbuf, MAX_CONNECT_BYTES))
+        .await
+        .map_err(|_| "no CONNECT in time".to_string())??;
     let Packet::Connect(connect, _, will, _, login) = connect else {
         return Err("the first packet is not CONNECT".into());
     };
@@ -359,14 +413,14 @@ where
                 ?code,
                 "MQTT client refused"
             );
-            let _ = write_packet(&mut client, refused(code)).await;
+            let _ = write_packet(client, refused(code)).await;
             return Err(format!("refused: {code:?}"));
         }
     };
     // As rumqttd: a client must promise to speak now and then, or it could hold a
     // session open for ever.
     if connect.keep_alive == 0 {
-        let _ = write_packet(&mut client, refused(ConnectReturnCode::ServiceUnavailable)).await;
+        let _ = write_packet(client, refused(ConnectReturnCode::ServiceUnavailable)).await;
         return Err("keep-alive 0 is not accepted".into());
     }
     // The client's session lives in its own namespace.
@@ -375,17 +429,47 @@ where
         id => id.to_string(),
     };
     if matches!(who, Client::Node(_) | Client::Enrolling) {
-        let node = NodeConnection {
+        return Ok(Accepted::Node(NodeConnection {
             who,
             client_id: own_id,
             idle: Duration::from_secs(u64::from(connect.keep_alive)) * 3 / 2,
             will,
-        };
-        return serve_node(client, cbuf, door, hub, node).await;
+        }));
     }
-    // What is left is a monitor: a session of its own with the router.
-    let session = format!("{}:{own_id}", who.label());
-    let (mut tx, mut rx, connack) = match open(door, session.clone(), connect.clean_session).await {
+    Ok(Accepted::Monitor(Monitor {
+        session: format!("{}:{own_id}", who.label()),
+        who,
+        clean: connect.clean_session,
+        keep_alive: connect.keep_alive,
+    }))
+}
+
+/// What [`serve_monitor`] needs to know of a monitor's connection.
+struct Monitor {
+    who: Client,
+    /// Its session name with the router.
+    session: String,
+    clean: bool,
+    keep_alive: u16,
+}
+
+/// A monitor: a session of its own with the router.
+async fn serve_monitor<S>(
+    mut client: S,
+    mut cbuf: BytesMut,
+    door: &Door,
+    monitor: Monitor,
+) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Monitor {
+        who,
+        session,
+        clean,
+        keep_alive,
+    } = monitor;
+    let (mut tx, mut rx, connack) = match open(door, session, clean).await {
         Ok(link) => link,
         Err(why) => {
             let _ = write_packet(&mut client, refused(ConnectReturnCode::ServiceUnavailable)).await;
@@ -397,7 +481,7 @@ where
         encode(packet, &mut out)?;
     }
     // MQTT 3.1.1 section 3.1.2.10: one and a half keep-alive periods without a packet.
-    let idle = Duration::from_secs(u64::from(connect.keep_alive)) * 3 / 2;
+    let idle = Duration::from_secs(u64::from(keep_alive)) * 3 / 2;
     let mut deadline = Instant::now() + idle;
     // `Ok(())`: the client said DISCONNECT. `Err`: any other end, and the session is left.
     let end: Result<(), String> = async {
@@ -475,7 +559,7 @@ where
     };
     let mut revocations = door.keys.revocations();
     let mut subscribed: Vec<String> = Vec::new();
-    let mut out = BytesMut::with_capacity(1024);
+    let mut out = BytesMut::new();
     let connack = ConnAck {
         session_present: false,
         code: ConnectReturnCode::Success,
@@ -499,11 +583,13 @@ where
                             .map(|id| hub.attach(&id, &client_id));
                     }
                     write_within(&mut client, &out, idle).await?;
+                    shrink(&mut cbuf);
+                    shrink(&mut out);
                     if said_disconnect {
                         return Ok(());
                     }
                 }
-                m = next_for(&mut place) => {
+                m = next_for(&place) => {
                     let Some(first) = m else {
                         // The same client connected again: its Will would carry the
                         // same `conn` as the birth it is about to send, and the
@@ -517,7 +603,7 @@ where
                         if subscribed.iter().any(|s| s == topic) {
                             encode(Packet::Publish(publish, None), &mut out)?;
                         }
-                        next = place.as_mut().and_then(|p| p.rx.try_recv().ok());
+                        next = place.as_ref().and_then(hub::Attached::try_recv);
                     }
                     write_within(&mut client, &out, idle).await?;
                 }
@@ -555,10 +641,18 @@ where
     end
 }
 
+/// Gives back a buffer that a large packet grew, once it is empty: an idle connection
+/// keeps at most [`READ_BUFFER`] bytes.
+fn shrink(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > 4 * READ_BUFFER {
+        *buf = BytesMut::with_capacity(READ_BUFFER);
+    }
+}
+
 /// The next message for this connection; never, while it has no place in the hub.
-async fn next_for(place: &mut Option<hub::Attached>) -> Option<Publish> {
+async fn next_for(place: &Option<hub::Attached>) -> Option<Publish> {
     match place {
-        Some(p) => p.rx.recv().await,
+        Some(p) => p.recv().await,
         None => std::future::pending().await,
     }
 }
@@ -583,74 +677,96 @@ async fn from_node(
     subscribed: &mut Vec<String>,
 ) -> Result<bool, String> {
     loop {
-        let packet = match next(buf, MAX_PACKET_BYTES)? {
-            None => return Ok(false),
-            Some(Packet::PingReq(_)) => {
-                encode(Packet::PingResp(PingResp), out)?;
-                continue;
-            }
-            Some(Packet::Disconnect(..)) => return Ok(true),
-            Some(packet) => inbound(who, &door.topics, packet)?,
+        // Only the publish is held across the wait for the hub, not a whole packet:
+        // this future is part of every node connection's task.
+        let (publish, pkid) = match node_step(who, door, buf, out, subscribed)? {
+            NodeStep::More => return Ok(false),
+            NodeStep::Disconnect => return Ok(true),
+            NodeStep::Answered => continue,
+            NodeStep::Publish(p, pkid) => (p, pkid),
         };
-        match packet {
-            mut packet @ Packet::Publish(..) => {
-                if bound_retained(who, &door.topics, &mut packet) {
-                    door.telemetry.count_limit(Limit::RetainedSize);
-                }
-                let Packet::Publish(p, _) = packet else {
-                    continue;
-                };
-                let (qos, pkid) = qos_and_pkid(&p);
-                if qos > 1 {
-                    return Err("exactly-once publishes are not offered".into());
-                }
-                hub.publish(p).await?;
-                if qos == 1 {
-                    let reason = PubAckReason::Success;
-                    encode(Packet::PubAck(PubAck { pkid, reason }, None), out)?;
-                }
-            }
-            Packet::Subscribe(s, _) => {
-                for f in &s.filters {
-                    if !subscribed.contains(&f.path) {
-                        subscribed.push(f.path.clone());
-                    }
-                }
-                // Delivered at most once (see `hub`): QoS 0 granted.
-                let return_codes = s
-                    .filters
-                    .iter()
-                    .map(|_| SubscribeReasonCode::Success(QoS::AtMostOnce))
-                    .collect();
-                encode(
-                    Packet::SubAck(
-                        SubAck {
-                            pkid: s.pkid,
-                            return_codes,
-                        },
-                        None,
-                    ),
-                    out,
-                )?;
-            }
-            Packet::Unsubscribe(u, _) => {
-                subscribed.retain(|s| !u.filters.contains(s));
-                let reasons = u.filters.iter().map(|_| UnsubAckReason::Success).collect();
-                encode(
-                    Packet::UnsubAck(
-                        UnsubAck {
-                            pkid: u.pkid,
-                            reasons,
-                        },
-                        None,
-                    ),
-                    out,
-                )?;
-            }
-            // Acknowledgements of QoS 0 deliveries do not come; anything else a client
-            // may send needs no answer.
-            _ => {}
+        hub.publish(publish).await?;
+        if let Some(pkid) = pkid {
+            let reason = PubAckReason::Success;
+            encode(Packet::PubAck(PubAck { pkid, reason }, None), out)?;
         }
+    }
+}
+
+/// What [`node_step`] made of the next packet.
+enum NodeStep {
+    /// No whole packet yet.
+    More,
+    Disconnect,
+    /// Answered (into `out`) or ignored.
+    Answered,
+    /// To the router; acknowledged with this packet id once handed over (QoS 1).
+    Publish(Publish, Option<u16>),
+}
+
+/// The next packet a node sent, checked; everything but a publish answered here.
+fn node_step(
+    who: &Client,
+    door: &Door,
+    buf: &mut BytesMut,
+    out: &mut BytesMut,
+    subscribed: &mut Vec<String>,
+) -> Result<NodeStep, String> {
+    let packet = match next(buf, MAX_PACKET_BYTES)? {
+        None => return Ok(NodeStep::More),
+        Some(Packet::PingReq(_)) => {
+            encode(Packet::PingResp(PingResp), out)?;
+            return Ok(NodeStep::Answered);
+        }
+        Some(Packet::Disconnect(..)) => return Ok(NodeStep::Disconnect),
+        Some(packet) => inbound(who, &door.topics, packet)?,
+    };
+    match packet {
+        mut packet @ Packet::Publish(..) => {
+            if bound_retained(who, &door.topics, &mut packet) {
+                door.telemetry.count_limit(Limit::RetainedSize);
+            }
+            let Packet::Publish(p, _) = packet else {
+                return Ok(NodeStep::Answered);
+            };
+            let (qos, pkid) = qos_and_pkid(&p);
+            if qos > 1 {
+                return Err("exactly-once publishes are not offered".into());
+            }
+            Ok(NodeStep::Publish(p, (qos == 1).then_some(pkid)))
+        }
+        Packet::Subscribe(s, _) => {
+            for f in &s.filters {
+                if !subscribed.contains(&f.path) {
+                    subscribed.push(f.path.clone());
+                }
+            }
+            // Delivered at most once (see `hub`): QoS 0 granted.
+            let return_codes = s
+                .filters
+                .iter()
+                .map(|_| SubscribeReasonCode::Success(QoS::AtMostOnce))
+                .collect();
+            let suback = SubAck {
+                pkid: s.pkid,
+                return_codes,
+            };
+            encode(Packet::SubAck(suback, None), out)?;
+            Ok(NodeStep::Answered)
+        }
+        Packet::Unsubscribe(u, _) => {
+            subscribed.retain(|s| !u.filters.contains(s));
+            let reasons = u.filters.iter().map(|_| UnsubAckReason::Success).collect();
+            let unsuback = UnsubAck {
+                pkid: u.pkid,
+                reasons,
+            };
+            encode(Packet::UnsubAck(unsuback, None), out)?;
+            Ok(NodeStep::Answered)
+        }
+        // Acknowledgements of QoS 0 deliveries do not come; anything else a client
+        // may send needs no answer.
+        _ => Ok(NodeStep::Answered),
     }
 }
 
@@ -884,8 +1000,27 @@ fn inbound(who: &Client, topics: &Topics, packet: Packet) -> Result<Packet, Stri
 }
 
 /// The next whole packet in `buf`, `None` when more bytes are needed.
+///
+/// A publish's topic and payload (and a Will's) are copied out: rumqttd's parser hands
+/// out slices of `buf`, and one kept by the router (retained, or in a topic's log) would
+/// pin the whole read buffer, a few KB per node, for as long as it is kept, and make
+/// the connection allocate a new one for its next read (DECISIONS §71).
 fn next(buf: &mut BytesMut, max: usize) -> Result<Option<Packet>, String> {
     match V4.read_mut(buf, max) {
+        Ok(Packet::Publish(mut p, props)) => {
+            p.topic = Bytes::copy_from_slice(&p.topic);
+            p.payload = Bytes::copy_from_slice(&p.payload);
+            Ok(Some(Packet::Publish(p, props)))
+        }
+        Ok(Packet::Connect(connect, props, mut will, will_props, login)) => {
+            if let Some(w) = will.as_mut() {
+                w.topic = Bytes::copy_from_slice(&w.topic);
+                w.message = Bytes::copy_from_slice(&w.message);
+            }
+            Ok(Some(Packet::Connect(
+                connect, props, will, will_props, login,
+            )))
+        }
         Ok(p) => Ok(Some(p)),
         Err(rumqttd::protocol::Error::InsufficientBytes(_)) => Ok(None),
         Err(e) => Err(format!("malformed packet: {e:?}")),

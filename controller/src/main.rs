@@ -115,6 +115,7 @@ impl ServeArgs {
                 prefix: None,
                 tls: self.mqtt_tls.then_some(true),
                 max_connections: None,
+                max_monitors: None,
             },
             http: HttpSection {
                 listen: self.http_listen,
@@ -204,6 +205,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let cfg = args.resolve()?;
     metalbus_link::init_logging(cfg.log_format, "info,rumqttd=off");
     metalbus_link::abort_on_panic();
+    // A descriptor per connected agent: the soft limit is often 1,024.
+    match metalbus_link::files::raise_open_files() {
+        Ok(n) if cfg.broker.is_none() && n < cfg.mqtt_max_connections as u64 => tracing::warn!(
+            open_files = n,
+            mqtt_max_connections = cfg.mqtt_max_connections,
+            "the open-file limit is below [mqtt] max_connections (LimitNOFILE= in the unit)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
     runtime()?.block_on(async move {
         let signal = metalbus_link::shutdown_signal();
         let shutdown = async move {

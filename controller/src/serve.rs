@@ -128,7 +128,7 @@ pub async fn run(
                 &topics,
                 door::INTERNAL_USER,
                 &password,
-                cfg.mqtt_max_connections,
+                cfg.mqtt_max_monitors,
             )?;
             let addr = public.local_addr()?;
             let url = BrokerUrl {
@@ -149,6 +149,7 @@ pub async fn run(
                 links: embedded.links,
                 telemetry: telemetry.clone(),
                 clients: Arc::new(tokio::sync::Semaphore::new(cfg.mqtt_max_connections)),
+                monitors: Arc::new(tokio::sync::Semaphore::new(cfg.mqtt_max_monitors)),
             };
             (url, Some(addr), bus_url, login, Some((public, door)))
         }

@@ -45,6 +45,7 @@ pub enum Limit {
     RetainedSize,
     /// MQTT connections to the front door.
     MqttConnections,
+    MqttMonitors,
     /// HTTP connections: one waits for a place.
     HttpConnections,
     /// HTTP clients too slow with their TLS handshake, headers or request.
@@ -54,7 +55,7 @@ pub enum Limit {
 }
 
 impl Limit {
-    pub const ALL: [Limit; 10] = [
+    pub const ALL: [Limit; 11] = [
         Limit::HeldReports,
         Limit::EarlyInventories,
         Limit::WaitingNodes,
@@ -62,6 +63,7 @@ impl Limit {
         Limit::EventStreams,
         Limit::RetainedSize,
         Limit::MqttConnections,
+        Limit::MqttMonitors,
         Limit::HttpConnections,
         Limit::HttpSlowClients,
         Limit::HttpTooLarge,
@@ -76,6 +78,7 @@ impl Limit {
             Limit::EventStreams => "event_streams",
             Limit::RetainedSize => "retained_size",
             Limit::MqttConnections => "mqtt_connections",
+            Limit::MqttMonitors => "mqtt_monitors",
             Limit::HttpConnections => "http_connections",
             Limit::HttpSlowClients => "http_slow_clients",
             Limit::HttpTooLarge => "http_too_large",

@@ -420,12 +420,14 @@ impl SimProc {
             &dir.join("sim").display().to_string(),
             "--stats",
             &stats.display().to_string(),
-            "--metrics-interval",
-            "1s",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
+        // Metrics every second unless `extra` says otherwise.
+        if !extra.contains(&"--metrics-interval") {
+            args.extend(["--metrics-interval".to_string(), "1s".to_string()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         enroll_with_fleet_token(dir, &mut args);
         SimProc {

@@ -19,6 +19,10 @@ impl Engine {
     /// hand on the effects.
     pub(super) fn announce(&mut self, batch: Batch, resync: bool) {
         batch.counts.record(&self.telemetry);
+        // The summary counts every node: only worth it when one changed. A batch of
+        // metrics and heartbeats changes none (it was 2 % of the controller's CPU with
+        // 1,000 agents reporting ten times a second, DECISIONS §71).
+        let fleet_changed = !batch.nodes.is_empty() || !batch.deleted.is_empty();
         // Keys first: an enrolled agent's birth may follow its answer at once.
         for (id, key) in batch.keys {
             match key {
@@ -78,7 +82,9 @@ impl Engine {
             }
             self.last_summary = None;
         }
-        self.publish_summary();
+        if fleet_changed || self.last_summary.is_none() {
+            self.publish_summary();
+        }
     }
 
     /// A node's state message, as on its retained `state` topic.

@@ -177,6 +177,7 @@ impl Engine {
             reconciler: Reconciler {
                 next_at: Timestamp::from_unix_millis(0),
                 started_at: Timestamp::from_unix_millis(0),
+                mass_silence: false,
             },
             last_summary: None,
             credentials,

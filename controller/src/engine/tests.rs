@@ -1019,6 +1019,75 @@ fn a_stuck_pending_node_is_sent_the_install_again() {
     assert!(kinds.ends_with(&["install".to_string()]), "{kinds:?}");
 }
 
+fn sample_now() -> MetricsSample {
+    serde_json::from_str(
+        r#"{"ts":"2026-01-01T00:00:00Z","cpu_percent":1.0,"load":null,"memory":null,"swap":null,
+            "filesystems":null,"network":null,"disk_io":null,"uptime_s":5,"temperatures_c":null}"#,
+    )
+    .unwrap()
+}
+
+/// `fleet` nodes (metrics every 15 s: a 45 s window), of which the first `silent` say
+/// nothing more for `seconds` while the others report every 5 s. Online nodes after.
+fn silent_fleet(fleet: usize, silent: usize, seconds: u64) -> (Rig, usize) {
+    let mut r = rig();
+    let births = (0..fleet)
+        .map(|i| birth(&format!("m{i:03}"), 1, "s", &format!("m{i:03}")))
+        .collect();
+    r.engine.apply(births);
+    for _ in 0..seconds / 5 {
+        r.clock.advance_ms(5_000);
+        let talk = (silent..fleet)
+            .map(|i| Input::Metrics {
+                id: id(&format!("m{i:03}")),
+                sample: sample_now(),
+            })
+            .collect();
+        r.engine.apply(talk);
+    }
+    let online = (0..fleet)
+        .filter(|i| r.node(&format!("m{i:03}")).online)
+        .count();
+    (r, online)
+}
+
+fn offline_messages(r: &Rig, node: &str) -> Vec<String> {
+    r.store
+        .events(&id(node), &crate::store::EventFilter::default(), 100)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.reason == EventReason::NodeOffline)
+        .map(|e| e.message)
+        .collect()
+}
+
+#[test]
+fn many_nodes_silent_at_once_wait_three_windows_before_going_offline() {
+    // 60 of 100 silent for 50 s: past their 45 s window, but more than 10 % at once.
+    let (_, online) = silent_fleet(100, 60, 50);
+    assert_eq!(online, 100, "mass silence: the verdict waits");
+    // For 135 s, three windows: offline, saying for how long.
+    let (r, online) = silent_fleet(100, 60, 135);
+    assert_eq!(online, 40);
+    let n = r.node("m000");
+    assert_eq!(n.offline_reason, Some(OfflineReason::Stale));
+    assert!(offline_messages(&r, "m000")
+        .contains(&"nothing heard from the agent for 2m 15s".to_string()));
+}
+
+#[test]
+fn a_few_silent_nodes_go_offline_after_one_window_in_any_fleet() {
+    // 5 of 100: not a mass silence.
+    let (r, online) = silent_fleet(100, 5, 50);
+    assert_eq!(online, 95);
+    assert!(
+        offline_messages(&r, "m000").contains(&"nothing heard from the agent for 45s".to_string())
+    );
+    // A small fleet all silent at once: fewer than 50 nodes is not a mass silence.
+    let (_, online) = silent_fleet(20, 20, 50);
+    assert_eq!(online, 0);
+}
+
 #[test]
 fn silence_for_three_metrics_intervals_is_offline_and_a_message_brings_it_back() {
     let mut r = rig();

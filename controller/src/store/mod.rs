@@ -164,15 +164,24 @@ impl std::ops::Deref for Store {
     }
 }
 
+/// redb's page cache, reads and buffered writes together. redb's default is 1 GiB, so
+/// the cache grew with the file: 55 MB of a 10,000-node controller's heap at the start
+/// (heaptrack, DECISIONS §71). The engine keeps what it works on in memory; the cache
+/// serves API reads, which the kernel's page cache backs.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 impl Store {
     /// Opens or creates `path`. Fails if another process holds it.
     pub fn open(path: &Path, telemetry: Arc<Telemetry>) -> Result<Self, StoreError> {
         let path = path.to_path_buf();
         let opener: Opener = Box::new(move || {
-            Database::create(&path).map_err(|source| StoreError::Open {
-                path: path.clone(),
-                source,
-            })
+            Database::builder()
+                .set_cache_size(CACHE_BYTES)
+                .create(&path)
+                .map_err(|source| StoreError::Open {
+                    path: path.clone(),
+                    source,
+                })
         });
         Self::from_opener(opener, telemetry)
     }

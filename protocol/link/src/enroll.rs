@@ -16,8 +16,20 @@ use tracing::{info, warn};
 
 use crate::{Backoff, Endpoint};
 
-/// How long one attempt waits for the controller's answer.
+/// How long the first attempt waits for the controller's answer; each attempt that
+/// gets none waits twice as long, up to [`MAX_ANSWER_WAIT`]. A fixed wait made a
+/// controller that was busy with a fleet enrolling at once (10,000 agents: answers
+/// after up to 20 s) busier: each attempt that gave up came back as a new request, and
+/// the answer to the old one was wasted.
 const ANSWER_WAIT: Duration = Duration::from_secs(10);
+const MAX_ANSWER_WAIT: Duration = Duration::from_secs(60);
+
+/// One attempt's number and how long it waits for an answer.
+#[derive(Debug, Clone, Copy)]
+struct Try {
+    no: u64,
+    wait: Duration,
+}
 
 /// The outcome of a successful enrollment.
 #[derive(Debug, Clone)]
@@ -47,17 +59,20 @@ pub async fn enroll(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<Enrolled> {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-    let mut attempt_no = 0u64;
+    let mut this = Try {
+        no: 0,
+        wait: ANSWER_WAIT,
+    };
     loop {
         if *shutdown.borrow() {
             return None;
         }
-        attempt_no += 1;
-        let delay = match attempt(
-            endpoint, topics, node, hostname, token, attempt_no, shutdown,
-        )
-        .await
-        {
+        this.no += 1;
+        let outcome = attempt(endpoint, topics, node, hostname, token, this, shutdown).await;
+        if let Outcome::Retry(_) = &outcome {
+            this.wait = (this.wait * 2).min(MAX_ANSWER_WAIT);
+        }
+        let delay = match outcome {
             Outcome::Done(done) => {
                 info!(%node, token = %token.id, "enrolled with the controller");
                 return Some(done);
@@ -86,7 +101,7 @@ async fn attempt(
     node: &NodeId,
     hostname: &str,
     token: &EnrollToken,
-    attempt_no: u64,
+    this: Try,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Outcome {
     let rng = ring::rand::SystemRandom::new();
@@ -105,15 +120,15 @@ async fn attempt(
         Ok(p) => p,
         Err(e) => return Outcome::Retry(e.to_string()),
     };
-    let mut opts = endpoint.options(&format!("{node}-enroll-{attempt_no}"));
+    let mut opts = endpoint.options(&format!("{node}-enroll-{}", this.no));
     opts.set_credentials(token.broker_user(), token.broker_password());
     let (client, mut eventloop) = AsyncClient::new(opts, 16);
-    let deadline = tokio::time::Instant::now() + ANSWER_WAIT;
+    let deadline = tokio::time::Instant::now() + this.wait;
     let outcome = loop {
         let event = tokio::select! {
             _ = shutdown.changed() => break Outcome::Shutdown,
             _ = tokio::time::sleep_until(deadline) => {
-                break Outcome::Retry("no answer from the controller in time".into())
+                break Outcome::Retry(format!("no answer from the controller within {:?}", this.wait))
             }
             e = eventloop.poll() => e,
         };

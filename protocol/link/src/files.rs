@@ -56,9 +56,40 @@ pub fn check_private(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Raises this process's soft open-file limit to its hard limit, as Go's runtime does:
+/// the soft limit is often 1,024, and a controller holds a descriptor per connected
+/// agent (the simulator two per virtual agent). Returns the limit now in force.
+pub fn raise_open_files() -> io::Result<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    // `None` is no limit: above any number.
+    let below = match (limit.current, limit.maximum) {
+        (Some(soft), Some(hard)) => soft < hard,
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    if below {
+        limit.current = limit.maximum;
+        setrlimit(Resource::Nofile, limit).map_err(io::Error::from)?;
+    }
+    // `None` means no limit.
+    Ok(limit.current.unwrap_or(u64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_open_file_limit_goes_up_to_the_hard_one() {
+        use rustix::process::{getrlimit, Resource};
+        let now = raise_open_files().unwrap();
+        let limit = getrlimit(Resource::Nofile);
+        assert_eq!(limit.current, limit.maximum);
+        assert_eq!(Some(now), limit.current);
+        // Again: nothing left to raise.
+        assert_eq!(raise_open_files().unwrap(), now);
+    }
 
     #[test]
     fn secret_files_are_private_from_the_start_and_checked() {
