@@ -18,30 +18,20 @@
 //!
 //! `cargo bench -p metalbus --bench durable` (`NODES`, `PROGRESS` change the sizes).
 
+mod common;
+
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metalbus::config::ControllerConfig;
-use metalbus::engine::{Action, Call, CallError, Engine, EngineConfig, Input, Outlets, Reply};
-use metalbus::live::LiveFeed;
-use metalbus::publish::PublishQueue;
-use metalbus::store::Store;
+use common::env;
+
+use metalbus::engine::{Action, Call, CallError, Input, Reply};
 use metalbus::telemetry::Telemetry;
-use metalbus_link::SystemClock;
 use metalbus_protocol::command::{CommandId, JobKind, Work};
 use metalbus_protocol::report::{JobStatus, Report, ReportBody};
-use metalbus_protocol::status::Status;
-use metalbus_protocol::topic::Topics;
 use metalbus_protocol::{NodeId, Timestamp};
 use tokio::sync::{mpsc, oneshot};
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn node(i: usize) -> NodeId {
     NodeId::new(format!("durable-{i:05}")).expect("valid id")
@@ -52,16 +42,7 @@ fn session(i: usize) -> String {
 }
 
 fn birth(i: usize) -> Input {
-    let status: Status = serde_json::from_value(serde_json::json!({
-        "online": true, "conn": 1, "session": session(i), "agent_version": "bench",
-        "hostname": format!("durable-{i:05}"), "boot_id": "b", "metrics_interval_s": 60,
-        "ts": "2026-01-01T00:00:00Z",
-    }))
-    .expect("valid birth");
-    Input::Status {
-        id: node(i),
-        status,
-    }
+    common::birth(node(i), session(i), 60)
 }
 
 /// The `n`th report (from 0) of node `i` for its install command.
@@ -164,31 +145,8 @@ fn main() {
     let fsyncs_before = fsync_rate(dir.path(), Duration::from_secs(2));
     let phases = runtime.block_on(async {
         let telemetry = Arc::new(Telemetry::new());
-        let store =
-            Store::open(&dir.path().join("metalbus.redb"), telemetry.clone()).expect("store");
-        let (publish, mut outbound) = PublishQueue::new();
-        tokio::spawn(async move { while outbound.recv().await.is_some() {} });
-        let (wake, _wakes) = mpsc::unbounded_channel();
-        let engine = Engine::new(
-            store,
-            Outlets {
-                publish,
-                wake,
-                live: LiveFeed::default(),
-            },
-            telemetry.clone(),
-            Arc::new(SystemClock::new()),
-            EngineConfig {
-                topics: Topics::new(metalbus_protocol::DEFAULT_PREFIX.to_string()).expect("topics"),
-                metrics_flush: Duration::from_secs(10),
-                controller: Arc::new(ControllerConfig::default()),
-                identity: metalbus::security::ephemeral_identity(),
-                keyring: Default::default(),
-            },
-        )
-        .expect("engine");
-        let (tx, rx) = mpsc::channel(65_536);
-        let task = engine.spawn(rx).expect("engine thread");
+        let (tx, task) =
+            common::start_engine(&dir.path().join("metalbus.redb"), telemetry.clone(), 65_536);
         for i in 0..nodes {
             tx.send(birth(i)).await.expect("engine running");
         }

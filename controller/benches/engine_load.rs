@@ -12,45 +12,26 @@
 //! `cargo bench -p metalbus --bench engine_load` (NODES and CALLS in the environment
 //! change the sizes).
 
+mod common;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metalbus::config::ControllerConfig;
-use metalbus::engine::{Action, Call, Engine, EngineConfig, Input, Outlets};
-use metalbus::live::LiveFeed;
-use metalbus::publish::PublishQueue;
-use metalbus::store::Store;
-use metalbus::telemetry::Telemetry;
-use metalbus_link::SystemClock;
-use metalbus_protocol::metrics::{Filesystem, MetricsSample, NetworkRates, Usage};
-use metalbus_protocol::status::Status;
-use metalbus_protocol::topic::Topics;
-use metalbus_protocol::{NodeId, Timestamp};
-use tokio::sync::{mpsc, oneshot};
+use common::env;
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use metalbus::engine::{Action, Call, Input};
+use metalbus::telemetry::Telemetry;
+use metalbus_protocol::metrics::{Filesystem, MetricsSample, NetworkRates, Usage};
+use metalbus_protocol::{NodeId, Timestamp};
+use tokio::sync::oneshot;
 
 fn node(i: usize) -> NodeId {
     NodeId::new(format!("bench-{i:05}")).expect("valid id")
 }
 
 fn birth(i: usize) -> Input {
-    let status: Status = serde_json::from_value(serde_json::json!({
-        "online": true, "conn": 1, "session": format!("s{i}"), "agent_version": "bench",
-        "hostname": format!("bench-{i:05}"), "boot_id": "b", "metrics_interval_s": 1,
-        "ts": "2026-01-01T00:00:00Z",
-    }))
-    .expect("valid birth");
-    Input::Status {
-        id: node(i),
-        status,
-    }
+    common::birth(node(i), format!("s{i}"), 1)
 }
 
 fn sample(n: u64) -> MetricsSample {
@@ -99,33 +80,12 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 async fn scenario(label: &str, nodes: usize, calls: usize, rate: usize) -> Run {
     // On the disk the build runs on (not a tmpfs /tmp, where an fsync costs nothing).
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
-    let telemetry = Arc::new(Telemetry::new());
-    let store = Store::open(&dir.path().join("metalbus.redb"), telemetry.clone()).expect("store");
-    let (publish, mut outbound) = PublishQueue::new();
-    tokio::spawn(async move { while outbound.recv().await.is_some() {} });
-    let config = Arc::new(ControllerConfig::default());
-    let (wake, _wakes) = mpsc::unbounded_channel();
-    let engine = Engine::new(
-        store,
-        Outlets {
-            publish,
-            wake,
-            live: LiveFeed::default(),
-        },
-        telemetry,
-        Arc::new(SystemClock::new()),
-        EngineConfig {
-            topics: Topics::new(metalbus_protocol::DEFAULT_PREFIX.to_string()).expect("topics"),
-            metrics_flush: Duration::from_secs(10),
-            controller: config,
-            identity: metalbus::security::ephemeral_identity(),
-            keyring: Default::default(),
-        },
-    )
-    .expect("engine");
-    let (tx, rx) = mpsc::channel(4096);
     // As `metalbus serve` runs it: on a thread of its own.
-    let task = engine.spawn(rx).expect("engine thread");
+    let (tx, task) = common::start_engine(
+        &dir.path().join("metalbus.redb"),
+        Arc::new(Telemetry::new()),
+        4096,
+    );
     for i in 0..nodes {
         tx.send(birth(i)).await.expect("engine running");
     }
