@@ -35,13 +35,40 @@ fn agents() -> usize {
         .unwrap_or(AGENTS)
 }
 
-async fn metric(ctl: &Controller, name: &str) -> Result<u64, String> {
-    let text = ctl.api().get_text("/metrics").await?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64)
+/// Waits until the controller's `metric` has reached `at_least` and the simulator has
+/// logged `connections_made` connections in all.
+async fn wait_for(
+    ctl: &Controller,
+    sim: &SimProc,
+    what: &str,
+    (metric, at_least): (&str, usize),
+    connections_made: usize,
+) {
+    eventually(WAIT, what, || async move {
+        let value = ctl.metric(metric).await?;
+        let c = connections(sim);
+        if value as usize >= at_least && c.made >= connections_made {
+            Ok(())
+        } else {
+            Err(format!("{metric} {value}, {c:?}"))
+        }
+    })
+    .await;
+}
+
+/// The controller's memory per agent over `at_rest` must stay under the bound.
+fn check_memory(ctl: &Controller, at_rest: u64, agents: usize, when: &str) {
+    let rss = ctl.rss_kib().unwrap();
+    let per_agent = rss.saturating_sub(at_rest) / agents as u64;
+    println!(
+        "{when}: controller RSS {at_rest} KiB at rest, {rss} KiB with {agents} agents: \
+         {per_agent} KiB per agent"
+    );
+    assert!(
+        per_agent <= KIB_PER_AGENT,
+        "{when}: {per_agent} KiB per agent (at rest {at_rest} KiB, now {rss} KiB); the bound \
+         is {KIB_PER_AGENT} KiB"
+    );
 }
 
 /// Connections made and lost, counted in the simulator's log.
@@ -76,56 +103,36 @@ async fn a_fleet_starts_and_comes_back_after_kill_9_with_one_connection_each() {
         "fleet",
         &["--metrics-interval", "15s"],
     );
-    eventually(WAIT, "the whole fleet online", || {
-        let ctl = &ctl;
-        let sim = &sim;
-        async move {
-            let online = metric(ctl, "metalbus_nodes_online").await?;
-            let c = connections(sim);
-            if online as usize == n && c.made >= n {
-                Ok(())
-            } else {
-                Err(format!("{online} online, {c:?}"))
-            }
-        }
-    })
+    // The store keeps nodes online until they are silent for a while: the gauge equal
+    // to the fleet means every node was heard from.
+    wait_for(
+        &ctl,
+        &sim,
+        "the whole fleet online",
+        ("metalbus_nodes_online", n),
+        n,
+    )
     .await;
-    let start = started.elapsed();
-    let c = connections(&sim);
+    println!("{n} agents online after {:?}", started.elapsed());
     assert_eq!(
-        c,
+        connections(&sim),
         Connections { made: n, lost: 0 },
         "one connection per agent during the start"
     );
-    let rss = ctl.rss_kib().unwrap();
-    let per_agent = rss.saturating_sub(at_rest) / n as u64;
-    println!(
-        "{n} agents online after {start:?}; controller RSS {at_rest} KiB at rest, {rss} KiB \
-         with the fleet: {per_agent} KiB per agent"
-    );
-    assert!(
-        per_agent <= KIB_PER_AGENT,
-        "{per_agent} KiB per agent (at rest {at_rest} KiB, with {n} agents {rss} KiB); \
-         the bound is {KIB_PER_AGENT} KiB"
-    );
+    check_memory(&ctl, at_rest, n, "after the start");
 
     // kill -9 and restart: every agent reconnects once, and the new process hears each.
     ctl.kill9();
     let killed = Instant::now();
     ctl.restart().await;
-    eventually(WAIT, "every agent back and heard", || {
-        let ctl = &ctl;
-        let sim = &sim;
-        async move {
-            let heard = metric(ctl, "metalbus_ingest_messages_total{kind=\"status\"}").await?;
-            let c = connections(sim);
-            if heard as usize >= n && c.made >= 2 * n {
-                Ok(())
-            } else {
-                Err(format!("{heard} statuses heard, {c:?}"))
-            }
-        }
-    })
+    let statuses = "metalbus_ingest_messages_total{kind=\"status\"}";
+    wait_for(
+        &ctl,
+        &sim,
+        "every agent back and heard",
+        (statuses, n),
+        2 * n,
+    )
     .await;
     println!("all back {:?} after kill -9", killed.elapsed());
     // Settle, then count: a reconnect storm would show as more.
@@ -138,12 +145,5 @@ async fn a_fleet_starts_and_comes_back_after_kill_9_with_one_connection_each() {
         },
         "one reconnect per agent after kill -9"
     );
-    let rss = ctl.rss_kib().unwrap();
-    let per_agent = rss.saturating_sub(at_rest) / n as u64;
-    println!("controller RSS after the restart {rss} KiB: {per_agent} KiB per agent");
-    assert!(
-        per_agent <= KIB_PER_AGENT,
-        "{per_agent} KiB per agent after the restart (at rest {at_rest} KiB, now {rss} KiB); \
-         the bound is {KIB_PER_AGENT} KiB"
-    );
+    check_memory(&ctl, at_rest, n, "after the restart");
 }

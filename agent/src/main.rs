@@ -176,15 +176,10 @@ fn simulate(args: SimArgs) -> anyhow::Result<()> {
         stats: args.stats,
     };
     // Two descriptors per virtual agent (its connection and its outbox file).
-    match metalbus_link::files::raise_open_files() {
-        Ok(n) if n < 2 * cfg.nodes as u64 + 64 => tracing::warn!(
-            open_files = n,
-            nodes = cfg.nodes,
-            "the open-file limit is below two per virtual agent: run several simulators"
-        ),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
-    }
+    metalbus_link::files::ensure_open_files(
+        2 * cfg.nodes as u64 + 64,
+        "the open-file limit is below two per virtual agent: run several simulators",
+    );
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

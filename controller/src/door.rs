@@ -8,9 +8,10 @@
 //!   CONNACK "not authorized" and is closed.
 //! - **The session**: nodes share one session with rumqttd's router, the [`hub`]; the
 //!   door answers their CONNECT, SUBSCRIBE and PUBLISH itself and hands each node its
-//!   own `commands` and `receipts`. Monitors and enrolling agents get an in-process link
-//!   of their own ([`crate::broker::Links`]), with the client id put in the client's own
-//!   namespace, so no client can take over another's session. The door owns the socket:
+//!   own `commands` and `receipts`, and an enrolling agent its `enrolled` answer.
+//!   Monitors get an in-process link of their own ([`crate::broker::Links`]), with the
+//!   client id put in the client's own namespace, so no client can take over another's
+//!   session. The door owns the socket:
 //!   one file descriptor per client, the keep-alive, and the Will (published when a
 //!   connection ends without DISCONNECT).
 //! - **Each packet** from the client is decoded with rumqttd's own v4 codec: a PUBLISH or
@@ -428,11 +429,13 @@ where
         "" => format!("~{}", ANONYMOUS.fetch_add(1, Ordering::Relaxed)),
         id => id.to_string(),
     };
+    // MQTT 3.1.1 section 3.1.2.10: one and a half keep-alive periods without a packet.
+    let idle = Duration::from_secs(u64::from(connect.keep_alive)) * 3 / 2;
     if matches!(who, Client::Node(_) | Client::Enrolling) {
         return Ok(Accepted::Node(NodeConnection {
             who,
             client_id: own_id,
-            idle: Duration::from_secs(u64::from(connect.keep_alive)) * 3 / 2,
+            idle,
             will,
         }));
     }
@@ -440,7 +443,7 @@ where
         session: format!("{}:{own_id}", who.label()),
         who,
         clean: connect.clean_session,
-        keep_alive: connect.keep_alive,
+        idle,
     }))
 }
 
@@ -450,7 +453,8 @@ struct Monitor {
     /// Its session name with the router.
     session: String,
     clean: bool,
-    keep_alive: u16,
+    /// One and a half keep-alive periods.
+    idle: Duration,
 }
 
 /// A monitor: a session of its own with the router.
@@ -467,7 +471,7 @@ where
         who,
         session,
         clean,
-        keep_alive,
+        idle,
     } = monitor;
     let (mut tx, mut rx, connack) = match open(door, session, clean).await {
         Ok(link) => link,
@@ -480,9 +484,7 @@ where
     if let Some(packet) = Option::<Packet>::from(connack) {
         encode(packet, &mut out)?;
     }
-    // MQTT 3.1.1 section 3.1.2.10: one and a half keep-alive periods without a packet.
-    let idle = Duration::from_secs(u64::from(keep_alive)) * 3 / 2;
-    let mut deadline = Instant::now() + idle;
+    let mut keep_alive = KeepAlive::new(idle);
     // `Ok(())`: the client said DISCONNECT. `Err`: any other end, and the session is left.
     let end: Result<(), String> = async {
         write_within(&mut client, &out, idle).await?;
@@ -493,7 +495,7 @@ where
                     if n.map_err(|e| e.to_string())? == 0 {
                         return Err("closed by the client".into());
                     }
-                    deadline = Instant::now() + idle;
+                    keep_alive.heard();
                     let said_disconnect =
                         from_client(&who, door, &mut cbuf, &mut tx, &mut out).await?;
                     write_within(&mut client, &out, idle).await?;
@@ -509,9 +511,7 @@ where
                     write_within(&mut client, &out, idle).await?;
                     ended?;
                 }
-                _ = tokio::time::sleep_until(deadline) => {
-                    return Err("keep-alive expired".into());
-                }
+                () = keep_alive.expired() => return Err("keep-alive expired".into()),
             }
         }
     }
@@ -565,11 +565,7 @@ where
         code: ConnectReturnCode::Success,
     };
     encode(Packet::ConnAck(connack, None), &mut out)?;
-    // One timer for the keep-alive, moved on only when it fires: a new one per packet
-    // was a timer-wheel insert and removal for every message of every agent.
-    let mut heard = Instant::now();
-    let keep_alive = tokio::time::sleep_until(heard + idle);
-    tokio::pin!(keep_alive);
+    let mut keep_alive = KeepAlive::new(idle);
     let end: Result<(), String> = async {
         write_within(&mut client, &out, idle).await?;
         loop {
@@ -579,7 +575,7 @@ where
                     if n.map_err(|e| e.to_string())? == 0 {
                         return Err("closed by the client".into());
                     }
-                    heard = Instant::now();
+                    keep_alive.heard();
                     let said_disconnect =
                         from_node(&who, door, hub, &mut cbuf, &mut out, &mut subscribed).await?;
                     if let (Client::Enrolling, None) = (&who, &place) {
@@ -611,13 +607,7 @@ where
                     }
                     write_within(&mut client, &out, idle).await?;
                 }
-                () = &mut keep_alive => {
-                    let due = heard + idle;
-                    if Instant::now() >= due {
-                        return Err("keep-alive expired".into());
-                    }
-                    keep_alive.as_mut().reset(due);
-                }
+                () = keep_alive.expired() => return Err("keep-alive expired".into()),
                 r = revocations.changed(), if key_at_start.is_some() => {
                     let revoked = match (&who, r) {
                         (Client::Node(id), Ok(())) => door.keys.get(id) != key_at_start,
@@ -647,6 +637,44 @@ where
         }
     }
     end
+}
+
+/// MQTT 3.1.1 section 3.1.2.10: a client silent for `idle` (one and a half keep-alive
+/// periods) is closed. One timer per connection, moved on only when it fires: a new one
+/// per packet was a timer-wheel insert and removal for every message of every agent.
+struct KeepAlive {
+    idle: Duration,
+    heard: Instant,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl KeepAlive {
+    fn new(idle: Duration) -> Self {
+        let heard = Instant::now();
+        KeepAlive {
+            idle,
+            heard,
+            timer: Box::pin(tokio::time::sleep_until(heard + idle)),
+        }
+    }
+
+    /// The client said something.
+    fn heard(&mut self) {
+        self.heard = Instant::now();
+    }
+
+    /// Resolves once the client has been silent for `idle`. Cancel-safe: its state
+    /// lives in `self`.
+    async fn expired(&mut self) {
+        loop {
+            self.timer.as_mut().await;
+            let due = self.heard + self.idle;
+            if Instant::now() >= due {
+                return;
+            }
+            self.timer.as_mut().reset(due);
+        }
+    }
 }
 
 /// Gives back a buffer that a large packet grew, once it is empty: an idle connection
@@ -809,21 +837,31 @@ async fn open(
         .map_err(|e| format!("the broker refused the session: {e}"))
 }
 
-/// The Will as a PUBLISH with its own QoS and retain flag. rumqttd's `Publish` keeps
-/// its QoS and packet id to itself, so it is built from rumqttd's own serialised form.
+/// The Will as a PUBLISH with its own QoS and retain flag.
 fn will_publish(will: LastWill) -> Publish {
-    let mut raw = BytesMut::with_capacity(5 + will.topic.len() + will.message.len());
-    raw.put_u8(0b0011_0000 | u8::from(will.retain) | ((will.qos as u8) << 1));
-    raw.put_u16(1);
-    raw.put_u16(will.topic.len() as u16);
-    raw.extend_from_slice(&will.topic);
-    raw.extend_from_slice(&will.message);
+    raw_publish(will.qos as u8, will.retain, 1, &will.topic, &will.message)
+}
+
+/// A PUBLISH with the given QoS and packet id. rumqttd's `Publish` keeps those to
+/// itself, so it is built from rumqttd's own serialised form (the inverse of
+/// [`qos_and_pkid`]).
+fn raw_publish(qos: u8, retain: bool, pkid: u16, topic: &[u8], payload: &[u8]) -> Publish {
+    let mut raw = BytesMut::with_capacity(5 + topic.len() + payload.len());
+    raw.put_u8(0b0011_0000 | u8::from(retain) | ((qos & 0b11) << 1));
+    raw.put_u16(pkid);
+    raw.put_u16(u16::try_from(topic.len()).unwrap_or(u16::MAX));
+    raw.extend_from_slice(&topic[..topic.len().min(usize::from(u16::MAX))]);
+    raw.extend_from_slice(payload);
     Publish::deserialize(raw.freeze())
 }
 
-/// The QoS and packet id of a publish (rumqttd keeps them to itself).
+/// The QoS and packet id of a publish (rumqttd keeps them to itself). Serialised without
+/// its topic and payload (public fields): five bytes, not a copy of the message.
 fn qos_and_pkid(publish: &Publish) -> (u8, u16) {
-    let raw = publish.serialize();
+    let mut head = publish.clone();
+    head.topic = Bytes::new();
+    head.payload = Bytes::new();
+    let raw = head.serialize();
     ((raw[0] >> 1) & 0b11, u16::from_be_bytes([raw[1], raw[2]]))
 }
 
@@ -870,16 +908,16 @@ async fn from_client(
     };
     // What came before a forbidden packet still reaches the broker, as it would have
     // over a socket.
-    to_router(tx, batch).await?;
+    to_router(tx, &mut batch).await?;
     checked.map(|()| said_disconnect)
 }
 
-/// Hands packets to the router, waking it once for the whole batch.
-async fn to_router(tx: &mut LinkTx, mut batch: Vec<Packet>) -> Result<(), String> {
+/// Hands packets to the router, waking it once for the whole batch (which it empties).
+async fn to_router(tx: &mut LinkTx, batch: &mut Vec<Packet>) -> Result<(), String> {
     let Some(last) = batch.pop() else {
         return Ok(());
     };
-    tx.buffer().extend(batch);
+    tx.buffer().extend(batch.drain(..));
     tx.send(last)
         .await
         .map(|_| ())
@@ -935,7 +973,7 @@ async fn to_client(
             None => break,
         }
     }
-    to_router(tx, dropped).await?;
+    to_router(tx, &mut dropped).await?;
     if unscheduled {
         // Everything it had is in `out` now: let it send more.
         rx.wake()
@@ -1016,14 +1054,14 @@ fn inbound(who: &Client, topics: &Topics, packet: Packet) -> Result<Packet, Stri
 /// A publish's topic and payload (and a Will's) are copied out: rumqttd's parser hands
 /// out slices of `buf`, and one kept by the router (retained, or in a topic's log) would
 /// pin the whole read buffer, a few KB per node, for as long as it is kept, and make
-/// the connection allocate a new one for its next read (DECISIONS §71).
+/// the connection allocate a new one for its next read (DECISIONS §71). A publish goes
+/// through rumqttd's own serialised form: one exact-size allocation for both.
 fn next(buf: &mut BytesMut, max: usize) -> Result<Option<Packet>, String> {
     match V4.read_mut(buf, max) {
-        Ok(Packet::Publish(mut p, props)) => {
-            p.topic = Bytes::copy_from_slice(&p.topic);
-            p.payload = Bytes::copy_from_slice(&p.payload);
-            Ok(Some(Packet::Publish(p, props)))
-        }
+        Ok(Packet::Publish(p, props)) => Ok(Some(Packet::Publish(
+            Publish::deserialize(p.serialize()),
+            props,
+        ))),
         Ok(Packet::Connect(connect, props, mut will, will_props, login)) => {
             if let Some(w) = will.as_mut() {
                 w.topic = Bytes::copy_from_slice(&w.topic);

@@ -205,16 +205,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let cfg = args.resolve()?;
     metalbus_link::init_logging(cfg.log_format, "info,rumqttd=off");
     metalbus_link::abort_on_panic();
-    // A descriptor per connected agent: the soft limit is often 1,024.
-    match metalbus_link::files::raise_open_files() {
-        Ok(n) if cfg.broker.is_none() && n < cfg.mqtt_max_connections as u64 => tracing::warn!(
-            open_files = n,
-            mqtt_max_connections = cfg.mqtt_max_connections,
-            "the open-file limit is below [mqtt] max_connections (LimitNOFILE= in the unit)"
-        ),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
-    }
+    // The embedded broker holds a descriptor per connected client.
+    let clients = if cfg.broker.is_none() {
+        cfg.mqtt_max_connections as u64
+    } else {
+        0
+    };
+    metalbus_link::files::ensure_open_files(
+        clients,
+        "the open-file limit is below [mqtt] max_connections (LimitNOFILE= in the unit)",
+    );
     runtime()?.block_on(async move {
         let signal = metalbus_link::shutdown_signal();
         let shutdown = async move {

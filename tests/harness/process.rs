@@ -107,6 +107,17 @@ impl Controller {
         self.child.as_ref().expect("running").id()
     }
 
+    /// The sum of the `/metrics` series whose lines start with `name`: a family, or one
+    /// series with its labels.
+    pub async fn metric(&self, name: &str) -> Result<u64, String> {
+        let text = self.api().get_text("/metrics").await?;
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64)
+    }
+
     /// Its resident memory now, in KiB, from `/proc` (`None` once it has exited).
     pub fn rss_kib(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;

@@ -53,6 +53,8 @@ enum Answer {
     UntilReport,
     /// Accepts it.
     Accept,
+    /// Answers the CONNECT with these bytes instead of a CONNACK, then reads on.
+    Hostile(&'static [u8]),
 }
 
 /// What the fake broker saw on one connection (numbered from 1).
@@ -136,6 +138,7 @@ async fn serve(
                 match answer {
                     Answer::Silent => continue,
                     Answer::UntilReport | Answer::Accept => vec![0x20, 2, 0, 0],
+                    Answer::Hostile(bytes) => bytes.to_vec(),
                 }
             }
             3 => {
@@ -169,36 +172,20 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn timed_out_connects_lose_nothing_and_repeat_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (seen_tx, mut seen) = mpsc::unbounded_channel();
-    // Attempt 1 times out, 2 connects and is lost, 3 times out, 4 connects.
-    let script = [
-        Answer::Silent,
-        Answer::UntilReport,
-        Answer::Silent,
-        Answer::Accept,
-    ];
-    tokio::spawn(async move {
-        for (i, answer) in script.into_iter().enumerate() {
-            let (stream, _) = listener.accept().await.unwrap();
-            tokio::spawn(serve(stream, answer, i + 1, seen_tx.clone()));
-        }
-    });
-
+/// Agent `n1`, enrolled, for a broker on loopback `port`, with its state in `dir`:
+/// CONNACK waits of 1 s (rumqttc's least), then 2 s; short pauses. Also the way to hand
+/// it job events.
+fn agent_on(port: u16, dir: &std::path::Path) -> (Prepared, mpsc::UnboundedSender<JobEvent>) {
     let node = NodeId::new("n1").unwrap();
     let cred = Credential {
         node_id: node.clone(),
         key: NodeKey::from_bytes([5; 32]),
         identity: [4; 32],
     };
-    credential::save(dir.path(), &cred).unwrap();
+    credential::save(dir, &cred).unwrap();
     let cfg = AgentConfig {
         broker: format!("mqtt://127.0.0.1:{port}").parse().unwrap(),
-        state_dir: dir.path().to_path_buf(),
+        state_dir: dir.to_path_buf(),
         node_id: Some("n1".into()),
         ..AgentConfig::default()
     };
@@ -206,13 +193,45 @@ async fn timed_out_connects_lose_nothing_and_repeat_nothing() {
     let (events, job_events) = mpsc::unbounded_channel();
     let host = Arc::new(QuietHost);
     let mut agent = Prepared::new(cfg, endpoint, node, host, Box::new(NoJobs), job_events).unwrap();
-    // CONNACK waits of 1 s (rumqttc's least), then 2 s; short pauses.
     agent.link.reconnect = Reconnect::new(
         Backoff::new(ms(20), ms(100)),
         Duration::from_secs(1),
         Duration::from_secs(2),
         ms(100),
     );
+    (agent, events)
+}
+
+/// Starts the fake broker: connection `i` (from 1) gets `script[i - 1]`.
+fn fake_broker(
+    listener: TcpListener,
+    script: Vec<Answer>,
+) -> mpsc::UnboundedReceiver<(usize, Seen)> {
+    let (seen_tx, seen) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        for (i, answer) in script.into_iter().enumerate() {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(serve(stream, answer, i + 1, seen_tx.clone()));
+        }
+    });
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timed_out_connects_lose_nothing_and_repeat_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Attempt 1 times out, 2 connects and is lost, 3 times out, 4 connects.
+    let script = vec![
+        Answer::Silent,
+        Answer::UntilReport,
+        Answer::Silent,
+        Answer::Accept,
+    ];
+    let mut seen = fake_broker(listener, script);
+
+    let (mut agent, events) = agent_on(port, dir.path());
     agent.seed_reconnect(1);
     let stats = agent.connect_stats();
     // A job event before any connection: report 1 waits in the outbox.
@@ -319,4 +338,77 @@ async fn timed_out_connects_lose_nothing_and_repeat_nothing() {
         ),
         (4, 2, 2)
     );
+}
+
+/// A broker that answers CONNECT with anything but a CONNACK: garbage, a refusal, a
+/// message before the CONNACK, a packet claiming 256 MB. Each attempt ends without a
+/// panic and without sending anything, the agent keeps trying, each time with a new
+/// `conn`, and the first real broker gets its birth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_broker_gets_nothing_and_the_agent_keeps_trying() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hostile: [&'static [u8]; 5] = [
+        &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+        // CONNACK 5, not authorized (a forged "your credential is revoked").
+        &[0x20, 2, 0, 5],
+        // A PUBLISH on the node's commands topic before any CONNACK.
+        b"\x30\x1e\x00\x18metalbus/v1/nodes/n1/cmds{}\x00\x00",
+        // A CONNACK whose remaining length claims 256 MB.
+        &[0x20, 0xff, 0xff, 0xff, 0x7f],
+        // A CONNACK too short to hold a return code, multibyte junk after it.
+        "\u{20}\u{1}\0€".as_bytes(),
+    ];
+    let mut script: Vec<Answer> = hostile.iter().map(|b| Answer::Hostile(b)).collect();
+    script.push(Answer::Accept);
+    let mut seen = fake_broker(listener, script);
+    let (mut agent, _events) = agent_on(port, dir.path());
+    agent.seed_reconnect(2);
+    let stats = agent.connect_stats();
+    let (stop, shutdown) = watch::channel(false);
+    let running = tokio::spawn(agent.run(shutdown));
+
+    let last = hostile.len() + 1;
+    let mut log = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some((n, s)) = seen.recv().await {
+            let birth = n == last
+                && matches!(&s, Seen::Publish { topic, .. } if topic.ends_with("/status"));
+            log.push((n, s));
+            if birth {
+                break;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        let seen: Vec<(usize, String)> = log
+            .iter()
+            .map(|(n, s)| match s {
+                Seen::Connect { client_id, .. } => (*n, format!("CONNECT {client_id}")),
+                Seen::Publish { topic, .. } => (*n, format!("PUBLISH {topic}")),
+            })
+            .collect();
+        panic!("no birth after the hostile answers; saw {seen:?}")
+    });
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+
+    // One CONNECT per hostile answer, each with its own client id, and nothing else.
+    for n in 1..last {
+        let on_it: Vec<&Seen> = log
+            .iter()
+            .filter(|(c, _)| *c == n)
+            .map(|(_, s)| s)
+            .collect();
+        assert_eq!(on_it.len(), 1, "connection {n}: {on_it:?}");
+        assert!(
+            matches!(on_it[0], Seen::Connect { client_id, .. } if *client_id == format!("n1-c{n}")),
+            "connection {n}: {on_it:?}"
+        );
+    }
+    let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    assert_eq!(count(&stats.attempts), last as u64);
+    assert_eq!(count(&stats.connected), 1);
 }

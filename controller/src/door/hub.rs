@@ -17,7 +17,7 @@
 //! Commands are sent again until acknowledged, and reports until receipted.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::FutureExt;
@@ -39,9 +39,8 @@ const PER_CONNECTION: usize = 64;
 /// waits when it is full, and so, through TCP, does its agent.
 const TO_ROUTER: usize = 4096;
 
-/// One connection of a node, as the hub knows it.
+/// One connection of a node, as the hub knows it (its mailbox is its identity).
 struct Seat {
-    serial: u64,
     client_id: String,
     mailbox: Arc<Mailbox>,
 }
@@ -84,14 +83,12 @@ impl Mailbox {
 pub struct Hub {
     to_router: mpsc::Sender<Packet>,
     seats: Mutex<HashMap<NodeId, Vec<Seat>>>,
-    serial: AtomicU64,
 }
 
 /// A node connection's place in the hub: dropping it leaves.
 pub struct Attached {
     hub: Arc<Hub>,
     id: NodeId,
-    serial: u64,
     mailbox: Arc<Mailbox>,
 }
 
@@ -127,7 +124,7 @@ impl Drop for Attached {
     fn drop(&mut self) {
         let mut seats = self.hub.lock();
         if let Some(list) = seats.get_mut(&self.id) {
-            list.retain(|s| s.serial != self.serial);
+            list.retain(|s| !Arc::ptr_eq(&s.mailbox, &self.mailbox));
             if list.is_empty() {
                 seats.remove(&self.id);
             }
@@ -151,14 +148,17 @@ impl Hub {
                 .map_err(|e| format!("the node hub could not subscribe: {e}"))?;
         }
         let (to_router, queue) = mpsc::channel(TO_ROUTER);
-        let hub = Arc::new(Hub {
-            to_router,
-            seats: Mutex::new(HashMap::new()),
-            serial: AtomicU64::new(1),
-        });
+        let hub = Hub::new(to_router);
         tokio::spawn(write(tx, queue));
         tokio::spawn(hand_out(hub.clone(), topics.clone(), rx));
         Ok(hub)
+    }
+
+    fn new(to_router: mpsc::Sender<Packet>) -> Arc<Hub> {
+        Arc::new(Hub {
+            to_router,
+            seats: Mutex::new(HashMap::new()),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Vec<Seat>>> {
@@ -168,7 +168,6 @@ impl Hub {
     /// Takes a place for a connection of node `id`. A connection of that node with the
     /// same client id loses its place (MQTT's session takeover): its mailbox closes.
     pub fn attach(self: &Arc<Self>, id: &NodeId, client_id: &str) -> Attached {
-        let serial = self.serial.fetch_add(1, Ordering::Relaxed);
         let mailbox = Arc::new(Mailbox::default());
         let mut seats = self.lock();
         let list = seats.entry(id.clone()).or_default();
@@ -180,14 +179,12 @@ impl Hub {
             !same
         });
         list.push(Seat {
-            serial,
             client_id: client_id.to_string(),
             mailbox: mailbox.clone(),
         });
         Attached {
             hub: self.clone(),
             id: id.clone(),
-            serial,
             mailbox,
         }
     }
@@ -211,12 +208,7 @@ impl Hub {
     #[cfg(test)]
     pub fn detached(queue: usize) -> (Arc<Hub>, mpsc::Receiver<Packet>) {
         let (to_router, rx) = mpsc::channel(queue);
-        let hub = Arc::new(Hub {
-            to_router,
-            seats: Mutex::new(HashMap::new()),
-            serial: AtomicU64::new(1),
-        });
-        (hub, rx)
+        (Hub::new(to_router), rx)
     }
 
     /// Connections of `id` now.
@@ -246,10 +238,8 @@ impl Hub {
 async fn write(mut tx: LinkTx, mut queue: mpsc::Receiver<Packet>) {
     let mut batch = Vec::new();
     while queue.recv_many(&mut batch, 256).await > 0 {
-        let Some(last) = batch.pop() else { continue };
-        tx.buffer().extend(batch.drain(..));
-        if let Err(e) = tx.send(last).await {
-            error!(error = %e, "the broker is gone; node connections can no longer publish");
+        if let Err(e) = super::to_router(&mut tx, &mut batch).await {
+            error!(error = %e, "node connections can no longer publish");
             return;
         }
     }

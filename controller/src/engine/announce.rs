@@ -153,12 +153,11 @@ impl Engine {
         self.out
             .publish
             .push_all(Outbound::retained(self.cfg.topics.summary(), &summary));
+        self.update_gauges(&summary);
         self.last_summary = Some(summary);
-        self.update_gauges();
     }
 
-    pub(super) fn update_gauges(&self) {
-        let summary = self.summary();
+    pub(super) fn update_gauges(&self, summary: &Summary) {
         for state in NodeState::ALL {
             let n = summary.by_state.get(&state).copied().unwrap_or(0);
             self.telemetry

@@ -223,7 +223,7 @@ impl Engine {
     fn reload(&mut self) -> Result<(), StoreError> {
         self.fleet = Fleet::of(self.store.nodes()?);
         self.credentials.reload(&self.store)?;
-        self.update_gauges();
+        self.update_gauges(&self.summary());
         Ok(())
     }
 

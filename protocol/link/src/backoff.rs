@@ -51,6 +51,13 @@ impl Default for Backoff {
     }
 }
 
+/// `base` doubled `times` times, at most `cap`: how long an attempt waits for an answer
+/// after `times` attempts in a row got none (a busy peer needs time, not more attempts).
+pub(crate) fn doubled(base: Duration, times: u32, cap: Duration) -> Duration {
+    let factor = 1u32.checked_shl(times.min(31)).unwrap_or(u32::MAX);
+    base.saturating_mul(factor).min(cap)
+}
+
 /// An agent's reconnect policy, so that a fleet that lost its broker together does not
 /// come back as a storm (issue 13, docs/DECISIONS.md section 69). It decides two things
 /// for each connection attempt:
@@ -107,10 +114,7 @@ impl Reconnect {
 
     /// How long the next attempt waits for the broker to accept it.
     pub fn connack_wait(&self) -> Duration {
-        let factor = 1u32.checked_shl(self.failures.min(31)).unwrap_or(u32::MAX);
-        self.connack_wait
-            .saturating_mul(factor)
-            .min(self.connack_wait_cap)
+        doubled(self.connack_wait, self.failures, self.connack_wait_cap)
     }
 
     /// Attempts in a row that ended without a CONNACK.

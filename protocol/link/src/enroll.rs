@@ -31,6 +31,16 @@ struct Try {
     wait: Duration,
 }
 
+impl Try {
+    /// Attempt `no`, after `unanswered` attempts in a row that got no answer.
+    fn new(no: u64, unanswered: u32) -> Self {
+        Try {
+            no,
+            wait: crate::backoff::doubled(ANSWER_WAIT, unanswered, MAX_ANSWER_WAIT),
+        }
+    }
+}
+
 /// The outcome of a successful enrollment.
 #[derive(Debug, Clone)]
 pub struct Enrolled {
@@ -43,6 +53,8 @@ pub struct Enrolled {
 enum Outcome {
     Done(Enrolled),
     Refused(String),
+    /// Connected and asked, but no answer came within the attempt's wait.
+    Unanswered(String),
     Retry(String),
     Shutdown,
 }
@@ -59,18 +71,16 @@ pub async fn enroll(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<Enrolled> {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-    let mut this = Try {
-        no: 0,
-        wait: ANSWER_WAIT,
-    };
+    let (mut no, mut unanswered) = (0u64, 0u32);
     loop {
         if *shutdown.borrow() {
             return None;
         }
-        this.no += 1;
+        no += 1;
+        let this = Try::new(no, unanswered);
         let outcome = attempt(endpoint, topics, node, hostname, token, this, shutdown).await;
-        if let Outcome::Retry(_) = &outcome {
-            this.wait = (this.wait * 2).min(MAX_ANSWER_WAIT);
+        if let Outcome::Unanswered(_) = &outcome {
+            unanswered = unanswered.saturating_add(1);
         }
         let delay = match outcome {
             Outcome::Done(done) => {
@@ -82,7 +92,7 @@ pub async fn enroll(
                 warn!(%node, token = %token.id, reason = %why, "the controller refused to enroll this node");
                 backoff.ceiling()
             }
-            Outcome::Retry(why) => {
+            Outcome::Retry(why) | Outcome::Unanswered(why) => {
                 let d = backoff.next_delay(&mut rand::thread_rng());
                 warn!(%node, error = %why, retry_in = ?d, "enrollment attempt failed");
                 d
@@ -128,7 +138,7 @@ async fn attempt(
         let event = tokio::select! {
             _ = shutdown.changed() => break Outcome::Shutdown,
             _ = tokio::time::sleep_until(deadline) => {
-                break Outcome::Retry(format!("no answer from the controller within {:?}", this.wait))
+                break Outcome::Unanswered(format!("no answer from the controller within {:?}", this.wait))
             }
             e = eventloop.poll() => e,
         };
@@ -175,4 +185,17 @@ async fn attempt(
     };
     crate::disconnect(&client, &mut eventloop, Duration::from_millis(500)).await;
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_unanswered_attempt_doubles_the_next_wait_up_to_a_minute() {
+        let waits: Vec<u64> = (0..7).map(|n| Try::new(1, n).wait.as_secs()).collect();
+        assert_eq!(waits, [10, 20, 40, 60, 60, 60, 60]);
+        // Endless silence never overflows.
+        assert_eq!(Try::new(u64::MAX, u32::MAX).wait, MAX_ANSWER_WAIT);
+    }
 }

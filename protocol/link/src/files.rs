@@ -56,6 +56,16 @@ pub fn check_private(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Raises the open-file limit ([`raise_open_files`]) and warns, saying `why`, when it is
+/// still below `need`.
+pub fn ensure_open_files(need: u64, why: &str) {
+    match raise_open_files() {
+        Ok(limit) if limit < need => tracing::warn!(open_files = limit, need, "{why}"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
+}
+
 /// Raises this process's soft open-file limit to its hard limit, as Go's runtime does:
 /// the soft limit is often 1,024, and a controller holds a descriptor per connected
 /// agent (the simulator two per virtual agent). Returns the limit now in force.
