@@ -70,17 +70,32 @@ async fn a_viewer_sees_the_fleet_but_no_commands_and_cannot_publish() {
     // An install: commands and receipts flow, but never to the monitor.
     api.post("/api/v1/nodes/fd-1/manage", None).await.unwrap();
     api.wait_state("fd-1", "active", WAIT).await;
-    let seen = eventually(WAIT, "state and summary at the monitor", || {
-        let msgs = monitor.messages();
-        async move {
-            let has = |suffix: &str| msgs.iter().any(|m| m.topic.ends_with(suffix));
-            if has("/fd-1/state") && has("/summary") && has("/fd-1/status") {
-                Ok(msgs)
-            } else {
-                Err(format!("{} messages", msgs.len()))
+    let seen = eventually(
+        WAIT,
+        "the install, status and metrics at the monitor",
+        || {
+            let msgs = monitor.messages();
+            async move {
+                let has = |suffix: &str| msgs.iter().any(|m| m.topic.ends_with(suffix));
+                // Live, not retained: the monitor stayed subscribed while commands and
+                // receipts for the install went past it (the door acknowledges those for
+                // it, in the router's order; out of order, the router ended the session).
+                let live_active = msgs.iter().any(|m| {
+                    m.topic.ends_with("/fd-1/state") && !m.retain && m.json()["state"] == "active"
+                });
+                // Metrics reach the router only while a monitor's filter takes them
+                // (DECISIONS §73): this one's does.
+                if live_active && has("/summary") && has("/fd-1/status") && has("/fd-1/metrics") {
+                    Ok(msgs)
+                } else {
+                    Err(format!(
+                        "{:?}",
+                        msgs.iter().map(|m| m.topic.clone()).collect::<Vec<_>>()
+                    ))
+                }
             }
-        }
-    })
+        },
+    )
     .await;
     for m in &seen {
         for hidden in ["/commands", "/receipts", "/reports", "/enroll", "/enrolled"] {
@@ -155,6 +170,13 @@ async fn a_viewer_sees_the_fleet_but_no_commands_and_cannot_publish() {
     })
     .await;
     assert_eq!(state.json()["state"], "active");
+    // A monitor that asks for one node's metrics later gets them from then on.
+    let metrics = Watcher::monitor(&ctl, "metalbus/v1/nodes/fd-1/metrics").await;
+    eventually(WAIT, "a metrics sample at the late monitor", || {
+        let n = metrics.messages().len();
+        async move { (n > 0).then_some(()).ok_or_else(|| "none yet".to_string()) }
+    })
+    .await;
     drop(publishers);
 }
 

@@ -1,5 +1,6 @@
-//! The controller's MQTT client: subscribes to the agent topics, hands messages to ingest
-//! and the engine, and publishes what the engine and ingest queue.
+//! The controller's MQTT client: with an external broker it subscribes to the agent
+//! topics and hands their messages to [`Intake`] (with the embedded broker the front door
+//! does that itself); it publishes what the engine and intake queue.
 //!
 //! Two tasks share one rumqttc client. The poller drives the event loop; it may wait on
 //! the engine (backpressure then reaches the broker through TCP). The sender drains the
@@ -7,7 +8,7 @@
 //! request queue during an outage. Nothing the poller does waits on that queue: the
 //! subscription is queued from a task of its own.
 //!
-//! Shutdown drains in order: the poller stops ingesting and drops its engine sender; the
+//! Shutdown drains in order: the poller stops ingesting and drops its intake; the
 //! engine applies what it has, flushes and drops its publish queue; the sender publishes
 //! the rest; only then the controller marks itself offline and disconnects.
 
@@ -17,15 +18,13 @@ use std::time::Duration;
 
 use metalbus_link::{Backoff, Endpoint};
 use metalbus_protocol::controller::ControllerStatus;
-use metalbus_protocol::topic::{NodeTopic, Topic, Topics};
+use metalbus_protocol::topic::{NodeTopic, Topics};
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Packet, QoS, SubscribeFilter};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
-use crate::engine::Input;
-use crate::ingest::{self, Rejection};
-use crate::publish::{Delivery, Outbound, PublishQueue};
-use crate::reject_log::RejectLog;
+use crate::intake::Intake;
+use crate::publish::{Delivery, Outbound};
 use crate::security::Keyring;
 use crate::telemetry::Telemetry;
 
@@ -37,25 +36,18 @@ pub struct Bus {
     pub endpoint: Endpoint,
     pub topics: Topics,
     pub telemetry: Arc<Telemetry>,
-    pub engine: mpsc::Sender<Input>,
-    pub publish: PublishQueue,
-    /// Node keys: ingest checks proofs with them, commands and receipts are sealed.
+    /// Where agents' messages go; dropped at shutdown (with the door's) to close the
+    /// engine's input.
+    pub intake: Arc<Intake>,
+    /// Whether to read the agent topics from the broker. Not with the embedded broker:
+    /// its front door hands what nodes publish to intake itself (DECISIONS §73).
+    pub agent_topics: bool,
+    /// Node keys: commands and receipts are sealed as they go out.
     pub keys: Keyring,
     /// MQTT user name and password.
     pub login: (String, String),
     /// True while subscribed and connected; `/readyz` reads it.
     pub connected: Arc<AtomicBool>,
-}
-
-/// What the poller needs while it ingests; dropped at shutdown to close the engine's
-/// input.
-struct Ingest {
-    topics: Topics,
-    telemetry: Arc<Telemetry>,
-    engine: mpsc::Sender<Input>,
-    publish: PublishQueue,
-    keys: Keyring,
-    rejects: RejectLog,
 }
 
 /// The retained controller status (a [`ControllerStatus`]). Built as a JSON value,
@@ -82,8 +74,8 @@ impl Bus {
             endpoint,
             topics,
             telemetry,
-            engine,
-            publish,
+            intake,
+            agent_topics,
             keys,
             login,
             connected,
@@ -96,22 +88,16 @@ impl Bus {
             client.clone(),
             outbound,
             link_up,
-            telemetry.clone(),
+            telemetry,
             Sealer {
                 topics: topics.clone(),
-                keys: keys.clone(),
+                keys,
             },
         ));
         let mut ready = Some(ready);
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-        let mut ingest = Ingest {
-            topics: topics.clone(),
-            telemetry: telemetry.clone(),
-            engine,
-            publish,
-            keys,
-            rejects: RejectLog::default(),
-        };
+        // Taken at shutdown: the engine stops once every feeder let go.
+        let mut intake = Some(intake);
         loop {
             let event = tokio::select! {
                 _ = shutdown.changed() => break,
@@ -120,14 +106,16 @@ impl Bus {
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     backoff.reset();
-                    subscribe(&client, &topics);
+                    subscribe(&client, &topics, agent_topics);
                 }
                 Ok(Event::Incoming(Packet::SubAck(_))) => {
                     info!(broker = %endpoint, "controller subscribed to agent topics");
                     connected.store(true, Ordering::SeqCst);
                     let _ = link_up_tx.send(true);
                     assert_online(&client, &topics);
-                    let _ = ingest.engine.send(Input::Resync).await;
+                    if let Some(intake) = &intake {
+                        intake.resync().await;
+                    }
                     if let Some(tx) = ready.take() {
                         let _ = tx.send(());
                     }
@@ -143,8 +131,8 @@ impl Bus {
                                 assert_online(&client, &topics);
                             }
                         }
-                    } else {
-                        ingest.on_message(&p.topic, &p.payload).await;
+                    } else if let Some(intake) = &intake {
+                        intake.on_message(&p.topic, &p.payload).await;
                     }
                 }
                 Ok(other) => debug!(event = ?other, "mqtt"),
@@ -167,7 +155,7 @@ impl Bus {
         connected.store(false, Ordering::SeqCst);
         // Close the engine's input and our publish handle; keep the event loop turning
         // until the sender has published everything the engine still had to say.
-        drop(ingest);
+        drop(intake.take());
         let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
             loop {
                 tokio::select! {
@@ -192,56 +180,6 @@ impl Bus {
     }
 }
 
-impl Ingest {
-    async fn on_message(&mut self, topic: &str, payload: &[u8]) {
-        self.telemetry
-            .count_message(ingest::kind_label(&self.topics, topic));
-        match ingest::decode(&self.topics, &self.keys, topic, payload) {
-            Ok(Some(input)) => {
-                if self.engine.send(input).await.is_err() {
-                    debug!("engine is gone; message dropped during shutdown");
-                }
-            }
-            Ok(None) => debug!(topic, "retained message cleared"),
-            Err(rejection) => self.reject(rejection).await,
-        }
-    }
-
-    async fn reject(&mut self, r: Rejection) {
-        self.telemetry.count_reject(r.reason.as_str());
-        self.rejects.record(&r);
-        if let (true, Ok(Topic::Node(id, _))) =
-            (r.from_the_node(), self.topics.parse(&r.reject.topic))
-        {
-            let error = format!("{}: {}", r.reason.as_str(), r.reject.error);
-            match r.place.clone() {
-                // A report takes its place in the node's stream, so it is never skipped:
-                // the agent's later reports wait behind it.
-                Some(place) => {
-                    let _ = self
-                        .engine
-                        .send(Input::RefusedReport {
-                            id,
-                            place: *place,
-                            error,
-                        })
-                        .await;
-                }
-                // A Warning event on a known node, for a message the node itself made.
-                // Never waits: when the engine is busy the event is skipped (the reject
-                // is still counted and answered).
-                None => {
-                    let _ = self.engine.try_send(Input::Rejected { id, error });
-                }
-            }
-        }
-        if let Some(topic) = r.reply_topic {
-            self.publish
-                .push_all(Outbound::event(topic, &r.reject, Delivery::AtMostOnce));
-        }
-    }
-}
-
 fn options(
     endpoint: &Endpoint,
     topics: &Topics,
@@ -262,10 +200,12 @@ fn options(
 }
 
 /// Queues the subscription from a task of its own: the poller must never wait for room
-/// in rumqttc's request queue, since only the poller makes room.
-fn subscribe(client: &AsyncClient, topics: &Topics) {
+/// in rumqttc's request queue, since only the poller makes room. The agent topics only
+/// when `agent_topics`; the controller's own status always.
+fn subscribe(client: &AsyncClient, topics: &Topics, agent_topics: bool) {
     let mut filters: Vec<SubscribeFilter> = NodeTopic::FROM_AGENT
         .iter()
+        .filter(|_| agent_topics)
         .map(|kind| {
             let qos = if *kind == NodeTopic::Metrics {
                 QoS::AtMostOnce
@@ -275,10 +215,12 @@ fn subscribe(client: &AsyncClient, topics: &Topics) {
             SubscribeFilter::new(topics.node_filter(*kind), qos)
         })
         .collect();
-    filters.push(SubscribeFilter::new(
-        topics.node_filter(NodeTopic::Enroll),
-        QoS::AtLeastOnce,
-    ));
+    if agent_topics {
+        filters.push(SubscribeFilter::new(
+            topics.node_filter(NodeTopic::Enroll),
+            QoS::AtLeastOnce,
+        ));
+    }
     filters.push(SubscribeFilter::new(
         topics.controller_status(),
         QoS::AtLeastOnce,

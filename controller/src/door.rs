@@ -48,12 +48,17 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use acks::Acks;
 use hub::Hub;
+pub use interest::Interest;
 
+mod acks;
 mod hub;
+mod interest;
 
 use crate::api::auth::token_hash;
 use crate::broker::Links;
+use crate::intake::Intake;
 use crate::security::Keyring;
 use crate::store::StoreReader;
 use crate::telemetry::{Limit, Telemetry};
@@ -150,6 +155,11 @@ pub struct Door {
     pub clients: Arc<tokio::sync::Semaphore>,
     /// One permit per monitor's router session (`[mqtt] max_monitors`).
     pub monitors: Arc<tokio::sync::Semaphore>,
+    /// Where what nodes publish goes: straight to the controller, not through the
+    /// router (DECISIONS §73).
+    pub intake: Arc<Intake>,
+    /// Monitors' filters: which metrics the router needs.
+    pub interest: Interest,
 }
 
 /// Largest retained status a node may leave in the broker (a birth or its Will is a few
@@ -473,13 +483,15 @@ where
         clean,
         idle,
     } = monitor;
-    let (mut tx, mut rx, connack) = match open(door, session, clean).await {
+    let (mut tx, mut rx, connack) = match open(door, session.clone(), clean).await {
         Ok(link) => link,
         Err(why) => {
             let _ = write_packet(&mut client, refused(ConnectReturnCode::ServiceUnavailable)).await;
             return Err(why);
         }
     };
+    let holder = door.interest.opened(&session, clean);
+    let mut acks = Acks::default();
     let mut out = BytesMut::with_capacity(4096);
     if let Some(packet) = Option::<Packet>::from(connack) {
         encode(packet, &mut out)?;
@@ -497,7 +509,8 @@ where
                     }
                     keep_alive.heard();
                     let said_disconnect =
-                        from_client(&who, door, &mut cbuf, &mut tx, &mut out).await?;
+                        from_client(&who, door, &session, &mut cbuf, &mut tx, &mut out, &mut acks)
+                            .await?;
                     write_within(&mut client, &out, idle).await?;
                     if said_disconnect {
                         return Ok(());
@@ -507,7 +520,8 @@ where
                     // An error: the router dropped the session (taken over by a newer
                     // connection with the same client id, say).
                     let first = n.map_err(|e| format!("the broker ended the session: {e}"))?;
-                    let ended = to_client(&who, &door.topics, first, &mut rx, &mut tx, &mut out).await;
+                    let link = (&mut rx, &mut tx);
+                    let ended = to_client(&who, &door.topics, first, link, &mut out, &mut acks).await;
                     write_within(&mut client, &out, idle).await?;
                     ended?;
                 }
@@ -520,6 +534,7 @@ where
         // Leave the router (a monitor has no Will: `authenticate` refuses one).
         let _ = tx.send(disconnect()).await;
     }
+    door.interest.closed(&session, clean, holder);
     end
 }
 
@@ -630,7 +645,7 @@ where
                 door.telemetry.count_limit(Limit::RetainedSize);
             }
             if let Packet::Publish(p, _) = will {
-                if let Err(e) = hub.publish(p).await {
+                if let Err(e) = deliver(door, hub, p).await {
                     warn!(client = %client_id, error = %e, "could not publish a Will");
                 }
             }
@@ -721,12 +736,31 @@ async fn from_node(
             NodeStep::Answered => continue,
             NodeStep::Publish(p, pkid) => (p, pkid),
         };
-        hub.publish(publish).await?;
+        deliver(door, hub, publish).await?;
         if let Some(pkid) = pkid {
             let reason = PubAckReason::Success;
             encode(Packet::PubAck(PubAck { pkid, reason }, None), out)?;
         }
     }
+}
+
+/// Hands what a node published to the controller ([`Intake`]), and to the router when a
+/// monitor may receive it: statuses and inventories always (they are retained for
+/// monitors that subscribe later), metrics while a monitor's filter matches, reports and
+/// enrollment requests never (no client may receive them). The controller reads none of
+/// them from the router (DECISIONS §73).
+async fn deliver(door: &Door, hub: &Hub, publish: Publish) -> Result<(), String> {
+    let topic = std::str::from_utf8(&publish.topic).unwrap_or("");
+    door.intake.on_message(topic, &publish.payload).await;
+    let to_router = match door.topics.parse(topic) {
+        Ok(Topic::Node(_, NodeTopic::Status | NodeTopic::Inventory)) => true,
+        Ok(Topic::Node(_, NodeTopic::Metrics)) => door.interest.wants(topic),
+        _ => false,
+    };
+    if to_router {
+        hub.publish(publish).await?;
+    }
+    Ok(())
 }
 
 /// What [`node_step`] made of the next packet.
@@ -879,9 +913,11 @@ fn disconnect() -> Packet {
 async fn from_client(
     who: &Client,
     door: &Door,
+    session: &str,
     buf: &mut BytesMut,
     tx: &mut LinkTx,
     out: &mut BytesMut,
+    acks: &mut Acks,
 ) -> Result<bool, String> {
     let mut batch = Vec::new();
     let mut said_disconnect = false;
@@ -899,7 +935,21 @@ async fn from_client(
                     if bound_retained(who, &door.topics, &mut p) {
                         door.telemetry.count_limit(Limit::RetainedSize);
                     }
-                    batch.push(p);
+                    // Known before the router has it: metrics for it flow at once.
+                    match &p {
+                        Packet::Subscribe(s, _) => door
+                            .interest
+                            .subscribed(session, s.filters.iter().map(|f| f.path.as_str())),
+                        Packet::Unsubscribe(u, _) => door
+                            .interest
+                            .unsubscribed(session, u.filters.iter().map(String::as_str)),
+                        _ => {}
+                    }
+                    match p {
+                        // To the router in the order it forwarded, with the door's own.
+                        Packet::PubAck(a, _) => acks.acked(a.pkid),
+                        p => batch.push(p),
+                    }
                 }
                 Err(why) => break Err(why),
             },
@@ -908,6 +958,7 @@ async fn from_client(
     };
     // What came before a forbidden packet still reaches the broker, as it would have
     // over a socket.
+    acks.release(&mut batch);
     to_router(tx, &mut batch).await?;
     checked.map(|()| said_disconnect)
 }
@@ -931,28 +982,28 @@ async fn to_client(
     who: &Client,
     topics: &Topics,
     first: Option<Notification>,
-    rx: &mut LinkRx,
-    tx: &mut LinkTx,
+    (rx, tx): (&mut LinkRx, &mut LinkTx),
     out: &mut BytesMut,
+    acks: &mut Acks,
 ) -> Result<(), String> {
     let mut unscheduled = false;
-    let mut dropped = Vec::new();
+    let mut released = Vec::new();
     let mut next = first;
     loop {
         if let Some(notification) = next.take() {
             match notification {
                 Notification::Forward(f) => {
                     let topic = std::str::from_utf8(&f.publish.topic).unwrap_or("");
-                    if who.may_receive(topics, topic) {
+                    let allowed = who.may_receive(topics, topic);
+                    // Not for this client: acknowledged for it (in the router's order),
+                    // so the router's in-flight window does not fill with what it will
+                    // never get.
+                    let (qos, pkid) = qos_and_pkid(&f.publish);
+                    if qos > 0 {
+                        acks.forwarded(pkid, !allowed)?;
+                    }
+                    if allowed {
                         encode(Packet::Publish(f.publish, None), out)?;
-                    } else {
-                        // Not for this client: acknowledged for it, so the router's
-                        // in-flight window does not fill with what it will never get.
-                        let (qos, pkid) = qos_and_pkid(&f.publish);
-                        if qos > 0 {
-                            let reason = PubAckReason::Success;
-                            dropped.push(Packet::PubAck(PubAck { pkid, reason }, None));
-                        }
                     }
                 }
                 other => match Option::<Packet>::from(other) {
@@ -973,7 +1024,8 @@ async fn to_client(
             None => break,
         }
     }
-    to_router(tx, &mut dropped).await?;
+    acks.release(&mut released);
+    to_router(tx, &mut released).await?;
     if unscheduled {
         // Everything it had is in `out` now: let it send more.
         rx.wake()

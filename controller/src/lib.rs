@@ -23,6 +23,7 @@ pub mod engine;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod ingest;
+pub mod intake;
 pub mod live;
 pub mod matching;
 pub mod mosquitto;

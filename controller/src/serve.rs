@@ -29,6 +29,7 @@ use crate::api::{self, auth, AppState};
 use crate::bus::Bus;
 use crate::config::ControllerConfig;
 use crate::engine::{Engine, EngineConfig, Outlets};
+use crate::intake::Intake;
 use crate::live::LiveFeed;
 use crate::publish::PublishQueue;
 use crate::security::{self, Keyring};
@@ -142,16 +143,13 @@ pub async fn run(
                 port: embedded.internal.port(),
             };
             let login = (door::INTERNAL_USER.to_string(), password.clone());
-            let door = door::Door {
-                topics: topics.clone(),
-                keys: keys.clone(),
-                store: store.reader(),
-                links: embedded.links,
-                telemetry: telemetry.clone(),
-                clients: Arc::new(tokio::sync::Semaphore::new(cfg.mqtt_max_connections)),
-                monitors: Arc::new(tokio::sync::Semaphore::new(cfg.mqtt_max_monitors)),
-            };
-            (url, Some(addr), bus_url, login, Some((public, door)))
+            (
+                url,
+                Some(addr),
+                bus_url,
+                login,
+                Some((public, embedded.links)),
+            )
         }
     };
     let http = tokio::net::TcpListener::bind(cfg.http_listen)
@@ -214,6 +212,15 @@ pub async fn run(
         wake_rx,
         engine_tx.downgrade(),
     ));
+    // The door and the bus feed the engine through one intake; when both have let go
+    // the engine's input closes and it stops.
+    let intake = Arc::new(Intake::new(
+        topics.clone(),
+        telemetry.clone(),
+        engine_tx,
+        publish,
+        keys.clone(),
+    ));
 
     if let Some(dir) = &cfg.mosquitto_dir {
         let accounts = crate::mosquitto::Accounts {
@@ -226,7 +233,21 @@ pub async fn run(
         accounts.write()?;
         tokio::spawn(accounts.run(stop_rx.clone()));
     }
-    if let Some((listener, door)) = door {
+    // With the embedded broker the door hands nodes' messages to intake; the bus reads
+    // them from an external broker.
+    let agent_topics = door.is_none();
+    if let Some((listener, links)) = door {
+        let door = door::Door {
+            topics: topics.clone(),
+            keys: keys.clone(),
+            store: reader.clone(),
+            links,
+            telemetry: telemetry.clone(),
+            clients: Arc::new(tokio::sync::Semaphore::new(cfg.mqtt_max_connections)),
+            monitors: Arc::new(tokio::sync::Semaphore::new(cfg.mqtt_max_monitors)),
+            intake: intake.clone(),
+            interest: door::Interest::default(),
+        };
         let acceptor = tls
             .clone()
             .filter(|_| cfg.mqtt_tls)
@@ -244,8 +265,8 @@ pub async fn run(
         endpoint,
         topics: topics.clone(),
         telemetry: telemetry.clone(),
-        engine: engine_tx,
-        publish,
+        intake,
+        agent_topics,
         keys,
         login: bus_login,
         connected: connected.clone(),

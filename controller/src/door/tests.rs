@@ -14,6 +14,16 @@ fn id(s: &str) -> NodeId {
 }
 
 fn door() -> (Door, Store) {
+    let (door, store, _engine) = door_and_engine();
+    (door, store)
+}
+
+/// A door and the engine's end of its intake.
+fn door_and_engine() -> (
+    Door,
+    Store,
+    tokio::sync::mpsc::Receiver<crate::engine::Input>,
+) {
     let mut store = Store::in_memory(Arc::new(Telemetry::new())).unwrap();
     let record = TokenRecord {
         name: "grafana".into(),
@@ -28,16 +38,28 @@ fn door() -> (Door, Store) {
     let keys = Keyring::default();
     keys.set(id("n1"), NodeKey::from_bytes([1; 32]));
     keys.set_enroll_tokens([("fleet".to_string(), "fleet-password".to_string())]);
+    let telemetry = Arc::new(crate::telemetry::Telemetry::new());
+    let (engine, engine_rx) = tokio::sync::mpsc::channel(64);
+    let (publish, _outbound) = crate::publish::PublishQueue::new();
+    let intake = Intake::new(
+        Topics::default(),
+        telemetry.clone(),
+        engine,
+        publish,
+        keys.clone(),
+    );
     let door = Door {
         topics: Topics::default(),
         keys,
         store: store.reader(),
         links: Arc::new(|_: &str, _: bool| Err("no broker in unit tests".to_string())),
-        telemetry: Arc::new(crate::telemetry::Telemetry::new()),
+        telemetry,
         clients: Arc::new(tokio::sync::Semaphore::new(16)),
         monitors: Arc::new(tokio::sync::Semaphore::new(4)),
+        intake: Arc::new(intake),
+        interest: Interest::default(),
     };
-    (door, store)
+    (door, store, engine_rx)
 }
 
 fn login(u: &str, p: &str) -> Login {
@@ -415,6 +437,82 @@ async fn an_agent_through_the_hub_is_answered_by_the_door_and_bounded() {
             .await
             .is_err()
     );
+}
+
+/// DECISIONS §73: what a node publishes reaches the controller from the door; the router
+/// gets what a monitor may receive: statuses and inventories (retained), and metrics
+/// only while a monitor's filter takes them.
+#[tokio::test]
+async fn a_nodes_messages_go_to_the_controller_and_to_the_router_only_for_monitors() {
+    let (door, _store, mut engine) = door_and_engine();
+    let (hub, mut router) = Hub::detached(16);
+    let node = Client::Node(id("n1"));
+    let sealed = |topic: &str, payload: &str| {
+        metalbus_protocol::proof::seal(&NodeKey::from_bytes([1; 32]), topic, payload.as_bytes())
+            .unwrap()
+    };
+    let metrics = "metalbus/v1/nodes/n1/metrics";
+    let sample = r#"{"ts":"2026-11-29T00:00:00Z","cpu_percent":5.0,"uptime_s":1}"#;
+    let send = |packets: Vec<Packet>| {
+        let mut buf = wire(packets);
+        let mut out = BytesMut::new();
+        let mut subscribed = Vec::new();
+        let (door, hub, node) = (&door, &hub, &node);
+        async move {
+            from_node(node, door, hub, &mut buf, &mut out, &mut subscribed)
+                .await
+                .unwrap();
+        }
+    };
+    let kinds = |door: &Door| {
+        ["metrics", "reports", "status", "inventory"].map(|kind| {
+            door.telemetry
+                .ingest_messages
+                .get_or_create(&crate::telemetry::KindLabel { kind: kind.into() })
+                .get()
+        })
+    };
+    let routed = |router: &mut tokio::sync::mpsc::Receiver<Packet>| {
+        let mut topics = Vec::new();
+        while let Ok(Packet::Publish(p, _)) = router.try_recv() {
+            topics.push(String::from_utf8(p.topic.to_vec()).unwrap());
+        }
+        topics
+    };
+    send(vec![
+        publish_with_qos(0, metrics, sealed(metrics, sample), false, 0),
+        qos1_publish("metalbus/v1/nodes/n1/reports", b"{}".to_vec(), false, 2),
+        qos1_publish("metalbus/v1/nodes/n1/status", b"{}".to_vec(), true, 3),
+        qos1_publish("metalbus/v1/nodes/n1/inventory", b"{}".to_vec(), true, 4),
+    ])
+    .await;
+    assert_eq!(
+        kinds(&door),
+        [1, 1, 1, 1],
+        "each reached the controller once"
+    );
+    assert!(
+        matches!(engine.try_recv(), Ok(crate::engine::Input::Metrics { .. })),
+        "the proven sample is the engine's"
+    );
+    assert_eq!(
+        routed(&mut router),
+        [
+            "metalbus/v1/nodes/n1/status",
+            "metalbus/v1/nodes/n1/inventory"
+        ]
+    );
+
+    // A monitor takes the metrics: the router gets them, for as long as it does.
+    let holder = door.interest.opened("monitor:dash", true);
+    door.interest
+        .subscribed("monitor:dash", ["metalbus/v1/nodes/+/metrics"]);
+    send(vec![publish_with_qos(0, metrics, b"{}".to_vec(), false, 0)]).await;
+    assert_eq!(routed(&mut router), [metrics]);
+    door.interest.closed("monitor:dash", true, holder);
+    send(vec![publish_with_qos(0, metrics, b"{}".to_vec(), false, 0)]).await;
+    assert!(routed(&mut router).is_empty());
+    assert_eq!(kinds(&door), [3, 1, 1, 1]);
 }
 
 #[tokio::test]
