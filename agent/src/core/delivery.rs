@@ -121,10 +121,9 @@ impl Core {
 
     /// Hands unsent reports to MQTT in order; after `resend_after` without a receipt
     /// making progress, starts again from the oldest unreceipted one.
+    /// The count of reports waiting is kept also while disconnected: that is when it
+    /// grows, and when an operator looks at it.
     pub(super) fn send_backlog(&mut self, out: &mut dyn Publisher) {
-        let Some(mut link) = self.link else {
-            return;
-        };
         let (pending, oldest) = match self.store.backlog() {
             Ok(b) => b,
             Err(e) => {
@@ -133,6 +132,9 @@ impl Core {
             }
         };
         self.stats.pending.store(pending, Ordering::Relaxed);
+        let Some(mut link) = self.link else {
+            return;
+        };
         let now = self.clock.monotonic();
         let Some(oldest) = oldest else {
             link.last_progress = now;

@@ -664,6 +664,8 @@ fn reports_wait_while_disconnected_then_follow_the_birth_in_order() {
     r.job("c-1", JobKind::Install, JobStatus::Started);
     r.job("c-1", JobKind::Install, JobStatus::Complete);
     assert!(r.out.sent.is_empty(), "not connected");
+    // Counted while they wait, not only once connected.
+    assert_eq!(r.core.stats().pending.load(Ordering::Relaxed), 2);
     assert_eq!(r.connect(), [Action::ReadInventory]);
     let sent = r.out.take();
     let status = r.core.topic(NodeTopic::Status);
