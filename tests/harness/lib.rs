@@ -12,10 +12,12 @@
 #![allow(clippy::unwrap_used)]
 
 mod api;
+mod browser;
 mod mqtt;
 mod process;
 
 pub use api::Api;
+pub use browser::Browser;
 pub use mqtt::{Message, Watcher};
 pub use process::{fleet_token_file, node_key, AgentProc, Controller, Mosquitto, SimProc, TestPki};
 

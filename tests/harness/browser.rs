@@ -1,0 +1,227 @@
+//! A real headless Chromium, driven over WebDriver (W3C, JSON over HTTP) through
+//! Debian's `chromedriver`, for the web console's tests. Only what the tests use: open a
+//! page, find elements, type, click, run a script, read the browser's console, and a
+//! screenshot when a wait fails (saved under `target/test-screenshots/`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// The key W3C WebDriver names an element reference by.
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+pub struct Browser {
+    driver: Child,
+    base: String,
+    http: reqwest::Client,
+    /// Where screenshots of failed waits go.
+    shots: PathBuf,
+}
+
+impl Browser {
+    /// Starts chromedriver on a free loopback port and a headless Chromium session,
+    /// 1280 px wide (`width`).
+    pub async fn start(dir: &Path, width: u32) -> Browser {
+        let port = super::process::free_port();
+        let log = std::fs::File::create(dir.join("chromedriver.log")).unwrap();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("chromedriver (Debian: apt-get install chromium chromium-driver)");
+        let mut browser = Browser {
+            driver,
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+            shots: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-screenshots"),
+        };
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:loggingPrefs": {"browser": "ALL"},
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                    "--disable-dev-shm-usage", "--no-first-run",
+                    format!("--window-size={width},900"),
+                    format!("--user-data-dir={}", dir.join("chromium").display())],
+            },
+        }}});
+        let started = Instant::now();
+        let session = loop {
+            match browser.call("POST", "/session", Some(caps.clone())).await {
+                Ok(v) => break v["sessionId"].as_str().unwrap().to_string(),
+                Err(e) if started.elapsed() < Duration::from_secs(20) => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("no browser session: {e}"),
+            }
+        };
+        browser.base = format!("{}/session/{session}", browser.base);
+        browser
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+        let url = format!("{}{path}", self.base);
+        let req = match method {
+            "GET" => self.http.get(&url),
+            "DELETE" => self.http.delete(&url),
+            _ => self.http.post(&url).json(&body.unwrap_or(json!({}))),
+        };
+        let res = req.send().await.map_err(|e| e.to_string())?;
+        let status = res.status();
+        let v: Value = res.json().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!("{status}: {}", v["value"]));
+        }
+        Ok(v["value"].clone())
+    }
+
+    pub async fn open(&self, url: &str) {
+        self.call("POST", "/url", Some(json!({ "url": url })))
+            .await
+            .unwrap();
+    }
+
+    /// The element `css` selects (the first one).
+    pub async fn find(&self, css: &str) -> String {
+        let v = self
+            .call(
+                "POST",
+                "/element",
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"));
+        v[ELEMENT].as_str().unwrap().to_string()
+    }
+
+    /// Types `text` into the element `css` selects, as a user would.
+    pub async fn type_into(&self, css: &str, text: &str) {
+        let el = self.find(css).await;
+        self.call(
+            "POST",
+            &format!("/element/{el}/value"),
+            Some(json!({ "text": text })),
+        )
+        .await
+        .unwrap();
+    }
+
+    pub async fn click(&self, css: &str) {
+        let el = self.find(css).await;
+        self.call("POST", &format!("/element/{el}/click"), None)
+            .await
+            .unwrap();
+    }
+
+    /// Runs `script` (a function body; `arguments` are `args`) in the page.
+    pub async fn run(&self, script: &str, args: Value) -> Value {
+        self.call(
+            "POST",
+            "/execute/sync",
+            Some(json!({ "script": script, "args": args })),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{script}: {e}"))
+    }
+
+    /// Waits until `script` returns `true`; on a timeout saves a screenshot named
+    /// after `what` and fails with what the script last returned.
+    pub async fn wait_for(&self, what: &str, script: &str, within: Duration) {
+        let started = Instant::now();
+        loop {
+            let v = self.run(script, json!([])).await;
+            if v == Value::Bool(true) {
+                return;
+            }
+            if started.elapsed() > within {
+                let shot = self.screenshot(what).await;
+                panic!(
+                    "timed out after {within:?} waiting for {what}; last: {v}; screenshot: {shot}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Saves a screenshot of the page as `target/test-screenshots/{name}.png`.
+    pub async fn screenshot(&self, name: &str) -> String {
+        let Ok(png) = self.call("GET", "/screenshot", None).await else {
+            return "none (the browser did not answer)".into();
+        };
+        let bytes = base64(png.as_str().unwrap_or(""));
+        let _ = std::fs::create_dir_all(&self.shots);
+        let safe: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let path = self.shots.join(format!("{safe}.png"));
+        match std::fs::write(&path, bytes) {
+            Ok(()) => path.display().to_string(),
+            Err(e) => format!("not saved: {e}"),
+        }
+    }
+
+    /// What the page logged at level SEVERE (errors) since the last call.
+    pub async fn console_errors(&self) -> Vec<String> {
+        let logs = self
+            .call("POST", "/se/log", Some(json!({"type": "browser"})))
+            .await
+            .unwrap_or(Value::Null);
+        logs.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["level"] == "SEVERE")
+            .map(|e| e["message"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+}
+
+impl Drop for Browser {
+    /// Ends the session (which closes Chromium) with a plain blocking request, then
+    /// stops chromedriver.
+    fn drop(&mut self) {
+        use std::io::{Read, Write};
+        if let Some(rest) = self.base.strip_prefix("http://") {
+            if let Some((host, path)) = rest.split_once('/') {
+                if let Ok(mut s) = std::net::TcpStream::connect(host) {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                    let req = format!(
+                        "DELETE /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
+                    let _ = s.write_all(req.as_bytes());
+                    let _ = s.read_to_end(&mut Vec::new());
+                }
+            }
+        }
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// Standard base64 (what WebDriver's screenshot is) to bytes.
+fn base64(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0);
+    for v in text.bytes().filter_map(value) {
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
