@@ -14,6 +14,17 @@ const WAIT: Duration = Duration::from_secs(30);
 /// How many rows the node table shows.
 const ROWS: &str = "return document.querySelectorAll('#nodes tbody tr').length";
 
+/// Picks `state` in the state filter, as a user would (`""`: any).
+async fn choose_state(browser: &Browser, state: &str) {
+    browser
+        .run(
+            "const s = document.getElementById('state'); s.value = arguments[0]; \
+             s.dispatchEvent(new Event('change'));",
+            json!([state]),
+        )
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_signs_in_and_the_fleet_page_lists_filters_and_searches() {
     let tmp = tempfile::tempdir().unwrap();
@@ -31,6 +42,33 @@ async fn an_operator_signs_in_and_the_fleet_page_lists_filters_and_searches() {
     assert_eq!(status, 200);
     api.wait_state("web-0002", "active", WAIT).await;
 
+    // The page and its assets: no token needed, a strict policy, and a wrong path is
+    // still the API's JSON 404.
+    let base = ctl.api_base();
+    let page = reqwest::get(format!("{base}/")).await.unwrap();
+    assert_eq!(page.status(), 200);
+    let header = |name: &str| {
+        page.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(header("content-type").starts_with("text/html"));
+    assert!(header("content-security-policy").contains("script-src 'self'"));
+    assert!(!header("content-security-policy").contains("unsafe"));
+    let script = reqwest::get(format!("{base}/console.js")).await.unwrap();
+    assert!(script.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/javascript"));
+    let missing = reqwest::get(format!("{base}/console.js%00.html"))
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let body: serde_json::Value = missing.json().await.unwrap();
+    assert!(body["errorMessage"].is_string(), "{body}");
+
     let browser = Browser::start(tmp.path(), 1280).await;
     browser.open(&format!("{}/", ctl.api_base())).await;
 
@@ -42,6 +80,18 @@ async fn an_operator_signs_in_and_the_fleet_page_lists_filters_and_searches() {
             "the refusal of a wrong token",
             "return document.getElementById('sign-in-error').textContent.includes('not valid') \
              && document.getElementById('fleet').hidden",
+            WAIT,
+        )
+        .await;
+
+    // A token no HTTP header can carry (not Latin-1): refused with a message, no crash.
+    browser.type_into("#token", "токен-€-🔑").await;
+    browser.click("#sign-in-form button[type=submit]").await;
+    browser
+        .wait_for(
+            "the refusal of a token that is not Latin-1",
+            "const e = document.getElementById('sign-in-error').textContent; \
+             return e.length > 0 && !e.includes('not valid') && document.getElementById('fleet').hidden",
             WAIT,
         )
         .await;
@@ -69,13 +119,7 @@ async fn an_operator_signs_in_and_the_fleet_page_lists_filters_and_searches() {
     assert_eq!(names, json!(ids));
 
     // Filter by state: only the installed node.
-    browser
-        .run(
-            "const s = document.getElementById('state'); s.value = 'active'; \
-             s.dispatchEvent(new Event('change'));",
-            json!([]),
-        )
-        .await;
+    choose_state(&browser, "active").await;
     browser
         .wait_for(
             "the state filter",
@@ -87,13 +131,7 @@ async fn an_operator_signs_in_and_the_fleet_page_lists_filters_and_searches() {
         .await;
 
     // Back to every state, then a search by name narrows to one.
-    browser
-        .run(
-            "const s = document.getElementById('state'); s.value = ''; \
-             s.dispatchEvent(new Event('change'));",
-            json!([]),
-        )
-        .await;
+    choose_state(&browser, "").await;
     browser
         .wait_for("every state again", &format!("{ROWS} === 3"), WAIT)
         .await;
@@ -113,6 +151,39 @@ async fn an_operator_signs_in_and_the_fleet_page_lists_filters_and_searches() {
     browser
         .wait_for("the fleet after a reload", &format!("{ROWS} === 3"), WAIT)
         .await;
+
+    // Text from the API is shown as text: label values may hold anything printable,
+    // markup and multibyte included, and none of it runs or becomes an element.
+    let hostile = "<img src=x onerror=\"window.pwned=1\"><script>window.pwned=2</script>Ωé€🔑";
+    let (status, body) = api
+        .patch(
+            "/api/v1/nodes/web-0001",
+            json!({"labels": {"rack": hostile}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    choose_state(&browser, "").await;
+    browser
+        .wait_for(
+            "the hostile label, as text",
+            &format!(
+                "const row = document.querySelector('#nodes tr[data-node=\"web-0001\"]'); \
+                 return !!row && row.cells[8].textContent === 'rack=' + {}",
+                json!(hostile)
+            ),
+            WAIT,
+        )
+        .await;
+    let injected = browser
+        .run(
+            "return [window.pwned === undefined, \
+             document.querySelectorAll('#nodes img, #nodes script').length]",
+            json!([]),
+        )
+        .await;
+    assert_eq!(injected, json!([true, 0]));
+
     let errors = browser.console_errors().await;
     // The wrong token's 401 is the browser's own network log line, not the page's.
     let page_errors: Vec<&String> = errors.iter().filter(|e| !e.contains("401")).collect();

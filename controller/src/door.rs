@@ -758,9 +758,19 @@ async fn deliver(door: &Door, hub: &Hub, publish: Publish) -> Result<(), String>
         _ => false,
     };
     if to_router {
-        hub.publish(publish).await?;
+        hub.publish(owned(publish)).await?;
     }
     Ok(())
+}
+
+/// A publish with its own copy of its topic and payload. rumqttd's parser hands them out
+/// as slices of the connection's read buffer; one the router keeps (retained, or in a
+/// topic's log) would pin the whole buffer, a few KB per node, for as long as it is
+/// kept, and make the connection allocate a new one for its next read (DECISIONS §71).
+/// Through rumqttd's own serialised form: one exact-size allocation for both. Only what
+/// goes to the router is copied: what intake decodes is dropped at once.
+fn owned(publish: Publish) -> Publish {
+    Publish::deserialize(publish.serialize())
 }
 
 /// What [`node_step`] made of the next packet.
@@ -930,13 +940,17 @@ async fn from_client(
                 said_disconnect = true;
                 break Ok(());
             }
+            // A monitor may publish nothing (`inbound` ends its connection), so nothing
+            // here can be retained.
             Ok(Some(packet)) => match inbound(who, &door.topics, packet) {
-                Ok(mut p) => {
-                    if bound_retained(who, &door.topics, &mut p) {
-                        door.telemetry.count_limit(Limit::RetainedSize);
-                    }
-                    // Known before the router has it: metrics for it flow at once.
+                Ok(p) => {
                     match &p {
+                        // To the router in the order it forwarded, with the door's own.
+                        Packet::PubAck(a, _) => {
+                            acks.acked(a.pkid);
+                            continue;
+                        }
+                        // Known before the router has it: metrics for it flow at once.
                         Packet::Subscribe(s, _) => door
                             .interest
                             .subscribed(session, s.filters.iter().map(|f| f.path.as_str())),
@@ -945,11 +959,7 @@ async fn from_client(
                             .unsubscribed(session, u.filters.iter().map(String::as_str)),
                         _ => {}
                     }
-                    match p {
-                        // To the router in the order it forwarded, with the door's own.
-                        Packet::PubAck(a, _) => acks.acked(a.pkid),
-                        p => batch.push(p),
-                    }
+                    batch.push(p);
                 }
                 Err(why) => break Err(why),
             },
@@ -1103,17 +1113,11 @@ fn inbound(who: &Client, topics: &Topics, packet: Packet) -> Result<Packet, Stri
 
 /// The next whole packet in `buf`, `None` when more bytes are needed.
 ///
-/// A publish's topic and payload (and a Will's) are copied out: rumqttd's parser hands
-/// out slices of `buf`, and one kept by the router (retained, or in a topic's log) would
-/// pin the whole read buffer, a few KB per node, for as long as it is kept, and make
-/// the connection allocate a new one for its next read (DECISIONS §71). A publish goes
-/// through rumqttd's own serialised form: one exact-size allocation for both.
+/// A Will's topic and message are copied out: rumqttd's parser hands them out as slices
+/// of `buf`, and the connection keeps its Will for as long as it is open, which would
+/// pin the read buffer (a publish is copied only on its way to the router, [`owned`]).
 fn next(buf: &mut BytesMut, max: usize) -> Result<Option<Packet>, String> {
     match V4.read_mut(buf, max) {
-        Ok(Packet::Publish(p, props)) => Ok(Some(Packet::Publish(
-            Publish::deserialize(p.serialize()),
-            props,
-        ))),
         Ok(Packet::Connect(connect, props, mut will, will_props, login)) => {
             if let Some(w) = will.as_mut() {
                 w.topic = Bytes::copy_from_slice(&w.topic);

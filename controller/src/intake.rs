@@ -23,14 +23,14 @@ use crate::telemetry::Telemetry;
 /// What intake needs; shared by its feeders (dropping the last closes the engine's
 /// input, which is how the engine learns to stop).
 pub struct Intake {
-    pub topics: Topics,
-    pub telemetry: Arc<Telemetry>,
-    pub engine: mpsc::Sender<Input>,
+    topics: Topics,
+    telemetry: Arc<Telemetry>,
+    engine: mpsc::Sender<Input>,
     /// Where refusals are answered.
-    pub publish: PublishQueue,
+    publish: PublishQueue,
     /// Node keys: proofs are checked with them.
-    pub keys: Keyring,
-    pub rejects: Mutex<RejectLog>,
+    keys: Keyring,
+    rejects: Mutex<RejectLog>,
 }
 
 impl Intake {

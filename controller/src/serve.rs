@@ -102,7 +102,7 @@ pub async fn run(
     // The embedded broker, unless an external one is configured: rumqttd on an internal
     // loopback port that only the front door and our own client may log in to, and the
     // front door on the configured address (DESIGN section 11).
-    let (broker_url, mqtt_addr, bus_url, bus_login, door) = match &cfg.broker {
+    let (broker_url, mqtt_addr, bus_url, bus_login, embedded) = match &cfg.broker {
         Some(url) => {
             info!(broker = %url, ca = ?cfg.broker_ca, "using an external MQTT broker");
             // With Mosquitto accounts kept by us, we log in with our own password.
@@ -124,7 +124,7 @@ pub async fn run(
                 })?;
             let password = security::random_secret();
             let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-            let embedded = broker::start(
+            let started = broker::start(
                 loopback,
                 &topics,
                 door::INTERNAL_USER,
@@ -140,7 +140,7 @@ pub async fn run(
             let bus_url = BrokerUrl {
                 tls: false,
                 host: "127.0.0.1".into(),
-                port: embedded.internal.port(),
+                port: started.internal.port(),
             };
             let login = (door::INTERNAL_USER.to_string(), password.clone());
             (
@@ -148,7 +148,7 @@ pub async fn run(
                 Some(addr),
                 bus_url,
                 login,
-                Some((public, embedded.links)),
+                Some((public, started.links)),
             )
         }
     };
@@ -235,8 +235,8 @@ pub async fn run(
     }
     // With the embedded broker the door hands nodes' messages to intake; the bus reads
     // them from an external broker.
-    let agent_topics = door.is_none();
-    if let Some((listener, links)) = door {
+    let agent_topics = embedded.is_none();
+    if let Some((listener, links)) = embedded {
         let door = door::Door {
             topics: topics.clone(),
             keys: keys.clone(),

@@ -50,14 +50,14 @@ impl Browser {
             },
         }}});
         let started = Instant::now();
+        // chromedriver needs a moment to listen.
         let session = loop {
             match browser.call("POST", "/session", Some(caps.clone())).await {
                 Ok(v) => break v["sessionId"].as_str().unwrap().to_string(),
-                Err(e) if started.elapsed() < Duration::from_secs(20) => {
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                Err(e) if started.elapsed() > Duration::from_secs(20) => {
+                    panic!("no browser session: {e}")
                 }
-                Err(e) => panic!("no browser session: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         };
         browser.base = format!("{}/session/{session}", browser.base);
@@ -153,7 +153,10 @@ impl Browser {
         let Ok(png) = self.call("GET", "/screenshot", None).await else {
             return "none (the browser did not answer)".into();
         };
-        let bytes = base64(png.as_str().unwrap_or(""));
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().unwrap_or(""))
+            .unwrap_or_default();
         let _ = std::fs::create_dir_all(&self.shots);
         let safe: String = name
             .chars()
@@ -201,27 +204,4 @@ impl Drop for Browser {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
-}
-
-/// Standard base64 (what WebDriver's screenshot is) to bytes.
-fn base64(text: &str) -> Vec<u8> {
-    let value = |c: u8| match c {
-        b'A'..=b'Z' => Some(c - b'A'),
-        b'a'..=b'z' => Some(c - b'a' + 26),
-        b'0'..=b'9' => Some(c - b'0' + 52),
-        b'+' => Some(62),
-        b'/' => Some(63),
-        _ => None,
-    };
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0);
-    for v in text.bytes().filter_map(value) {
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    out
 }

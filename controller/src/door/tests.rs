@@ -571,3 +571,31 @@ fn a_connection_task_stays_small() {
         assert!(std::mem::size_of_val(&publishing) <= 512);
     });
 }
+
+/// DECISIONS §71, §73: a publish on its way to the router no longer points into the
+/// connection's read buffer; one for intake alone is not copied at all.
+#[test]
+fn only_what_goes_to_the_router_is_copied_out_of_the_read_buffer() {
+    let mut buf = wire(vec![qos1_publish(
+        "metalbus/v1/nodes/n1/status",
+        b"{\"online\":true}".to_vec(),
+        true,
+        1,
+    )]);
+    let Ok(Some(Packet::Publish(read, _))) = next(&mut buf, 1024) else {
+        panic!("no publish")
+    };
+    let in_buffer = read.payload.as_ptr();
+    let routed = owned(read.clone());
+    assert_eq!(
+        (&routed.topic, &routed.payload),
+        (&read.topic, &read.payload)
+    );
+    assert_eq!(qos_and_pkid(&routed), (1, 1));
+    assert!(routed.retain);
+    assert_ne!(
+        routed.payload.as_ptr(),
+        in_buffer,
+        "still in the read buffer"
+    );
+}

@@ -17,7 +17,7 @@ async function api(path) {
   let body = null;
   try { body = await res.json(); } catch (_) { body = null; }
   if (!res.ok) {
-    const msg = (body && (body.errorMessage || body.error)) || res.status + " " + res.statusText;
+    const msg = (body && body.errorMessage) || res.status + " " + res.statusText;
     const err = new Error(msg);
     err.status = res.status;
     throw err;
@@ -130,11 +130,11 @@ async function fillStates() {
   }
 }
 
-function showFleet(role) {
+function showFleet() {
   $("sign-in").hidden = true;
   $("fleet").hidden = false;
   $("sign-out").hidden = false;
-  $("who").textContent = "signed in" + (role ? " as " + role : "");
+  $("who").textContent = "signed in";
 }
 
 function signOut(message) {
@@ -159,12 +159,12 @@ async function signIn(event) {
   start();
 }
 
-let searchTimer = null;
-
 function start() {
   showFleet();
   refresh();
 }
+
+let searchTimer = null;
 
 document.addEventListener("DOMContentLoaded", () => {
   $("sign-in-form").addEventListener("submit", signIn);
