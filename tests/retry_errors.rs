@@ -80,6 +80,24 @@ async fn retry_refusals_carry_the_seed_codes_and_messages() {
     assert_eq!(status, 201, "{created}");
     let viewer = api.with_token(created["data"]["token"].as_str());
     assert_eq!(viewer.get("/api/v1/nodes/ok-1").await.unwrap().0, 200);
+    // Each token can ask who it is (the web console hides what its role may not do).
+    assert_eq!(
+        viewer.get("/api/v1/whoami").await.unwrap(),
+        (200, json!({"data": {"name": "watcher", "role": "viewer"}}))
+    );
+    assert_eq!(
+        api.get("/api/v1/whoami").await.unwrap(),
+        (200, json!({"data": {"name": "admin", "role": "admin"}}))
+    );
+    let (status, body) = api
+        .with_token(Some("mb_forged"))
+        .get("/api/v1/whoami")
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, body["errorCode"].as_str()),
+        (401, Some("Primus.00003"))
+    );
     for path in ["/api/v1/nodes/ok-1/retry", "/api/v1/nodes/nope/retry"] {
         let (status, body) = viewer.post(path, None).await.unwrap();
         assert_eq!(

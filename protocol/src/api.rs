@@ -460,6 +460,15 @@ pub struct TokenCreated {
     pub node: Option<NodeId>,
 }
 
+/// `GET /whoami`: the calling token's name and role, so a client (the web console) shows
+/// only what the role may do. The API still checks the role on every call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Whoami {
+    pub name: String,
+    pub role: Role,
+}
+
 /// One token as `GET /tokens` lists it (never the secret).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -11,6 +11,9 @@ use serde_json::{json, Value};
 
 /// The key W3C WebDriver names an element reference by.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+/// W3C WebDriver key codes, for [`Browser::press`].
+pub const ENTER: &str = "\u{E007}";
+pub const ESCAPE: &str = "\u{E00C}";
 
 pub struct Browser {
     driver: Child,
@@ -111,6 +114,30 @@ impl Browser {
         .unwrap();
     }
 
+    /// Presses `key` (a W3C key code such as [`ENTER`] or [`ESCAPE`], or text) on the
+    /// element `css` selects, which gets the focus first: what a keyboard user does.
+    pub async fn press(&self, css: &str, key: &str) {
+        let el = self.find(css).await;
+        self.call(
+            "POST",
+            &format!("/element/{el}/value"),
+            Some(json!({ "text": key })),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"));
+    }
+
+    /// Sets the window to `width` x `height` CSS pixels (a phone: 390 x 844).
+    pub async fn resize(&self, width: u32, height: u32) {
+        self.call(
+            "POST",
+            "/window/rect",
+            Some(json!({ "width": width, "height": height })),
+        )
+        .await
+        .unwrap();
+    }
+
     pub async fn click(&self, css: &str) {
         let el = self.find(css).await;
         self.call("POST", &format!("/element/{el}/click"), None)
@@ -184,23 +211,53 @@ impl Browser {
     }
 }
 
+impl Browser {
+    /// One WebDriver call on the session with a plain blocking request (for `Drop`,
+    /// where no runtime may be at hand); the response body, if it came.
+    fn blocking(&self, method: &str, path: &str) -> Option<Vec<u8>> {
+        use std::io::{Read, Write};
+        let rest = self.base.strip_prefix("http://")?;
+        let (host, session) = rest.split_once('/')?;
+        let mut s = std::net::TcpStream::connect(host).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        let req = format!(
+            "{method} /{session}{path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).ok()?;
+        let mut all = Vec::new();
+        let _ = s.read_to_end(&mut all);
+        let at = all.windows(4).position(|w| w == b"\r\n\r\n")?;
+        Some(all[at + 4..].to_vec())
+    }
+}
+
 impl Drop for Browser {
     /// Ends the session (which closes Chromium) with a plain blocking request, then
     /// stops chromedriver.
+    /// A test that fails anywhere (not only in [`Browser::wait_for`]) leaves a screenshot
+    /// of the page, named after the test thread.
     fn drop(&mut self) {
-        use std::io::{Read, Write};
-        if let Some(rest) = self.base.strip_prefix("http://") {
-            if let Some((host, path)) = rest.split_once('/') {
-                if let Ok(mut s) = std::net::TcpStream::connect(host) {
-                    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                    let req = format!(
-                        "DELETE /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    );
-                    let _ = s.write_all(req.as_bytes());
-                    let _ = s.read_to_end(&mut Vec::new());
+        if std::thread::panicking() {
+            if let Some(answer) = self.blocking("GET", "/screenshot") {
+                let name = std::thread::current()
+                    .name()
+                    .unwrap_or("browser")
+                    .replace("::", "-");
+                let png = serde_json::from_slice::<Value>(&answer)
+                    .ok()
+                    .and_then(|v| v["value"].as_str().map(str::to_string))
+                    .unwrap_or_default();
+                use base64::Engine as _;
+                if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(png) {
+                    let _ = std::fs::create_dir_all(&self.shots);
+                    let path = self.shots.join(format!("{name}-at-failure.png"));
+                    if std::fs::write(&path, bytes).is_ok() {
+                        eprintln!("screenshot of the page: {}", path.display());
+                    }
                 }
             }
         }
+        self.blocking("DELETE", "");
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }

@@ -17,7 +17,7 @@ mod mqtt;
 mod process;
 
 pub use api::Api;
-pub use browser::Browser;
+pub use browser::{Browser, ENTER, ESCAPE};
 pub use mqtt::{Message, Watcher};
 pub use process::{fleet_token_file, node_key, AgentProc, Controller, Mosquitto, SimProc, TestPki};
 

@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use metalbus_protocol::api::{
     Data, NodeRevoked, Operation, PlanView, TokenCreated, TokenKind, TokenRequest, TokenView,
+    Whoami,
 };
 use metalbus_protocol::api::{ErrorBody, Role};
 use metalbus_protocol::enroll::valid_token_id;
@@ -47,6 +48,28 @@ pub async fn plans(State(state): State<AppState>) -> Json<Data<Vec<PlanView>>> {
         })
         .collect();
     Json(Data { data })
+}
+
+/// `GET /whoami`: who the token is (any role).
+#[utoipa::path(
+    get,
+    operation_id = "whoami",
+    path = "/api/v1/whoami",
+    tag = "admin",
+    summary = "The calling token's name and role",
+    responses(
+        (status = 200, body = Data<Whoami>),
+        (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn whoami(Extension(caller): Extension<Caller>) -> Json<Data<Whoami>> {
+    Json(Data {
+        data: Whoami {
+            name: caller.name,
+            role: caller.role,
+        },
+    })
 }
 
 /// `GET /operations/{id}`: a command's status (a reboot, a wake, an install, ...).

@@ -1,4 +1,4 @@
-//! The web console (issue 14): one page, its script and its style sheet, compiled into
+//! The web console (issue 14): one page, its two scripts and its style sheet, compiled into
 //! the binary (no CDN: management networks are often offline; no JavaScript build step).
 //! The page holds no secret of its own: it asks for an API token, keeps it in the
 //! browser session, and calls `/api/v1` with it like any other client, so the API's
@@ -13,6 +13,7 @@ use super::AppState;
 
 const PAGE: &str = include_str!("console/index.html");
 const SCRIPT: &str = include_str!("console/console.js");
+const NODE_SCRIPT: &str = include_str!("console/node.js");
 const STYLE: &str = include_str!("console/console.css");
 
 /// A strict policy: the page's own script and style only, and calls to its own origin.
@@ -20,11 +21,12 @@ const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
     connect-src 'self'; img-src 'self' data:; form-action 'none'; frame-ancestors 'none'; \
     base-uri 'none'";
 
-/// `/` and its two assets.
+/// `/` and its three assets.
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(page))
         .route("/console.js", get(script))
+        .route("/node.js", get(node_script))
         .route("/console.css", get(style))
 }
 
@@ -42,6 +44,10 @@ async fn page() -> impl IntoResponse {
 
 async fn script() -> impl IntoResponse {
     asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+async fn node_script() -> impl IntoResponse {
+    asset("text/javascript; charset=utf-8", NODE_SCRIPT)
 }
 
 async fn style() -> impl IntoResponse {

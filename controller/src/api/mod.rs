@@ -93,6 +93,7 @@ routes!(API_ROUTES, api_routes:
     get "/api/v1/nodes/{node}/inventory" => fleet::inventory,
     get "/api/v1/usage" => fleet::fleet,
     get "/api/v1/events/stream" => stream::events,
+    get "/api/v1/whoami" => admin::whoami,
     get "/api/v1/plans" => admin::plans,
     get "/api/v1/operations/{id}" => admin::operation,
     post "/api/v1/tokens" => admin::create,

@@ -39,6 +39,7 @@ use super::{admin, events, fleet, lifecycle, metrics, nodes, operations, stream}
         fleet::inventory,
         fleet::fleet,
         stream::events,
+        admin::whoami,
         admin::plans,
         admin::operation,
         admin::create,
@@ -184,7 +185,7 @@ mod tests {
             undocumented.is_empty() && unrouted.is_empty(),
             "routes without documentation: {undocumented:?}; documented but not routed: {unrouted:?}"
         );
-        assert_eq!(routed.len(), 29);
+        assert_eq!(routed.len(), 30);
     }
 
     #[test]
