@@ -322,9 +322,33 @@ async fn an_operator_signs_in_and_the_fleet_page_lists_filters_and_searches() {
         .await;
     assert_eq!(injected, json!([true, 0]));
 
+    // A node address of markup, path tricks and multibyte text: the API's 404 message,
+    // shown as text, and nothing else happens.
+    browser
+        .open(&format!(
+            "{}/#/nodes/%3Cimg%20src%3Dx%20onerror%3Dwindow.pwned%3D3%3E%2F..%2F..%2Ftokens%E2%82%AC",
+            ctl.api_base()
+        ))
+        .await;
+    browser
+        .wait_for(
+            "the unknown node's message",
+            "return document.getElementById('node-error').textContent === 'node not found' \
+             && document.getElementById('actions').hidden && window.pwned === undefined \
+             && document.querySelectorAll('#node img').length === 0",
+            WAIT,
+        )
+        .await;
+
     let errors = browser.console_errors().await;
-    // The wrong token's 401 is the browser's own network log line, not the page's.
-    let page_errors: Vec<&String> = errors.iter().filter(|e| !e.contains("401")).collect();
+    // The wrong token's 401 and the unknown node's 404 are the browser's own network
+    // log lines, not the page's; the unknown node is asked for once.
+    let not_found = errors.iter().filter(|e| e.contains("404")).count();
+    assert_eq!(not_found, 1, "{errors:?}");
+    let page_errors: Vec<&String> = errors
+        .iter()
+        .filter(|e| !e.contains("401") && !e.contains("404"))
+        .collect();
     assert!(page_errors.is_empty(), "console errors: {page_errors:?}");
 }
 
@@ -568,12 +592,28 @@ steps = [
 "#;
     let ctl = Controller::with_config(tmp.path(), config, &[]).await;
     let api = ctl.api();
-    let steps = steps_dir(tmp.path(), &[]);
+    let steps = steps_dir(
+        tmp.path(),
+        &[
+            ("fake-reboot", "#!/bin/sh\nexit 0\n"),
+            (
+                "fake-poweroff",
+                "#!/bin/sh\necho 'no power today' >&2\nexit 3\n",
+            ),
+        ],
+    );
     let _agent = AgentProc::start_with(
         tmp.path(),
         &ctl.broker_url(),
         "doomed-1",
-        &["--steps-dir", steps.to_str().unwrap()],
+        &[
+            "--steps-dir",
+            steps.to_str().unwrap(),
+            "--reboot-command",
+            steps.join("fake-reboot").to_str().unwrap(),
+            "--poweroff-command",
+            steps.join("fake-poweroff").to_str().unwrap(),
+        ],
     );
     api.wait_state("doomed-1", "discovered", WAIT).await;
 
@@ -602,6 +642,34 @@ steps = [
             .any(|b| b.starts_with("retry") || b.starts_with("unmanage")),
         "{buttons:?}"
     );
+
+    // Reboot and Power off: each followed to what became of its operation.
+    for (action, ends) in [
+        ("reboot", "Reboot (operation c-"),
+        ("poweroff", "Power off (operation c-"),
+    ] {
+        browser
+            .click(&format!("#actions button[data-action={action}]"))
+            .await;
+        browser.press("#confirm-ok", ENTER).await;
+        let settled = if action == "reboot" {
+            "): succeeded"
+        } else {
+            "): failed"
+        };
+        browser
+            .wait_for(
+                &format!("the {action} operation to settle"),
+                &format!(
+                    "const t = document.getElementById('action-status').textContent; \
+                     return t.startsWith({}) && t.includes({})",
+                    json!(ends),
+                    json!(settled)
+                ),
+                WAIT,
+            )
+            .await;
+    }
 
     let (_, page) = act(
         &browser,
@@ -842,5 +910,71 @@ async fn bench_first_fleet_page_with_10000_nodes() {
         println!("| {what} | {m:.0} | {w:.0} |");
     }
     let errors = browser.console_errors().await;
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+}
+
+/// Without the event stream (every slot taken) the console polls every 3 s: an install
+/// and a retirement still end in "Operation successful"; when a slot frees, the page
+/// goes live again by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_stream_the_console_polls_and_then_goes_live_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctl = Controller::with_config(tmp.path(), "[http]\nmax_event_streams = 1\n", &[]).await;
+    let api = ctl.api();
+    let _sim = SimProc::start(
+        tmp.path(),
+        &ctl.broker_url(),
+        1,
+        "poll",
+        &["--progress-events", "10", "--progress-every", "200ms"],
+    );
+    api.wait_state("poll-0001", "discovered", WAIT).await;
+    // Another client holds the only stream.
+    let held = reqwest::Client::new()
+        .get(format!("{}/api/v1/events/stream", ctl.api_base()))
+        .bearer_auth(ctl.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(held.status(), 200);
+
+    let browser = Browser::start(tmp.path(), 1280).await;
+    sign_in(&browser, &ctl, &ctl.token(), "admin").await;
+    browser
+        .open(&format!("{}/#/nodes/poll-0001", ctl.api_base()))
+        .await;
+    browser
+        .wait_for(
+            "the page, polling",
+            "return document.getElementById('live').textContent.startsWith('not live') \
+             && document.getElementById('node-state').textContent === 'discovered'",
+            WAIT,
+        )
+        .await;
+    act(&browser, "manage", "active", "Operation successful").await;
+    let (question, _) = act(&browser, "retire", "retired", "Operation successful").await;
+    assert!(question.contains("cannot be undone"), "{question}");
+    browser
+        .wait_for(
+            "no actions on a retired node",
+            "return document.getElementById('actions').hidden",
+            WAIT,
+        )
+        .await;
+
+    drop(held);
+    browser
+        .wait_for(
+            "the stream again",
+            "return document.getElementById('live').textContent === 'live'",
+            WAIT,
+        )
+        .await;
+    let errors: Vec<String> = browser
+        .console_errors()
+        .await
+        .into_iter()
+        .filter(|e| !e.contains("503"))
+        .collect();
     assert!(errors.is_empty(), "console errors: {errors:?}");
 }

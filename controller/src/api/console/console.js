@@ -320,7 +320,7 @@ async function follow() {
   // Gone (controller restart, network): poll meanwhile, and try again, backing off.
   showLive(false, "not live: updating every 3 s");
   setTimeout(() => { if (token() && stream.abort === abort) follow(); }, stream.retry);
-  stream.retry = Math.min(stream.retry * 2, 30000);
+  stream.retry = Math.min(stream.retry * 2, 10000);
   refreshSoon();
 }
 

@@ -311,18 +311,24 @@ async function loadHealth() {
   }
 }
 
+// Reads the node; false when there is none (or no answer).
 async function loadNode() {
-  if (!page.key) return;
+  if (!page.key) return false;
   try {
     const n = (await api("/api/v1/nodes/" + node())).data;
-    if (page.node && page.node.id === n.id && page.node.version > n.version) return;
+    if (page.node && page.node.id === n.id && page.node.version > n.version) return true;
     applyNode(n);
     renderSpecs(n);
     $("node-error").textContent = "";
+    return true;
   } catch (e) {
-    if (e.status === 401) return signOut("Signed out: " + e.message);
+    if (e.status === 401) {
+      signOut("Signed out: " + e.message);
+      return false;
+    }
     $("node-error").textContent = e.message;
     if (e.status === 404) $("actions").hidden = true;
+    return false;
   }
 }
 
@@ -465,7 +471,7 @@ function nodeOpen() { return page.key !== null && !$("node").hidden; }
 
 async function nodeReload() {
   if (!nodeOpen()) return;
-  await loadNode();
+  if (!(await loadNode())) return;
   await Promise.all([loadHealth(), loadInventory(), loadHistory(), loadEvents(), loadMetrics()]);
 }
 
