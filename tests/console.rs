@@ -15,13 +15,13 @@ const WAIT: Duration = Duration::from_secs(30);
 /// How many rows the node table shows.
 const ROWS: &str = "return document.querySelectorAll('#nodes tbody tr').length";
 
-/// Picks `state` in the state filter, as a user would (`""`: any).
-async fn choose_state(browser: &Browser, state: &str) {
+/// Picks `value` in the `<select>` with id `id`, as a user would (`""`: any).
+async fn choose(browser: &Browser, id: &str, value: &str) {
     browser
         .run(
-            "const s = document.getElementById('state'); s.value = arguments[0]; \
+            "const s = document.getElementById(arguments[0]); s.value = arguments[1]; \
              s.dispatchEvent(new Event('change'));",
-            json!([state]),
+            json!([id, value]),
         )
         .await;
 }
@@ -257,7 +257,7 @@ async fn an_operator_signs_in_and_the_fleet_page_lists_filters_and_searches() {
     assert_eq!(names, json!(ids));
 
     // Filter by state: only the installed node.
-    choose_state(&browser, "active").await;
+    choose(&browser, "state", "active").await;
     browser
         .wait_for(
             "the state filter",
@@ -269,7 +269,7 @@ async fn an_operator_signs_in_and_the_fleet_page_lists_filters_and_searches() {
         .await;
 
     // Back to every state, then a search by name narrows to one.
-    choose_state(&browser, "").await;
+    choose(&browser, "state", "").await;
     browser
         .wait_for("every state again", &format!("{ROWS} === 3"), WAIT)
         .await;
@@ -301,7 +301,7 @@ async fn an_operator_signs_in_and_the_fleet_page_lists_filters_and_searches() {
         .await
         .unwrap();
     assert_eq!(status, 200, "{body}");
-    choose_state(&browser, "").await;
+    choose(&browser, "state", "").await;
     browser
         .wait_for(
             "the hostile label, as text",
@@ -322,6 +322,47 @@ async fn an_operator_signs_in_and_the_fleet_page_lists_filters_and_searches() {
         .await;
     assert_eq!(injected, json!([true, 0]));
 
+    // The API's other filters: phase, online, label (typed), and a label the API
+    // refuses, whose message shows.
+    choose(&browser, "phase", "Managed").await;
+    browser
+        .wait_for(
+            "the phase filter",
+            &format!(
+                "{ROWS} === 1 && document.querySelector('#nodes tbody tr').dataset.node === 'web-0002'"
+            ),
+            WAIT,
+        )
+        .await;
+    choose(&browser, "phase", "").await;
+    choose(&browser, "online", "false").await;
+    browser
+        .wait_for("the online filter", &format!("{ROWS} === 0"), WAIT)
+        .await;
+    choose(&browser, "online", "").await;
+    browser.type_into("#label", "rack").await;
+    browser
+        .wait_for(
+            "the label filter",
+            &format!(
+                "{ROWS} === 1 && document.querySelector('#nodes tbody tr').dataset.node === 'web-0001'"
+            ),
+            WAIT,
+        )
+        .await;
+    browser
+        .run("document.getElementById('label').value = ''", json!([]))
+        .await;
+    browser.type_into("#label", "=x").await;
+    browser
+        .wait_for(
+            "the API's refusal of a bad label",
+            "return document.getElementById('fleet-error').textContent === \
+             'label \"=x\" must be key=value or key'",
+            WAIT,
+        )
+        .await;
+
     // A node address of markup, path tricks and multibyte text: the API's 404 message,
     // shown as text, and nothing else happens.
     browser
@@ -341,13 +382,18 @@ async fn an_operator_signs_in_and_the_fleet_page_lists_filters_and_searches() {
         .await;
 
     let errors = browser.console_errors().await;
-    // The wrong token's 401 and the unknown node's 404 are the browser's own network
-    // log lines, not the page's; the unknown node is asked for once.
+    // The wrong token's 401, the bad label's 400 and the unknown node's 404 are the
+    // browser's own network log lines, not the page's; the unknown node is asked for
+    // once.
     let not_found = errors.iter().filter(|e| e.contains("404")).count();
     assert_eq!(not_found, 1, "{errors:?}");
     let page_errors: Vec<&String> = errors
         .iter()
-        .filter(|e| !e.contains("401") && !e.contains("404"))
+        .filter(|e| {
+            !["400", "401", "404"]
+                .iter()
+                .any(|code| e.contains(&format!("status of {code}")))
+        })
         .collect();
     assert!(page_errors.is_empty(), "console errors: {page_errors:?}");
 }

@@ -6,7 +6,10 @@
 
 const PER_PAGE = 50;
 const KEY = "metalbus.token";
-const view = { page: 1, pages: 1, state: "", search: "" };
+// The fleet table's page and filters (the API's own: state, phase, online, search,
+// label, group).
+const FILTERS = ["state", "phase", "online", "search", "label", "group"];
+const view = { page: 1, pages: 1, state: "", phase: "", online: "", search: "", label: "", group: "" };
 // Who signed in (`GET /api/v1/whoami`): the role decides which buttons exist.
 const me = { name: "", role: "" };
 // The event stream: whether it is up, and what it last said of each node
@@ -171,8 +174,7 @@ function tallyCounts() {
 
 async function loadNodes() {
   const q = new URLSearchParams({ page: view.page, per_page: PER_PAGE });
-  if (view.state) q.set("state", view.state);
-  if (view.search) q.set("search", view.search);
+  for (const f of FILTERS) if (view[f]) q.set(f, view[f]);
   const list = await api("/api/v1/nodes?" + q);
   const body = $("nodes").tBodies[0];
   rows.clear();
@@ -224,6 +226,7 @@ async function fillEnums() {
   const doc = await (await fetch("/api/v1/openapi.json")).json();
   const schemas = doc.components.schemas;
   fillSelect($("state"), schemas.NodeState.enum);
+  fillSelect($("phase"), schemas.Phase.enum);
   fillSelect($("event-type"), schemas.EventType.enum);
   fillSelect($("event-source"), schemas.EventSource.enum);
 }
@@ -246,9 +249,9 @@ function onStreamEvent(name, data) {
     updateRow(msg);
     if (stream.ready && (!before || before.state !== msg.state || before.online !== msg.online)) {
       countsSoon();
-      // The page's own rows are updated in place; a new node, or a state filter, may
-      // change which rows belong on it.
-      if (!before || view.state) refreshSoon();
+      // The page's own rows are updated in place; a new node, or a filter on what
+      // changed, may change which rows belong on it.
+      if (!before || view.state || view.phase || view.online) refreshSoon();
     }
     nodeStateChanged(msg);
   } else if (name === "transition") {
@@ -393,19 +396,18 @@ let searchTimer = null;
 document.addEventListener("DOMContentLoaded", () => {
   $("sign-in-form").addEventListener("submit", signIn);
   $("sign-out").addEventListener("click", () => signOut());
-  $("state").addEventListener("change", () => {
-    view.state = $("state").value;
-    view.page = 1;
-    refresh();
-  });
-  $("search").addEventListener("input", () => {
-    clearTimeout(searchTimer);
-    searchTimer = setTimeout(() => {
-      view.search = $("search").value.trim();
-      view.page = 1;
-      refresh();
-    }, 250);
-  });
+  // Choices apply at once; typed filters 250 ms after the last key.
+  for (const f of FILTERS) {
+    const typed = $(f).tagName === "INPUT";
+    $(f).addEventListener(typed ? "input" : "change", () => {
+      clearTimeout(searchTimer);
+      searchTimer = setTimeout(() => {
+        for (const g of FILTERS) view[g] = $(g).value.trim();
+        view.page = 1;
+        refresh();
+      }, typed ? 250 : 0);
+    });
+  }
   $("filters").addEventListener("submit", (e) => e.preventDefault());
   $("prev").addEventListener("click", () => { view.page -= 1; refresh(); });
   $("next").addEventListener("click", () => { view.page += 1; refresh(); });

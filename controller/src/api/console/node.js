@@ -16,6 +16,7 @@ const page = {
   historyTotal: 0,
   watch: null, // an action whose outcome the page waits for
   gone: false,
+  seq: 0, // goes up with each action and each node shown: older follow-ups stop
 };
 
 // Is `n` (a node, or a state message from the stream) in an operation?
@@ -129,7 +130,10 @@ async function act(name) {
   const action = ACTIONS[name];
   if (!action || !page.node) return "no such action";
   if (action.ask && !(await confirmed(action.ask(page.node)))) return null;
+  const seq = ++page.seq;
+  page.watch = null;
   setError("");
+  setStatus("");
   $("actions").setAttribute("aria-busy", "true");
   for (const b of $("actions").querySelectorAll("button")) b.disabled = true;
   try {
@@ -143,7 +147,7 @@ async function act(name) {
         await loadNode();
       }
     } else {
-      followOperation(name, answer.data.operation_id);
+      followOperation(name, answer.data.operation_id, seq);
     }
     return null;
   } catch (e) {
@@ -156,20 +160,23 @@ async function act(name) {
   }
 }
 
-// Shows what became of a command (reboot, power off, wake) until it settles.
-async function followOperation(name, id) {
+// Shows what became of a command (reboot, power off, wake) until it settles, for two
+// minutes at most, or until another action or another node takes the status line.
+async function followOperation(name, id, seq) {
   const label = { reboot: "Reboot", poweroff: "Power off", wake: "Wake" }[name];
+  const say = (what) => setStatus(label + " (operation " + id + "): " + what);
+  say("sent");
   for (let i = 0; i < 60; i++) {
-    let status = "queued";
+    let op;
     try {
-      const op = await api("/api/v1/operations/" + encodeURIComponent(id));
-      status = op.data.status + (op.data.reason ? ": " + op.data.reason : "");
-      setStatus(label + " (operation " + id + "): " + status);
-      if (OPERATION_DONE.includes(op.data.status)) return;
+      op = (await api("/api/v1/operations/" + encodeURIComponent(id))).data;
     } catch (e) {
-      setStatus(label + " (operation " + id + "): " + e.message);
+      if (seq === page.seq) say(e.message);
       return;
     }
+    if (seq !== page.seq) return;
+    say(op.status + (op.reason ? ": " + op.reason : ""));
+    if (OPERATION_DONE.includes(op.status)) return;
     await new Promise((r) => setTimeout(r, 2000));
   }
 }
@@ -442,6 +449,7 @@ async function loadMetrics() {
 
 function showNode(key) {
   if (page.key !== key) {
+    page.seq++;
     page.key = key;
     page.id = null;
     page.node = null;
@@ -460,6 +468,7 @@ function showNode(key) {
 }
 
 function hideNode() {
+  page.seq++;
   $("node").hidden = true;
   page.key = null;
   page.id = null;
