@@ -63,6 +63,7 @@ async fn a_150_node_fleet_pages_and_filters_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let ctl = Controller::start(tmp.path(), &[]).await;
     let api = ctl.api();
+    every_series_exists_at_zero_before_any_event(&api).await;
     let _a = SimProc::start(tmp.path(), &ctl.broker_url(), 120, "fa", &[]);
     let mut b = SimProc::start(tmp.path(), &ctl.broker_url(), 30, "fb", &[]);
     eventually(Duration::from_secs(60), "150 nodes with inventory", || {
@@ -300,6 +301,56 @@ async fn a_150_node_fleet_pages_and_filters_exactly() {
     prometheus_agrees_with_the_history(&api).await;
 }
 
+/// The families of DESIGN section 10.
+const DESIGN_FAMILIES: [&str; 10] = [
+    "metalbus_state_transitions",
+    "metalbus_stuck_states",
+    "metalbus_recovery_attempts",
+    "metalbus_state_duration_seconds",
+    "metalbus_nodes",
+    "metalbus_nodes_online",
+    "metalbus_ingest_messages",
+    "metalbus_ingest_rejected",
+    "metalbus_commands",
+    "metalbus_store_commit_seconds",
+];
+
+/// Right after a start, before any node: each family of DESIGN section 10 has samples
+/// (a `rate()` or an alert sees 0, not "no data"), and so does every row of the
+/// lifecycle table in `metalbus_state_transitions_total`.
+async fn every_series_exists_at_zero_before_any_event(api: &Api) {
+    let text = api.get_text("/metrics").await.unwrap();
+    let parsed = run_tool("openmetrics_to_json.py", text.as_bytes()).unwrap();
+    let families: Value = serde_json::from_str(&parsed).unwrap();
+    for name in DESIGN_FAMILIES {
+        let samples = families[name]["samples"].as_array();
+        assert!(
+            samples.is_some_and(|s| !s.is_empty()),
+            "{name} has no sample at start:\n{text}"
+        );
+    }
+    let transitions = families["metalbus_state_transitions"]["samples"]
+        .as_array()
+        .unwrap();
+    for rule in metalbus_protocol::machine::TRANSITIONS {
+        for from in rule.from {
+            let found = transitions.iter().find(|s| {
+                s[0] == "metalbus_state_transitions_total"
+                    && s[1]["from"] == from.as_str()
+                    && s[1]["to"] == rule.to.as_str()
+                    && s[1]["triggered_by"] == rule.trigger.as_str()
+            });
+            assert_eq!(
+                found.map(|s| s[2].as_f64().unwrap()),
+                Some(0.0),
+                "{from} -> {} by {}",
+                rule.to,
+                rule.trigger
+            );
+        }
+    }
+}
+
 /// A scrape of `/metrics`, parsed by the Prometheus project's own OpenMetrics parser,
 /// has every series of DESIGN section 10, and its transition counter equals the number
 /// of audit entries.
@@ -325,18 +376,7 @@ async fn prometheus_agrees_with_the_history(api: &Api) {
     let text = api.get_text("/metrics").await.unwrap();
     let parsed = run_tool("openmetrics_to_json.py", text.as_bytes()).unwrap();
     let families: Value = serde_json::from_str(&parsed).unwrap();
-    for name in [
-        "metalbus_state_transitions",
-        "metalbus_stuck_states",
-        "metalbus_recovery_attempts",
-        "metalbus_state_duration_seconds",
-        "metalbus_nodes",
-        "metalbus_nodes_online",
-        "metalbus_ingest_messages",
-        "metalbus_ingest_rejected",
-        "metalbus_commands",
-        "metalbus_store_commit_seconds",
-    ] {
+    for name in DESIGN_FAMILIES {
         assert!(families.get(name).is_some(), "{name} missing from:\n{text}");
     }
     let sum = |family: &str, sample: &str, labels: &[(&str, &str)]| -> f64 {

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use metalbus_protocol::command::{CommandKind, CommandStatus};
 use metalbus_protocol::lifecycle::NodeState;
-use metalbus_protocol::machine::Trigger;
+use metalbus_protocol::machine::{Trigger, TRANSITIONS};
+use metalbus_protocol::topic::NodeTopic;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -185,6 +186,36 @@ impl Telemetry {
         let nodes = Family::<StateLabel, Gauge>::default();
         let nodes_online = Gauge::default();
         let store_commit_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        // Every label value known up front exists at 0, so a series is there (and
+        // `rate()` and alerts work) before its first event.
+        for kind in NodeTopic::FROM_AGENT
+            .map(NodeTopic::as_str)
+            .into_iter()
+            .chain([NodeTopic::Enroll.as_str()])
+        {
+            let _ = ingest_messages.get_or_create(&KindLabel { kind: kind.into() });
+        }
+        for rule in TRANSITIONS {
+            for from in rule.from {
+                let _ = transitions.get_or_create(&TransitionLabels {
+                    from: from.as_str().into(),
+                    to: rule.to.as_str().into(),
+                    triggered_by: rule.trigger.as_str().into(),
+                });
+            }
+        }
+        for state in NodeState::ALL {
+            let _ = nodes.get_or_create(&state.into());
+            let _ = state_duration.get_or_create(&state.into());
+        }
+        for kind in CommandKind::ALL {
+            for result in CommandStatus::ALL {
+                let _ = commands.get_or_create(&CommandLabels {
+                    kind: kind.as_str().into(),
+                    result: result.as_str().into(),
+                });
+            }
+        }
         let store_errors = Counter::default();
         let mqtt_publish_errors = Counter::default();
         registry.register(
@@ -343,7 +374,8 @@ impl Telemetry {
             .get()
     }
 
-    /// Creates the series of every known reason and timed state at 0.
+    /// Creates the series of every refusal reason and timed state at 0 (the ones the
+    /// protocol alone fixes are made in [`Telemetry::new`]).
     pub fn start_at_zero(&self, reject_reasons: &[&str], timed_states: &[&str]) {
         for reason in reject_reasons {
             let _ = self.ingest_rejected.get_or_create(&ReasonLabel {
@@ -397,6 +429,41 @@ impl Default for Telemetry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_known_series_exists_at_zero_from_the_start() {
+        let text = Telemetry::new().render();
+        let mut rows = 0;
+        for rule in TRANSITIONS {
+            for from in rule.from {
+                let series = format!(
+                    "metalbus_state_transitions_total{{from=\"{}\",to=\"{}\",triggered_by=\"{}\"}} 0",
+                    from.as_str(),
+                    rule.to.as_str(),
+                    rule.trigger.as_str()
+                );
+                assert!(text.contains(&series), "{series} missing");
+                rows += 1;
+            }
+        }
+        assert!(rows > 20, "{rows}");
+        for state in NodeState::ALL {
+            let s = state.as_str();
+            assert!(
+                text.contains(&format!("metalbus_nodes{{state=\"{s}\"}} 0")),
+                "{s}"
+            );
+            assert!(
+                text.contains(&format!(
+                    "metalbus_state_duration_seconds_count{{state=\"{s}\"}} 0"
+                )),
+                "{s}"
+            );
+        }
+        assert!(text.contains("metalbus_ingest_messages_total{kind=\"metrics\"} 0"));
+        assert!(text.contains("metalbus_ingest_messages_total{kind=\"enroll\"} 0"));
+        assert!(text.contains("metalbus_commands_total{kind=\"install\",result=\"failed\"} 0"));
+    }
 
     #[test]
     fn renders_counters_with_design_names() {
