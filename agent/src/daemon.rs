@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use metalbus_link::watchdog::Progress;
 use metalbus_link::{Endpoint, Reconnect, SystemClock};
 use metalbus_protocol::enroll::EnrollToken;
 use metalbus_protocol::proof::NodeKey;
@@ -200,7 +201,14 @@ impl Prepared {
             stats: Arc::default(),
             enrollment,
             link: Link::default(),
+            progress: Progress::new(),
         })
+    }
+
+    /// What the agent's task beats while it runs: give it to
+    /// `metalbus_link::watchdog::feed`.
+    pub fn progress(&self) -> Progress {
+        self.progress.clone()
     }
 
     pub fn node_id(&self) -> &NodeId {
@@ -224,8 +232,18 @@ impl Prepared {
     }
 
     /// Enrolls first when needed (storing the credential), then runs the agent until
-    /// `shutdown` turns true.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    /// `shutdown` turns true. Its progress beats while the task is polled: a step of the
+    /// loop that blocks the thread (a stuck disk, a lock) stops the beats, and with them
+    /// the systemd watchdog. Every wait of the loop also waits for shutdown and a timer.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let progress = self.progress.clone();
+        tokio::select! {
+            result = self.run_inner(shutdown) => result,
+            never = progress.beating() => match never {},
+        }
+    }
+
+    async fn run_inner(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let key = match &self.enrollment {
             Enrollment::Enrolled(key) => key.clone(),
             Enrollment::Pending(token) => {
@@ -270,6 +288,7 @@ pub struct Prepared {
     stats: Arc<DeliveryStats>,
     enrollment: Enrollment,
     link: Link,
+    progress: Progress,
 }
 
 /// Whether the node has its key yet.
@@ -304,6 +323,7 @@ impl Agent {
             stats,
             enrollment: _,
             link,
+            progress: _,
         } = p;
         let (core, actions) = Core::new(core::Parts {
             node_id,

@@ -265,6 +265,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let signal = metalbus_link::shutdown_signal();
         let agent = Agent::prepare(cfg)?;
+        // Under systemd with `WatchdogSec=`: fed only while the agent's task runs.
+        metalbus_link::watchdog::feed(agent.progress(), "agent");
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             signal.await;

@@ -204,6 +204,8 @@ pub async fn run(
             keyring: keys.clone(),
         },
     )?;
+    // Under systemd with `WatchdogSec=`: fed only while the engine loop turns.
+    metalbus_link::watchdog::feed(engine.progress(), "engine");
     let engine_task = engine
         .spawn(engine_rx)
         .context("starting the engine thread")?;

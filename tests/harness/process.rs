@@ -10,10 +10,22 @@ use rustix::process::Signal;
 use crate::{bin, eventually, Api};
 
 fn spawn(name: &str, args: &[String], cwd: &Path, log: &Path) -> Child {
+    spawn_with(name, args, cwd, log, &[])
+}
+
+/// [`spawn`], with extra environment variables (`NOTIFY_SOCKET`, say).
+fn spawn_with(
+    name: &str,
+    args: &[String],
+    cwd: &Path,
+    log: &Path,
+    env: &[(String, String)],
+) -> Child {
     let out = File::create(log).unwrap();
     let err = out.try_clone().unwrap();
     Command::new(bin(name))
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(cwd)
         .env("METALBUS_LOG", "info,metalbus=debug,metalbus_agent=debug")
         .env("NO_COLOR", "1")
@@ -84,6 +96,7 @@ pub struct Controller {
     pub broker: String,
     pub log: PathBuf,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
     starts: u32,
 }
 
@@ -146,6 +159,11 @@ impl Controller {
     }
 
     pub async fn start(dir: &Path, extra: &[&str]) -> Controller {
+        Self::start_with_env(dir, extra, &[]).await
+    }
+
+    /// [`Controller::start`], with extra environment variables for each start.
+    pub async fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Controller {
         let mut c = Controller {
             child: None,
             dir: dir.to_path_buf(),
@@ -156,6 +174,10 @@ impl Controller {
             broker: String::new(),
             log: PathBuf::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             starts: 0,
         };
         c.launch().await;
@@ -179,7 +201,9 @@ impl Controller {
         args.extend(self.extra.iter().cloned());
         let listen = self.data_dir.join("listen.json");
         let _ = std::fs::remove_file(&listen);
-        self.child = Some(spawn("metalbus", &args, &self.dir, &self.log));
+        self.child = Some(spawn_with(
+            "metalbus", &args, &self.dir, &self.log, &self.env,
+        ));
         let bound: serde_json::Value = eventually(
             Duration::from_secs(20),
             "the controller to write listen.json",
@@ -314,6 +338,11 @@ pub fn node_key(state: &Path) -> metalbus_protocol::proof::NodeKey {
 }
 
 impl AgentProc {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
     /// Starts an agent with state in `dir/agent-<id>` and a 1 s metrics interval.
     pub fn start(dir: &Path, broker: &str, node_id: &str) -> AgentProc {
         Self::start_with(dir, broker, node_id, &[])
@@ -332,6 +361,18 @@ impl AgentProc {
         node_id: &str,
         config: &Path,
         extra: &[&str],
+    ) -> AgentProc {
+        Self::start_with_env(dir, broker, node_id, config, extra, &[])
+    }
+
+    /// [`AgentProc::start_configured`], with extra environment variables.
+    pub fn start_with_env(
+        dir: &Path,
+        broker: &str,
+        node_id: &str,
+        config: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
     ) -> AgentProc {
         let state = dir.join(format!("agent-{node_id}"));
         let log = dir.join(format!("agent-{node_id}.log"));
@@ -354,8 +395,12 @@ impl AgentProc {
         .chain(extra.iter().map(|s| s.to_string()))
         .collect();
         enroll_with_fleet_token(dir, &mut args);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         AgentProc {
-            child: Some(spawn("metalbus-agent", &args, dir, &log)),
+            child: Some(spawn_with("metalbus-agent", &args, dir, &log, &env)),
             node_id: node_id.to_string(),
             state,
             log,

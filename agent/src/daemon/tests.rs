@@ -291,10 +291,13 @@ async fn timed_out_connects_lose_nothing_and_repeat_nothing() {
             (&Value::Bool(false), &Value::from("lost"))
         );
     }
-    // Each unanswered CONNECT was waited for, the policy's first wait at least (the
-    // growth and the reset are the policy's own tests).
-    assert!(connects[1].3 - connects[0].3 >= Duration::from_secs(1));
-    assert!(connects[3].3 - connects[2].3 >= Duration::from_secs(1));
+    // Each unanswered CONNECT was waited for, the policy's first wait (1 s) at least
+    // (the growth and the reset are the policy's own tests). The times are when the
+    // fake broker read each CONNECT: on a loaded machine the first read can come late
+    // and shorten the gap it sees, hence the 200 ms of slack (a CI run failed at 1 s).
+    let waited = Duration::from_millis(800);
+    assert!(connects[1].3 - connects[0].3 >= waited, "{connects:?}");
+    assert!(connects[3].3 - connects[2].3 >= waited, "{connects:?}");
     // Nothing was sent on a connection that was not accepted; each accepted one got
     // its birth, then the unreceipted report 1, once.
     let publishes = |conn: usize, kind: &str| -> Vec<&Value> {

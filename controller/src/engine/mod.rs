@@ -52,6 +52,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use metalbus_link::watchdog::Progress;
 use metalbus_link::Clock;
 use metalbus_protocol::command::{CommandId, CommandStatus};
 use metalbus_protocol::controller::Summary;
@@ -151,6 +152,8 @@ pub struct Engine {
     reconciler: Reconciler,
     last_summary: Option<Summary>,
     credentials: Credentials,
+    /// Each turn of the loop beats it; the systemd watchdog is fed only while it does.
+    progress: Progress,
 }
 
 impl Engine {
@@ -186,6 +189,7 @@ impl Engine {
             },
             last_summary: None,
             credentials,
+            progress: Progress::new(),
         };
         engine.reload()?;
         for id in engine.fleet.nodes.keys() {
@@ -248,6 +252,11 @@ impl Engine {
         Ok(EngineHandle { done })
     }
 
+    /// What the loop's turns beat: give it to `metalbus_link::watchdog::feed`.
+    pub fn progress(&self) -> Progress {
+        self.progress.clone()
+    }
+
     /// Runs until every sender is gone (intake's feeders let go at shutdown), applies
     /// what is left, then makes everything durable.
     pub async fn run(mut self, mut rx: mpsc::Receiver<Input>) {
@@ -255,6 +264,8 @@ impl Engine {
         let mut durable = tokio::time::interval(self.cfg.metrics_flush);
         let mut prune = tokio::time::interval(EVENT_PRUNE);
         loop {
+            // Every turn, idle ones too: `flush` ticks every second.
+            self.progress.beat();
             let next_timer = self.next_timer_in();
             tokio::select! {
                 _ = tokio::time::sleep(next_timer) => {

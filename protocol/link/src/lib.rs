@@ -1,7 +1,8 @@
 //! What both Metalbus daemons need to reach a broker and to run as a daemon, and nothing
 //! else: broker URLs, the TLS endpoint (rustls with ring), rumqttc options, the reconnect
 //! backoff and the agents' reconnect policy, the clock (a fake one for tests), logging
-//! and the shutdown signal, and human durations, and the agent's side of enrollment.
+//! and the shutdown signal, human durations, the agent's side of enrollment, and the
+//! systemd watchdog fed by a loop's progress.
 //!
 //! The controller and the agent both depend on this crate; the controller depends on
 //! the agent crate only for `--local-agent` (its `local-agent` feature).
@@ -15,6 +16,7 @@ pub mod files;
 mod logging;
 mod pinned;
 mod url;
+pub mod watchdog;
 
 pub use backoff::{Backoff, Reconnect};
 pub use clock::{Clock, FakeClock, SystemClock};
