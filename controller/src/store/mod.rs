@@ -59,7 +59,23 @@ pub struct EventBounds {
     pub per_reason: usize,
 }
 
-const SCHEMA_VERSION: &[u8] = b"1";
+/// The schema this build writes, recorded in `meta` under `schema` (as decimal text).
+/// A store at an older schema is migrated forward at open, through [`MIGRATIONS`]; one
+/// at a newer schema is refused (docs/OPERATIONS.md, upgrades).
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One step forward: what a store at schema `to - 1` needs to be at schema `to`.
+pub struct Migration {
+    pub to: u32,
+    /// What changes, for the log.
+    pub what: &'static str,
+    pub run: fn(&redb::WriteTransaction) -> Result<(), StoreError>,
+}
+
+/// Every step from schema 1 to [`SCHEMA_VERSION`], in order. Schema 1 is the first
+/// released one; `tests/fixtures/store-schema1/` is a store it wrote, which every later
+/// build must open with every record intact (`tests/schema.rs`).
+pub const MIGRATIONS: &[Migration] = &[];
 
 /// Store failures, with what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +97,7 @@ pub enum StoreError {
         source: serde_json::Error,
     },
     #[error(
-        "the store was written by a newer Metalbus (schema {found}); this build reads schema 1"
+        "the store was written by a newer Metalbus (schema {found}); this build reads schema {SCHEMA_VERSION} and older: run the newer metalbus, or restore a backup taken with this version"
     )]
     Schema { found: String },
     #[error("a {table} record cannot be encoded: {source}")]
@@ -101,6 +117,58 @@ macro_rules! tryop {
             source: e.into(),
         })?
     };
+}
+
+/// Brings the store in `txn` to schema `current` with `steps` (in the caller's one
+/// transaction: all of it commits, or none). A new store is written at `current`; one
+/// at a newer schema, or one no step leads from, is refused.
+fn migrate(
+    txn: &redb::WriteTransaction,
+    steps: &[Migration],
+    current: u32,
+) -> Result<(), StoreError> {
+    let found = {
+        let meta = tryop!("open meta", txn.open_table(META));
+        let v = tryop!("read schema", meta.get("schema")).map(|v| v.value().to_vec());
+        v
+    };
+    let Some(found) = found else {
+        let mut meta = tryop!("open meta", txn.open_table(META));
+        tryop!(
+            "write schema",
+            meta.insert("schema", current.to_string().as_bytes())
+        );
+        return Ok(());
+    };
+    let text = String::from_utf8_lossy(&found).into_owned();
+    let Ok(mut at) = text.trim().parse::<u32>() else {
+        return Err(StoreError::Schema { found: text });
+    };
+    if at > current {
+        return Err(StoreError::Schema { found: text });
+    }
+    while at < current {
+        let step = steps
+            .iter()
+            .find(|m| m.to == at + 1)
+            .ok_or_else(|| StoreError::Schema {
+                found: format!("{at} (no migration to {})", at + 1),
+            })?;
+        (step.run)(txn)?;
+        tracing::info!(
+            from = at,
+            to = step.to,
+            what = step.what,
+            "migrated the store"
+        );
+        at = step.to;
+    }
+    let mut meta = tryop!("open meta", txn.open_table(META));
+    tryop!(
+        "write schema",
+        meta.insert("schema", current.to_string().as_bytes())
+    );
+    Ok(())
 }
 
 mod metrics;
@@ -243,20 +311,7 @@ impl Store {
             tryop!("create table", txn.open_table(EVENTS));
             tryop!("create table", txn.open_table(metrics::METRICS_RAW));
             tryop!("create table", txn.open_table(metrics::METRICS_1M));
-            let mut meta = tryop!("open meta", txn.open_table(META));
-            let found = tryop!("read schema", meta.get("schema")).map(|v| v.value().to_vec());
-            match found {
-                None => {
-                    tryop!("write schema", meta.insert("schema", SCHEMA_VERSION));
-                }
-                Some(v) if v == SCHEMA_VERSION => {}
-                Some(v) => {
-                    return Err(StoreError::Schema {
-                        found: String::from_utf8_lossy(&v).into_owned(),
-                    })
-                }
-            }
-            Ok(())
+            migrate(txn, MIGRATIONS, SCHEMA_VERSION)
         })
     }
 
@@ -821,6 +876,132 @@ mod tests {
         assert_eq!(store.find_node("beta").unwrap().unwrap().id.as_str(), "n1");
         assert!(store.find_node("nope").unwrap().is_none());
         assert_eq!(store.nodes().unwrap().len(), 1);
+    }
+
+    /// The schema in `store`'s meta table, as stored.
+    fn schema_of(store: &mut Store) -> String {
+        store
+            .write(Durability::Immediate, |tx| {
+                let meta = tryop!("open meta", tx.txn.open_table(META));
+                let v = tryop!("read", meta.get("schema")).map(|v| v.value().to_vec());
+                Ok(String::from_utf8(v.unwrap()).unwrap())
+            })
+            .unwrap()
+    }
+
+    /// Runs `migrate` on `store` with `steps` up to `current`.
+    fn migrate_to(store: &mut Store, steps: &[Migration], current: u32) -> Result<(), StoreError> {
+        store.write(Durability::Immediate, |tx| migrate(tx.txn, steps, current))
+    }
+
+    fn mark_two(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+        let mut meta = tryop!("open meta", txn.open_table(META));
+        tryop!("mark", meta.insert("step-2", b"ran".as_slice()));
+        Ok(())
+    }
+
+    fn mark_three(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+        let mut meta = tryop!("open meta", txn.open_table(META));
+        let two = tryop!("read", meta.get("step-2")).is_some();
+        tryop!(
+            "mark",
+            meta.insert(
+                "step-3",
+                if two {
+                    b"after-2".as_slice()
+                } else {
+                    b"alone".as_slice()
+                }
+            )
+        );
+        Ok(())
+    }
+
+    fn failing(_: &redb::WriteTransaction) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable)
+    }
+
+    #[test]
+    fn a_new_store_is_written_at_this_schema() {
+        let mut store = Store::in_memory(Arc::new(Telemetry::new())).unwrap();
+        assert_eq!(schema_of(&mut store), SCHEMA_VERSION.to_string());
+    }
+
+    #[test]
+    fn an_older_store_is_migrated_step_by_step_keeping_its_records() {
+        let mut store = Store::in_memory(Arc::new(Telemetry::new())).unwrap();
+        let n = record("n1", "alpha");
+        store
+            .write(Durability::Immediate, |tx| tx.put_node(&n, None))
+            .unwrap();
+        let steps = [
+            Migration {
+                to: 3,
+                what: "three",
+                run: mark_three,
+            },
+            Migration {
+                to: 2,
+                what: "two",
+                run: mark_two,
+            },
+        ];
+        migrate_to(&mut store, &steps, 3).unwrap();
+        assert_eq!(schema_of(&mut store), "3");
+        let marks = store
+            .write(Durability::Immediate, |tx| {
+                let meta = tryop!("open meta", tx.txn.open_table(META));
+                let get = |k: &str| -> Result<Option<Vec<u8>>, StoreError> {
+                    Ok(tryop!("read", meta.get(k)).map(|v| v.value().to_vec()))
+                };
+                Ok((get("step-2")?, get("step-3")?))
+            })
+            .unwrap();
+        assert_eq!(marks, (Some(b"ran".to_vec()), Some(b"after-2".to_vec())));
+        assert_eq!(store.find_node("n1").unwrap().unwrap().name, "alpha");
+        // Opening again at the same schema runs nothing.
+        migrate_to(
+            &mut store,
+            &[Migration {
+                to: 4,
+                what: "never",
+                run: failing,
+            }],
+            3,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_failed_migration_leaves_the_store_as_it_was() {
+        let mut store = Store::in_memory(Arc::new(Telemetry::new())).unwrap();
+        let steps = [
+            Migration {
+                to: 2,
+                what: "two",
+                run: mark_two,
+            },
+            Migration {
+                to: 3,
+                what: "broken",
+                run: failing,
+            },
+        ];
+        assert!(migrate_to(&mut store, &steps, 3).is_err());
+        assert_eq!(schema_of(&mut store), "1");
+    }
+
+    #[test]
+    fn a_newer_store_or_a_gap_in_the_steps_is_refused() {
+        let mut store = Store::in_memory(Arc::new(Telemetry::new())).unwrap();
+        let err = migrate_to(&mut store, &[], 0).unwrap_err().to_string();
+        assert!(
+            err.contains("written by a newer Metalbus (schema 1)"),
+            "{err}"
+        );
+        let err = migrate_to(&mut store, &[], 2).unwrap_err().to_string();
+        assert!(err.contains("(schema 1 (no migration to 2))"), "{err}");
+        assert_eq!(schema_of(&mut store), "1");
     }
 
     #[test]
