@@ -144,11 +144,14 @@ async fn known_samples_give_exact_averages_and_peaks_and_survive_kill_9() {
             serde_json::to_vec(&birth).unwrap(),
         )
         .await;
-    eventually(WAIT, "the node from the birth", || {
+    // A birth without `protocol`, as agents before the field send it: such an agent
+    // speaks protocol 1 and keeps working with this controller (docs/PROTOCOL.md).
+    let node = eventually(WAIT, "the node from the birth", || {
         let api = api.clone();
-        async move { api.node(NODE).await.map(|_| ()) }
+        async move { api.node(NODE).await }
     })
     .await;
+    assert_eq!(node["agent_protocol"], 1, "{node}");
 
     const GIB: u64 = 1 << 30;
     let sent = [

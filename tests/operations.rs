@@ -130,7 +130,13 @@ async fn reboot_and_poweroff_run_the_configured_action_once() {
             poweroff.to_str().unwrap(),
         ],
     );
-    wait_online(&api, "op-1").await;
+    let node = wait_online(&api, "op-1").await;
+    // The agent said its protocol in its birth.
+    assert_eq!(
+        node["agent_protocol"],
+        metalbus_protocol::PROTOCOL_VERSION,
+        "{node}"
+    );
 
     // Roles and unknown nodes first: nothing may run.
     let viewer = api.with_token(Some(&token(&api, "viewer").await));

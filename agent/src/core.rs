@@ -155,6 +155,8 @@ struct Link {
     sent_upto: u64,
     /// When a receipt last made progress (or sending started), on the monotonic clock.
     last_progress: Duration,
+    /// The controller's protocol, once a receipt said it.
+    controller_protocol: Option<u32>,
 }
 
 pub struct Core {
@@ -280,6 +282,7 @@ impl Core {
                     conn,
                     sent_upto: 0,
                     last_progress: self.clock.monotonic(),
+                    controller_protocol: None,
                 });
                 self.last_inventory = None;
                 self.publish_birth(conn, out);

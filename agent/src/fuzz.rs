@@ -39,6 +39,7 @@ pub fn config_file(data: &[u8]) {
                     .unwrap_or(u32::MAX),
                 ts: Timestamp::from_unix_millis(0),
                 node_id: None,
+                protocol: metalbus_protocol::PROTOCOL_VERSION,
             });
             assert_eq!(birth.validate(), Ok(()));
         }

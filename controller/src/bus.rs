@@ -57,6 +57,10 @@ fn controller_status(online: bool) -> Vec<u8> {
     status.insert("online".into(), online.into());
     if online {
         status.insert("version".into(), env!("CARGO_PKG_VERSION").into());
+        status.insert(
+            "protocol".into(),
+            metalbus_protocol::PROTOCOL_VERSION.into(),
+        );
     }
     serde_json::Value::Object(status).to_string().into_bytes()
 }

@@ -198,6 +198,9 @@ pub struct NodeView {
     pub control_plane: bool,
     pub hostname: Option<String>,
     pub agent_version: Option<String>,
+    /// The protocol version its agent said in its last birth.
+    #[serde(default)]
+    pub agent_protocol: Option<u32>,
     pub mac_addresses: Vec<String>,
     pub ip_addresses: Vec<String>,
     pub specs: Specs,

@@ -51,6 +51,10 @@ pub struct Summary {
 pub struct Receipt {
     pub session: String,
     pub seq: u64,
+    /// The controller's [`crate::PROTOCOL_VERSION`] (absent from controllers before the
+    /// field, which speak 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<u32>,
 }
 
 /// `{p}/nodes/{id}/rejects`: one refused message.
@@ -70,6 +74,9 @@ pub struct ControllerStatus {
     pub online: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// The controller's [`crate::PROTOCOL_VERSION`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<u32>,
 }
 
 #[cfg(test)]

@@ -3,6 +3,9 @@
 //! Everything here is pure: no sockets, no files, no clocks, no async. That keeps the
 //! contract testable with plain data and lets any process speak it.
 //!
+//! [`PROTOCOL_VERSION`] numbers the contract; agents say theirs in their birth, the
+//! controller its own in its status and receipts (docs/PROTOCOL.md, versions).
+//!
 //! - [`NodeId`]: the validated node identity (DESIGN section 2).
 //! - [`topic`]: the MQTT topic builder and parser (DESIGN section 3).
 //! - [`status`], [`inventory`], [`metrics`]: what agents publish.
@@ -19,6 +22,17 @@
 //!   enrollment token and exchange that give an agent its node key (DESIGN section 11).
 //! - [`Timestamp`]: RFC 3339 UTC timestamps on the wire; [`units`]: GB, GiB, Mbit/s and
 //!   the two-decimal rounding of API figures.
+
+/// The version of the MQTT contract this build speaks. It goes up only when a message
+/// changes in a way an older peer would misread; a new optional field, which every
+/// peer ignores when it does not know it, leaves it as it is. A controller reads every
+/// version from 1 to its own, so an older agent keeps working with a newer controller.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// What a peer that predates the version field speaks.
+pub fn first_protocol() -> u32 {
+    1
+}
 
 pub mod api;
 pub mod command;

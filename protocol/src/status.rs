@@ -36,6 +36,9 @@ pub struct Birth {
     /// When present it must equal the topic's id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_id: Option<NodeId>,
+    /// The agent's [`crate::PROTOCOL_VERSION`]; 1 when absent (agents before the field).
+    #[serde(default = "crate::first_protocol")]
+    pub protocol: u32,
 }
 
 /// The Last Will (`reason: lost`) or a clean stop (`reason: shutdown`).
@@ -215,6 +218,36 @@ mod tests {
         assert_eq!(b.metrics_interval_s, 15);
         let again: Status = serde_json::from_slice(&s.to_json().unwrap()).unwrap();
         assert_eq!(again, s);
+    }
+
+    #[test]
+    fn a_birth_says_its_protocol_and_one_without_it_speaks_the_first() {
+        let old = r#"{"online":true,"conn":7,"session":"5f0c","agent_version":"0.0.9",
+            "hostname":"r1u7","boot_id":null,"metrics_interval_s":15,"ts":"2026-01-01T00:00:00Z"}"#;
+        let Status::Birth(b) = serde_json::from_str::<Status>(old).unwrap() else {
+            panic!("a birth")
+        };
+        assert_eq!(b.protocol, 1);
+        // A newer agent's birth is read too: its number, and nothing it added.
+        let newer = old.replace("\"ts\"", "\"protocol\":7,\"ts\"");
+        let Status::Birth(b) = serde_json::from_str::<Status>(&newer).unwrap() else {
+            panic!("a birth")
+        };
+        assert_eq!(b.protocol, 7);
+        // This build says its own.
+        let mine = Status::Birth(Birth {
+            protocol: crate::PROTOCOL_VERSION,
+            ..b
+        });
+        let text = String::from_utf8(mine.to_json().unwrap()).unwrap();
+        assert!(
+            text.contains(&format!("\"protocol\":{}", crate::PROTOCOL_VERSION)),
+            "{text}"
+        );
+        // A receipt from a controller before the field has none.
+        let r: crate::controller::Receipt =
+            serde_json::from_str(r#"{"session":"s","seq":3}"#).unwrap();
+        assert_eq!(r.protocol, None);
     }
 
     #[test]

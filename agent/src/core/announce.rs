@@ -26,6 +26,7 @@ impl Core {
                 .unwrap_or(u32::MAX),
             ts: self.clock.now(),
             node_id: Some(self.node_id.clone()),
+            protocol: metalbus_protocol::PROTOCOL_VERSION,
         });
         match birth.to_json() {
             Ok(body) => {

@@ -7,6 +7,7 @@ use metalbus_protocol::command::Work;
 use metalbus_protocol::controller::Receipt;
 use metalbus_protocol::report::{JobStatus, ReportBody};
 use metalbus_protocol::topic::NodeTopic;
+use metalbus_protocol::PROTOCOL_VERSION;
 use tracing::{debug, error, warn};
 
 use super::{Action, Core, Publisher, Qos, SEND_BATCH};
@@ -45,6 +46,22 @@ impl Core {
                 return;
             }
         };
+        let theirs = receipt
+            .protocol
+            .unwrap_or_else(metalbus_protocol::first_protocol);
+        if let Some(link) = self.link.as_mut() {
+            if link.controller_protocol != Some(theirs) {
+                link.controller_protocol = Some(theirs);
+                if theirs < PROTOCOL_VERSION {
+                    // It reads what it knows and ignores the rest; say so once.
+                    warn!(
+                        controller = theirs,
+                        agent = PROTOCOL_VERSION,
+                        "the controller speaks an older protocol than this agent: upgrade the controller first"
+                    );
+                }
+            }
+        }
         match self.store.receipt(&receipt.session, receipt.seq) {
             Ok(removed) if removed > 0 => {
                 let now = self.clock.monotonic();

@@ -193,7 +193,12 @@ impl Rig {
     fn receipt(&mut self, seq: u64) -> Vec<Action> {
         let session = self.core.session().to_string();
         self.receipt_bytes(
-            &serde_json::to_vec(&metalbus_protocol::controller::Receipt { session, seq }).unwrap(),
+            &serde_json::to_vec(&metalbus_protocol::controller::Receipt {
+                session,
+                seq,
+                protocol: None,
+            })
+            .unwrap(),
         )
     }
 

@@ -79,6 +79,7 @@ pub fn node_view(
         last_applied_seq: node.last_applied_seq,
         registration: node.registration,
         agent_version: node.agent_version,
+        agent_protocol: node.agent_protocol,
         created_at: node.created_at,
         updated_at: node.updated_at,
     }

@@ -82,6 +82,8 @@ impl Engine {
         after.session = Some(b.session);
         after.hostname = Some(b.hostname);
         after.agent_version = Some(b.agent_version);
+        after.agent_protocol = Some(b.protocol);
+        newer_protocol(id, b.protocol);
         after.boot_id = b.boot_id;
         after.metrics_interval_s = Some(b.metrics_interval_s);
         if !before.online {
@@ -106,6 +108,7 @@ impl Engine {
     /// A node for an agent seen for the first time: the registration it matches (by
     /// MAC, IP, then hostname), or a new `discovered` node.
     pub(super) fn create_node(&mut self, id: &NodeId, b: Birth, now: Timestamp, batch: &mut Batch) {
+        newer_protocol(id, b.protocol);
         let facts = AgentFacts::new(&b.hostname, self.arrivals.early.get(id).map(|(i, _)| i));
         let matched = self
             .token_claim(id)
@@ -116,6 +119,7 @@ impl Engine {
             session: Some(b.session.clone()),
             hostname: Some(b.hostname.clone()),
             agent_version: Some(b.agent_version.clone()),
+            agent_protocol: Some(b.protocol),
             boot_id: b.boot_id.clone(),
             metrics_interval_s: Some(b.metrics_interval_s),
             ..node
@@ -345,4 +349,17 @@ fn changed_sections(old: &Inventory, new: &Inventory) -> Vec<String> {
         .filter(|k| !IGNORED_INVENTORY_KEYS.contains(&k.as_str()) && a.get(*k) != b.get(*k))
         .cloned()
         .collect()
+}
+
+/// An agent newer than this controller is served with what the controller knows: its
+/// birth, reports and samples of protocol 1 are read; what is new in them is ignored.
+fn newer_protocol(id: &NodeId, agent: u32) {
+    if agent > metalbus_protocol::PROTOCOL_VERSION {
+        warn!(
+            node = %id,
+            agent,
+            controller = metalbus_protocol::PROTOCOL_VERSION,
+            "this agent speaks a newer protocol than the controller: upgrade the controller first"
+        );
+    }
 }

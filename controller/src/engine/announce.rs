@@ -123,6 +123,7 @@ impl Engine {
         let receipt = Receipt {
             session: session.clone(),
             seq: n.last_applied_seq,
+            protocol: Some(metalbus_protocol::PROTOCOL_VERSION),
         };
         let topic = self.cfg.topics.node(id, NodeTopic::Receipts);
         self.out

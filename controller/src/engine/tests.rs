@@ -124,6 +124,7 @@ pub(super) fn birth(node: &str, conn: u64, session: &str, hostname: &str) -> Inp
             metrics_interval_s: 15,
             ts: Timestamp::from_unix_millis(0),
             node_id: None,
+            protocol: metalbus_protocol::PROTOCOL_VERSION,
         }),
     }
 }

@@ -41,6 +41,9 @@ pub struct NodeRecord {
     pub hostname: Option<String>,
     #[serde(default)]
     pub agent_version: Option<String>,
+    /// The protocol version of the agent's last birth.
+    #[serde(default)]
+    pub agent_protocol: Option<u32>,
     #[serde(default)]
     pub boot_id: Option<String>,
     #[serde(default)]
@@ -115,6 +118,7 @@ impl NodeRecord {
             session: None,
             hostname: None,
             agent_version: None,
+            agent_protocol: None,
             boot_id: None,
             metrics_interval_s: None,
             install_attempts: 0,

@@ -276,6 +276,7 @@ function renderSpecs(n) {
     ["Group", n.group],
     ["Control plane", n.control_plane ? "yes" : "no"],
     ["Agent version", n.agent_version],
+    ["Agent protocol", n.agent_protocol],
     ["Registered", when(n.created_at)],
   ]);
 }

@@ -68,6 +68,7 @@ fn rig() -> Rig {
             metrics_interval_s: 15,
             ts: Timestamp::from_unix_millis(T0),
             node_id: None,
+            protocol: metalbus_protocol::PROTOCOL_VERSION,
         }),
     }]);
     Rig {

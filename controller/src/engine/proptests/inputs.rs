@@ -62,6 +62,7 @@ pub(super) fn input(r: &Rig, act: &Act) -> (Input, Option<Answer>) {
                 metrics_interval_s: 15,
                 ts: Timestamp::from_unix_millis(0),
                 node_id: None,
+                protocol: metalbus_protocol::PROTOCOL_VERSION,
             }),
         },
         Act::Offline {
