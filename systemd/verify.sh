@@ -2,10 +2,11 @@
 # Verify the Metalbus systemd units with `systemd-analyze verify`.
 #
 # Usage: bash systemd/verify.sh [UNIT_FILE...]
-#   With no arguments, verifies systemd/metalbus.service and
-#   systemd/metalbus-agent.service. Exits non-zero if systemd-analyze fails or
-#   prints anything at all (it reports most mistakes, such as an unknown key or
-#   a bad value, as a warning and still exits 0).
+#   With no arguments, verifies every unit here: metalbus.service,
+#   metalbus-agent.service, metalbus-backup.service and metalbus-backup.timer.
+#   Exits non-zero if systemd-analyze fails or prints anything at all (it
+#   reports most mistakes, such as an unknown key or a bad value, as a warning
+#   and still exits 0).
 #
 # How: `systemd-analyze verify` checks that each ExecStart= binary exists, and
 # /usr/bin/metalbus is not installed on a build machine. So the units are
@@ -35,7 +36,7 @@ fi
 if [[ $# -gt 0 ]]; then
     units=("$@")
 else
-    units=("$here/metalbus.service" "$here/metalbus-agent.service")
+    units=("$here/metalbus.service" "$here/metalbus-agent.service" "$here/metalbus-backup.service" "$here/metalbus-backup.timer")
 fi
 
 root="$(mktemp -d "${TMPDIR:-/tmp}/metalbus-verify.XXXXXX")"

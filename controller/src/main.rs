@@ -50,6 +50,27 @@ enum Command {
         )]
         dir: PathBuf,
     },
+    /// Take a consistent copy of the whole store while the controller runs (admin
+    /// token): nodes, history, events, commands, tokens, metrics history. Written to
+    /// FILE (a new file, mode 0600) whole or not at all.
+    Backup {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Where to write the backup: a new file, or a directory (the file is then
+        /// named after the time, metalbus-YYYYMMDDTHHMMSSZ.redb).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Put a backup in place of the store in DIR. Stop the controller first; the store
+    /// it replaces is kept as metalbus.redb.before-restore.
+    Restore {
+        /// The backup, from `metalbus backup`.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The controller's data directory.
+        #[arg(long, value_name = "DIR", default_value = "metalbus-data")]
+        data_dir: PathBuf,
+    },
     /// Manage API and enrollment tokens.
     Tokens {
         #[command(flatten)]
@@ -155,6 +176,19 @@ fn main() -> ExitCode {
         },
         Command::Nodes { client, command } => client_command(cli::nodes(client, command)),
         Command::Tokens { client, command } => client_command(cli::tokens(client, command)),
+        Command::Backup { client, file } => client_command(cli::backup(client, file)),
+        Command::Restore { file, data_dir } => {
+            match metalbus::cli::backup::restore(&file, &data_dir) {
+                Ok(out) => {
+                    print!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("metalbus: error: {e}");
+                    ExitCode::from(e.exit_code())
+                }
+            }
+        }
         Command::MosquittoConfig { dir } => {
             print!("{}", metalbus::mosquitto::config_text(&dir));
             ExitCode::SUCCESS

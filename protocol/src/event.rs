@@ -51,6 +51,9 @@ names! {
         MessageRejected,
         /// The node stayed in a state past its timeout without progress.
         StuckState,
+        /// Reports the agent had seen receipted were missing from the store (it was
+        /// restored from a backup); they were skipped, the ones after applied.
+        ReportsLost,
         /// A stuck node's job was cancelled and sent again.
         RecoveryAttempt,
         /// No agent matched a pre-registration in time.

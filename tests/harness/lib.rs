@@ -15,11 +15,13 @@ mod api;
 mod browser;
 mod mqtt;
 mod process;
+mod snapshot;
 
 pub use api::Api;
 pub use browser::{Browser, ENTER, ESCAPE};
 pub use mqtt::{Message, Watcher};
 pub use process::{fleet_token_file, node_key, AgentProc, Controller, Mosquitto, SimProc, TestPki};
+pub use snapshot::{lasting, snapshot};
 
 /// Enrolls `node_id` with the controller's fleet token over MQTT, as an agent does, and
 /// returns its node key: for tests that speak for a node without running an agent.

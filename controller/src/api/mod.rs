@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod backup;
 pub mod console;
 pub mod error;
 pub mod events;
@@ -94,6 +95,7 @@ routes!(API_ROUTES, api_routes:
     get "/api/v1/usage" => fleet::fleet,
     get "/api/v1/events/stream" => stream::events,
     get "/api/v1/whoami" => admin::whoami,
+    get "/api/v1/backup" => backup::backup,
     get "/api/v1/plans" => admin::plans,
     get "/api/v1/operations/{id}" => admin::operation,
     post "/api/v1/tokens" => admin::create,

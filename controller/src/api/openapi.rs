@@ -10,7 +10,7 @@ use metalbus_protocol::api::ErrorBody;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, events, fleet, lifecycle, metrics, nodes, operations, stream};
+use super::{admin, backup, events, fleet, lifecycle, metrics, nodes, operations, stream};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -40,6 +40,7 @@ use super::{admin, events, fleet, lifecycle, metrics, nodes, operations, stream}
         fleet::fleet,
         stream::events,
         admin::whoami,
+        backup::backup,
         admin::plans,
         admin::operation,
         admin::create,
@@ -185,7 +186,7 @@ mod tests {
             undocumented.is_empty() && unrouted.is_empty(),
             "routes without documentation: {undocumented:?}; documented but not routed: {unrouted:?}"
         );
-        assert_eq!(routed.len(), 30);
+        assert_eq!(routed.len(), 31);
     }
 
     #[test]

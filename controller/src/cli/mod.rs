@@ -1,6 +1,7 @@
 //! The operator CLI (`metalbus nodes ...`). It talks to the HTTP API only, never to the
 //! store (DESIGN section 1).
 
+pub mod backup;
 pub mod chart;
 pub mod client;
 pub mod render;
@@ -591,4 +592,9 @@ fn json(v: &impl serde::Serialize) -> String {
     let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
     s.push('\n');
     s
+}
+
+/// `metalbus backup FILE`.
+pub async fn backup(args: ClientArgs, file: std::path::PathBuf) -> Result<String, ClientError> {
+    backup::backup(connect(args)?, file).await
 }

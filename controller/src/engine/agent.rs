@@ -75,6 +75,7 @@ impl Engine {
             Self::stale(id, "birth", b.conn, before.conn, batch);
             return;
         }
+        self.reconnected.insert(id.clone());
         let mut after = before.clone();
         after.online = true;
         after.offline_reason = None;

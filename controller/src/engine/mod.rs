@@ -48,7 +48,7 @@ pub use calls::{Action, Call, CallError, NodeUpdate, Registration, Reply};
 pub use input::{Input, KeyChange};
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -154,6 +154,9 @@ pub struct Engine {
     credentials: Credentials,
     /// Each turn of the loop beats it; the systemd watchdog is fed only while it does.
     progress: Progress,
+    /// Nodes whose agent connected and has sent no report since: its next one is the
+    /// oldest it still holds (it resends from there on every connect).
+    reconnected: HashSet<NodeId>,
 }
 
 impl Engine {
@@ -190,6 +193,7 @@ impl Engine {
             last_summary: None,
             credentials,
             progress: Progress::new(),
+            reconnected: HashSet::new(),
         };
         engine.reload()?;
         for id in engine.fleet.nodes.keys() {

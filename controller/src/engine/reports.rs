@@ -140,6 +140,7 @@ impl Engine {
             return;
         };
         self.touch(id, now);
+        let first_since_connect = self.reconnected.remove(id);
         if node.old_sessions.iter().any(|s| s == report.session()) {
             batch.counts.add(Tally::Duplicate);
             debug!(node = %id, session = %report.session(), "report of an earlier agent session dropped");
@@ -172,8 +173,28 @@ impl Engine {
             return;
         }
         if report.seq() > last + 1 {
-            self.hold(id, report, batch);
-            return;
+            if !first_since_connect {
+                self.hold(id, report, batch);
+                return;
+            }
+            // The agent resends from the oldest report it holds on every connect, and it
+            // drops a report only once receipted, which happens only once it is durable
+            // here. So a gap before the first report of a connection never fills: this
+            // store is older than what it receipted (it was restored from a backup).
+            let lost = report.seq() - last - 1;
+            warn!(node = %id, from = last + 1, to = report.seq() - 1, "reports receipted before a restore are not in the store; skipped");
+            batch.agent(id, now).warning(
+                EventReason::ReportsLost,
+                format!(
+                    "{lost} reports ({} to {}) were receipted by a store this one was restored behind; skipped",
+                    last + 1,
+                    report.seq() - 1
+                ),
+            );
+            if let Some(n) = self.fleet.nodes.get_mut(id) {
+                n.last_applied_seq = report.seq() - 1;
+            }
+            self.held.clear(id);
         }
         let mut next = Some(report);
         while let Some(r) = next {

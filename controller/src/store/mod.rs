@@ -107,6 +107,8 @@ pub enum StoreError {
     },
     #[error("the store is unavailable after an I/O error; retrying")]
     Unavailable,
+    #[error("backup: {0}")]
+    Backup(String),
 }
 
 /// Shorthand for converting any redb error into [`StoreError::Db`].
@@ -171,7 +173,10 @@ fn migrate(
     Ok(())
 }
 
+mod backup;
 mod metrics;
+
+pub use backup::{check_backup, BackupInfo};
 
 pub use metrics::{
     key_ms, Agg, Point, Resource, Rollup, MINUTE_MS, MIN_SPACING_MS, RAW_KEEP, ROLLUP_KEEP,
