@@ -178,16 +178,7 @@ fn main() -> ExitCode {
         Command::Tokens { client, command } => client_command(cli::tokens(client, command)),
         Command::Backup { client, file } => client_command(cli::backup(client, file)),
         Command::Restore { file, data_dir } => {
-            match metalbus::cli::backup::restore(&file, &data_dir) {
-                Ok(out) => {
-                    print!("{out}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("metalbus: error: {e}");
-                    ExitCode::from(e.exit_code())
-                }
-            }
+            finish(metalbus::cli::backup::restore(&file, &data_dir))
         }
         Command::MosquittoConfig { dir } => {
             print!("{}", metalbus::mosquitto::config_text(&dir));
@@ -223,7 +214,12 @@ fn client_command(
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(fut) {
+    finish(rt.block_on(fut))
+}
+
+/// Prints a client command's output, or its error on one line, and gives its exit code.
+fn finish(result: Result<String, cli::client::ClientError>) -> ExitCode {
+    match result {
         Ok(out) => {
             print!("{out}");
             ExitCode::SUCCESS

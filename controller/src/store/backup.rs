@@ -11,8 +11,8 @@ use std::path::Path;
 use redb::{Database, Durability, ReadTransaction, ReadableDatabase, TableDefinition};
 
 use super::{
-    metrics, StoreError, StoreReader, COMMANDS, CREDENTIALS, ENROLL_TOKENS, EVENTS, HEARTBEATS,
-    HISTORY, INVENTORY, META, NAMES, NODES, SCHEMA_VERSION, TOKENS,
+    metrics, StoreError, StoreReader, BYTE_TABLES, COMMANDS, EVENTS, HISTORY, META, NAMES, NODES,
+    SCHEMA_VERSION, TOKENS,
 };
 
 /// What a backup holds, for the operator.
@@ -81,16 +81,7 @@ fn copy_all(view: &ReadTransaction, to: &Database) -> Result<u64, StoreError> {
         txn.set_durability(Durability::Immediate)
     );
     let mut rows = 0;
-    for def in [
-        NODES,
-        INVENTORY,
-        HEARTBEATS,
-        TOKENS,
-        META,
-        COMMANDS,
-        ENROLL_TOKENS,
-        CREDENTIALS,
-    ] {
+    for def in BYTE_TABLES {
         rows += copy(view, &txn, def)?;
     }
     rows += copy(view, &txn, NAMES)?;

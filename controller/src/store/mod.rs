@@ -51,6 +51,17 @@ const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events
 const COMMANDS: TableDefinition<&str, &[u8]> = TableDefinition::new("commands");
 /// store-wide facts, e.g. `schema`
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// The tables keyed by text that hold encoded records.
+const BYTE_TABLES: [TableDefinition<&str, &[u8]>; 8] = [
+    NODES,
+    INVENTORY,
+    HEARTBEATS,
+    TOKENS,
+    META,
+    COMMANDS,
+    ENROLL_TOKENS,
+    CREDENTIALS,
+];
 
 /// How many events a node keeps: in all, and with one reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -299,16 +310,7 @@ impl Store {
     fn init(&mut self) -> Result<(), StoreError> {
         self.write(Durability::Immediate, |tx| {
             let txn = tx.txn;
-            for def in [
-                NODES,
-                INVENTORY,
-                HEARTBEATS,
-                TOKENS,
-                META,
-                COMMANDS,
-                ENROLL_TOKENS,
-                CREDENTIALS,
-            ] {
+            for def in BYTE_TABLES {
                 tryop!("create table", txn.open_table(def));
             }
             tryop!("create table", txn.open_table(NAMES));
