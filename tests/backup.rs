@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use metalbus_e2e::{eventually, snapshot, Api, Controller, SimProc};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 const NODES: usize = 200;
 const WAIT: Duration = Duration::from_secs(120);
@@ -76,17 +76,10 @@ async fn a_backup_under_load_restores_to_a_consistent_store_and_a_quiet_one_to_t
         &["--progress-events", "20", "--progress-every", "100ms"],
     );
     eventually(WAIT, "every node discovered", || all_in(&api, "discovered")).await;
-    let (status, viewer) = api
-        .post(
-            "/api/v1/tokens",
-            Some(json!({"name": "glass", "role": "viewer"})),
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, 201, "{viewer}");
+    let viewer = api.create_token("glass", "viewer").await;
 
-    // A viewer or an operator may not take a backup: it holds every token's hash.
-    let glass = api.with_token(viewer["data"]["token"].as_str());
+    // A viewer may not take a backup: it holds every token's hash.
+    let glass = api.with_token(Some(&viewer));
     let (status, body) = glass.get("/api/v1/backup").await.unwrap();
     assert_eq!(
         (status, body["errorMessage"].as_str()),
@@ -198,6 +191,15 @@ async fn a_backup_under_load_restores_to_a_consistent_store_and_a_quiet_one_to_t
     println!("backup under load: {installing} of {NODES} nodes installing when it was taken, {moved} moved on after it");
 }
 
+/// `metalbus restore FILE --data-dir DIR`.
+fn restore_into(file: &Path, dir: &Path) -> std::process::Output {
+    std::process::Command::new(metalbus_e2e::bin("metalbus"))
+        .args(["restore", file.to_str().unwrap(), "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap()
+}
+
 /// The status an operation settles at.
 async fn settled(api: &Api, op: &str) -> String {
     eventually(
@@ -250,7 +252,27 @@ async fn after_a_restore_an_agent_ahead_of_the_store_is_not_stalled() {
     let before = reboot(&api, "rb-0001").await;
     assert_eq!(settled(&api, &before).await, "rejected");
 
+    // While it runs, its store cannot be replaced.
+    let busy = restore_into(&file, &ctl.data_dir);
+    assert_eq!(busy.status.code(), Some(2), "{busy:?}");
+    assert!(String::from_utf8_lossy(&busy.stderr).contains("running controller"));
     ctl.terminate();
+    // What is not a Metalbus backup is refused and the store left as it was: empty,
+    // garbage, and a redb file of something else.
+    let junk = tmp.path().join("junk");
+    for bytes in [&b""[..], &b"\x00\xffnot a store\xe2\x82\xac"[..]] {
+        std::fs::write(&junk, bytes).unwrap();
+        let out = restore_into(&junk, &ctl.data_dir);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+    }
+    let other = tmp.path().join("other.redb");
+    drop(redb::Database::create(&other).unwrap());
+    let out = restore_into(&other, &ctl.data_dir);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a Metalbus store"),
+        "{out:?}"
+    );
+    assert!(!ctl.data_dir.join("metalbus.redb.before-restore").exists());
     let out = std::process::Command::new(metalbus_e2e::bin("metalbus"))
         .args(["restore", file.to_str().unwrap(), "--data-dir"])
         .arg(&ctl.data_dir)

@@ -782,14 +782,7 @@ async fn a_viewer_sees_no_actions_and_a_forged_one_is_refused() {
     let api = ctl.api();
     let _sim = SimProc::start(tmp.path(), &ctl.broker_url(), 1, "view", &[]);
     api.wait_state("view-0001", "discovered", WAIT).await;
-    let out = ctl.cli(&["tokens", "create", "--name", "glass", "--role", "viewer"]);
-    assert!(out.status.success(), "{out:?}");
-    let viewer = String::from_utf8(out.stdout)
-        .unwrap()
-        .split_whitespace()
-        .find(|w| w.starts_with("mb_"))
-        .unwrap()
-        .to_string();
+    let viewer = api.create_token("glass", "viewer").await;
 
     let browser = Browser::start(tmp.path(), 1280).await;
     sign_in(&browser, &ctl, &viewer, "viewer").await;

@@ -76,18 +76,6 @@ async fn wait_final(api: &Api, op: &str) -> Value {
     .await
 }
 
-async fn token(api: &Api, role: &str) -> String {
-    let (status, body) = api
-        .post(
-            "/api/v1/tokens",
-            Some(json!({"name": format!("{role}-1"), "role": role})),
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, 201, "{body}");
-    body["data"]["token"].as_str().unwrap().to_string()
-}
-
 fn cli(ctl: &Controller, args: &[&str]) -> std::process::Output {
     ctl.cli(&[&["nodes"], args].concat())
 }
@@ -139,7 +127,7 @@ async fn reboot_and_poweroff_run_the_configured_action_once() {
     );
 
     // Roles and unknown nodes first: nothing may run.
-    let viewer = api.with_token(Some(&token(&api, "viewer").await));
+    let viewer = api.with_token(Some(&api.create_token("viewer-1", "viewer").await));
     let (status, body) = viewer
         .post("/api/v1/nodes/op-1/reboot", None)
         .await
@@ -154,7 +142,7 @@ async fn reboot_and_poweroff_run_the_configured_action_once() {
     assert_eq!(status, 404);
 
     // An operator reboots it.
-    let operator = api.with_token(Some(&token(&api, "operator").await));
+    let operator = api.with_token(Some(&api.create_token("operator-1", "operator").await));
     let (status, body) = operator
         .post("/api/v1/nodes/op-1/reboot", None)
         .await
@@ -340,7 +328,7 @@ async fn wake_sends_magic_packets_to_the_configured_address_only() {
     assert_eq!(done["kind"], "wake", "{done}");
 
     // Refusals: no role, no node, no MAC (a registration has no inventory).
-    let viewer = api.with_token(Some(&token(&api, "viewer").await));
+    let viewer = api.with_token(Some(&api.create_token("viewer-1", "viewer").await));
     let (status, _) = viewer.post("/api/v1/nodes/wk-1/wake", None).await.unwrap();
     assert_eq!(status, 403);
     let (status, body) = api.post("/api/v1/nodes/nope/wake", None).await.unwrap();

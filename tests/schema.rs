@@ -125,22 +125,8 @@ async fn write_the_schema1_fixture() {
         .unwrap();
     assert_eq!(status, 202, "{reboot}");
     let reboot = reboot["data"]["operation_id"].as_str().unwrap().to_string();
-    let (status, viewer) = api
-        .post(
-            "/api/v1/tokens",
-            Some(json!({"name": "glass", "role": "viewer"})),
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, 201, "{viewer}");
-    let (status, _) = api
-        .post(
-            "/api/v1/tokens",
-            Some(json!({"name": "ops", "role": "operator"})),
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, 201);
+    let viewer = api.create_token("glass", "viewer").await;
+    api.create_token("ops", "operator").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     drop(sim);
     // Every node offline before the snapshot, as it will be when the fixture opens.
@@ -148,7 +134,7 @@ async fn write_the_schema1_fixture() {
         api.wait_online(id, false, WAIT).await;
     }
     let mut snap = snapshot(&api, &[install, reboot]).await;
-    snap["viewer_token"] = viewer["data"]["token"].clone();
+    snap["viewer_token"] = json!(viewer);
     assert!(ctl.terminate().success());
 
     let out = fixture();

@@ -244,6 +244,16 @@ mod tests {
             text.contains(&format!("\"protocol\":{}", crate::PROTOCOL_VERSION)),
             "{text}"
         );
+        // Hostile or broken values are refused with the birth, not taken as 0 or 1.
+        for bad in ["-1", "4294967296", "\"2\"", "null", "1.5"] {
+            let text = old.replace("\"ts\"", &format!("\"protocol\":{bad},\"ts\""));
+            assert!(serde_json::from_str::<Status>(&text).is_err(), "{bad}");
+        }
+        let top = old.replace("\"ts\"", "\"protocol\":4294967295,\"ts\"");
+        let Status::Birth(b) = serde_json::from_str::<Status>(&top).unwrap() else {
+            panic!("a birth")
+        };
+        assert_eq!(b.protocol, u32::MAX);
         // A receipt from a controller before the field has none.
         let r: crate::controller::Receipt =
             serde_json::from_str(r#"{"session":"s","seq":3}"#).unwrap();

@@ -192,6 +192,20 @@ impl Api {
     }
 
     /// One node's `data`, or an error naming the status.
+    /// A new API token named `name` with `role` (through this client's token, an
+    /// admin's); the secret, shown once.
+    pub async fn create_token(&self, name: &str, role: &str) -> String {
+        let (status, body) = self
+            .post(
+                "/api/v1/tokens",
+                Some(serde_json::json!({"name": name, "role": role})),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 201, "{body}");
+        body["data"]["token"].as_str().unwrap().to_string()
+    }
+
     pub async fn node(&self, key: &str) -> Result<Value, String> {
         let (status, body) = self.get(&format!("/api/v1/nodes/{key}")).await?;
         if status == 200 {

@@ -1669,3 +1669,47 @@ fn held_reports_are_bounded_in_bytes_per_node() {
     assert_eq!(r.engine.held.bytes(), 0);
     assert!(r.node("n1").last_applied_seq > 2);
 }
+
+/// After a restore the store is behind what the agent saw receipted: the first report
+/// of a new connection comes after a gap that never fills, and is applied with a
+/// `ReportsLost` warning. A replayed older birth does not arm that, and a gap later in
+/// a connection still waits for the resend.
+#[test]
+fn only_a_gap_before_a_connections_first_report_is_skipped() {
+    let mut r = rig();
+    let node = NodeId::new("n1").unwrap();
+    r.engine.apply(vec![birth("n1", 2, "s", "h")]);
+    let (input, _answer) = call(super::Action::Manage { plan: None });
+    r.engine.apply(vec![input]);
+    let cmd = r.node("n1").job.unwrap().command_id;
+    r.engine.apply(vec![report("o1", 1, &cmd, "started")]);
+    assert_eq!(r.node("n1").last_applied_seq, 1);
+    // A replayed birth of an older connection, then a gap: held, not skipped.
+    r.engine.apply(vec![birth("n1", 1, "s", "h")]);
+    r.engine.apply(vec![report("o1", 3, &cmd, "progress")]);
+    assert_eq!(r.node("n1").last_applied_seq, 1);
+    // A real new connection whose first report is 6: 2 to 5 are gone; 6 applies.
+    r.engine.apply(vec![birth("n1", 3, "s", "h")]);
+    r.published();
+    r.engine.apply(vec![report("o1", 6, &cmd, "complete")]);
+    assert_eq!(r.node("n1").last_applied_seq, 6);
+    assert_eq!(r.node("n1").state, NodeState::Active);
+    assert_eq!(receipts(&r.published()), vec![6]);
+    let events = r
+        .store
+        .events(&node, &crate::store::EventFilter::default(), 50)
+        .unwrap();
+    let lost: Vec<_> = events
+        .iter()
+        .filter(|e| e.reason == metalbus_protocol::event::EventReason::ReportsLost)
+        .collect();
+    assert_eq!(lost.len(), 1, "{events:?}");
+    assert!(
+        lost[0].message.contains("4 reports (2 to 5)"),
+        "{:?}",
+        lost[0]
+    );
+    // Later in the same connection a gap waits again.
+    r.engine.apply(vec![report("o1", 8, &cmd, "progress")]);
+    assert_eq!(r.node("n1").last_applied_seq, 6);
+}

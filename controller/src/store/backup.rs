@@ -11,8 +11,8 @@ use std::path::Path;
 use redb::{Database, Durability, ReadTransaction, ReadableDatabase, TableDefinition};
 
 use super::{
-    metrics, StoreError, StoreReader, BYTE_TABLES, COMMANDS, EVENTS, HISTORY, META, NAMES, NODES,
-    SCHEMA_VERSION, TOKENS,
+    metrics, recorded_schema, StoreError, StoreReader, BYTE_TABLES, COMMANDS, EVENTS, HISTORY,
+    META, NAMES, NODES, SCHEMA_VERSION, TOKENS,
 };
 
 /// What a backup holds, for the operator.
@@ -126,17 +126,8 @@ pub fn check_backup(path: &Path) -> Result<BackupInfo, StoreError> {
     let meta = view
         .open_table(META)
         .map_err(|_| StoreError::Backup("it has no meta table: not a Metalbus store".into()))?;
-    let schema = tryop!("backup: read schema", meta.get("schema"))
-        .map(|v| String::from_utf8_lossy(v.value()).into_owned())
+    let schema = recorded_schema(&meta, SCHEMA_VERSION)?
         .ok_or_else(|| StoreError::Backup("it records no schema: not a Metalbus store".into()))?;
-    let schema: u32 = schema.trim().parse().map_err(|_| StoreError::Schema {
-        found: schema.clone(),
-    })?;
-    if schema > SCHEMA_VERSION {
-        return Err(StoreError::Schema {
-            found: schema.to_string(),
-        });
-    }
     Ok(BackupInfo {
         schema,
         nodes: rows(&view, NODES)?,

@@ -132,6 +132,23 @@ macro_rules! tryop {
     };
 }
 
+/// The schema a store's `meta` records (`None`: a new store), or why this build, which
+/// reads up to `current`, cannot open it: not a number, or newer.
+fn recorded_schema(
+    meta: &impl redb::ReadableTable<&'static str, &'static [u8]>,
+    current: u32,
+) -> Result<Option<u32>, StoreError> {
+    let Some(text) = tryop!("read schema", meta.get("schema"))
+        .map(|v| String::from_utf8_lossy(v.value()).into_owned())
+    else {
+        return Ok(None);
+    };
+    match text.trim().parse::<u32>() {
+        Ok(at) if at <= current => Ok(Some(at)),
+        _ => Err(StoreError::Schema { found: text }),
+    }
+}
+
 /// Brings the store in `txn` to schema `current` with `steps` (in the caller's one
 /// transaction: all of it commits, or none). A new store is written at `current`; one
 /// at a newer schema, or one no step leads from, is refused.
@@ -140,12 +157,8 @@ fn migrate(
     steps: &[Migration],
     current: u32,
 ) -> Result<(), StoreError> {
-    let found = {
-        let meta = tryop!("open meta", txn.open_table(META));
-        let v = tryop!("read schema", meta.get("schema")).map(|v| v.value().to_vec());
-        v
-    };
-    let Some(found) = found else {
+    let found = recorded_schema(&tryop!("open meta", txn.open_table(META)), current)?;
+    let Some(mut at) = found else {
         let mut meta = tryop!("open meta", txn.open_table(META));
         tryop!(
             "write schema",
@@ -153,13 +166,6 @@ fn migrate(
         );
         return Ok(());
     };
-    let text = String::from_utf8_lossy(&found).into_owned();
-    let Ok(mut at) = text.trim().parse::<u32>() else {
-        return Err(StoreError::Schema { found: text });
-    };
-    if at > current {
-        return Err(StoreError::Schema { found: text });
-    }
     while at < current {
         let step = steps
             .iter()

@@ -138,7 +138,6 @@ function updateRow(msg) {
   tr.cells[2].textContent = msg.phase;
   tr.cells[3].textContent = msg.online ? "yes" : "no";
   tr.cells[6].replaceChildren(progressBar(msg.progress, "install"));
-  if (msg.online) tr.cells[7].textContent = since(new Date().toISOString());
 }
 
 function showCounts(total, online, byState) {
