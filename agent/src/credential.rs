@@ -76,14 +76,16 @@ pub fn save(state_dir: &Path, cred: &Credential) -> anyhow::Result<()> {
 }
 
 /// The anchor of the controller this agent trusts: the one it enrolled with, or else the
-/// one its enrollment token names. It pins the broker's TLS certificate.
+/// one its enrollment token names. It pins the broker's TLS certificate. The token is
+/// read only when the agent is not enrolled yet, so an enrolled agent starts after its
+/// token file has been deleted (as the docs advise).
 pub fn anchor(
     state_dir: &Path,
-    token: Option<&EnrollToken>,
+    token: impl FnOnce() -> anyhow::Result<Option<EnrollToken>>,
 ) -> anyhow::Result<Option<[u8; KEY_BYTES]>> {
     Ok(match load(state_dir)? {
         Some(cred) => Some(metalbus_protocol::proof::anchor_of(&cred.identity)),
-        None => token.map(|t| t.anchor),
+        None => token()?.map(|t| t.anchor),
     })
 }
 
@@ -127,5 +129,22 @@ mod tests {
         std::fs::set_permissions(path(dir.path()), std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::write(path(dir.path()), b"{\"node_id\":\"n1\",\"key\":\"zz\"}").unwrap();
         assert!(load(dir.path()).is_err());
+    }
+
+    #[test]
+    fn an_enrolled_agent_never_reads_its_deleted_token_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("enroll.token");
+        let read = || read_token(&gone).map(Some);
+        let err = anchor(dir.path(), read).unwrap_err();
+        assert!(format!("{err:#}").contains("enroll.token"), "{err:#}");
+        let cred = Credential {
+            node_id: NodeId::new("n1").unwrap(),
+            key: NodeKey::from_bytes([3; 32]),
+            identity: [4; 32],
+        };
+        save(dir.path(), &cred).unwrap();
+        let pinned = anchor(dir.path(), read).unwrap();
+        assert_eq!(pinned, Some(metalbus_protocol::proof::anchor_of(&[4; 32])));
     }
 }

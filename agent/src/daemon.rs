@@ -153,11 +153,12 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 /// The broker endpoint for `cfg`: an `mqtts://` broker is checked against the
 /// controller this agent enrolled with (or its token names), unless a CA file is given.
 pub fn endpoint(cfg: &AgentConfig, state_dir: &std::path::Path) -> anyhow::Result<Endpoint> {
-    let token = cfg.enroll_token()?;
-    Ok(match credential::anchor(state_dir, token.as_ref())? {
-        Some(anchor) => Endpoint::pinned(cfg.broker.clone(), cfg.broker_ca.as_deref(), anchor)?,
-        None => Endpoint::new(cfg.broker.clone(), cfg.broker_ca.as_deref())?,
-    })
+    Ok(
+        match credential::anchor(state_dir, || cfg.enroll_token())? {
+            Some(anchor) => Endpoint::pinned(cfg.broker.clone(), cfg.broker_ca.as_deref(), anchor)?,
+            None => Endpoint::new(cfg.broker.clone(), cfg.broker_ca.as_deref())?,
+        },
+    )
 }
 
 impl Prepared {

@@ -280,3 +280,56 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         result
     })
 }
+
+/// The kept man pages and completions (`agent/debian/`) match this build's flags.
+#[cfg(test)]
+mod manuals {
+    use clap::CommandFactory;
+    use metalbus_manuals::Section;
+
+    const SECTIONS: &[Section] = &[
+        Section {
+            title: "FILES",
+            entries: &[
+                (
+                    "/etc/metalbus/agent.toml",
+                    "The agent's configuration, read by `metalbus-agent run --config`: the broker's address above all. Unknown keys are an error.",
+                ),
+                (
+                    "/etc/metalbus/enroll.token",
+                    "The enrollment token (0600 root), needed only until the agent has enrolled. The unit does not start until it, or the node's credential, exists.",
+                ),
+                (
+                    "/etc/metalbus/steps.d/",
+                    "The only directory install steps are run from.",
+                ),
+                (
+                    "/var/lib/metalbus-agent/",
+                    "The state directory: credential.json (the node key, 0600) and agent.redb (the outbox of reports not yet receipted, and the running job).",
+                ),
+            ],
+        },
+        Section {
+            title: "ENVIRONMENT",
+            entries: &[
+                ("METALBUS_ENROLL_TOKEN", "The enrollment token, instead of a file."),
+                ("METALBUS_LOG", "The log level filter, for example debug."),
+            ],
+        },
+        Section {
+            title: "SEE ALSO",
+            entries: &[(
+                "",
+                "metalbus(1), systemctl(1); /usr/share/doc/metalbus-agent/ for the step scripts' contract.",
+            )],
+        },
+    ];
+
+    #[test]
+    fn man_pages_and_completions_are_current() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("debian");
+        if let Err(e) = metalbus_manuals::check(super::Cli::command(), SECTIONS, &dir) {
+            panic!("{e}");
+        }
+    }
+}

@@ -257,3 +257,76 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
     })
 }
+
+/// The kept man pages and completions (`controller/debian/`) match this build's flags.
+/// Built with the default features, as the package is (`--local-agent` included).
+#[cfg(all(test, feature = "local-agent"))]
+mod manuals {
+    use clap::CommandFactory;
+    use metalbus_manuals::Section;
+
+    const SECTIONS: &[Section] = &[
+        Section {
+            title: "FILES",
+            entries: &[
+                (
+                    "/etc/metalbus/controller.toml",
+                    "The controller's configuration, read by `metalbus serve --config`. Unknown keys are an error.",
+                ),
+                (
+                    "/var/lib/metalbus/",
+                    "The data directory: the redb store (metalbus.redb), admin.token, enroll.token and identity.key (all 0600), and tls/ca.pem, the CA certificate clients check the controller's TLS with.",
+                ),
+                (
+                    "/var/lib/metalbus-backups/",
+                    "Where metalbus-backup.service (started nightly by metalbus-backup.timer, when enabled) writes its backups.",
+                ),
+                (
+                    "/usr/share/metalbus/monitoring/",
+                    "Prometheus alerting rules and a Grafana dashboard for the controller's /metrics.",
+                ),
+            ],
+        },
+        Section {
+            title: "ENVIRONMENT",
+            entries: &[
+                ("METALBUS_API", "The API address for client commands (default http://127.0.0.1:8088)."),
+                (
+                    "METALBUS_TOKEN",
+                    "The API token for client commands. Without it and --token, ./metalbus-data/admin.token, then /var/lib/metalbus/admin.token.",
+                ),
+                ("METALBUS_CA", "The CA certificate that signs an https:// API's certificate."),
+                ("METALBUS_LOG", "The log level filter, for example debug."),
+                ("NO_COLOR", "Set: no colour, even on a terminal."),
+            ],
+        },
+        Section {
+            title: "EXIT STATUS",
+            entries: &[
+                ("0", "Success."),
+                ("1", "Failure (the controller could not start, or the API failed)."),
+                ("2", "Usage: a bad flag, or no token."),
+                ("3", "Not found."),
+                ("4", "Refused by the API."),
+                ("5", "The API cannot be reached."),
+                ("6", "An awaited operation failed (--wait)."),
+                ("7", "Waiting timed out."),
+            ],
+        },
+        Section {
+            title: "SEE ALSO",
+            entries: &[(
+                "",
+                "metalbus-agent(1), systemctl(1); /usr/share/doc/metalbus/OPERATIONS.md for installing, enrolling hosts, backups, upgrades and alerts.",
+            )],
+        },
+    ];
+
+    #[test]
+    fn man_pages_and_completions_are_current() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("debian");
+        if let Err(e) = metalbus_manuals::check(super::Cli::command(), SECTIONS, &dir) {
+            panic!("{e}");
+        }
+    }
+}

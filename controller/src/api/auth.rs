@@ -53,7 +53,8 @@ pub fn new_token(
 }
 
 /// On first start (no `admin.token` file), creates an admin token and writes the file
-/// with mode 0600. Returns true when a new token was made. When the file exists but the
+/// with mode 0600. Returns true when a new token was made. A later start without the
+/// file makes a new one and revokes the old token named `admin`. When the file exists but the
 /// store does not know its token (the store was deleted or restored from elsewhere), the
 /// file's token is registered again: the file, readable only by the controller's user,
 /// is the root of trust.
@@ -87,9 +88,25 @@ pub fn ensure_admin_token(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
+    // A deleted file means a new admin token: the one it held (named `admin`) ends in the
+    // same commit, so deleting the file and restarting rotates it.
+    let old: Vec<String> = store
+        .tokens()?
+        .into_iter()
+        .filter(|(_, r)| r.name == "admin")
+        .map(|(hash, _)| hash)
+        .collect();
     let (token, hash, record) = new_token("admin", Role::Admin, now);
-    store.write(Durability::Immediate, |tx| tx.put_token(&hash, &record))?;
+    store.write(Durability::Immediate, |tx| {
+        for old in &old {
+            tx.delete_token(old)?;
+        }
+        tx.put_token(&hash, &record)
+    })?;
     crate::security::write_private(&path, format!("{token}\n").as_bytes())?;
+    if !old.is_empty() {
+        tracing::warn!(path = %path.display(), "the admin token file was missing: made a new admin token; the old one no longer works");
+    }
     Ok(true)
 }
 
@@ -163,5 +180,20 @@ mod tests {
         let mut fresh = Store::in_memory(Default::default()).unwrap();
         assert!(!ensure_admin_token(&mut fresh, dir.path(), now).unwrap());
         assert!(fresh.token(&token_hash(token.trim())).unwrap().is_some());
+
+        // The file deleted: a new token, and the old one no longer works. Other tokens,
+        // admin ones included, are kept.
+        let (_, other, record) = new_token("admin-2027", Role::Admin, now);
+        store
+            .write(Durability::Immediate, |tx| tx.put_token(&other, &record))
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(ensure_admin_token(&mut store, dir.path(), now).unwrap());
+        let new = std::fs::read_to_string(&path).unwrap();
+        assert_ne!(new, token);
+        assert!(store.token(&token_hash(token.trim())).unwrap().is_none());
+        assert!(store.token(&token_hash(new.trim())).unwrap().is_some());
+        assert!(store.token(&other).unwrap().is_some());
+        assert_eq!(store.tokens().unwrap().len(), 2);
     }
 }

@@ -82,9 +82,24 @@ pub async fn backup(api: ApiClient, file: PathBuf) -> Result<String, ClientError
     ))
 }
 
+/// Makes `file` belong to the owner and group of `dir`.
+fn give_to_owner_of(dir: &Path, file: &Path) -> Result<(), ClientError> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(dir)
+        .map_err(|e| ClientError::Usage(format!("cannot read {}: {e}", dir.display())))?;
+    std::os::unix::fs::chown(file, Some(owner.uid()), Some(owner.gid())).map_err(|e| {
+        ClientError::Usage(format!(
+            "cannot give {} to the owner of {} (uid {}): {e}; run restore as root or as that user",
+            file.display(),
+            dir.display(),
+            owner.uid()
+        ))
+    })
+}
+
 /// Puts the backup `file` in place of `DIR/metalbus.redb`. The controller must be
 /// stopped (its store is locked while it runs). The store it replaces is kept as
-/// `metalbus.redb.before-restore`.
+/// `metalbus.redb.before-restore`. The restored store is 0600 and belongs to DIR's owner.
 pub fn restore(file: &Path, data_dir: &Path) -> Result<String, ClientError> {
     let info = check_backup(file)
         .map_err(|e| ClientError::Usage(format!("{} cannot be restored: {e}", file.display())))?;
@@ -104,6 +119,13 @@ pub fn restore(file: &Path, data_dir: &Path) -> Result<String, ClientError> {
     std::fs::copy(file, &part)
         .and_then(|_| std::fs::File::open(&part)?.sync_all())
         .map_err(|e| ClientError::Usage(format!("cannot copy to {}: {e}", part.display())))?;
+    // The store holds token hashes and node keys: 0600 whatever the backup's mode. And
+    // restore runs as root, but the controller runs as the data dir's owner (user
+    // metalbus under the packaged unit), which could not open a store root owns.
+    std::fs::set_permissions(&part, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(
+        |e| ClientError::Usage(format!("cannot set the mode of {}: {e}", part.display())),
+    )?;
+    give_to_owner_of(data_dir, &part)?;
     let mut kept = String::new();
     if store.exists() {
         let old = data_dir.join("metalbus.redb.before-restore");

@@ -113,10 +113,20 @@ impl ApiClient {
                 })?;
                 builder = builder.tls_certs_only([cert]);
             }
+        } else {
+            // Plain http: no TLS, so no trust roots. Without this the builder loads the
+            // system's roots anyway, and fails on a box without ca-certificates.
+            builder = builder.tls_certs_only([]);
         }
-        let http = builder
-            .build()
-            .map_err(|e| ClientError::Usage(format!("cannot build the HTTP client: {e}")))?;
+        let http = builder.build().map_err(|e| {
+            let mut text = format!("cannot build the HTTP client: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                text.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            ClientError::Usage(text)
+        })?;
         Ok(Self {
             base: base.trim_end_matches('/').to_string(),
             token,

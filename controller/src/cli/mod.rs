@@ -78,6 +78,7 @@ pub enum NodesCommand {
         /// Only nodes in this group.
         #[arg(long)]
         group: Option<String>,
+        /// How to print the result.
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
     },
@@ -87,12 +88,14 @@ pub enum NodesCommand {
     Watch {
         /// Only these nodes (ids or names); all nodes when none are given.
         nodes: Vec<String>,
+        /// How to print the result.
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
     },
     /// Show one node, by id or name, with the progress of a running job.
     Show {
         node: String,
+        /// How to print the result.
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
     },
@@ -113,26 +116,31 @@ pub enum NodesCommand {
         /// A label, KEY=VALUE; repeat for more.
         #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
         labels: Vec<(String, String)>,
+        /// The group it belongs to.
         #[arg(long)]
         group: Option<String>,
         /// Also print a one-use enrollment token for exactly this host (admin): the
         /// agent that enrolls with it claims this registration.
         #[arg(long)]
         enroll_token: bool,
+        /// How to print the result.
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
     },
     /// Install a discovered node with a plan (the default plan if none is named).
     Manage {
         node: String,
+        /// The plan to install with (`demo`, or one of the controller's [plans]).
         #[arg(long)]
         plan: Option<String>,
+        /// How to print the result.
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
     },
     /// Deprovision an installed or active node; it returns to `discovered`.
     Unmanage {
         node: String,
+        /// How to print the result.
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
     },
@@ -140,20 +148,24 @@ pub enum NodesCommand {
     /// enroll again with a token made after this.
     Revoke {
         node: String,
+        /// How to print the result.
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
     },
     /// Retry a failed install or deprovision (install_failed / deprovision_failed).
     Retry {
         node: String,
+        /// How to print the result.
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
     },
     /// Deprovision and retire a node; with --force, retire it at once.
     Retire {
         node: String,
+        /// Retire at once, without deprovisioning (admin only).
         #[arg(long)]
         force: bool,
+        /// How to print the result.
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
     },
@@ -161,11 +173,13 @@ pub enum NodesCommand {
     Transition {
         node: String,
         state: String,
+        /// Why: kept in the node's history with the transition.
         #[arg(long)]
         comment: Option<String>,
         /// Reset the counters and allow overrides (admin only).
         #[arg(long)]
         force: bool,
+        /// How to print the result.
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
     },
@@ -178,10 +192,13 @@ pub enum NodesCommand {
     /// A node's state changes, newest first.
     History {
         node: String,
+        /// At most this many entries, newest first.
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Skip this many of the newest entries first (paging).
         #[arg(long, default_value_t = 0)]
         offset: u64,
+        /// How to print the result.
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
     },
@@ -198,8 +215,10 @@ pub enum NodesCommand {
         /// Only events seen within this long (e.g. 30m, 1h, 7d) or since an RFC 3339 time.
         #[arg(long)]
         since: Option<String>,
+        /// At most this many events.
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// How to print the result.
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
     },
@@ -210,6 +229,7 @@ pub enum NodesCommand {
         /// 5m, 1h, 6h, 24h or 7d.
         #[arg(long, default_value = "1h", value_parser = str::parse::<MetricsPeriod>)]
         period: MetricsPeriod,
+        /// How to print the result.
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
     },
@@ -225,6 +245,7 @@ pub struct OperationArgs {
     /// Give up waiting after this long, e.g. 30s or 5m (exit 7).
     #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = metalbus_link::duration::parse)]
     timeout: std::time::Duration,
+    /// How to print the result.
     #[arg(short = 'o', long, value_enum, default_value_t)]
     output: Output,
 }
@@ -253,11 +274,13 @@ pub enum TokensCommand {
         /// The one node id the enrollment token may enroll.
         #[arg(long, value_name = "NODE_ID", requires = "enroll")]
         node: Option<String>,
+        /// How to print the result.
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
     },
     /// List API and enrollment tokens (never their secrets).
     List {
+        /// How to print the result.
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
     },
