@@ -327,9 +327,10 @@ mod manuals {
 
     #[test]
     fn man_pages_and_completions_are_current() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("debian");
-        if let Err(e) = metalbus_manuals::check(super::Cli::command(), SECTIONS, &dir) {
-            panic!("{e}");
-        }
+        metalbus_manuals::assert_current(
+            super::Cli::command(),
+            SECTIONS,
+            env!("CARGO_MANIFEST_DIR"),
+        );
     }
 }

@@ -129,6 +129,14 @@ pub fn check(cmd: Command, sections: &[Section], dir: &Path) -> Result<(), Strin
     }
 }
 
+/// [`check`] of the files kept in `CRATE_DIR/debian/`, as a test: panics with what
+/// differs and how to render them again.
+pub fn assert_current(cmd: Command, sections: &[Section], crate_dir: &str) {
+    if let Err(e) = check(cmd, sections, &Path::new(crate_dir).join("debian")) {
+        panic!("{e}");
+    }
+}
+
 fn kept_files(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     for sub in ["man", "completions"] {
