@@ -637,5 +637,5 @@ async fn the_openapi_document_is_valid_and_every_documented_route_answers() {
             probed += 1;
         }
     }
-    assert_eq!(probed, 31, "operations probed");
+    assert_eq!(probed, 37, "operations probed");
 }

@@ -72,6 +72,12 @@ async fn a_schema1_store_opens_with_every_record_intact() {
             assert!(is.iter().any(|e| same(&e)), "{id}: {event} is gone");
         }
     }
+    // Schema 2's step made the campaign tables: the list reads, empty.
+    let (status, campaigns) = api.get("/api/v1/campaigns").await.unwrap();
+    assert_eq!(
+        (status, campaigns["data"].as_array().map(Vec::len)),
+        (200, Some(0))
+    );
     // The fixture's own tokens still work: the viewer reads, and cannot change.
     let viewer = api.with_token(expected["viewer_token"].as_str());
     assert_eq!(viewer.get("/api/v1/nodes").await.unwrap().0, 200);

@@ -119,8 +119,9 @@ fn resolve(text: &str) -> anyhow::Result<ControllerConfig> {
 
 /// Every API route that reads a request body, as `API_ROUTES` names it, with what reads
 /// it; the `http_body` target's first byte picks one.
-pub const BODY_ROUTES: [(&str, &str, Target); 5] = [
+pub const BODY_ROUTES: [(&str, &str, Target); 6] = [
     ("post", "/api/v1/nodes", register_body),
+    ("post", "/api/v1/campaigns", campaign_body),
     ("patch", "/api/v1/nodes/{node}", update_body),
     ("patch", "/api/v1/nodes/{node}/state", state_body),
     ("post", "/api/v1/nodes/{node}/manage", manage_body),
@@ -128,8 +129,11 @@ pub const BODY_ROUTES: [(&str, &str, Target); 5] = [
 ];
 
 /// The POST routes whose handlers read no body (whatever is sent is ignored).
-pub const BODYLESS_ROUTES: [&str; 6] = [
+pub const BODYLESS_ROUTES: [&str; 9] = [
     "/api/v1/nodes/{node}/unmanage",
+    "/api/v1/campaigns/{id}/pause",
+    "/api/v1/campaigns/{id}/resume",
+    "/api/v1/campaigns/{id}/cancel",
     "/api/v1/nodes/{node}/retry",
     "/api/v1/nodes/{node}/reboot",
     "/api/v1/nodes/{node}/poweroff",
@@ -215,6 +219,33 @@ fn manage_body(body: &[u8]) {
     match extract::optional_json::<ManageRequest>(body) {
         Ok(req) => round_trips(&req),
         Err(e) => refused(e),
+    }
+}
+
+/// `POST /campaigns`: a request that passes its checks has numbers in range and a
+/// selector the node filter takes (or refuses with a message).
+fn campaign_body(body: &[u8]) {
+    use metalbus_protocol::campaign::{CampaignRequest, MAX_CONCURRENT, MAX_NODES};
+    let Some(req) = api_json::<CampaignRequest>(body) else {
+        return;
+    };
+    round_trips(&req);
+    match req.check() {
+        Err(e) => refused(ApiError::BadRequest(e)),
+        Ok(()) => {
+            assert!(req
+                .max_concurrent
+                .is_none_or(|n| (1..=MAX_CONCURRENT).contains(&n)));
+            assert!(req
+                .max_per_minute
+                .is_none_or(|n| (1..=MAX_CONCURRENT).contains(&n)));
+            assert!(req.abort.failure_ratio.is_none_or(|r| r > 0.0 && r <= 1.0));
+            assert!(req.selector.nodes.len() <= MAX_NODES);
+            assert!(req.selector.has_filters() == req.selector.nodes.is_empty());
+            if let Err(e) = crate::api::nodes::NodeFilter::from_selector(&req.selector) {
+                refused(ApiError::BadRequest(e));
+            }
+        }
     }
 }
 

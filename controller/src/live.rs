@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use metalbus_protocol::api::AuditEntry;
+use metalbus_protocol::campaign::CampaignView;
 use metalbus_protocol::controller::NodeStateMessage;
 use metalbus_protocol::event::NodeEvent;
 use metalbus_protocol::NodeId;
@@ -27,6 +28,8 @@ pub enum LiveEvent {
     Event { node_id: NodeId, event: NodeEvent },
     /// A node that is gone (a registration claimed by a new agent).
     Removed { node_id: NodeId },
+    /// A campaign, as written: after each step that changed it.
+    Campaign(CampaignView),
 }
 
 impl LiveEvent {
@@ -37,6 +40,7 @@ impl LiveEvent {
             LiveEvent::Transition(_) => "transition",
             LiveEvent::Event { .. } => "event",
             LiveEvent::Removed { .. } => "removed",
+            LiveEvent::Campaign(_) => "campaign",
         }
     }
 }

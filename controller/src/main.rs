@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use metalbus::cli::campaigns::CampaignsCommand;
 use metalbus::cli::{self, ClientArgs, NodesCommand, TokensCommand};
 use metalbus::config::{BrokerSection, ControllerConfig, ControllerFile, HttpSection, MqttSection};
 use metalbus_link::LogFormat;
@@ -70,6 +71,14 @@ enum Command {
         /// The controller's data directory.
         #[arg(long, value_name = "DIR", default_value = "metalbus-data")]
         data_dir: PathBuf,
+    },
+    /// Run one action over many nodes (a campaign), with a rollout limit and abort
+    /// rules; follow, pause, resume or cancel it.
+    Campaigns {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: CampaignsCommand,
     },
     /// Manage API and enrollment tokens.
     Tokens {
@@ -176,6 +185,9 @@ fn main() -> ExitCode {
         },
         Command::Nodes { client, command } => client_command(cli::nodes(client, command)),
         Command::Tokens { client, command } => client_command(cli::tokens(client, command)),
+        Command::Campaigns { client, command } => {
+            client_command(cli::campaigns::run(client, command))
+        }
         Command::Backup { client, file } => client_command(cli::backup(client, file)),
         Command::Restore { file, data_dir } => {
             finish(metalbus::cli::backup::restore(&file, &data_dir))

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use metalbus_protocol::campaign::{CampaignState, Outcome};
 use metalbus_protocol::command::{CommandKind, CommandStatus};
 use metalbus_protocol::lifecycle::NodeState;
 use metalbus_protocol::machine::{Trigger, TRANSITIONS};
@@ -158,7 +159,24 @@ pub struct Telemetry {
     pub store_commit_seconds: Histogram,
     pub store_errors: Counter,
     pub mqtt_publish_errors: Counter,
+    /// Campaigns in the store, by state.
+    pub campaigns: Family<CampaignStateLabel, Gauge>,
+    /// Campaign nodes that ended, by outcome (succeeded, failed, skipped).
+    pub campaign_nodes: Family<OutcomeLabel, Counter>,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CampaignStateLabel {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
+/// The outcomes a campaign node ends with.
+const ENDED: [Outcome; 3] = [Outcome::Succeeded, Outcome::Failed, Outcome::Skipped];
 
 impl Telemetry {
     pub fn new() -> Self {
@@ -218,6 +236,28 @@ impl Telemetry {
         }
         let store_errors = Counter::default();
         let mqtt_publish_errors = Counter::default();
+        let campaigns = Family::<CampaignStateLabel, Gauge>::default();
+        for state in CampaignState::ALL {
+            let _ = campaigns.get_or_create(&CampaignStateLabel {
+                state: state.as_str().into(),
+            });
+        }
+        let campaign_nodes = Family::<OutcomeLabel, Counter>::default();
+        for outcome in ENDED {
+            let _ = campaign_nodes.get_or_create(&OutcomeLabel {
+                outcome: outcome.as_str().into(),
+            });
+        }
+        registry.register(
+            "metalbus_campaigns",
+            "Campaigns in the store, by state",
+            campaigns.clone(),
+        );
+        registry.register(
+            "metalbus_campaign_nodes",
+            "Campaign nodes that ended, by outcome (succeeded, failed, skipped)",
+            campaign_nodes.clone(),
+        );
         registry.register(
             "metalbus_ingest_messages",
             "Messages received from agents, by topic kind",
@@ -330,7 +370,25 @@ impl Telemetry {
             store_commit_seconds,
             store_errors,
             mqtt_publish_errors,
+            campaigns,
+            campaign_nodes,
         }
+    }
+
+    pub fn set_campaigns(&self, state: CampaignState, n: usize) {
+        self.campaigns
+            .get_or_create(&CampaignStateLabel {
+                state: state.as_str().into(),
+            })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    pub fn count_campaign_node(&self, outcome: Outcome) {
+        self.campaign_nodes
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.as_str().into(),
+            })
+            .inc();
     }
 
     pub fn count_message(&self, kind: &str) {

@@ -73,6 +73,14 @@ names! {
         /// An operator revoked the node's credential; its agent is cut off until it
         /// enrolls again with a new token.
         CredentialRevoked,
+        /// A campaign started its action on the node; the message names the campaign.
+        CampaignStarted,
+        /// The node could not take a campaign's action; the message is the refusal.
+        CampaignSkipped,
+        /// A campaign's action on the node succeeded.
+        CampaignSucceeded,
+        /// A campaign's action on the node failed.
+        CampaignFailed,
     }
 }
 

@@ -35,6 +35,7 @@ pub fn first_protocol() -> u32 {
 }
 
 pub mod api;
+pub mod campaign;
 pub mod command;
 pub mod controller;
 pub mod enroll;

@@ -185,6 +185,11 @@ impl Topics {
         format!("{}/summary", self.prefix)
     }
 
+    /// A campaign's retained progress, `{p}/campaigns/{id}`.
+    pub fn campaign(&self, id: &str) -> String {
+        format!("{}/campaigns/{id}", self.prefix)
+    }
+
     pub fn controller_status(&self) -> String {
         format!("{}/controller/status", self.prefix)
     }

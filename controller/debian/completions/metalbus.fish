@@ -32,6 +32,7 @@ complete -c metalbus -n "__fish_metalbus_needs_command" -f -a "mqtt-acl" -d 'Pri
 complete -c metalbus -n "__fish_metalbus_needs_command" -f -a "mosquitto-config" -d 'Print the mosquitto.conf lines for an external Mosquitto whose logins bind each client to its node: the controller keeps the password and ACL files in [broker] mosquitto_dir'
 complete -c metalbus -n "__fish_metalbus_needs_command" -f -a "backup" -d 'Take a consistent copy of the whole store while the controller runs (admin token): nodes, history, events, commands, tokens, metrics history. Written to FILE (a new file, mode 0600) whole or not at all'
 complete -c metalbus -n "__fish_metalbus_needs_command" -f -a "restore" -d 'Put a backup in place of the store in DIR. Stop the controller first; the store it replaces is kept as metalbus.redb.before-restore'
+complete -c metalbus -n "__fish_metalbus_needs_command" -f -a "campaigns" -d 'Run one action over many nodes (a campaign), with a rollout limit and abort rules; follow, pause, resume or cancel it'
 complete -c metalbus -n "__fish_metalbus_needs_command" -f -a "tokens" -d 'Manage API and enrollment tokens'
 complete -c metalbus -n "__fish_metalbus_using_subcommand serve" -l config -d 'Config file (TOML)' -r -F
 complete -c metalbus -n "__fish_metalbus_using_subcommand serve" -l data-dir -d 'Data directory [default: ./metalbus-data]' -r -F
@@ -202,6 +203,91 @@ complete -c metalbus -n "__fish_metalbus_using_subcommand backup" -l ca -d 'PEM 
 complete -c metalbus -n "__fish_metalbus_using_subcommand backup" -s h -l help -d 'Print help'
 complete -c metalbus -n "__fish_metalbus_using_subcommand restore" -l data-dir -d 'The controller\'s data directory' -r -F
 complete -c metalbus -n "__fish_metalbus_using_subcommand restore" -s h -l help -d 'Print help'
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and not __fish_seen_subcommand_from create list show pause resume cancel" -l api -d 'Base URL of the Metalbus API' -r
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and not __fish_seen_subcommand_from create list show pause resume cancel" -l token -d 'API token. Default: METALBUS_TOKEN, then ./metalbus-data/admin.token, then /var/lib/metalbus/admin.token' -r
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and not __fish_seen_subcommand_from create list show pause resume cancel" -l ca -d 'PEM CA certificate that signs an https:// API\'s certificate. Default: METALBUS_CA, then ./metalbus-data/tls/ca.pem, then /var/lib/metalbus/tls/ca.pem (the controller\'s own CA), then the system\'s roots' -r -F
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and not __fish_seen_subcommand_from create list show pause resume cancel" -s h -l help -d 'Print help'
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and not __fish_seen_subcommand_from create list show pause resume cancel" -f -a "create" -d 'Start a campaign: one action over the nodes a selector picks, at most --max-concurrent in flight at once; an abort rule pauses it when too many fail. Prints the campaign, or with --wait follows it to its end'
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and not __fish_seen_subcommand_from create list show pause resume cancel" -f -a "list" -d 'List campaigns (all pages), newest first'
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and not __fish_seen_subcommand_from create list show pause resume cancel" -f -a "show" -d 'Show a campaign: its action, state, counts, selector and rollout, then the outcome of each of its nodes'
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and not __fish_seen_subcommand_from create list show pause resume cancel" -f -a "pause" -d 'Pause a running campaign: no node starts; those in flight finish'
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and not __fish_seen_subcommand_from create list show pause resume cancel" -f -a "resume" -d 'Resume a paused campaign; its abort rules count again from here'
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and not __fish_seen_subcommand_from create list show pause resume cancel" -f -a "cancel" -d 'Cancel a campaign: no node starts any more; those in flight finish. A campaign an abort rule paused ends `aborted`, any other `cancelled`'
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from create" -l action -d 'What to do to each node' -r -f -a "manage\t''
+unmanage\t''
+retry\t''
+reboot\t''
+poweroff\t''
+reprovision\t''"
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from create" -l plan -d 'For --action manage: the plan to install with [default: the controller\'s default plan]' -r
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from create" -l label -d 'Only nodes with this label, KEY=VALUE or just KEY; repeat (or separate with commas) for more, all of which must match' -r
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from create" -l state -d 'Only nodes in this state; repeat (or separate with commas) for any of several' -r -f -a "registered\t''
+discovered\t''
+pending\t''
+installing\t''
+install_failed\t''
+installed\t''
+active\t''
+reprovision\t''
+migrating\t''
+deprovisioning\t''
+deprovision_failed\t''
+error\t''
+retired\t''"
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from create" -l group -d 'Only nodes in this group' -r
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from create" -l search -d 'Only nodes whose name, hostname, id, a MAC or an IP contains this text' -r
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from create" -l online -d 'Only online nodes (`--online true`) or offline ones (`--online false`)' -r -f -a "true\t''
+false\t''"
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from create" -l node -d 'This node, by name or id, instead of the filters; repeat for more' -r
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from create" -l max-concurrent -d 'At most this many nodes in flight at once' -r
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from create" -l max-per-minute -d 'At most this many nodes started in any minute [default: no limit]' -r
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from create" -l abort-failure-ratio -d 'Abort rule: pause when at least this share of the finished nodes failed (more than 0, at most 1; e.g. 0.2), once --abort-min-executed nodes have finished' -r
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from create" -l abort-min-executed -d 'For --abort-failure-ratio: judge the share only once this many nodes have finished [default: 1]' -r
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from create" -l abort-max-failures -d 'Abort rule: pause when this many nodes have failed' -r
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from create" -l timeout -d 'Give up waiting after this long, e.g. 30m or 2h (exit 7); the campaign runs on' -r
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from create" -s o -l output -d 'How to print the result' -r -f -a "table\t'Aligned text for people'
+json\t'JSON for scripts'"
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from create" -l api -d 'Base URL of the Metalbus API' -r
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from create" -l token -d 'API token. Default: METALBUS_TOKEN, then ./metalbus-data/admin.token, then /var/lib/metalbus/admin.token' -r
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from create" -l ca -d 'PEM CA certificate that signs an https:// API\'s certificate. Default: METALBUS_CA, then ./metalbus-data/tls/ca.pem, then /var/lib/metalbus/tls/ca.pem (the controller\'s own CA), then the system\'s roots' -r -F
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from create" -l force -d 'With --action reprovision: force it, as `nodes transition --force` does (admin only)'
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from create" -l wait -d 'Follow the campaign until it ends: exit 0 when it completes, 6 when it is aborted, cancelled or paused by an abort rule'
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from create" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from list" -s o -l output -d 'How to print the result' -r -f -a "table\t'Aligned text for people'
+json\t'JSON for scripts'"
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from list" -l api -d 'Base URL of the Metalbus API' -r
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from list" -l token -d 'API token. Default: METALBUS_TOKEN, then ./metalbus-data/admin.token, then /var/lib/metalbus/admin.token' -r
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from list" -l ca -d 'PEM CA certificate that signs an https:// API\'s certificate. Default: METALBUS_CA, then ./metalbus-data/tls/ca.pem, then /var/lib/metalbus/tls/ca.pem (the controller\'s own CA), then the system\'s roots' -r -F
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from show" -l outcome -d 'Only the nodes with this outcome' -r -f -a "pending\t''
+in_flight\t''
+succeeded\t''
+failed\t''
+skipped\t''"
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from show" -s o -l output -d 'How to print the result' -r -f -a "table\t'Aligned text for people'
+json\t'JSON for scripts'"
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from show" -l api -d 'Base URL of the Metalbus API' -r
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from show" -l token -d 'API token. Default: METALBUS_TOKEN, then ./metalbus-data/admin.token, then /var/lib/metalbus/admin.token' -r
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from show" -l ca -d 'PEM CA certificate that signs an https:// API\'s certificate. Default: METALBUS_CA, then ./metalbus-data/tls/ca.pem, then /var/lib/metalbus/tls/ca.pem (the controller\'s own CA), then the system\'s roots' -r -F
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from show" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from pause" -s o -l output -d 'How to print the result' -r -f -a "table\t'Aligned text for people'
+json\t'JSON for scripts'"
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from pause" -l api -d 'Base URL of the Metalbus API' -r
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from pause" -l token -d 'API token. Default: METALBUS_TOKEN, then ./metalbus-data/admin.token, then /var/lib/metalbus/admin.token' -r
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from pause" -l ca -d 'PEM CA certificate that signs an https:// API\'s certificate. Default: METALBUS_CA, then ./metalbus-data/tls/ca.pem, then /var/lib/metalbus/tls/ca.pem (the controller\'s own CA), then the system\'s roots' -r -F
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from pause" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from resume" -s o -l output -d 'How to print the result' -r -f -a "table\t'Aligned text for people'
+json\t'JSON for scripts'"
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from resume" -l api -d 'Base URL of the Metalbus API' -r
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from resume" -l token -d 'API token. Default: METALBUS_TOKEN, then ./metalbus-data/admin.token, then /var/lib/metalbus/admin.token' -r
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from resume" -l ca -d 'PEM CA certificate that signs an https:// API\'s certificate. Default: METALBUS_CA, then ./metalbus-data/tls/ca.pem, then /var/lib/metalbus/tls/ca.pem (the controller\'s own CA), then the system\'s roots' -r -F
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from resume" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from cancel" -s o -l output -d 'How to print the result' -r -f -a "table\t'Aligned text for people'
+json\t'JSON for scripts'"
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from cancel" -l api -d 'Base URL of the Metalbus API' -r
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from cancel" -l token -d 'API token. Default: METALBUS_TOKEN, then ./metalbus-data/admin.token, then /var/lib/metalbus/admin.token' -r
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from cancel" -l ca -d 'PEM CA certificate that signs an https:// API\'s certificate. Default: METALBUS_CA, then ./metalbus-data/tls/ca.pem, then /var/lib/metalbus/tls/ca.pem (the controller\'s own CA), then the system\'s roots' -r -F
+complete -c metalbus -n "__fish_metalbus_using_subcommand campaigns; and __fish_seen_subcommand_from cancel" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c metalbus -n "__fish_metalbus_using_subcommand tokens; and not __fish_seen_subcommand_from create list revoke" -l api -d 'Base URL of the Metalbus API' -r
 complete -c metalbus -n "__fish_metalbus_using_subcommand tokens; and not __fish_seen_subcommand_from create list revoke" -l token -d 'API token. Default: METALBUS_TOKEN, then ./metalbus-data/admin.token, then /var/lib/metalbus/admin.token' -r
 complete -c metalbus -n "__fish_metalbus_using_subcommand tokens; and not __fish_seen_subcommand_from create list revoke" -l ca -d 'PEM CA certificate that signs an https:// API\'s certificate. Default: METALBUS_CA, then ./metalbus-data/tls/ca.pem, then /var/lib/metalbus/tls/ca.pem (the controller\'s own CA), then the system\'s roots' -r -F

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod auth;
 pub mod backup;
+pub mod campaigns;
 pub mod console;
 pub mod error;
 pub mod events;
@@ -102,6 +103,12 @@ routes!(API_ROUTES, api_routes:
     get "/api/v1/tokens" => admin::list,
     delete "/api/v1/tokens/{name}" => admin::revoke,
     post "/api/v1/nodes/{node}/revoke" => admin::revoke_node,
+    post "/api/v1/campaigns" => campaigns::create,
+    get "/api/v1/campaigns" => campaigns::list,
+    get "/api/v1/campaigns/{id}" => campaigns::get,
+    post "/api/v1/campaigns/{id}/pause" => campaigns::pause,
+    post "/api/v1/campaigns/{id}/resume" => campaigns::resume,
+    post "/api/v1/campaigns/{id}/cancel" => campaigns::cancel,
 );
 
 routes!(OPEN_ROUTES, open_routes:

@@ -89,6 +89,33 @@ impl NodeFilter {
         })
     }
 
+    /// The filter of a campaign's selector (its `nodes` list is resolved apart).
+    pub fn from_selector(sel: &metalbus_protocol::campaign::Selector) -> Result<Self, String> {
+        let labels = sel
+            .label
+            .iter()
+            .map(|l| match l.split_once('=') {
+                Some((k, v)) if !k.trim().is_empty() => {
+                    Ok((k.trim().to_string(), Some(v.trim().to_string())))
+                }
+                None if !l.trim().is_empty() => Ok((l.trim().to_string(), None)),
+                _ => Err(format!("label {l:?} must be key=value or key")),
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Self {
+            states: (!sel.state.is_empty()).then(|| sel.state.clone()),
+            phases: None,
+            online: sel.online,
+            search: sel
+                .search
+                .as_deref()
+                .map(|s| s.trim().to_lowercase())
+                .filter(|s| !s.is_empty()),
+            labels,
+            group: sel.group.clone(),
+        })
+    }
+
     /// Everything but the search's MAC and IP part, which needs the inventory.
     fn matches_record(&self, n: &NodeRecord) -> bool {
         self.states.as_ref().is_none_or(|s| s.contains(&n.state))

@@ -10,7 +10,9 @@ use metalbus_protocol::api::ErrorBody;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, backup, events, fleet, lifecycle, metrics, nodes, operations, stream};
+use super::{
+    admin, backup, campaigns, events, fleet, lifecycle, metrics, nodes, operations, stream,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -47,6 +49,12 @@ use super::{admin, backup, events, fleet, lifecycle, metrics, nodes, operations,
         admin::list,
         admin::revoke,
         admin::revoke_node,
+        campaigns::create,
+        campaigns::list,
+        campaigns::get,
+        campaigns::pause,
+        campaigns::resume,
+        campaigns::cancel,
         super::healthz,
         super::readyz,
         super::metrics,
@@ -59,6 +67,7 @@ use super::{admin, backup, events, fleet, lifecycle, metrics, nodes, operations,
         (name = "operations", description = "Reboot, poweroff, Wake-on-LAN, and their status"),
         (name = "observability", description = "Events, metrics history, status, fleet usage, the live stream"),
         (name = "admin", description = "Plans and tokens"),
+        (name = "campaigns", description = "One action over many nodes, with a rollout and abort rules"),
         (name = "health", description = "Liveness, readiness, Prometheus metrics, this document (no token)"),
     )
 )]
@@ -186,7 +195,7 @@ mod tests {
             undocumented.is_empty() && unrouted.is_empty(),
             "routes without documentation: {undocumented:?}; documented but not routed: {unrouted:?}"
         );
-        assert_eq!(routed.len(), 31);
+        assert_eq!(routed.len(), 37);
     }
 
     #[test]

@@ -35,7 +35,7 @@ fn sse(name: &str, body: &impl serde::Serialize) -> Event {
     tag = "observability",
     summary = "Server-Sent Events: a state per node, `ready`, then every committed change",
     responses(
-        (status = 200, description = "`text/event-stream`: events `state`, `ready`, `transition`, `event`, `removed`, `lagged` (docs/PROTOCOL.md)", content_type = "text/event-stream", body = String),
+        (status = 200, description = "`text/event-stream`: events `state`, `ready`, `transition`, `event`, `removed`, `campaign`, `lagged` (docs/PROTOCOL.md)", content_type = "text/event-stream", body = String),
         (status = 401, description = "No or bad token (`Primus.00003`)", body = ErrorBody),
         (status = 500, description = "Internal error (`Primus.00001`)", body = ErrorBody),
         (status = 503, description = "As many event streams are open as `[http] max_event_streams` allows (`Primus.00001`)", body = ErrorBody),

@@ -2,6 +2,7 @@
 //! store (DESIGN section 1).
 
 pub mod backup;
+pub mod campaigns;
 pub mod chart;
 pub mod client;
 pub mod render;

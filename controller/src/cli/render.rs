@@ -3,6 +3,9 @@
 use std::fmt::Write;
 
 use metalbus_protocol::api::{History, NodeView, TokenView};
+use metalbus_protocol::campaign::{
+    AbortRules, CampaignCounts, CampaignState, CampaignView, CampaignWithNodes, Outcome, Selector,
+};
 use metalbus_protocol::event::Events;
 use metalbus_protocol::Timestamp;
 
@@ -304,6 +307,221 @@ pub fn events(e: &Events, now: Timestamp) -> String {
     table(&rows)
 }
 
+/// A campaign's nodes that are done: succeeded, failed or skipped.
+pub fn campaign_done(c: &CampaignCounts) -> u32 {
+    c.succeeded + c.failed + c.skipped
+}
+
+/// The ANSI colour a campaign state is shown in.
+pub fn campaign_state_colour(state: CampaignState) -> Option<&'static str> {
+    match state {
+        CampaignState::Running => Some("33"),
+        CampaignState::Paused => Some("36"),
+        CampaignState::Completed => Some("32"),
+        CampaignState::Aborted | CampaignState::Cancelled => Some("31"),
+    }
+}
+
+/// The ANSI colour a campaign node's outcome is shown in.
+pub fn outcome_colour(outcome: Outcome) -> Option<&'static str> {
+    match outcome {
+        Outcome::Pending => None,
+        Outcome::InFlight => Some("33"),
+        Outcome::Succeeded => Some("32"),
+        Outcome::Failed => Some("31"),
+        Outcome::Skipped => Some("2"),
+    }
+}
+
+fn campaign_counts(c: &CampaignCounts) -> String {
+    format!(
+        "{} nodes: {} succeeded, {} failed, {} skipped, {} in flight, {} pending",
+        c.total, c.succeeded, c.failed, c.skipped, c.in_flight, c.pending
+    )
+}
+
+/// One campaign on one line: `c1 reboot: running; 150 nodes: ...`, and its reason.
+/// Never coloured: it is also the message of a failed `--wait`, on stderr.
+pub fn campaign_line(c: &CampaignView) -> String {
+    let mut line = format!(
+        "campaign {} {}: {}; {}",
+        clean(&c.id),
+        c.action,
+        c.state,
+        campaign_counts(&c.counts)
+    );
+    if let Some(r) = &c.reason {
+        let _ = write!(line, " ({})", clean(r));
+    }
+    line
+}
+
+/// `campaigns list`.
+pub fn campaign_table(list: &[CampaignView], now: Timestamp) -> String {
+    let mut rows = vec![[
+        "ID",
+        "ACTION",
+        "STATE",
+        "TOTAL",
+        "DONE",
+        "FAILED",
+        "IN FLIGHT",
+        "CREATED",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for c in list {
+        rows.push(vec![
+            c.id.clone(),
+            c.action.to_string(),
+            c.state.to_string(),
+            c.counts.total.to_string(),
+            campaign_done(&c.counts).to_string(),
+            c.counts.failed.to_string(),
+            c.counts.in_flight.to_string(),
+            ago(Some(c.created_at), now),
+        ]);
+    }
+    let mut out = styled_table(&rows, |c, text| match c {
+        2 => text.parse().ok().and_then(campaign_state_colour),
+        5 if text != "0" => Some("31"),
+        _ => None,
+    });
+    let _ = writeln!(out, "{} campaign(s)", list.len());
+    out
+}
+
+/// How many node names the selector line of `campaigns show` lists.
+const SHOWN_NODES: usize = 10;
+
+fn selector(s: &Selector) -> String {
+    let mut parts = Vec::new();
+    if !s.label.is_empty() {
+        parts.push(format!("labels {}", s.label.join(", ")));
+    }
+    if !s.state.is_empty() {
+        let states: Vec<&str> = s.state.iter().map(|s| s.as_str()).collect();
+        parts.push(format!("states {}", states.join(", ")));
+    }
+    if let Some(g) = &s.group {
+        parts.push(format!("group {g}"));
+    }
+    if let Some(t) = &s.search {
+        parts.push(format!("search {t:?}"));
+    }
+    if let Some(o) = s.online {
+        parts.push(if o { "online" } else { "offline" }.into());
+    }
+    if !s.nodes.is_empty() {
+        let mut names = s.nodes[..s.nodes.len().min(SHOWN_NODES)].join(", ");
+        if s.nodes.len() > SHOWN_NODES {
+            let _ = write!(names, " and {} more", s.nodes.len() - SHOWN_NODES);
+        }
+        parts.push(format!("nodes {names}"));
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
+fn rollout(c: &CampaignView) -> String {
+    let mut out = format!("at most {} in flight", c.max_concurrent);
+    if let Some(m) = c.max_per_minute {
+        let _ = write!(out, ", {m} started per minute");
+    }
+    out
+}
+
+fn abort_rules(a: &AbortRules) -> String {
+    let mut rules = Vec::new();
+    if let Some(r) = a.failure_ratio {
+        rules.push(format!(
+            "pause when {r} of the finished nodes failed, after {} finished",
+            a.min_executed.unwrap_or(1).max(1)
+        ));
+    }
+    if let Some(m) = a.max_failures {
+        rules.push(format!("pause when {m} nodes failed"));
+    }
+    if rules.is_empty() {
+        "none".into()
+    } else {
+        rules.join("; ")
+    }
+}
+
+fn when(at: Timestamp, now: Timestamp) -> String {
+    format!("{at} ({})", ago(Some(at), now))
+}
+
+/// `campaigns show`: the campaign, then its nodes (those with `outcome`, when asked).
+pub fn campaign_detail(c: &CampaignWithNodes, outcome: Option<Outcome>, now: Timestamp) -> String {
+    let n = &c.campaign;
+    let mut action = n.action.to_string();
+    if let Some(p) = &n.plan {
+        let _ = write!(action, " (plan {p})");
+    }
+    if n.force {
+        action.push_str(" (force)");
+    }
+    let mut state = paint(n.state.as_str(), campaign_state_colour(n.state));
+    if let Some(r) = &n.reason {
+        let _ = write!(state, ": {}", clean(r));
+    }
+    let mut created = when(n.created_at, now);
+    if let Some(by) = &n.created_by {
+        let _ = write!(created, " by {by}");
+    }
+    let mut head: Vec<(&str, String)> = vec![
+        ("ID:", clean(&n.id)),
+        ("Action:", clean(&action)),
+        ("State:", state),
+        ("Nodes:", campaign_counts(&n.counts)),
+        ("Selector:", clean(&selector(&n.selector))),
+        ("Rollout:", rollout(n)),
+        ("Abort rules:", abort_rules(&n.abort)),
+        ("Created:", clean(&created)),
+        ("Updated:", when(n.updated_at, now)),
+    ];
+    if let Some(at) = n.finished_at {
+        head.push(("Finished:", when(at, now)));
+    }
+    // Not `table`: it would clean the colour codes of the state away.
+    let width = head.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for (k, v) in &head {
+        let _ = writeln!(out, "{k:width$}  {v}");
+    }
+    out.push('\n');
+    if c.nodes.is_empty() {
+        let _ = match outcome {
+            Some(o) => writeln!(out, "no {o} nodes"),
+            None => writeln!(out, "no nodes"),
+        };
+        return out;
+    }
+    let mut rows = vec![["NODE", "OUTCOME", "MESSAGE", "STARTED", "FINISHED"]
+        .map(String::from)
+        .to_vec()];
+    for node in &c.nodes {
+        rows.push(vec![
+            node.name.clone(),
+            node.outcome.to_string(),
+            node.message.clone().unwrap_or_else(|| "-".into()),
+            ago(node.started_at, now),
+            ago(node.finished_at, now),
+        ]);
+    }
+    out.push_str(&styled_table(&rows, |c, text| match c {
+        1 => text.parse().ok().and_then(outcome_colour),
+        _ => None,
+    }));
+    let _ = writeln!(out, "{} node(s)", c.nodes.len());
+    out
+}
+
 fn list(items: &[String]) -> String {
     if items.is_empty() {
         "-".into()
@@ -334,6 +552,109 @@ mod tests {
         let out = table(&rows);
         assert!(!out.contains('\u{1b}'), "{out:?}");
         assert!(out.starts_with("evil?[2Jhost"));
+    }
+
+    /// The text without colour codes, which are there when the tests run on a terminal.
+    fn plain(s: &str) -> String {
+        let mut out = String::new();
+        let mut rest = s;
+        while let Some(at) = rest.find("\x1b[") {
+            out.push_str(&rest[..at]);
+            let after = &rest[at..];
+            rest = after.find('m').map_or("", |m| &after[m + 1..]);
+        }
+        out.push_str(rest);
+        out
+    }
+
+    fn campaign(now: Timestamp) -> CampaignView {
+        CampaignView {
+            id: "c7".into(),
+            action: metalbus_protocol::campaign::CampaignAction::Manage,
+            plan: Some("demo".into()),
+            force: false,
+            selector: Selector {
+                nodes: (1..=12).map(|i| format!("n{i}")).collect(),
+                ..Selector::default()
+            },
+            max_concurrent: 5,
+            max_per_minute: Some(30),
+            abort: AbortRules {
+                failure_ratio: Some(0.5),
+                min_executed: Some(4),
+                max_failures: None,
+            },
+            state: CampaignState::Paused,
+            reason: Some("abort rule: 2 of 4 finished nodes failed".into()),
+            counts: CampaignCounts {
+                total: 12,
+                pending: 6,
+                in_flight: 2,
+                succeeded: 2,
+                failed: 2,
+                skipped: 0,
+            },
+            created_by: Some("admin".into()),
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+        }
+    }
+
+    #[test]
+    fn campaigns_list_with_what_is_done_and_show_with_their_nodes() {
+        let now = Timestamp::parse("2026-01-01T10:00:00Z").unwrap();
+        let c = campaign(now);
+        let list = plain(&campaign_table(std::slice::from_ref(&c), now));
+        let lines: Vec<&str> = list.lines().collect();
+        assert_eq!(
+            lines[0].split_whitespace().collect::<Vec<_>>(),
+            ["ID", "ACTION", "STATE", "TOTAL", "DONE", "FAILED", "IN", "FLIGHT", "CREATED"]
+        );
+        assert_eq!(
+            lines[1].split_whitespace().collect::<Vec<_>>(),
+            ["c7", "manage", "paused", "12", "4", "2", "2", "0s", "ago"]
+        );
+        assert_eq!(lines[2], "1 campaign(s)");
+        assert_eq!(
+            plain(&campaign_line(&c)),
+            "campaign c7 manage: paused; 12 nodes: 2 succeeded, 2 failed, 0 skipped, \
+             2 in flight, 6 pending (abort rule: 2 of 4 finished nodes failed)"
+        );
+
+        let nodes = vec![metalbus_protocol::campaign::CampaignNodeView {
+            node: metalbus_protocol::NodeId::new("n1").unwrap(),
+            name: "web-01".into(),
+            outcome: Outcome::Failed,
+            message: Some("the install failed\u{1b}[2J".into()),
+            started_at: Some(now),
+            finished_at: None,
+            operation_id: None,
+        }];
+        let detail = CampaignWithNodes { campaign: c, nodes };
+        let out = plain(&campaign_detail(&detail, Some(Outcome::Failed), now));
+        for want in [
+            "Action:       manage (plan demo)\n",
+            "State:        paused: abort rule: 2 of 4 finished nodes failed\n",
+            "Selector:     nodes n1, n2, n3, n4, n5, n6, n7, n8, n9, n10 and 2 more\n",
+            "Rollout:      at most 5 in flight, 30 started per minute\n",
+            "Abort rules:  pause when 0.5 of the finished nodes failed, after 4 finished\n",
+            "Created:      2026-01-01T10:00:00.000Z (0s ago) by admin\n",
+            "1 node(s)\n",
+        ] {
+            assert!(out.contains(want), "{want:?} not in\n{out}");
+        }
+        let row = out.lines().find(|l| l.starts_with("web-01")).unwrap();
+        assert!(
+            row.contains("failed   the install failed?[2J  0s ago   -"),
+            "{row}"
+        );
+        let none = CampaignWithNodes {
+            nodes: vec![],
+            ..detail
+        };
+        assert!(plain(&campaign_detail(&none, Some(Outcome::Failed), now))
+            .ends_with("\nno failed nodes\n"));
     }
 
     #[test]

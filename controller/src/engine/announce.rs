@@ -8,6 +8,7 @@ use metalbus_protocol::NodeId;
 use tracing::info;
 
 use super::batch::Batch;
+use super::calls::CallError;
 use super::Engine;
 use crate::live::LiveEvent;
 use crate::publish::{Delivery, Outbound};
@@ -67,6 +68,25 @@ impl Engine {
         }
         for reply in batch.token_replies {
             let _ = reply.send(Ok(()));
+        }
+        for rec in batch.campaigns.values() {
+            let view = &rec.view;
+            self.out
+                .publish
+                .push_all(Outbound::retained(self.cfg.topics.campaign(&view.id), view));
+            self.out.live.send(LiveEvent::Campaign(view.clone()));
+            self.campaign_states.insert(view.id.clone(), view.state);
+        }
+        if !batch.campaigns.is_empty() {
+            self.update_campaign_gauges();
+        }
+        for (reply, id) in batch.campaign_replies {
+            let answer = batch
+                .campaigns
+                .get(&id)
+                .map(|rec| rec.view.clone())
+                .ok_or_else(|| CallError::Missing("campaign not found".into()));
+            let _ = reply.send(answer);
         }
         for (op, reply, done) in batch.parked {
             self.waiting_wakes.insert(op, (reply, done));
@@ -156,6 +176,18 @@ impl Engine {
             .push_all(Outbound::retained(self.cfg.topics.summary(), &summary));
         self.update_gauges(&summary);
         self.last_summary = Some(summary);
+    }
+
+    /// `metalbus_campaigns{state}`: every campaign the store holds, by state.
+    pub(super) fn update_campaign_gauges(&self) {
+        for state in metalbus_protocol::campaign::CampaignState::ALL {
+            let n = self
+                .campaign_states
+                .values()
+                .filter(|s| **s == state)
+                .count();
+            self.telemetry.set_campaigns(state, n);
+        }
     }
 
     pub(super) fn update_gauges(&self, summary: &Summary) {

@@ -14,12 +14,15 @@ use tokio::sync::oneshot;
 use tracing::debug;
 
 use super::calls::{CallError, Done, Reply};
+use super::campaigns::CampaignReplyTo;
 use crate::publish::Outbound;
 use crate::store::{
-    AuditEntry, CommandRecord, CredentialRecord, EnrollTokenRecord, StoredInventory, TokenRecord,
+    AuditEntry, CampaignNodeRecord, CampaignRecord, CommandRecord, CredentialRecord,
+    EnrollTokenRecord, StoredInventory, TokenRecord,
 };
 use crate::telemetry::{Limit, Telemetry};
 use crate::wake::WakeRequest;
+use metalbus_protocol::campaign::Outcome;
 use metalbus_protocol::proof::NodeKey;
 
 /// Where an API call's answer goes.
@@ -68,6 +71,8 @@ pub(super) struct Counts {
     pub commands: Vec<(CommandKind, CommandStatus)>,
     /// Inputs dropped at a bound (docs/LIMITS.md).
     pub limits: Vec<Limit>,
+    /// Campaign nodes that ended, by outcome.
+    pub campaign_nodes: Vec<Outcome>,
 }
 
 impl Counts {
@@ -106,6 +111,9 @@ impl Counts {
         }
         for limit in self.limits {
             t.count_limit(limit);
+        }
+        for outcome in self.campaign_nodes {
+            t.count_campaign_node(outcome);
         }
     }
 }
@@ -153,6 +161,12 @@ pub(super) struct Batch {
     /// Nodes whose receipt to publish after the commit.
     pub receipts: BTreeSet<NodeId>,
     pub counts: Counts,
+    /// Campaigns written, by id.
+    pub campaigns: BTreeMap<String, CampaignRecord>,
+    /// Campaign nodes written, by (campaign, place).
+    pub campaign_nodes: BTreeMap<(String, u32), CampaignNodeRecord>,
+    /// Campaign calls, answered after the commit with the campaign as written.
+    pub campaign_replies: Vec<(CampaignReplyTo, String)>,
 }
 
 impl Batch {
@@ -168,6 +182,8 @@ impl Batch {
             && self.deleted_tokens.is_empty()
             && self.enroll_tokens.is_empty()
             && self.credentials.is_empty()
+            && self.campaigns.is_empty()
+            && self.campaign_nodes.is_empty()
     }
 
     /// Queues a message to publish after the commit (`None`: it did not serialize,

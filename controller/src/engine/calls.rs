@@ -295,7 +295,7 @@ impl Engine {
     }
 
     /// Agent online, heartbeat fresh, inventory present.
-    fn machine_ready(&self, node: &NodeRecord, now: Timestamp) -> bool {
+    pub(super) fn machine_ready(&self, node: &NodeRecord, now: Timestamp) -> bool {
         node.online && self.heartbeats.fresh(node, now) && node.inventory_at.is_some()
     }
 

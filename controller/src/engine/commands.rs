@@ -41,6 +41,11 @@ impl Ids {
         CommandId::numbered(self.rng.gen())
     }
 
+    /// `cmp-` and 12 hex digits.
+    pub(super) fn campaign(&mut self) -> String {
+        format!("cmp-{:012x}", self.rng.gen::<u64>() >> 16)
+    }
+
     /// `reg-` and 12 hex digits.
     pub(super) fn registration(&mut self) -> String {
         format!("reg-{:012x}", self.rng.gen::<u64>() >> 16)

@@ -9,6 +9,7 @@ use metalbus_protocol::status::Status;
 use metalbus_protocol::NodeId;
 
 use super::batch::TokenReplyTo;
+use super::campaigns::CampaignCall;
 use super::Call;
 use crate::ingest::Place;
 use crate::store::{EnrollTokenRecord, TokenRecord};
@@ -51,6 +52,8 @@ pub enum Input {
     },
     /// An operator's request from the HTTP API, answered after the commit.
     Call(Box<Call>),
+    /// A campaign's creation, pause, resume or cancel, answered after the commit.
+    Campaign(Box<CampaignCall>),
     /// A token or credential change from an operator, answered after the commit.
     Keys {
         change: KeyChange,
@@ -139,6 +142,7 @@ impl Input {
             },
             Input::Metrics { .. }
             | Input::Call(_)
+            | Input::Campaign(_)
             | Input::Keys { .. }
             | Input::Resync
             | Input::Enroll { .. }

@@ -33,6 +33,7 @@ mod agent;
 mod announce;
 mod batch;
 mod calls;
+mod campaigns;
 mod commands;
 mod enroll;
 mod fleet;
@@ -45,6 +46,7 @@ mod reconcile;
 mod reports;
 
 pub use calls::{Action, Call, CallError, NodeUpdate, Registration, Reply};
+pub use campaigns::{CampaignCall, CampaignOp};
 pub use input::{Input, KeyChange};
 
 use std::cmp::Reverse;
@@ -68,6 +70,7 @@ use tracing::{error, info};
 use agent::Arrivals;
 use batch::{Batch, ReplyTo};
 use calls::Done;
+use campaigns::Campaigns;
 use commands::{Commands, Ids};
 use enroll::Credentials;
 use fleet::{Fleet, Heartbeats};
@@ -157,6 +160,10 @@ pub struct Engine {
     /// Nodes whose agent connected and has sent no report since: its next one is the
     /// oldest it still holds (it resends from there on every connect).
     reconnected: HashSet<NodeId>,
+    /// Campaigns that can still change (`campaigns.rs`).
+    campaigns: Campaigns,
+    /// Every campaign's state, for the `metalbus_campaigns` gauge.
+    campaign_states: HashMap<String, metalbus_protocol::campaign::CampaignState>,
 }
 
 impl Engine {
@@ -194,6 +201,8 @@ impl Engine {
             credentials,
             progress: Progress::new(),
             reconnected: HashSet::new(),
+            campaigns: Campaigns::default(),
+            campaign_states: HashMap::new(),
         };
         engine.reload()?;
         for id in engine.fleet.nodes.keys() {
@@ -236,6 +245,14 @@ impl Engine {
     fn reload(&mut self) -> Result<(), StoreError> {
         self.fleet = Fleet::of(self.store.nodes()?);
         self.credentials.reload(&self.store)?;
+        self.campaigns = Campaigns::load(&self.store)?;
+        self.campaign_states = self
+            .store
+            .campaigns()?
+            .into_iter()
+            .map(|c| (c.view.id, c.view.state))
+            .collect();
+        self.update_campaign_gauges();
         self.update_gauges(&self.summary());
         Ok(())
     }
@@ -296,7 +313,8 @@ impl Engine {
                     let now = self.clock.now();
                     let due = !self.retry.inputs.is_empty()
                         || self.commands.any_due(now)
-                        || now >= self.reconciler.next_at;
+                        || now >= self.reconciler.next_at
+                        || self.campaigns.waiting();
                     if due {
                         self.apply(Vec::new());
                     }
@@ -365,6 +383,7 @@ impl Engine {
                     self.on_sequenced_report(&id, refused, now, &mut batch)
                 }
                 Input::Call(call) => self.on_call(*call, now, &mut batch),
+                Input::Campaign(call) => self.on_campaign(*call, now, &mut batch),
                 Input::Keys { change, reply } => self.on_keys(change, reply, now, &mut batch),
                 Input::WakeSent {
                     operation_id,
@@ -389,6 +408,8 @@ impl Engine {
             };
             self.run_machine(&id, Event::Fault { reason }, ctx, now, &mut batch);
         }
+        // After every input: what the batch's transitions finished, and what may start.
+        self.step_campaigns(now, &mut batch);
         if !batch.is_empty() {
             if let Err(e) = self.commit(&batch, now) {
                 self.refused(batch, keep, &e, now);
@@ -421,6 +442,9 @@ impl Engine {
             let _ = reply.send(Err(failed()));
         }
         for reply in batch.token_replies {
+            let _ = reply.send(Err(failed()));
+        }
+        for (reply, _) in batch.campaign_replies {
             let _ = reply.send(Err(failed()));
         }
         if matches!(e, StoreError::Encode { .. }) {

@@ -59,6 +59,12 @@ impl Engine {
                     None => tx.delete_enroll_token(id)?,
                 }
             }
+            for rec in batch.campaigns.values() {
+                tx.put_campaign(rec)?;
+            }
+            for ((id, place), node) in &batch.campaign_nodes {
+                tx.put_campaign_node(id, *place, node)?;
+            }
             for (id, cred) in &batch.credentials {
                 match cred {
                     Some(c) => tx.put_credential(id, c)?,

@@ -91,7 +91,7 @@ impl Rig {
         v
     }
 
-    fn node(&self, id: &str) -> NodeRecord {
+    pub(super) fn node(&self, id: &str) -> NodeRecord {
         self.store.find_node(id).unwrap().unwrap()
     }
 

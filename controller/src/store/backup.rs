@@ -11,8 +11,8 @@ use std::path::Path;
 use redb::{Database, Durability, ReadTransaction, ReadableDatabase, TableDefinition};
 
 use super::{
-    metrics, recorded_schema, StoreError, StoreReader, BYTE_TABLES, COMMANDS, EVENTS, HISTORY,
-    META, NAMES, NODES, SCHEMA_VERSION, TOKENS,
+    metrics, recorded_schema, StoreError, StoreReader, BYTE_TABLES, CAMPAIGN_NODES, COMMANDS,
+    EVENTS, HISTORY, META, NAMES, NODES, SCHEMA_VERSION, TOKENS,
 };
 
 /// What a backup holds, for the operator.
@@ -87,6 +87,7 @@ fn copy_all(view: &ReadTransaction, to: &Database) -> Result<u64, StoreError> {
     rows += copy(view, &txn, NAMES)?;
     rows += copy(view, &txn, HISTORY)?;
     rows += copy(view, &txn, EVENTS)?;
+    rows += copy(view, &txn, CAMPAIGN_NODES)?;
     rows += copy(view, &txn, metrics::METRICS_RAW)?;
     rows += copy(view, &txn, metrics::METRICS_1M)?;
     tryop!("backup: commit", txn.commit());

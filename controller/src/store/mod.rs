@@ -22,8 +22,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use records::{
-    AuditEntry, CommandRecord, CredentialRecord, EnrollTokenRecord, Heartbeat, NodeRecord,
-    StoredInventory, TokenRecord,
+    AuditEntry, CampaignNodeRecord, CampaignRecord, CommandRecord, CredentialRecord,
+    EnrollTokenRecord, Heartbeat, NodeRecord, StoredInventory, TokenRecord,
 };
 
 use crate::telemetry::Telemetry;
@@ -51,8 +51,13 @@ const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events
 const COMMANDS: TableDefinition<&str, &[u8]> = TableDefinition::new("commands");
 /// store-wide facts, e.g. `schema`
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// campaign id → [`CampaignRecord`] (schema 2)
+const CAMPAIGNS: TableDefinition<&str, &[u8]> = TableDefinition::new("campaigns");
+/// (campaign id, place) → [`CampaignNodeRecord`], the place counting from 0 in the
+/// order the selector resolved (schema 2)
+const CAMPAIGN_NODES: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("campaign_nodes");
 /// The tables keyed by text that hold encoded records.
-const BYTE_TABLES: [TableDefinition<&str, &[u8]>; 8] = [
+const BYTE_TABLES: [TableDefinition<&str, &[u8]>; 9] = [
     NODES,
     INVENTORY,
     HEARTBEATS,
@@ -61,6 +66,7 @@ const BYTE_TABLES: [TableDefinition<&str, &[u8]>; 8] = [
     COMMANDS,
     ENROLL_TOKENS,
     CREDENTIALS,
+    CAMPAIGNS,
 ];
 
 /// How many events a node keeps: in all, and with one reason.
@@ -73,7 +79,7 @@ pub struct EventBounds {
 /// The schema this build writes, recorded in `meta` under `schema` (as decimal text).
 /// A store at an older schema is migrated forward at open, through [`MIGRATIONS`]; one
 /// at a newer schema is refused (docs/OPERATIONS.md, upgrades).
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// One step forward: what a store at schema `to - 1` needs to be at schema `to`.
 pub struct Migration {
@@ -86,7 +92,11 @@ pub struct Migration {
 /// Every step from schema 1 to [`SCHEMA_VERSION`], in order. Schema 1 is the first
 /// released one; `tests/fixtures/store-schema1/` is a store it wrote, which every later
 /// build must open with every record intact (`tests/schema.rs`).
-pub const MIGRATIONS: &[Migration] = &[];
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    to: 2,
+    what: "campaign tables",
+    run: campaign_tables,
+}];
 
 /// Store failures, with what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +140,13 @@ macro_rules! tryop {
             source: e.into(),
         })?
     };
+}
+
+/// Schema 2: campaigns (issue 16). New tables only; no record changes.
+fn campaign_tables(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    tryop!("create table", txn.open_table(CAMPAIGNS));
+    tryop!("create table", txn.open_table(CAMPAIGN_NODES));
+    Ok(())
 }
 
 /// The schema a store's `meta` records (`None`: a new store), or why this build, which
@@ -322,6 +339,7 @@ impl Store {
             tryop!("create table", txn.open_table(NAMES));
             tryop!("create table", txn.open_table(HISTORY));
             tryop!("create table", txn.open_table(EVENTS));
+            tryop!("create table", txn.open_table(CAMPAIGN_NODES));
             tryop!("create table", txn.open_table(metrics::METRICS_RAW));
             tryop!("create table", txn.open_table(metrics::METRICS_1M));
             migrate(txn, MIGRATIONS, SCHEMA_VERSION)
@@ -541,6 +559,36 @@ impl StoreReader {
         let txn = tryop!("begin read", self.db()?.begin_read());
         let t = tryop!("open table", txn.open_table(def));
         get_json(&t, table, key)
+    }
+
+    /// Every campaign, newest first.
+    pub fn campaigns(&self) -> Result<Vec<CampaignRecord>, StoreError> {
+        let mut all: Vec<CampaignRecord> = self.scan(CAMPAIGNS, "campaigns")?;
+        all.sort_by(|a, b| (b.view.created_at, &b.view.id).cmp(&(a.view.created_at, &a.view.id)));
+        Ok(all)
+    }
+
+    pub fn campaign(&self, id: &str) -> Result<Option<CampaignRecord>, StoreError> {
+        self.get(CAMPAIGNS, "campaigns", id)
+    }
+
+    /// A campaign's nodes in their order: `limit` of them from `offset`.
+    pub fn campaign_nodes(
+        &self,
+        id: &str,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<(u32, CampaignNodeRecord)>, StoreError> {
+        let txn = tryop!("begin read", self.db()?.begin_read());
+        let t = tryop!("open campaign_nodes", txn.open_table(CAMPAIGN_NODES));
+        let mut out = Vec::new();
+        let range = tryop!("scan campaign_nodes", t.range((id, 0)..=(id, u32::MAX)));
+        for entry in range.skip(offset).take(limit) {
+            let (k, v) = tryop!("scan campaign_nodes", entry);
+            let (c, n) = k.value();
+            out.push((n, decode("campaign_nodes", &format!("{c}:{n}"), v.value())?));
+        }
+        Ok(out)
     }
 
     fn scan_keyed<T: DeserializeOwned>(
@@ -789,6 +837,29 @@ impl WriteTx<'_> {
         Ok(removed)
     }
 
+    pub fn put_campaign(&mut self, rec: &CampaignRecord) -> Result<(), StoreError> {
+        let mut t = tryop!("open campaigns", self.txn.open_table(CAMPAIGNS));
+        tryop!(
+            "write campaign",
+            t.insert(rec.view.id.as_str(), encode("campaigns", rec)?.as_slice())
+        );
+        Ok(())
+    }
+
+    pub fn put_campaign_node(
+        &mut self,
+        campaign: &str,
+        place: u32,
+        rec: &CampaignNodeRecord,
+    ) -> Result<(), StoreError> {
+        let mut t = tryop!("open campaign_nodes", self.txn.open_table(CAMPAIGN_NODES));
+        tryop!(
+            "write campaign node",
+            t.insert((campaign, place), encode("campaign_nodes", rec)?.as_slice())
+        );
+        Ok(())
+    }
+
     pub fn put_command(&mut self, rec: &CommandRecord) -> Result<(), StoreError> {
         let mut t = tryop!("open commands", self.txn.open_table(COMMANDS));
         tryop!(
@@ -902,6 +973,19 @@ mod tests {
             .unwrap()
     }
 
+    /// A store as schema 1 left it: these tests run their own steps from there.
+    fn schema1_store() -> Store {
+        let mut store = Store::in_memory(Arc::new(Telemetry::new())).unwrap();
+        store
+            .write(Durability::Immediate, |tx| {
+                let mut meta = tryop!("open meta", tx.txn.open_table(META));
+                tryop!("write schema", meta.insert("schema", b"1".as_slice()));
+                Ok(())
+            })
+            .unwrap();
+        store
+    }
+
     /// Runs `migrate` on `store` with `steps` up to `current`.
     fn migrate_to(store: &mut Store, steps: &[Migration], current: u32) -> Result<(), StoreError> {
         store.write(Durability::Immediate, |tx| migrate(tx.txn, steps, current))
@@ -941,8 +1025,16 @@ mod tests {
     }
 
     #[test]
+    fn the_real_steps_take_a_schema1_store_to_this_schema() {
+        let mut store = schema1_store();
+        migrate_to(&mut store, MIGRATIONS, SCHEMA_VERSION).unwrap();
+        assert_eq!(schema_of(&mut store), SCHEMA_VERSION.to_string());
+        assert!(store.campaigns().unwrap().is_empty());
+    }
+
+    #[test]
     fn an_older_store_is_migrated_step_by_step_keeping_its_records() {
-        let mut store = Store::in_memory(Arc::new(Telemetry::new())).unwrap();
+        let mut store = schema1_store();
         let n = record("n1", "alpha");
         store
             .write(Durability::Immediate, |tx| tx.put_node(&n, None))
@@ -987,7 +1079,7 @@ mod tests {
 
     #[test]
     fn a_failed_migration_leaves_the_store_as_it_was() {
-        let mut store = Store::in_memory(Arc::new(Telemetry::new())).unwrap();
+        let mut store = schema1_store();
         let steps = [
             Migration {
                 to: 2,
@@ -1006,7 +1098,7 @@ mod tests {
 
     #[test]
     fn a_newer_store_or_a_gap_in_the_steps_is_refused() {
-        let mut store = Store::in_memory(Arc::new(Telemetry::new())).unwrap();
+        let mut store = schema1_store();
         let err = migrate_to(&mut store, &[], 0).unwrap_err().to_string();
         assert!(
             err.contains("written by a newer Metalbus (schema 1)"),

@@ -246,3 +246,23 @@ pub struct CredentialRecord {
     #[serde(default)]
     pub registration: Option<NodeId>,
 }
+
+/// A campaign (DESIGN section 9): what the API shows, and what counted when it was last
+/// resumed (its abort rules judge what came after).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CampaignRecord {
+    #[serde(flatten)]
+    pub view: metalbus_protocol::campaign::CampaignView,
+    #[serde(default)]
+    pub since: metalbus_protocol::campaign::CampaignCounts,
+}
+
+/// One node of a campaign, stored under (campaign id, its place in the campaign).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CampaignNodeRecord {
+    #[serde(flatten)]
+    pub view: metalbus_protocol::campaign::CampaignNodeView,
+    /// A `retry` of a failed deprovision: judged as an `unmanage`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub as_unmanage: bool,
+}
