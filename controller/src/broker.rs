@@ -148,6 +148,7 @@ fn router_config(topics: &Topics, max_monitors: usize) -> RouterConfig {
         topics.summary(),
         topics.transitions(),
         topics.controller_status(),
+        topics.campaigns(),
     ]);
     RouterConfig {
         // Agents share one session (the door's node hub); each monitor has one, and the

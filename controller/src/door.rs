@@ -135,7 +135,12 @@ impl Client {
             ),
             (
                 Client::Monitor(_),
-                Ok(Topic::Summary | Topic::Transitions | Topic::ControllerStatus),
+                Ok(
+                    Topic::Summary
+                    | Topic::Transitions
+                    | Topic::ControllerStatus
+                    | Topic::Campaign(_),
+                ),
             ) => true,
             _ => false,
         }

@@ -89,6 +89,8 @@ pub enum Topic {
     Summary,
     /// `{p}/controller/status`
     ControllerStatus,
+    /// `{p}/campaigns/{id}`
+    Campaign(String),
 }
 
 /// Why a topic string is not one of ours, or names a bad node.
@@ -190,6 +192,11 @@ impl Topics {
         format!("{}/campaigns/{id}", self.prefix)
     }
 
+    /// The subscription filter for every campaign, `{p}/campaigns/+`.
+    pub fn campaigns(&self) -> String {
+        format!("{}/campaigns/+", self.prefix)
+    }
+
     pub fn controller_status(&self) -> String {
         format!("{}/controller/status", self.prefix)
     }
@@ -201,6 +208,7 @@ impl Topics {
             Topic::Transitions => self.transitions(),
             Topic::Summary => self.summary(),
             Topic::ControllerStatus => self.controller_status(),
+            Topic::Campaign(id) => self.campaign(id),
         }
     }
 
@@ -221,6 +229,9 @@ impl Topics {
             ["events", "transitions"] => Ok(Topic::Transitions),
             ["summary"] => Ok(Topic::Summary),
             ["controller", "status"] => Ok(Topic::ControllerStatus),
+            ["campaigns", id] if !id.is_empty() && id.len() <= 64 => {
+                Ok(Topic::Campaign((*id).to_string()))
+            }
             ["nodes", raw, kind] => {
                 let kind = NodeTopic::from_segment(kind).ok_or_else(unknown)?;
                 match NodeId::new(*raw) {
@@ -265,10 +276,18 @@ mod tests {
             (Topic::Transitions, "site-a/mb/events/transitions"),
             (Topic::Summary, "site-a/mb/summary"),
             (Topic::ControllerStatus, "site-a/mb/controller/status"),
+            (
+                Topic::Campaign("cmp-0123456789ab".into()),
+                "site-a/mb/campaigns/cmp-0123456789ab",
+            ),
         ] {
             assert_eq!(t.build(&topic), s);
             assert_eq!(t.parse(s).unwrap(), topic);
         }
+        assert!(t.parse("site-a/mb/campaigns/").is_err());
+        assert!(t
+            .parse(&format!("site-a/mb/campaigns/{}", "x".repeat(65)))
+            .is_err());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 // The Metalbus console: plain script, no build step, no third-party code. It signs in
 // with an API token (kept in sessionStorage: this tab only), then calls /api/v1 like
 // any client. The fleet table is paged, filtered and searched on the server, and kept
-// current by the event stream (/api/v1/events/stream). The node page is in node.js.
+// current by the event stream (/api/v1/events/stream). The node page is in node.js, the
+// campaign pages in campaigns.js.
 "use strict";
 
 const PER_PAGE = 50;
@@ -238,6 +239,7 @@ function onStreamEvent(name, data) {
     if (!window.streamReady) window.streamReady = performance.now();
     // Whatever changed before the stream was open shows now.
     refreshSoon();
+    campaignReload();
     return;
   }
   let msg;
@@ -257,6 +259,8 @@ function onStreamEvent(name, data) {
     nodeTransition(msg);
   } else if (name === "event") {
     nodeEvent(msg.node_id, msg.event);
+  } else if (name === "campaign") {
+    campaignChanged(msg);
   } else if (name === "removed") {
     stream.known.delete(msg.node_id);
     countsSoon();
@@ -267,6 +271,7 @@ function onStreamEvent(name, data) {
     if (stream.abort) stream.abort.abort();
     follow();
     nodeReload();
+    campaignReload();
   }
 }
 
@@ -333,20 +338,35 @@ function stopStream() {
   stream.known.clear();
 }
 
-// --- Pages: #/ is the fleet, #/nodes/ID a node. ---
+// --- Pages: #/ is the fleet, #/nodes/ID a node, #/campaigns the campaigns and
+// #/campaigns/ID one. ---
+
+// A part of the address, decoded (as typed, if it is not valid percent-encoding).
+function decoded(part) {
+  try { return decodeURIComponent(part); } catch (_) { return part; }
+}
 
 // Shows the page the address names; resolves when it has rendered.
 function route() {
   if (!token()) return Promise.resolve();
   const m = /^#\/nodes\/(.+)$/.exec(location.hash);
+  const c = /^#\/campaigns(?:\/(.*))?$/.exec(location.hash);
   $("sign-in").hidden = true;
   $("sign-out").hidden = false;
-  $("crumbs").hidden = !m;
+  $("crumbs").hidden = false;
+  for (const [id, here] of [["nav-fleet", !c && !m], ["nav-campaigns", !!c]]) {
+    if (here) $(id).setAttribute("aria-current", "page"); else $(id).removeAttribute("aria-current");
+  }
+  if (!c) hideCampaigns();
   if (m) {
     $("fleet").hidden = true;
-    return showNode(decodeURIComponent(m[1]));
+    return showNode(decoded(m[1]));
   }
   hideNode();
+  if (c) {
+    $("fleet").hidden = true;
+    return c[1] ? showCampaign(decoded(c[1])) : showCampaigns();
+  }
   $("fleet").hidden = false;
   document.title = "Metalbus: fleet";
   return refresh();
@@ -356,6 +376,7 @@ function signOut(message) {
   sessionStorage.removeItem(KEY);
   stopStream();
   hideNode();
+  hideCampaigns();
   $("fleet").hidden = true;
   $("sign-out").hidden = true;
   $("crumbs").hidden = true;
@@ -411,17 +432,19 @@ document.addEventListener("DOMContentLoaded", () => {
   $("prev").addEventListener("click", () => { view.page -= 1; refresh(); });
   $("next").addEventListener("click", () => { view.page += 1; refresh(); });
   window.addEventListener("hashchange", route);
-  // While the stream is down, poll: the fleet page and the node page every 3 s.
+  // While the stream is down, poll: the fleet, node and campaign pages every 3 s.
   setInterval(() => {
     if (token() && !stream.up) {
       refresh();
       nodePoll();
+      campaignPoll();
     }
   }, 3000);
   // The stream carries states, not samples: CPU, memory and "last seen" are read
   // again with the page every 15 s.
   setInterval(() => { if (token() && stream.up) refresh(); }, 15000);
   nodeSetup();
+  campaignSetup();
   fillEnums().catch((e) => { $("fleet-error").textContent = e.message; });
   if (token()) start(); else $("token").focus();
 });
