@@ -39,30 +39,6 @@ fn ids(prefix: &str, range: std::ops::RangeInclusive<usize>) -> Vec<String> {
     range.map(|i| format!("{prefix}-{i:04}")).collect()
 }
 
-/// Waits until every one of `ids` is `discovered`.
-async fn all_discovered(api: &Api, ids: &[String]) {
-    let want: HashSet<&str> = ids.iter().map(String::as_str).collect();
-    eventually(WAIT, "every node discovered", || {
-        let api = api.clone();
-        let want = want.clone();
-        async move {
-            let nodes = api.nodes().await?;
-            let ready = nodes
-                .iter()
-                .filter(|n| {
-                    n["state"] == "discovered" && want.contains(n["id"].as_str().unwrap_or(""))
-                })
-                .count();
-            if ready == want.len() {
-                Ok(())
-            } else {
-                Err(format!("{ready} of {} discovered", want.len()))
-            }
-        }
-    })
-    .await;
-}
-
 async fn set_labels(api: &Api, node: &str, labels: Value) {
     let (status, body) = api
         .patch(
@@ -72,28 +48,6 @@ async fn set_labels(api: &Api, node: &str, labels: Value) {
         .await
         .unwrap();
     assert_eq!(status, 200, "labelling {node}: {body}");
-}
-
-/// `POST /api/v1/campaigns`, which must answer 201; the campaign.
-async fn create(api: &Api, request: Value) -> Value {
-    let (status, body) = api
-        .post("/api/v1/campaigns", Some(request.clone()))
-        .await
-        .unwrap();
-    assert_eq!(status, 201, "creating {request}: {body}");
-    let id = body["data"]["id"].as_str().unwrap_or_default();
-    assert!(!id.is_empty(), "no id in {body}");
-    body["data"].clone()
-}
-
-/// The campaign (with the first page of its nodes).
-async fn campaign(api: &Api, id: &str) -> Result<Value, String> {
-    let (status, body) = api.get(&format!("/api/v1/campaigns/{id}")).await?;
-    if status == 200 {
-        Ok(body["data"].clone())
-    } else {
-        Err(format!("HTTP {status}: {body}"))
-    }
 }
 
 /// Every node of the campaign, across all pages, in its order.
@@ -131,7 +85,7 @@ async fn wait_campaign(
     eventually(timeout, &format!("campaign {id}: {what}"), || {
         let api = api.clone();
         async move {
-            let c = campaign(&api, id).await?;
+            let c = api.campaign(id).await?;
             if done(&c) {
                 Ok(c)
             } else {
@@ -337,7 +291,7 @@ async fn a_manage_campaign_over_a_label_installs_exactly_those_nodes_at_most_20_
         &["--progress-events", "5", "--progress-every", "300ms"],
     );
     let all = ids("cm", 1..=200);
-    all_discovered(&api, &all).await;
+    api.wait_discovered(&all, WAIT).await;
     let rack = ids("cm", 1..=150);
     let others = ids("cm", 151..=200);
     for node in &rack {
@@ -350,13 +304,11 @@ async fn a_manage_campaign_over_a_label_installs_exactly_those_nodes_at_most_20_
     let mqtt = Watcher::monitor(&ctl, "metalbus/v1/campaigns/#").await;
 
     let started = Instant::now();
-    let created = create(
-        &api,
-        json!({"action": "manage", "plan": "quick",
+    let created = api
+        .create_campaign(json!({"action": "manage", "plan": "quick",
                "selector": {"label": ["rack=r1"], "state": ["discovered"]},
-               "max_concurrent": 20, "abort": {"failure_ratio": 0.2, "min_executed": 10}}),
-    )
-    .await;
+               "max_concurrent": 20, "abort": {"failure_ratio": 0.2, "min_executed": 10}}))
+        .await;
     let id = created["id"].as_str().unwrap().to_string();
     assert_eq!(created["action"], "manage", "{created}");
     assert_eq!(created["plan"], "quick", "{created}");
@@ -559,15 +511,15 @@ steps = [
             )
         })
         .collect();
-    all_discovered(&api, &names).await;
+    api.wait_discovered(&names, WAIT).await;
 
-    let created = create(
-        &api,
-        json!({"action": "manage", "plan": "doomed", "selector": {"nodes": names},
+    let created = api
+        .create_campaign(
+            json!({"action": "manage", "plan": "doomed", "selector": {"nodes": names},
                "max_concurrent": CONCURRENT,
                "abort": {"failure_ratio": 0.5, "min_executed": 10}}),
-    )
-    .await;
+        )
+        .await;
     let id = created["id"].as_str().unwrap().to_string();
     assert_eq!(count(&created, "total"), NODES as u64, "{created}");
 
@@ -596,7 +548,7 @@ steps = [
     assert_eq!(executed + pending, NODES as u64, "{settled}");
     println!("paused by its abort rule after {executed} nodes: {reason}");
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let later = campaign(&api, &id).await.unwrap();
+    let later = api.campaign(&id).await.unwrap();
     assert_eq!(
         later["counts"], settled["counts"],
         "a node moved while paused"
@@ -703,20 +655,20 @@ async fn kill_9_three_times_during_a_100_node_campaign_loses_nothing_and_install
         ],
     );
     let nodes = ids("k9", 1..=100);
-    all_discovered(&api, &nodes).await;
-    let created = create(
-        &api,
-        json!({"action": "manage", "selector": {"search": "k9-", "state": ["discovered"]},
+    api.wait_discovered(&nodes, WAIT).await;
+    let created = api
+        .create_campaign(
+            json!({"action": "manage", "selector": {"search": "k9-", "state": ["discovered"]},
                "max_concurrent": 25}),
-    )
-    .await;
+        )
+        .await;
     let id = created["id"].as_str().unwrap().to_string();
     assert_eq!(count(&created, "total"), 100, "{created}");
 
     let started = Instant::now();
     for (k, after) in [(1, 2_000), (2, 4_500), (3, 4_500)] {
         tokio::time::sleep(Duration::from_millis(after)).await;
-        let before = campaign(&ctl.api(), &id).await.unwrap();
+        let before = ctl.api().campaign(&id).await.unwrap();
         assert_eq!(
             before["state"], "running",
             "kill {k} would not be during the campaign: {before}"
@@ -794,7 +746,7 @@ async fn refused_nodes_are_skipped_with_the_seed_message_and_cancel_starts_no_ne
         &["--progress-events", "10", "--progress-every", "300ms"],
     );
     let nodes = ids("rf", 1..=23);
-    all_discovered(&api, &nodes).await;
+    api.wait_discovered(&nodes, WAIT).await;
 
     // The seed's refusal, as the node's own retry gives it.
     let (status, refusal) = api.post("/api/v1/nodes/rf-0001/retry", None).await.unwrap();
@@ -806,11 +758,9 @@ async fn refused_nodes_are_skipped_with_the_seed_message_and_cancel_starts_no_ne
         "{seed}"
     );
     let retried = ids("rf", 1..=3);
-    let created = create(
-        &api,
-        json!({"action": "retry", "selector": {"nodes": retried}}),
-    )
-    .await;
+    let created = api
+        .create_campaign(json!({"action": "retry", "selector": {"nodes": retried}}))
+        .await;
     let id = created["id"].as_str().unwrap().to_string();
     let done = wait_state(&api, &id, "completed", WAIT).await;
     assert_eq!(done["counts"], counts(3, 0, 0, 0, 0, 3), "{done}");
@@ -854,11 +804,11 @@ async fn refused_nodes_are_skipped_with_the_seed_message_and_cancel_starts_no_ne
 
     // Cancel once the first node is under way.
     let batch = ids("rf", 4..=23);
-    let created = create(
-        &api,
-        json!({"action": "manage", "selector": {"nodes": batch}, "max_concurrent": 2}),
-    )
-    .await;
+    let created = api
+        .create_campaign(
+            json!({"action": "manage", "selector": {"nodes": batch}, "max_concurrent": 2}),
+        )
+        .await;
     let id = created["id"].as_str().unwrap().to_string();
     wait_campaign(&api, &id, "a node in flight", WAIT, |c| {
         c["counts"]["in_flight"].as_u64().unwrap_or(0) >= 1
@@ -902,7 +852,7 @@ async fn refused_nodes_are_skipped_with_the_seed_message_and_cancel_starts_no_ne
         }
     }
     assert_eq!(left, ran);
-    let later = campaign(&api, &id).await.unwrap();
+    let later = api.campaign(&id).await.unwrap();
     assert_eq!(later["counts"], fin["counts"], "{later}");
     println!(
         "cancelled with {running} in flight; {ran} ran, {} skipped",
@@ -949,7 +899,7 @@ async fn the_campaign_api_refuses_bad_requests_roles_and_states_with_the_seed_co
     let api = ctl.api();
     let _sim = SimProc::start(tmp.path(), &ctl.broker_url(), 2, "hx", &[]);
     let nodes = ids("hx", 1..=2);
-    all_discovered(&api, &nodes).await;
+    api.wait_discovered(&nodes, WAIT).await;
     let viewer = api.with_token(Some(&api.create_token("glass", "viewer").await));
     let operator = api.with_token(Some(&api.create_token("ops", "operator").await));
 
@@ -1068,9 +1018,9 @@ async fn the_campaign_api_refuses_bad_requests_roles_and_states_with_the_seed_co
         (403, Some("Primus.00004")),
         "{body}"
     );
-    let by_admin = create(&api, forced).await;
+    let by_admin = api.create_campaign(forced).await;
     assert_eq!(by_admin["force"], true, "{by_admin}");
-    let by_operator = create(&operator, retry).await;
+    let by_operator = operator.create_campaign(retry).await;
     let id = by_operator["id"].as_str().unwrap().to_string();
     wait_state(&api, &id, "completed", WAIT).await;
     let (status, body) = viewer
@@ -1164,11 +1114,11 @@ async fn the_campaign_api_refuses_bad_requests_roles_and_states_with_the_seed_co
     // and a search for them is kept as given.
     let hostile = "<img src=x onerror=\"window.pwned=1\"><script>x()</script>Ωé€🔑";
     set_labels(&api, "hx-0002", json!({"rack": hostile})).await;
-    let by_label = create(
-        &api,
-        json!({"action": "retry", "selector": {"label": [format!("rack={hostile}")]}}),
-    )
-    .await;
+    let by_label = api
+        .create_campaign(
+            json!({"action": "retry", "selector": {"label": [format!("rack={hostile}")]}}),
+        )
+        .await;
     assert_eq!(
         by_label["selector"]["label"][0],
         format!("rack={hostile}"),
@@ -1229,7 +1179,7 @@ async fn the_cli_waits_for_the_end_and_exits_with_its_outcome() {
         &["--progress-events", "4", "--progress-every", "250ms"],
     );
     let nodes = ids("cl", 1..=12);
-    all_discovered(&api, &nodes).await;
+    api.wait_discovered(&nodes, WAIT).await;
 
     let mut create = vec![
         "campaigns",
@@ -1307,4 +1257,78 @@ async fn the_cli_waits_for_the_end_and_exits_with_its_outcome() {
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(6), "{err}");
     assert!(err.contains("cancelled"), "{err}");
+}
+
+/// A `reboot` campaign is judged by each node's operation: an agent whose reboot command
+/// exits 0 succeeds, one whose command fails fails with the operation's status, and the
+/// Prometheus counters agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reboot_campaign_is_judged_by_each_nodes_operation() {
+    let _fleet = FLEET.lock().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let ctl = Controller::start(tmp.path(), &[]).await;
+    let api = ctl.api();
+    let _ok = AgentProc::start_with(
+        tmp.path(),
+        &ctl.broker_url(),
+        "rb-ok",
+        &["--reboot-command", "true"],
+    );
+    let _bad = AgentProc::start_with(
+        tmp.path(),
+        &ctl.broker_url(),
+        "rb-bad",
+        &["--reboot-command", "false"],
+    );
+    let names = vec!["rb-ok".to_string(), "rb-bad".to_string()];
+    api.wait_discovered(&names, WAIT).await;
+    for n in &names {
+        api.wait_online(n, true, WAIT).await;
+    }
+    let created = api
+        .create_campaign(json!({"action": "reboot", "selector": {"nodes": names}}))
+        .await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let done = eventually(WAIT, "the reboot campaign completed", || async {
+        let c = api.campaign(&id).await?;
+        if c["state"] == "completed" {
+            Ok(c)
+        } else {
+            Err(format!("{}: {}", c["state"], c["counts"]))
+        }
+    })
+    .await;
+    assert_eq!(done["counts"]["succeeded"], 1, "{done}");
+    assert_eq!(done["counts"]["failed"], 1, "{done}");
+    let by_id: HashMap<String, Value> = done["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["node"].as_str().unwrap().to_string(), n.clone()))
+        .collect();
+    assert_eq!(by_id["rb-ok"]["outcome"], "succeeded", "{done}");
+    let bad = &by_id["rb-bad"];
+    assert_eq!(bad["outcome"], "failed", "{done}");
+    let op = bad["operation_id"].as_str().unwrap();
+    let why = bad["message"].as_str().unwrap();
+    assert!(why.contains(op) && why.contains("failed"), "{why}");
+    let (_, operation) = api.get(&format!("/api/v1/operations/{op}")).await.unwrap();
+    assert_eq!(operation["data"]["status"], "failed", "{operation}");
+    // Neither node changed state: a reboot is an operation, not a transition.
+    for n in &names {
+        assert_eq!(api.node(n).await.unwrap()["state"], "discovered");
+    }
+    let succeeded = ctl
+        .metric("metalbus_campaign_nodes_total{outcome=\"succeeded\"}")
+        .await
+        .unwrap();
+    let failed = ctl
+        .metric("metalbus_campaign_nodes_total{outcome=\"failed\"}")
+        .await
+        .unwrap();
+    let completed = ctl
+        .metric("metalbus_campaigns{state=\"completed\"}")
+        .await
+        .unwrap();
+    assert_eq!((succeeded, failed, completed), (1, 1, 1));
 }

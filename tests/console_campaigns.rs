@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use metalbus_e2e::{eventually, Api, Browser, Controller, SimProc, ENTER, ESCAPE};
+use metalbus_e2e::{Api, Browser, Controller, SimProc, ENTER, ESCAPE};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -38,45 +38,17 @@ async fn sign_in(browser: &Browser, ctl: &Controller, token: &str, role: &str, l
         .await;
 }
 
-/// Waits until every one of `ids` is `discovered`.
-async fn all_discovered(api: &Api, ids: &[String]) {
-    let want: HashSet<&str> = ids.iter().map(String::as_str).collect();
-    eventually(WAIT, "every node discovered", || {
-        let api = api.clone();
-        let want = want.clone();
-        async move {
-            let nodes = api.nodes().await?;
-            let ready = nodes
-                .iter()
-                .filter(|n| {
-                    n["state"] == "discovered" && want.contains(n["id"].as_str().unwrap_or(""))
-                })
-                .count();
-            if ready == want.len() {
-                Ok(())
-            } else {
-                Err(format!("{ready} of {} discovered", want.len()))
-            }
-        }
-    })
-    .await;
-}
-
 /// `POST /api/v1/campaigns`, which must answer 201; the campaign's id.
 async fn create(api: &Api, request: Value) -> String {
-    let (status, body) = api
-        .post("/api/v1/campaigns", Some(request.clone()))
-        .await
-        .unwrap();
-    assert_eq!(status, 201, "creating {request}: {body}");
-    body["data"]["id"].as_str().unwrap().to_string()
+    api.create_campaign(request).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// The campaign as the API shows it (with the first page of its nodes).
 async fn campaign(api: &Api, id: &str) -> Value {
-    let (status, body) = api.get(&format!("/api/v1/campaigns/{id}")).await.unwrap();
-    assert_eq!(status, 200, "{body}");
-    body["data"].clone()
+    api.campaign(id).await.unwrap()
 }
 
 /// What the campaign page shows: the state, reason, and which of Pause, Resume and
@@ -168,7 +140,7 @@ async fn a_rollout_shows_live_on_the_campaign_pages_until_completed() {
         &["--progress-events", "8", "--progress-every", "250ms"],
     );
     let ids: Vec<String> = (1..=30).map(|i| format!("roll-{i:04}")).collect();
-    all_discovered(&api, &ids).await;
+    api.wait_discovered(&ids, WAIT).await;
 
     let browser = Browser::start(tmp.path(), 1280).await;
     sign_in(&browser, &ctl, &ctl.token(), "admin", "live").await;
@@ -345,7 +317,7 @@ async fn pause_resume_and_cancel_from_the_page_and_a_viewer_gets_no_buttons() {
         &["--progress-events", "10", "--progress-every", "300ms"],
     );
     let ids: Vec<String> = (1..=10).map(|i| format!("slow-{i:04}")).collect();
-    all_discovered(&api, &ids).await;
+    api.wait_discovered(&ids, WAIT).await;
     let operator = api.create_token(HOSTILE, "operator").await;
     let viewer = api.create_token("glass", "viewer").await;
     let as_operator = api.with_token(Some(&operator));
@@ -596,7 +568,7 @@ async fn without_the_stream_the_campaign_page_polls_to_completed() {
         &["--progress-events", "5", "--progress-every", "250ms"],
     );
     let ids: Vec<String> = (1..=6).map(|i| format!("poll-{i:04}")).collect();
-    all_discovered(&api, &ids).await;
+    api.wait_discovered(&ids, WAIT).await;
     // Another client holds the only stream.
     let held = reqwest::Client::new()
         .get(format!("{}/api/v1/events/stream", ctl.api_base()))
@@ -640,19 +612,7 @@ async fn without_the_stream_the_campaign_page_polls_to_completed() {
     assert!(seen.first().unwrap().starts_with("running|"), "{seen:?}");
 
     drop(held);
-    browser
-        .wait_for(
-            "the stream again",
-            "return document.getElementById('live').textContent === 'live'",
-            WAIT,
-        )
-        .await;
-    let errors: Vec<String> = browser
-        .console_errors()
-        .await
-        .into_iter()
-        .filter(|e| !e.contains("status of 503"))
-        .collect();
-    assert!(errors.is_empty(), "console errors: {errors:?}");
+    browser.wait_live(WAIT).await;
+    browser.assert_no_console_errors_but("status of 503").await;
     eprintln!("polling test: {:.1} s", started.elapsed().as_secs_f64());
 }

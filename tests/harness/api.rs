@@ -215,3 +215,51 @@ impl Api {
         }
     }
 }
+
+/// Campaigns (issue 16), for the tests that run them.
+impl Api {
+    /// Waits until every one of `ids` is `discovered`.
+    pub async fn wait_discovered(&self, ids: &[String], timeout: std::time::Duration) {
+        let want: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+        crate::eventually(timeout, "every node discovered", || {
+            let want = want.clone();
+            async move {
+                let nodes = self.nodes().await?;
+                let ready = nodes
+                    .iter()
+                    .filter(|n| {
+                        n["state"] == "discovered" && want.contains(n["id"].as_str().unwrap_or(""))
+                    })
+                    .count();
+                if ready == want.len() {
+                    Ok(())
+                } else {
+                    Err(format!("{ready} of {} discovered", want.len()))
+                }
+            }
+        })
+        .await;
+    }
+
+    /// `POST /api/v1/campaigns`, which must answer 201; the campaign.
+    pub async fn create_campaign(&self, request: Value) -> Value {
+        let (status, body) = self
+            .post("/api/v1/campaigns", Some(request.clone()))
+            .await
+            .unwrap();
+        assert_eq!(status, 201, "creating {request}: {body}");
+        let id = body["data"]["id"].as_str().unwrap_or_default();
+        assert!(!id.is_empty(), "no id in {body}");
+        body["data"].clone()
+    }
+
+    /// The campaign (with the first page of its nodes), or why not.
+    pub async fn campaign(&self, id: &str) -> Result<Value, String> {
+        let (status, body) = self.get(&format!("/api/v1/campaigns/{id}")).await?;
+        if status == 200 {
+            Ok(body["data"].clone())
+        } else {
+            Err(format!("HTTP {status}: {body}"))
+        }
+    }
+}

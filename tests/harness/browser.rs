@@ -196,6 +196,28 @@ impl Browser {
         }
     }
 
+    /// Waits until the console's badge says its event stream is `live` again.
+    pub async fn wait_live(&self, within: Duration) {
+        self.wait_for(
+            "the stream again",
+            "return document.getElementById('live').textContent === 'live'",
+            within,
+        )
+        .await;
+    }
+
+    /// Asserts the page logged no error but those containing `expected` (a refusal the
+    /// test provoked, say).
+    pub async fn assert_no_console_errors_but(&self, expected: &str) {
+        let errors: Vec<String> = self
+            .console_errors()
+            .await
+            .into_iter()
+            .filter(|e| !e.contains(expected))
+            .collect();
+        assert!(errors.is_empty(), "console errors: {errors:?}");
+    }
+
     /// What the page logged at level SEVERE (errors) since the last call.
     pub async fn console_errors(&self) -> Vec<String> {
         let logs = self

@@ -947,6 +947,41 @@ mod tests {
     }
 
     #[test]
+    fn max_per_minute_spreads_the_starts_over_a_sliding_minute() {
+        let mut r = rig();
+        five_nodes(&mut r);
+        let op = match manage(&FIVE, 10, AbortRules::default()) {
+            CampaignOp::Create { mut request, nodes } => {
+                request.max_per_minute = Some(2);
+                CampaignOp::Create { request, nodes }
+            }
+            other => other,
+        };
+        let (input, mut answer) = campaign(op);
+        r.engine.apply(vec![input]);
+        let id = answer.try_recv().unwrap().unwrap().id;
+        use NodeState::*;
+        assert_eq!(
+            states(&r, &FIVE),
+            [Pending, Pending, Discovered, Discovered, Discovered]
+        );
+        r.clock.advance(Duration::from_secs(59));
+        r.engine.apply(Vec::new());
+        assert_eq!(r.node("n3").state, Discovered, "still within the minute");
+        r.clock.advance(Duration::from_secs(1));
+        r.engine.apply(Vec::new());
+        assert_eq!(
+            states(&r, &FIVE),
+            [Pending, Pending, Pending, Pending, Discovered]
+        );
+        assert!(r.engine.campaigns.waiting(), "the timer keeps stepping it");
+        r.clock.advance(Duration::from_secs(60));
+        r.engine.apply(Vec::new());
+        assert_eq!(r.node("n5").state, Pending);
+        assert_eq!(stored(&r, &id).counts.in_flight, 5);
+    }
+
+    #[test]
     fn pause_stops_starts_and_resume_goes_on() {
         let mut r = rig();
         five_nodes(&mut r);
