@@ -144,3 +144,66 @@ fn a_plain_listener_off_loopback_needs_an_explicit_flag() {
         assert!(err.contains("--insecure-plain"), "{err}");
     }
 }
+
+/// A TLS handshake with `addr` (`host:port`) by a client that trusts only `ca`.
+fn handshake(addr: &str, ca: &std::path::Path) -> Result<(), String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut sock = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// `[tls] cert_file` and `key_file` replaced while the controller runs (a rotation):
+/// the next handshake on the broker presents the new certificate, with no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_certificate_files_are_served_without_a_restart() {
+    metalbus_e2e::install_crypto_provider();
+    let tmp = tempfile::tempdir().unwrap();
+    let old = TestPki::generate(tmp.path(), "old");
+    let new = TestPki::generate(tmp.path(), "new");
+    let (cert, key) = (tmp.path().join("server.pem"), tmp.path().join("server.key"));
+    let install = |pki: &TestPki| {
+        // Written beside, then renamed: a reader never sees half a file.
+        for (from, to) in [(&pki.server_cert, &cert), (&pki.server_key, &key)] {
+            let part = to.with_extension("new");
+            std::fs::copy(from, &part).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&part, std::fs::Permissions::from_mode(0o600)).unwrap();
+            std::fs::rename(&part, to).unwrap();
+        }
+    };
+    install(&old);
+    let config = format!(
+        "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let ctl = Controller::with_config(tmp.path(), &config, &["--mqtt-tls"]).await;
+    let url = ctl.broker_url();
+    let broker = url.trim_start_matches("mqtts://").to_string();
+    assert!(handshake(&broker, &old.ca_cert).is_ok());
+    assert!(handshake(&broker, &new.ca_cert).is_err());
+
+    // A second later (the files' times must move), the new pair goes in.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    install(&new);
+    let answer = handshake(&broker, &new.ca_cert);
+    assert!(answer.is_ok(), "the new certificate is served: {answer:?}");
+    assert!(handshake(&broker, &old.ca_cert).is_err());
+    assert!(
+        ctl.log_text().contains("the TLS certificate files changed"),
+        "{}",
+        ctl.log_text()
+    );
+}
