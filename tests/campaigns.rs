@@ -283,15 +283,13 @@ async fn a_manage_campaign_over_a_label_installs_exactly_those_nodes_at_most_20_
     let tmp = tempfile::tempdir().unwrap();
     let ctl = Controller::with_config(tmp.path(), &Controller::quick_plan("1"), &[]).await;
     let api = ctl.api();
-    let _sim = SimProc::start(
-        tmp.path(),
-        &ctl.broker_url(),
+    let (_sim, _) = SimProc::discovered(
+        &ctl,
         200,
         "cm",
         &["--progress-events", "5", "--progress-every", "300ms"],
-    );
-    let all = ids("cm", 1..=200);
-    api.wait_discovered(&all, WAIT).await;
+    )
+    .await;
     let rack = ids("cm", 1..=150);
     let others = ids("cm", 151..=200);
     for node in &rack {
@@ -640,9 +638,8 @@ async fn kill_9_three_times_during_a_100_node_campaign_loses_nothing_and_install
     )
     .await;
     let api = ctl.api();
-    let _sim = SimProc::start(
-        tmp.path(),
-        &ctl.broker_url(),
+    let (_sim, nodes) = SimProc::discovered(
+        &ctl,
         100,
         "k9",
         &[
@@ -653,9 +650,8 @@ async fn kill_9_three_times_during_a_100_node_campaign_loses_nothing_and_install
             "--resend-after",
             "1s",
         ],
-    );
-    let nodes = ids("k9", 1..=100);
-    api.wait_discovered(&nodes, WAIT).await;
+    )
+    .await;
     let created = api
         .create_campaign(
             json!({"action": "manage", "selector": {"search": "k9-", "state": ["discovered"]},
@@ -738,15 +734,13 @@ async fn refused_nodes_are_skipped_with_the_seed_message_and_cancel_starts_no_ne
     let tmp = tempfile::tempdir().unwrap();
     let ctl = Controller::with_config(tmp.path(), &Controller::quick_plan("1"), &[]).await;
     let api = ctl.api();
-    let _sim = SimProc::start(
-        tmp.path(),
-        &ctl.broker_url(),
+    let (_sim, _) = SimProc::discovered(
+        &ctl,
         23,
         "rf",
         &["--progress-events", "10", "--progress-every", "300ms"],
-    );
-    let nodes = ids("rf", 1..=23);
-    api.wait_discovered(&nodes, WAIT).await;
+    )
+    .await;
 
     // The seed's refusal, as the node's own retry gives it.
     let (status, refusal) = api.post("/api/v1/nodes/rf-0001/retry", None).await.unwrap();
@@ -860,46 +854,12 @@ async fn refused_nodes_are_skipped_with_the_seed_message_and_cancel_starts_no_ne
     );
 }
 
-/// A raw request on a fresh connection; the status line.
-async fn raw(ctl: &Controller, request: Vec<u8>) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", ctl.http_port))
-        .await
-        .unwrap();
-    // The server may answer and close before it has read everything.
-    let _ = s.write_all(&request).await;
-    let mut buf = vec![0u8; 512];
-    let n = tokio::time::timeout(WAIT, s.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap_or(0);
-    String::from_utf8_lossy(&buf[..n])
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_string()
-}
-
-/// A POST of `body` as it is (not necessarily JSON).
-fn post_raw(ctl: &Controller, path: &str, body: &str) -> Vec<u8> {
-    let mut request = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        ctl.token(),
-        body.len()
-    )
-    .into_bytes();
-    request.extend_from_slice(body.as_bytes());
-    request
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_campaign_api_refuses_bad_requests_roles_and_states_with_the_seed_codes() {
     let tmp = tempfile::tempdir().unwrap();
     let ctl = Controller::start(tmp.path(), &[]).await;
     let api = ctl.api();
-    let _sim = SimProc::start(tmp.path(), &ctl.broker_url(), 2, "hx", &[]);
-    let nodes = ids("hx", 1..=2);
-    api.wait_discovered(&nodes, WAIT).await;
+    let (_sim, _) = SimProc::discovered(&ctl, 2, "hx", &[]).await;
     let viewer = api.with_token(Some(&api.create_token("glass", "viewer").await));
     let operator = api.with_token(Some(&api.create_token("ops", "operator").await));
 
@@ -981,7 +941,9 @@ async fn the_campaign_api_refuses_bad_requests_roles_and_states_with_the_seed_co
         "null",
         "{\"action\":\"manage\",\"selector\":{\"nodes\":[\"\u{0}\"]}",
     ] {
-        let status = raw(&ctl, post_raw(&ctl, "/api/v1/campaigns", body)).await;
+        let status = ctl
+            .raw_status(&ctl.raw_post("/api/v1/campaigns", body))
+            .await;
         assert!(status.starts_with("HTTP/1.1 4"), "{body:?}: {status}");
     }
     // A body over the API's limit.
@@ -990,7 +952,8 @@ async fn the_campaign_api_refuses_bad_requests_roles_and_states_with_the_seed_co
         "n".repeat(3 * 1024 * 1024)
     );
     assert_eq!(
-        raw(&ctl, post_raw(&ctl, "/api/v1/campaigns", &huge)).await,
+        ctl.raw_status(&ctl.raw_post("/api/v1/campaigns", &huge))
+            .await,
         "HTTP/1.1 413 Payload Too Large"
     );
 
@@ -1171,15 +1134,13 @@ async fn the_cli_waits_for_the_end_and_exits_with_its_outcome() {
     let tmp = tempfile::tempdir().unwrap();
     let ctl = Controller::with_config(tmp.path(), &Controller::quick_plan("1"), &[]).await;
     let api = ctl.api();
-    let _sim = SimProc::start(
-        tmp.path(),
-        &ctl.broker_url(),
+    let (_sim, nodes) = SimProc::discovered(
+        &ctl,
         12,
         "cl",
         &["--progress-events", "4", "--progress-every", "250ms"],
-    );
-    let nodes = ids("cl", 1..=12);
-    api.wait_discovered(&nodes, WAIT).await;
+    )
+    .await;
 
     let mut create = vec![
         "campaigns",

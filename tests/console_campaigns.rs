@@ -132,15 +132,13 @@ async fn a_rollout_shows_live_on_the_campaign_pages_until_completed() {
     let ctl = Controller::with_config(tmp.path(), &Controller::quick_plan("1"), &[]).await;
     let api = ctl.api();
     // Simulated installs of 2 s: 8 progress events 250 ms apart.
-    let _sim = SimProc::start(
-        tmp.path(),
-        &ctl.broker_url(),
+    let (_sim, ids) = SimProc::discovered(
+        &ctl,
         30,
         "roll",
         &["--progress-events", "8", "--progress-every", "250ms"],
-    );
-    let ids: Vec<String> = (1..=30).map(|i| format!("roll-{i:04}")).collect();
-    api.wait_discovered(&ids, WAIT).await;
+    )
+    .await;
 
     let browser = Browser::start(tmp.path(), 1280).await;
     sign_in(&browser, &ctl, &ctl.token(), "admin", "live").await;
@@ -309,15 +307,13 @@ async fn pause_resume_and_cancel_from_the_page_and_a_viewer_gets_no_buttons() {
     let ctl = Controller::with_config(tmp.path(), &Controller::quick_plan("1"), &[]).await;
     let api = ctl.api();
     // Simulated installs of 3 s; one at a time: the campaign runs for half a minute.
-    let _sim = SimProc::start(
-        tmp.path(),
-        &ctl.broker_url(),
+    let (_sim, ids) = SimProc::discovered(
+        &ctl,
         10,
         "slow",
         &["--progress-events", "10", "--progress-every", "300ms"],
-    );
-    let ids: Vec<String> = (1..=10).map(|i| format!("slow-{i:04}")).collect();
-    api.wait_discovered(&ids, WAIT).await;
+    )
+    .await;
     let operator = api.create_token(HOSTILE, "operator").await;
     let viewer = api.create_token("glass", "viewer").await;
     let as_operator = api.with_token(Some(&operator));
@@ -560,15 +556,13 @@ async fn without_the_stream_the_campaign_page_polls_to_completed() {
     );
     let ctl = Controller::with_config(tmp.path(), &config, &[]).await;
     let api = ctl.api();
-    let _sim = SimProc::start(
-        tmp.path(),
-        &ctl.broker_url(),
+    let (_sim, ids) = SimProc::discovered(
+        &ctl,
         6,
         "poll",
         &["--progress-events", "5", "--progress-every", "250ms"],
-    );
-    let ids: Vec<String> = (1..=6).map(|i| format!("poll-{i:04}")).collect();
-    api.wait_discovered(&ids, WAIT).await;
+    )
+    .await;
     // Another client holds the only stream.
     let held = reqwest::Client::new()
         .get(format!("{}/api/v1/events/stream", ctl.api_base()))

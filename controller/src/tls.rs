@@ -165,9 +165,12 @@ impl Certificates {
     }
 
     fn due(&self, now: OffsetDateTime) -> bool {
-        let Ok(current) = self.current.read() else {
-            return false;
-        };
+        self.current
+            .read()
+            .is_ok_and(|current| self.due_for(&current, now))
+    }
+
+    fn due_for(&self, current: &Current, now: OffsetDateTime) -> bool {
         if current.quiet_until.is_some_and(|t| now < t) {
             return false;
         }
@@ -183,6 +186,10 @@ impl Certificates {
         let Ok(mut current) = self.current.write() else {
             return;
         };
+        // Handshakes at the same moment: the first to get here renews, once.
+        if !self.due_for(&current, now) {
+            return;
+        }
         match make(&self.source, now) {
             Ok(fresh) => {
                 match &self.source {

@@ -86,6 +86,18 @@ pub struct Data<T> {
     pub data: T,
 }
 
+/// A label filter of the node list and of a campaign's selector: `key=value`, or just
+/// `key` (the node has the label), both trimmed.
+pub fn parse_label_filter(s: &str) -> Result<(String, Option<String>), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => {
+            Ok((k.trim().to_string(), Some(v.trim().to_string())))
+        }
+        None if !s.trim().is_empty() => Ok((s.trim().to_string(), None)),
+        _ => Err(format!("label {s:?} must be key=value or key")),
+    }
+}
+
 /// The `pagination` block of list responses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -656,6 +668,33 @@ pub struct NodeMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_filters_are_trimmed_and_a_bare_equals_or_blank_is_refused() {
+        assert_eq!(
+            parse_label_filter(" rack = r1 "),
+            Ok(("rack".into(), Some("r1".into())))
+        );
+        assert_eq!(parse_label_filter("gpu"), Ok(("gpu".into(), None)));
+        // Only the first '=' splits: the value keeps the rest.
+        assert_eq!(
+            parse_label_filter("note=a=b"),
+            Ok(("note".into(), Some("a=b".into())))
+        );
+        assert_eq!(
+            parse_label_filter("empty="),
+            Ok(("empty".into(), Some(String::new())))
+        );
+        // Multibyte and markup are text.
+        assert_eq!(
+            parse_label_filter("Ωé=<b>€</b>"),
+            Ok(("Ωé".into(), Some("<b>€</b>".into())))
+        );
+        for bad in ["=x", " ", "", " = "] {
+            let err = parse_label_filter(bad).unwrap_err();
+            assert!(err.contains("must be key=value or key"), "{bad:?}: {err}");
+        }
+    }
 
     #[test]
     fn codes_and_statuses_follow_design_9() {

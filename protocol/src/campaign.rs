@@ -239,6 +239,11 @@ pub struct CampaignCounts {
 }
 
 impl CampaignCounts {
+    /// Nodes that ended: succeeded, failed or skipped.
+    pub fn done(&self) -> u32 {
+        self.succeeded + self.failed + self.skipped
+    }
+
     pub fn add(&mut self, outcome: Outcome) {
         *self.slot(outcome) += 1;
     }

@@ -115,6 +115,39 @@ impl Controller {
             .unwrap()
     }
 
+    /// Sends `request` as it is on a fresh HTTP connection; the status line of the
+    /// answer ("" when the server closed without one).
+    pub async fn raw_status(&self, request: &[u8]) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.http_port))
+            .await
+            .unwrap();
+        // The server may answer and close before it has read everything.
+        let _ = s.write_all(request).await;
+        let mut buf = vec![0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string()
+    }
+
+    /// A POST of `body` to `path` as it is (not necessarily JSON), with the admin token.
+    pub fn raw_post(&self, path: &str, body: &str) -> Vec<u8> {
+        let mut request = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.token(),
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body.as_bytes());
+        request
+    }
+
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
@@ -491,6 +524,22 @@ impl SimProc {
             stats,
             log,
         }
+    }
+
+    /// `nodes` virtual agents on `ctl`'s broker (with `extra` flags, e.g. how their
+    /// installs progress), once every one is `discovered`; and their ids.
+    pub async fn discovered(
+        ctl: &Controller,
+        nodes: usize,
+        prefix: &str,
+        extra: &[&str],
+    ) -> (SimProc, Vec<String>) {
+        let sim = SimProc::start(&ctl.dir, &ctl.broker_url(), nodes, prefix, extra);
+        let ids: Vec<String> = (1..=nodes).map(|i| format!("{prefix}-{i:04}")).collect();
+        ctl.api()
+            .wait_discovered(&ids, Duration::from_secs(120))
+            .await;
+        (sim, ids)
     }
 
     /// The per-node delivery counters written by the simulation.

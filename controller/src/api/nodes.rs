@@ -3,7 +3,7 @@
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use metalbus_protocol::api::ErrorBody;
-use metalbus_protocol::api::{Data, NodeView, Page, Pagination};
+use metalbus_protocol::api::{parse_label_filter, Data, NodeView, Page, Pagination};
 use metalbus_protocol::inventory::Inventory;
 use metalbus_protocol::lifecycle::{NodeState, Phase};
 use serde::Deserialize;
@@ -64,13 +64,7 @@ impl NodeFilter {
             .as_deref()
             .map(|s| {
                 s.split(',')
-                    .map(|l| match l.split_once('=') {
-                        Some((k, v)) if !k.trim().is_empty() => {
-                            Ok((k.trim().to_string(), Some(v.trim().to_string())))
-                        }
-                        None if !l.trim().is_empty() => Ok((l.trim().to_string(), None)),
-                        _ => Err(format!("label {l:?} must be key=value or key")),
-                    })
+                    .map(parse_label_filter)
                     .collect::<Result<Vec<_>, String>>()
             })
             .transpose()?
@@ -94,13 +88,7 @@ impl NodeFilter {
         let labels = sel
             .label
             .iter()
-            .map(|l| match l.split_once('=') {
-                Some((k, v)) if !k.trim().is_empty() => {
-                    Ok((k.trim().to_string(), Some(v.trim().to_string())))
-                }
-                None if !l.trim().is_empty() => Ok((l.trim().to_string(), None)),
-                _ => Err(format!("label {l:?} must be key=value or key")),
-            })
+            .map(|l| parse_label_filter(l))
             .collect::<Result<Vec<_>, String>>()?;
         Ok(Self {
             states: (!sel.state.is_empty()).then(|| sel.state.clone()),

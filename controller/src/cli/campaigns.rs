@@ -172,11 +172,10 @@ where
 
 /// A selector label, `key=value` or `key`, trimmed as the API trims label filters.
 fn selector_label(s: &str) -> Result<String, String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok(format!("{}={}", k.trim(), v.trim())),
-        None if !s.trim().is_empty() => Ok(s.trim().to_string()),
-        _ => Err(format!("label {s:?} must be KEY=VALUE or KEY")),
-    }
+    Ok(match metalbus_protocol::api::parse_label_filter(s)? {
+        (k, Some(v)) => format!("{k}={v}"),
+        (k, None) => k,
+    })
 }
 
 /// What a polled campaign means for `--wait`.
@@ -206,7 +205,7 @@ pub fn verdict(state: CampaignState, reason: Option<&str>) -> Verdict {
 pub fn progress_text(c: &CampaignCounts, state: CampaignState) -> String {
     format!(
         "{}/{} done, {} failed, {} skipped, {} in flight ({state})",
-        render::campaign_done(c),
+        c.done(),
         c.total,
         c.failed,
         c.skipped,
@@ -216,7 +215,7 @@ pub fn progress_text(c: &CampaignCounts, state: CampaignState) -> String {
 
 /// The progress text after a bar of `width` characters, `#` for the nodes done.
 pub fn progress_bar(c: &CampaignCounts, state: CampaignState, width: usize) -> String {
-    let done = u64::from(render::campaign_done(c));
+    let done = u64::from(c.done());
     let filled = match u64::from(c.total) {
         0 => width,
         total => usize::try_from(done.min(total) * width as u64 / total).unwrap_or(width),
@@ -433,17 +432,10 @@ fn to_stderr(text: &str) {
 
 /// Every campaign, page by page.
 async fn all_campaigns(api: &ApiClient) -> Result<Vec<CampaignView>, ClientError> {
-    let mut out = Vec::new();
-    let mut page = 1u32;
-    loop {
-        let q = [("page", page.to_string()), ("per_page", "100".to_string())];
-        let p: Page<CampaignView> = api.get("/api/v1/campaigns", &q).await?;
-        out.extend(p.data);
-        if u64::from(page) >= p.pagination.pages {
-            return Ok(out);
-        }
-        page += 1;
-    }
+    api.all_pages("/api/v1/campaigns", &[], |p: Page<CampaignView>| {
+        (p.data, p.pagination)
+    })
+    .await
 }
 
 /// A campaign with all its nodes (those with `outcome`, when given), page by page.
@@ -452,22 +444,20 @@ async fn with_all_nodes(
     id: &str,
     outcome: Option<Outcome>,
 ) -> Result<CampaignWithNodes, ClientError> {
-    let path = campaign_path(id, "");
-    let mut page = 1u32;
-    let mut nodes = Vec::new();
-    loop {
-        let mut q = vec![("page", page.to_string()), ("per_page", "100".to_string())];
-        q.extend(outcome.map(|o| ("outcome", o.to_string())));
-        let d: CampaignDetail = api.get(&path, &q).await?;
-        nodes.extend(d.data.nodes);
-        if u64::from(page) >= d.pagination.pages {
-            return Ok(CampaignWithNodes {
-                campaign: d.data.campaign,
-                nodes,
-            });
-        }
-        page += 1;
-    }
+    let query: Vec<(&str, String)> = outcome
+        .map(|o| ("outcome", o.to_string()))
+        .into_iter()
+        .collect();
+    let mut campaign = None;
+    let nodes = api
+        .all_pages(&campaign_path(id, ""), &query, |d: CampaignDetail| {
+            campaign = Some(d.data.campaign);
+            (d.data.nodes, d.pagination)
+        })
+        .await?;
+    let campaign =
+        campaign.ok_or_else(|| api.protocol_error("no campaign in the answer".into()))?;
+    Ok(CampaignWithNodes { campaign, nodes })
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use metalbus_protocol::api::{Data, ErrorBody, NodeView, Page};
+use metalbus_protocol::api::{Data, ErrorBody, NodeView, Page, Pagination};
 
 pub use reqwest::Method;
 use serde::de::DeserializeOwned;
@@ -189,7 +189,6 @@ impl ApiClient {
         })
     }
 
-    /// Every node matching the filters, fetching all pages.
     /// Opens a long-lived streaming GET (Server-Sent Events): no overall time limit,
     /// the caller watches for silence instead.
     pub async fn open_stream(&self, path: &str) -> Result<reqwest::Response, ClientError> {
@@ -229,14 +228,28 @@ impl ApiClient {
         &self,
         filters: &[(&str, String)],
     ) -> Result<Vec<NodeView>, ClientError> {
+        self.all_pages("/api/v1/nodes", filters, |p: Page<NodeView>| {
+            (p.data, p.pagination)
+        })
+        .await
+    }
+
+    /// Every item of the paged list at `path` with `query`, 100 a page: `items` takes a
+    /// page's items and its pagination out of the answer.
+    pub async fn all_pages<P: DeserializeOwned, T>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        mut items: impl FnMut(P) -> (Vec<T>, Pagination),
+    ) -> Result<Vec<T>, ClientError> {
         let mut out = Vec::new();
         let mut page = 1u32;
         loop {
             let mut q = vec![("page", page.to_string()), ("per_page", "100".to_string())];
-            q.extend(filters.iter().cloned());
-            let p: Page<NodeView> = self.get("/api/v1/nodes", &q).await?;
-            out.extend(p.data);
-            if u64::from(page) >= p.pagination.pages {
+            q.extend(query.iter().cloned());
+            let (data, pagination) = items(self.get(path, &q).await?);
+            out.extend(data);
+            if u64::from(page) >= pagination.pages {
                 return Ok(out);
             }
             page += 1;

@@ -307,11 +307,6 @@ pub fn events(e: &Events, now: Timestamp) -> String {
     table(&rows)
 }
 
-/// A campaign's nodes that are done: succeeded, failed or skipped.
-pub fn campaign_done(c: &CampaignCounts) -> u32 {
-    c.succeeded + c.failed + c.skipped
-}
-
 /// The ANSI colour a campaign state is shown in.
 pub fn campaign_state_colour(state: CampaignState) -> Option<&'static str> {
     match state {
@@ -376,7 +371,7 @@ pub fn campaign_table(list: &[CampaignView], now: Timestamp) -> String {
             c.action.to_string(),
             c.state.to_string(),
             c.counts.total.to_string(),
-            campaign_done(&c.counts).to_string(),
+            c.counts.done().to_string(),
             c.counts.failed.to_string(),
             c.counts.in_flight.to_string(),
             ago(Some(c.created_at), now),

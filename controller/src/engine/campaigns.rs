@@ -4,7 +4,8 @@
 //! the transitions it causes. A controller killed in the middle loads the campaign back
 //! as it was committed: a node is started at most once, and no result is lost.
 //!
-//! After every batch's inputs (and on the engine's timer), [`Engine::step_campaigns`]
+//! After every batch's inputs (and on the engine's timer while only `max_per_minute`
+//! holds a campaign back), [`Engine::step_campaigns`]
 //! judges each in-flight node from its state (or its operation, for reboot and
 //! poweroff), applies the abort rules, starts pending nodes as `max_concurrent` and
 //! `max_per_minute` allow, and completes a campaign whose nodes are all done.
@@ -52,8 +53,6 @@ pub enum CampaignOp {
     Cancel(String),
 }
 
-/// A reboot or poweroff is judged from its operation; looked up at most this often.
-const OPERATION_CHECK: Duration = Duration::from_millis(500);
 /// The window `max_per_minute` counts starts in.
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -83,20 +82,16 @@ impl Live {
 #[derive(Debug, Default)]
 pub(super) struct Campaigns {
     live: BTreeMap<String, Live>,
-    /// When the operations of in-flight reboots and poweroffs were last looked up.
-    operations_checked: Option<Timestamp>,
-    /// Changed since the last step was written: campaigns, nodes (campaign, place), and
-    /// new campaigns whose every node is written.
+    /// Changed since the last step was written: campaigns, and nodes (campaign, place).
     dirty: BTreeSet<String>,
     dirty_nodes: Vec<(String, u32)>,
-    dirty_all: Vec<String>,
 }
 
 impl Campaigns {
-    /// Every campaign that can still change, as the store holds it.
-    pub(super) fn load(store: &Store) -> Result<Self, StoreError> {
+    /// Every campaign of `all` that can still change, with its nodes from the store.
+    pub(super) fn load(store: &Store, all: Vec<CampaignRecord>) -> Result<Self, StoreError> {
         let mut live = BTreeMap::new();
-        for rec in store.campaigns()? {
+        for rec in all {
             let view = &rec.view;
             if view.state.is_final() && view.counts.in_flight == 0 {
                 continue;
@@ -136,12 +131,15 @@ impl Campaigns {
         })
     }
 
-    /// Whether a running campaign has nodes waiting to start (the engine's timer then
-    /// steps the campaigns even without inputs).
+    /// Whether a running campaign could start a node with room to spare: only
+    /// `max_per_minute` holds it, and time alone frees it (the engine's timer then steps
+    /// the campaigns without inputs). Anything else that frees room is an input.
     pub(super) fn waiting(&self) -> bool {
         self.live.values().any(|c| {
-            (c.rec.view.state == CampaignState::Running && c.rec.view.counts.pending > 0)
-                || c.rec.view.counts.in_flight > 0
+            let v = &c.rec.view;
+            v.state == CampaignState::Running
+                && v.counts.pending > 0
+                && v.counts.in_flight < v.max_concurrent
         })
     }
 }
@@ -203,7 +201,8 @@ impl Engine {
         user: Option<&str>,
         now: Timestamp,
     ) -> Result<String, CallError> {
-        request.check().map_err(CallError::BadRequest)?;
+        // The API checked the request (`CampaignRequest::check`) before it resolved the
+        // selector; the plan is the engine's to pick.
         if nodes.is_empty() {
             return Err(CallError::BadRequest("the selector matches no node".into()));
         }
@@ -219,9 +218,7 @@ impl Engine {
         };
         let id = loop {
             let id = self.ids.campaign();
-            if !self.campaigns.live.contains_key(&id)
-                && self.store.campaign(&id).ok().flatten().is_none()
-            {
+            if !self.campaigns.live.contains_key(&id) && !self.campaign_states.contains_key(&id) {
                 break id;
             }
         };
@@ -273,9 +270,12 @@ impl Engine {
             recent: VecDeque::new(),
             in_flight: BTreeSet::new(),
         };
-        self.campaigns.live.insert(id.clone(), live);
         // Every node is written once now; later only the ones that change.
-        self.campaigns.dirty_all.push(id.clone());
+        self.campaigns
+            .dirty_nodes
+            .extend((0..total).map(|place| (id.clone(), place)));
+        self.campaigns.dirty.insert(id.clone());
+        self.campaigns.live.insert(id.clone(), live);
         Ok(id)
     }
 
@@ -369,27 +369,19 @@ impl Engine {
         if let Some(live) = self.campaigns.live.get_mut(id) {
             return Ok(live);
         }
-        match self.store.campaign(id) {
-            Ok(Some(rec)) => Err(CallError::Conflict(format!(
-                "campaign is {}; it cannot change any more",
-                rec.view.state
+        match self.campaign_states.get(id) {
+            Some(state) => Err(CallError::Conflict(format!(
+                "campaign is {state}; it cannot change any more"
             ))),
-            Ok(None) => Err(CallError::Missing("campaign not found".into())),
-            Err(e) => Err(CallError::Store(e.to_string())),
+            None => Err(CallError::Missing("campaign not found".into())),
         }
     }
 
     /// One step of every live campaign; what changed goes into `batch`.
     pub(super) fn step_campaigns(&mut self, now: Timestamp, batch: &mut Batch) {
-        let check_operations = self.campaigns.operations_checked.is_none_or(|at| {
-            now.unix_millis() - at.unix_millis() >= OPERATION_CHECK.as_millis() as i64
-        });
-        if check_operations {
-            self.campaigns.operations_checked = Some(now);
-        }
         let ids: Vec<String> = self.campaigns.live.keys().cloned().collect();
         for id in ids {
-            self.judge_in_flight(&id, check_operations, now, batch);
+            self.judge_in_flight(&id, now, batch);
             self.apply_abort_rules(&id, now);
             self.start_pending(&id, now, batch);
             self.finish_if_done(&id, now);
@@ -398,13 +390,7 @@ impl Engine {
     }
 
     /// Records how the in-flight nodes that are done ended.
-    fn judge_in_flight(
-        &mut self,
-        id: &str,
-        check_operations: bool,
-        now: Timestamp,
-        batch: &mut Batch,
-    ) {
+    fn judge_in_flight(&mut self, id: &str, now: Timestamp, batch: &mut Batch) {
         let Some(live) = self.campaigns.live.get(id) else {
             return;
         };
@@ -413,23 +399,16 @@ impl Engine {
         for &place in &live.in_flight {
             let node = &live.nodes[place];
             let verdict = match action {
+                // Every change of an operation's status goes through the batch that
+                // makes it (`Batch::put_command`), and this step commits with it: a
+                // finished operation is seen here, never later from the store.
                 CampaignAction::Reboot | CampaignAction::Poweroff => {
-                    if !check_operations {
-                        continue;
-                    }
                     node.view.operation_id.as_ref().and_then(|op| {
                         let status = batch
                             .commands
                             .iter()
-                            .find(|c| c.command.command_id == *op)
-                            .map(|c| c.status)
-                            .or_else(|| {
-                                self.store
-                                    .command(op.as_str())
-                                    .ok()
-                                    .flatten()
-                                    .map(|c| c.status)
-                            })?;
+                            .find(|c| c.command.command_id == *op)?
+                            .status;
                         match status {
                             CommandStatus::Succeeded => Some(Ok(())),
                             CommandStatus::Failed
@@ -681,17 +660,6 @@ impl Engine {
 
     /// Moves this step's changes into the batch, and forgets settled campaigns.
     fn write_campaigns(&mut self, _now: Timestamp, batch: &mut Batch) {
-        for id in std::mem::take(&mut self.campaigns.dirty_all) {
-            if let Some(live) = self.campaigns.live.get(&id) {
-                for (place, node) in live.nodes.iter().enumerate() {
-                    batch.campaign_nodes.insert(
-                        (id.clone(), u32::try_from(place).unwrap_or(u32::MAX)),
-                        node.clone(),
-                    );
-                }
-                self.campaigns.dirty.insert(id);
-            }
-        }
         for (id, place) in std::mem::take(&mut self.campaigns.dirty_nodes) {
             if let Some(node) = self
                 .campaigns

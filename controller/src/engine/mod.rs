@@ -245,13 +245,12 @@ impl Engine {
     fn reload(&mut self) -> Result<(), StoreError> {
         self.fleet = Fleet::of(self.store.nodes()?);
         self.credentials.reload(&self.store)?;
-        self.campaigns = Campaigns::load(&self.store)?;
-        self.campaign_states = self
-            .store
-            .campaigns()?
-            .into_iter()
-            .map(|c| (c.view.id, c.view.state))
+        let campaigns = self.store.campaigns()?;
+        self.campaign_states = campaigns
+            .iter()
+            .map(|c| (c.view.id.clone(), c.view.state))
             .collect();
+        self.campaigns = Campaigns::load(&self.store, campaigns)?;
         self.update_campaign_gauges();
         self.update_gauges(&self.summary());
         Ok(())
